@@ -1,0 +1,183 @@
+"""Topic and group administration over the Kafka protocol (aiokafka's admin client)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import for_code
+
+# Why each setting (README "Topic configuration"):
+# - compact: the topic is the changelog of grain state; only the latest snapshot per key counts.
+# - segment.ms 1 h: the active segment is never compacted; the 7-day default would keep a week
+#   of superseded snapshots and slow every rebuild.
+# - delete.retention.ms 24 h: how long a tombstone survives compaction; a replica that stays
+#   away longer must be rebuilt (the worker checks this on assignment).
+# - min.compaction.lag.ms 0: snapshots may be compacted as soon as a segment rolls.
+DEFAULT_SEGMENT_MS: Final = 60 * 60 * 1000
+DEFAULT_DELETE_RETENTION_MS: Final = 24 * 60 * 60 * 1000
+
+
+class AdminError(Exception):
+    """A topic/group problem reported to the operator as one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: dict[str, str]
+
+    @property
+    def compacted(self) -> bool:
+        return "compact" in self.configs.get("cleanup.policy", "").split(",")
+
+    @property
+    def delete_retention_ms(self) -> int:
+        return int(self.configs.get("delete.retention.ms", DEFAULT_DELETE_RETENTION_MS))
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "topic": self.name,
+            "partitions": self.partitions,
+            "replication_factor": self.replication_factor,
+            "compacted": self.compacted,
+            "configs": dict(sorted(self.configs.items())),
+        }
+
+
+def replication_topic_configs(
+    replication_factor: int,
+    segment_ms: int = DEFAULT_SEGMENT_MS,
+    delete_retention_ms: int = DEFAULT_DELETE_RETENTION_MS,
+) -> dict[str, str]:
+    configs = {
+        "cleanup.policy": "compact",
+        "segment.ms": str(segment_ms),
+        "delete.retention.ms": str(delete_retention_ms),
+        "min.compaction.lag.ms": "0",
+    }
+    if replication_factor > 1:
+        # With acks=all a write needs this many in-sync copies: survive one broker down.
+        configs["min.insync.replicas"] = str(max(1, min(2, replication_factor - 1)))
+    return configs
+
+
+@asynccontextmanager
+async def admin_client(bootstrap_servers: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=30000)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def create_topic(
+    bootstrap_servers: str,
+    topic: str,
+    partitions: int,
+    replication_factor: int = 1,
+    configs: dict[str, str] | None = None,
+) -> bool:
+    """Create the topic compacted. Returns False when it already existed."""
+    topic_configs = configs or replication_topic_configs(replication_factor)
+    async with admin_client(bootstrap_servers) as client:
+        response = await client.create_topics(
+            [NewTopic(topic, partitions, replication_factor, topic_configs=topic_configs)]
+        )
+    for entry in response.topic_errors:
+        error_code, message = entry[1], entry[2] if len(entry) > 2 else None
+        if error_code == 0:
+            continue
+        error = for_code(error_code)
+        if error.__name__ == "TopicAlreadyExistsError":
+            return False
+        raise AdminError(f"cannot create topic {topic!r}: {error.__name__} {message or ''}".strip())
+    return True
+
+
+async def delete_topic(bootstrap_servers: str, topic: str) -> None:
+    async with admin_client(bootstrap_servers) as client:
+        await client.delete_topics([topic])
+
+
+async def describe_topic(bootstrap_servers: str, topic: str) -> TopicInfo | None:
+    """Partitions, replication factor and configs of ``topic``; None when it does not exist."""
+    async with admin_client(bootstrap_servers) as client:
+        metadata = await client.describe_topics([topic])
+        if not metadata or metadata[0]["error_code"] != 0:
+            return None
+        partitions = metadata[0]["partitions"]
+        replication_factor = max((len(p["replicas"]) for p in partitions), default=0)
+        responses = await client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    configs: dict[str, str] = {}
+    for response in responses:
+        for resource in response.resources:
+            error_code = resource[0]
+            if error_code:
+                raise AdminError(
+                    f"cannot describe configs of topic {topic!r}: {for_code(error_code).__name__}"
+                )
+            for config in resource[4]:
+                name, value = config[0], config[1]
+                if value is not None:
+                    configs[name] = value
+    return TopicInfo(topic, len(partitions), replication_factor, configs)
+
+
+async def group_members(bootstrap_servers: str, group: str) -> list[str]:
+    """Member ids of the group's live members (empty when the group is empty or unknown)."""
+    async with admin_client(bootstrap_servers) as client:
+        responses = await client.describe_consumer_groups([group])
+    members: list[str] = []
+    for response in responses:
+        for described in response.groups:
+            error_code, state, group_members_list = described[0], described[2], described[5]
+            if error_code == 0 and state not in ("Dead", "Empty"):
+                members.extend(member[0] for member in group_members_list)
+    return members
+
+
+async def committed_offsets(bootstrap_servers: str, group: str, topic: str) -> dict[int, int]:
+    async with admin_client(bootstrap_servers) as client:
+        offsets = await client.list_consumer_group_offsets(group)
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+@asynccontextmanager
+async def offsets_reader(bootstrap_servers: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A group-less consumer used only for ListOffsets requests."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def end_offsets(bootstrap_servers: str, topic: str, partitions: int) -> dict[int, int]:
+    async with offsets_reader(bootstrap_servers) as consumer:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+    return {tp.partition: offset for tp, offset in ends.items()}
+
+
+async def wait_for_broker(bootstrap_servers: str, timeout_s: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            async with admin_client(bootstrap_servers) as client:
+                await client.describe_cluster()
+            return
+        except Exception as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AdminError(f"broker {bootstrap_servers} not reachable: {exc}") from None
+            await asyncio.sleep(0.5)

@@ -1,0 +1,409 @@
+"""Command line: ``stream-replica COMMAND``. JSON to stdout, logs to stderr.
+
+argparse parses flags (all defaulting to None); pydantic-settings merges them over the
+environment and validates, so every option also comes from ``STREAM_REPLICA_<OPTION>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from stream_replica import admin
+from stream_replica.contract import ContractError, EntryType, GrainId
+from stream_replica.fold import GrainState
+from stream_replica.settings import (
+    PublishSettings,
+    ReplaySettings,
+    StoreSettings,
+    TopicSettings,
+    WorkerSettings,
+)
+from stream_replica.store import ReplicaReader, ReplicaStore, StoreError
+
+log = logging.getLogger("stream_replica")
+S = TypeVar("S", bound=BaseSettings)
+
+
+class UsageError(Exception):
+    pass
+
+
+# --- output helpers ---------------------------------------------------------------------------
+
+
+def grain_json(grain: GrainId, state: GrainState) -> dict[str, Any]:
+    return {
+        "grain_type": grain[0],
+        "grain_key": grain[1],
+        "sequence": state.sequence,
+        "timestamp_millis": state.timestamp_millis,
+        "source_cluster": state.source_cluster,
+        "payload": base64.b64encode(state.payload).decode(),
+        "partition": state.partition,
+        "offset": state.offset,
+    }
+
+
+def emit(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+
+def settings_from(cls: type[S], args: argparse.Namespace, names: Sequence[str]) -> S:
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    return cls(**given)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+_KAFKA = ("bootstrap_servers", "topic")
+
+
+async def cmd_topic_create(args: argparse.Namespace) -> int:
+    s = settings_from(
+        TopicSettings,
+        args,
+        (*_KAFKA, "partitions", "replication_factor", "segment_ms", "delete_retention_ms"),
+    )
+    configs = admin.replication_topic_configs(
+        s.replication_factor, s.segment_ms, s.delete_retention_ms
+    )
+    created = await admin.create_topic(
+        s.bootstrap_servers, s.topic, s.partitions, s.replication_factor, configs
+    )
+    info = await admin.describe_topic(s.bootstrap_servers, s.topic)
+    assert info is not None
+    emit({"created": created, **info.as_json()})
+    if not created:
+        log.info("topic %s already existed; left as it is", s.topic)
+    return _report_compaction(info)
+
+
+async def cmd_topic_describe(args: argparse.Namespace) -> int:
+    s = settings_from(TopicSettings, args, _KAFKA)
+    info = await admin.describe_topic(s.bootstrap_servers, s.topic)
+    if info is None:
+        raise UsageError(f"topic {s.topic!r} does not exist on {s.bootstrap_servers}")
+    emit(info.as_json())
+    return _report_compaction(info)
+
+
+def _report_compaction(info: admin.TopicInfo) -> int:
+    if info.compacted:
+        return 0
+    print(
+        f"stream-replica: topic {info.name!r} is NOT compacted "
+        f"(cleanup.policy={info.configs.get('cleanup.policy')}); replicas need "
+        "cleanup.policy=compact",
+        file=sys.stderr,
+    )
+    return 3
+
+
+async def cmd_publish(args: argparse.Namespace) -> int:
+    from stream_replica.publisher import Publisher
+    from stream_replica.workload import sample_workload
+
+    s = settings_from(PublishSettings, args, (*_KAFKA, "source_cluster"))
+    bad_lines = 0
+    sent = 0
+    async with Publisher(s.bootstrap_servers, s.topic, s.source_cluster) as publisher:
+        if args.demo is not None:
+            for op in sample_workload(args.demo, seed=args.seed):
+                await publisher.publish_raw(op.key, op.value)
+                sent += 1
+        else:
+            for line_number, line in enumerate(sys.stdin, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    await _publish_line(publisher, line)
+                    sent += 1
+                except (ValueError, KeyError, TypeError, ContractError) as exc:
+                    bad_lines += 1
+                    print(f"stream-replica: stdin line {line_number}: {exc}", file=sys.stderr)
+        await publisher.flush()
+    emit({"topic": s.topic, "published": sent, "rejected_lines": bad_lines})
+    return 1 if bad_lines else 0
+
+
+async def _publish_line(publisher: Any, line: str) -> None:
+    obj = json.loads(line)
+    if not isinstance(obj, dict):
+        raise ValueError("expected a JSON object")
+    grain_type, grain_key = obj["grain_type"], obj["grain_key"]
+    if not isinstance(grain_type, str) or not isinstance(grain_key, str):
+        raise ValueError("grain_type and grain_key must be strings")
+    if obj.get("delete") is True:
+        await publisher.publish_tombstone(grain_type, grain_key)
+        return
+    payload = base64.b64decode(obj["payload"], validate=True)
+    sequence = obj.get("sequence")
+    if sequence is not None and (type(sequence) is not int or not 1 <= sequence < 2**64):
+        raise ValueError(f"sequence {sequence!r} is not an integer in 1..2**64-1")
+    entry_type = EntryType(obj.get("entry_type", "FullState"))
+    await publisher.publish_snapshot(grain_type, grain_key, payload, sequence, entry_type)
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    from stream_replica.worker import FatalError, ReplicaWorker
+
+    s = settings_from(
+        WorkerSettings,
+        args,
+        (*_KAFKA, "group", "db", "max_records", "dlq_topic", "allow_non_compacted"),
+    )
+    stop = asyncio.Event()
+    _install_signal_handlers(stop)
+    store = ReplicaStore(s.db, s.topic)
+    try:
+        await ReplicaWorker(s, store, stop).run()
+    except FatalError as exc:
+        print(f"stream-replica: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            print("stream-replica: second signal, exiting at once", file=sys.stderr)
+            os._exit(128 + signum)
+        log.info(
+            "signal %s: finishing the current poll, then stopping", signal.Signals(signum).name
+        )
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    s = settings_from(StoreSettings, args, ("db",))
+    with ReplicaReader(s.db) as reader:
+        state = reader.get((args.grain_type, args.grain_key))
+    if state is None:
+        print(
+            f"stream-replica: grain {args.grain_type}/{args.grain_key} not in {s.db}",
+            file=sys.stderr,
+        )
+        return 1
+    emit(grain_json((args.grain_type, args.grain_key), state))
+    return 0
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    s = settings_from(StoreSettings, args, ("db",))
+    with ReplicaReader(s.db) as reader:
+        for grain, state in reader.grains():
+            emit(grain_json(grain, state))
+    return 0
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    s = settings_from(StoreSettings, args, ("db",))
+    with ReplicaReader(s.db) as reader:
+        checkpoints = reader.checkpoints()
+        emit(
+            {
+                "topic": reader.topic,
+                "partitions": {str(p): c.next_offset for p, c in sorted(checkpoints.items())},
+            }
+        )
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    s = settings_from(StoreSettings, args, ("db",))
+    with ReplicaReader(s.db) as reader:
+        emit({"topic": reader.topic, **reader.counts().as_dict()})
+    return 0
+
+
+async def cmd_replay(args: argparse.Namespace) -> int:
+    from stream_replica.replay import parse_offsets, replay
+
+    s = settings_from(ReplaySettings, args, (*_KAFKA, "group", "db"))
+    timestamp = None
+    if args.from_timestamp is not None:
+        try:
+            timestamp = datetime.fromisoformat(args.from_timestamp)
+        except ValueError:
+            raise UsageError(f"--from-timestamp {args.from_timestamp!r} is not ISO 8601") from None
+        if timestamp.tzinfo is None:
+            raise UsageError("--from-timestamp needs a time zone (e.g. ...Z or +00:00)")
+    partitions = None
+    if args.partitions is not None:
+        try:
+            partitions = [int(p) for p in args.partitions.split(",")]
+        except ValueError:
+            raise UsageError(f"--partitions {args.partitions!r} is not P,P,...") from None
+    result = await replay(
+        s,
+        from_beginning=args.from_beginning,
+        from_timestamp=timestamp,
+        offsets=parse_offsets(args.offsets) if args.offsets is not None else None,
+        partitions=partitions,
+        rebuild=args.rebuild,
+    )
+    emit(result)
+    return 0
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from stream_replica.demo import run_demo
+
+    return await run_demo(
+        bootstrap_servers=args.bootstrap_servers
+        or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        grains=args.grains,
+        workers=args.workers,
+        workdir=args.workdir,
+    )
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def _kafka_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap-servers", help="env KAFKA_BOOTSTRAP_SERVERS")
+    parser.add_argument("--topic", help="env STREAM_REPLICA_TOPIC (default grain-replication)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stream-replica",
+        description="Keep RocksDB read replicas of grain state from a compacted Kafka topic.",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("STREAM_REPLICA_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    topic = commands.add_parser("topic", help="create or describe the replication topic")
+    topic_commands = topic.add_subparsers(dest="topic_command", required=True)
+    create = topic_commands.add_parser("create", help="create the topic, compacted")
+    _kafka_flags(create)
+    create.add_argument("--partitions", type=int)
+    create.add_argument("--replication-factor", type=int)
+    create.add_argument("--segment-ms", type=int)
+    create.add_argument("--delete-retention-ms", type=int)
+    create.set_defaults(handler=cmd_topic_create)
+    describe = topic_commands.add_parser("describe", help="show partitions and configs")
+    _kafka_flags(describe)
+    describe.set_defaults(handler=cmd_topic_describe)
+
+    publish = commands.add_parser(
+        "publish", help="publish JSON lines from stdin, or a sample load with --demo N"
+    )
+    _kafka_flags(publish)
+    publish.add_argument("--source-cluster")
+    publish.add_argument("--demo", type=int, metavar="N", help="N grains, several updates each")
+    publish.add_argument("--seed", type=int, default=7)
+    publish.set_defaults(handler=cmd_publish)
+
+    run = commands.add_parser("run", help="run a replica worker until signalled")
+    _kafka_flags(run)
+    run.add_argument("--group")
+    run.add_argument("--db")
+    run.add_argument("--max-records", type=int)
+    run.add_argument("--dlq-topic")
+    run.add_argument("--allow-non-compacted", action="store_true", default=None)
+    run.set_defaults(handler=cmd_run)
+
+    for name, handler, text in (
+        ("get", cmd_get, "print one grain as JSON"),
+        ("dump", cmd_dump, "print every grain, one JSON object per line"),
+        ("checkpoints", cmd_checkpoints, "print the store's next offset per partition"),
+        ("stats", cmd_stats, "print the store's cumulative counters"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--db")
+        if name == "get":
+            sub.add_argument("grain_type")
+            sub.add_argument("grain_key")
+        sub.set_defaults(handler=handler)
+
+    replay_parser = commands.add_parser(
+        "replay", help="move checkpoints and group offsets (workers stopped)"
+    )
+    _kafka_flags(replay_parser)
+    replay_parser.add_argument("--group")
+    replay_parser.add_argument("--db")
+    start = replay_parser.add_mutually_exclusive_group(required=True)
+    start.add_argument("--from-beginning", action="store_true")
+    start.add_argument("--from-timestamp", metavar="ISO8601")
+    start.add_argument("--offsets", metavar="P:O[,P:O...]")
+    replay_parser.add_argument("--partitions", metavar="P,...")
+    replay_parser.add_argument("--rebuild", action="store_true")
+    replay_parser.set_defaults(handler=cmd_replay)
+
+    demo = commands.add_parser("demo", help="the main job end to end on a local broker")
+    demo.add_argument("--bootstrap-servers")
+    demo.add_argument("--grains", type=int, default=5000)
+    demo.add_argument("--workers", type=int, default=3)
+    demo.add_argument("--workdir", default=".demo")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def _validation_line(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error["loc"]) or "settings"
+        env = f"STREAM_REPLICA_{field.upper()}"
+        parts.append(f"{field}: {error['msg']} (flag --{field.replace('_', '-')} or {env})")
+    return "configuration error: " + "; ".join(parts)
+
+
+def _run_handler(handler: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
+    result = handler(args)
+    if asyncio.iscoroutine(result):
+        return int(asyncio.run(result))
+    return int(result)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from stream_replica.replay import ReplayError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.root.level))
+    try:
+        return _run_handler(args.handler, args)
+    except ValidationError as exc:
+        print(f"stream-replica: {_validation_line(exc)}", file=sys.stderr)
+        return 2
+    except (UsageError, StoreError, admin.AdminError, ReplayError) as exc:
+        print(f"stream-replica: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        # Last resort: one readable line; the traceback only at debug level.
+        log.debug("unexpected error", exc_info=True)
+        print(f"stream-replica: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

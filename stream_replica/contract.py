@@ -1,0 +1,352 @@
+"""The wire contract (version 1) of the grain replication topic.
+
+Key: UTF-8 of ``"{grain_type}/{grain_key}"``. Value: a msgpack map (see ``schemas/README.md``),
+or null for a tombstone. Everything that does not fit is an *invalid record*: decoding reports
+it as a :class:`ContractError` whose ``reason`` names the field and the problem, and never
+raises anything else, whatever the bytes.
+
+Two validators implement the value rules:
+
+* :class:`ReplicationEntry` (pydantic) is the reference model; the JSON Schema in ``schemas/``
+  is generated from it.
+* :func:`decode_value` is a hand-written fast path used on the hot path of the worker. A test
+  proves it accepts and rejects exactly what the pydantic model does.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal
+
+import msgpack
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBytes,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+
+CONTRACT_VERSION: Final = 1
+MAX_SEQUENCE: Final = 2**64  # exclusive
+MIN_TIMESTAMP: Final = -(2**63)
+MAX_TIMESTAMP: Final = 2**63 - 1
+
+GrainId = tuple[str, str]
+
+
+class ContractError(ValueError):
+    """A record that does not follow the contract. ``reason`` says which field and why."""
+
+    def __init__(self, reason: str, grain: GrainId | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.grain = grain
+
+
+class EntryType(enum.StrEnum):
+    FULL_STATE = "FullState"
+    DELTA = "Delta"
+
+
+# rmp-serde encodes a unit enum variant by index when asked to; accept both forms.
+_ENTRY_TYPE_BY_INT: Final = {0: EntryType.FULL_STATE, 1: EntryType.DELTA}
+_ENTRY_TYPE_BY_STR: Final = {e.value: e for e in EntryType}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A decoded, valid replication entry (FullState or Delta)."""
+
+    grain_type: str
+    grain_key: str
+    sequence: int
+    timestamp_millis: int
+    source_cluster: str
+    entry_type: EntryType
+    payload: bytes
+
+    @property
+    def grain(self) -> GrainId:
+        return (self.grain_type, self.grain_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """A null value: the grain was removed."""
+
+    grain_type: str
+    grain_key: str
+
+    @property
+    def grain(self) -> GrainId:
+        return (self.grain_type, self.grain_key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Key
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_key(grain_type: str, grain_key: str) -> bytes:
+    check_grain(grain_type, grain_key)
+    return f"{grain_type}/{grain_key}".encode()
+
+
+def check_grain(grain_type: str, grain_key: str) -> None:
+    if not grain_type:
+        raise ContractError("grain_type is empty")
+    if "/" in grain_type:
+        raise ContractError(f"grain_type {grain_type!r} contains '/'")
+    if not grain_key:
+        raise ContractError(f"grain_key is empty (grain_type {grain_type!r})")
+
+
+def parse_key(key: bytes | None) -> GrainId:
+    if key is None:
+        raise ContractError("key: missing (null key)")
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ContractError(f"key: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    grain_type, sep, grain_key = text.partition("/")
+    if not sep:
+        raise ContractError(f"key: {_short(text)!r} has no '/' between grain_type and grain_key")
+    if not grain_type:
+        raise ContractError(f"key: {_short(text)!r} has an empty grain_type")
+    if not grain_key:
+        raise ContractError(f"key: {_short(text)!r} has an empty grain_key")
+    return grain_type, grain_key
+
+
+# ---------------------------------------------------------------------------------------------
+# Value: msgpack framing shared by both validators
+# ---------------------------------------------------------------------------------------------
+
+
+def unpack_map(value: bytes) -> dict[str, Any]:
+    """Unpack a msgpack value that must be a map with string keys."""
+    try:
+        obj = msgpack.unpackb(value, raw=False, strict_map_key=False, timestamp=0)
+    except Exception as exc:  # msgpack raises many unrelated types on malformed input
+        raise ContractError(f"value: not valid msgpack ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise ContractError(f"value: expected a msgpack map, got {_type_name(obj)}")
+    for field_name in obj:
+        if not isinstance(field_name, str):
+            raise ContractError(
+                f"value: map key {_short(repr(field_name))} is {_type_name(field_name)}, "
+                "expected a string"
+            )
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference validator: the pydantic model (source of the JSON Schema)
+# ---------------------------------------------------------------------------------------------
+
+
+def _entry_type_before(value: object) -> object:
+    # Exact type checks: bool is an int subclass and must not pass as 0/1.
+    if type(value) is int and value in _ENTRY_TYPE_BY_INT:
+        return _ENTRY_TYPE_BY_INT[value].value
+    return value
+
+
+def _payload_before(value: object) -> object:
+    if isinstance(value, list):
+        if all(type(item) is int and 0 <= item <= 255 for item in value):
+            return bytes(value)
+        raise ValueError("array items must be integers 0..255")
+    return value
+
+
+class ReplicationEntry(BaseModel):
+    """Value of a replication record (contract version 1)."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        strict=True,
+        frozen=True,
+        title="ReplicationEntry",
+        json_schema_extra={"$comment": "msgpack map; see schemas/README.md"},
+    )
+
+    grain_type: StrictStr = Field(min_length=1, pattern=r"^[^/]+$")
+    grain_key: StrictStr = Field(min_length=1)
+    sequence: StrictInt = Field(ge=1, lt=MAX_SEQUENCE)
+    timestamp_millis: StrictInt = Field(ge=MIN_TIMESTAMP, le=MAX_TIMESTAMP)
+    source_cluster: StrictStr = Field(min_length=1)
+    entry_type: Annotated[Literal["FullState", "Delta"], BeforeValidator(_entry_type_before)]
+    payload: Annotated[StrictBytes, BeforeValidator(_payload_before)]
+
+
+def validate_with_model(key: bytes | None, value: bytes) -> Entry:
+    """Decode with the pydantic reference model. Slower; used by tests and tooling."""
+    grain_type, grain_key = parse_key(key)
+    grain = (grain_type, grain_key)
+    fields = _with_grain(unpack_map, value, grain)
+    try:
+        model = ReplicationEntry.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(part) for part in first["loc"]) or "value"
+        raise ContractError(f"{loc}: {first['msg']}", grain) from None
+    _check_key_match(model.grain_type, model.grain_key, grain)
+    return Entry(
+        model.grain_type,
+        model.grain_key,
+        model.sequence,
+        model.timestamp_millis,
+        model.source_cluster,
+        EntryType(model.entry_type),
+        model.payload,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast validator: the hot path
+# ---------------------------------------------------------------------------------------------
+
+_REQUIRED: Final = (
+    "grain_type",
+    "grain_key",
+    "sequence",
+    "timestamp_millis",
+    "source_cluster",
+    "entry_type",
+    "payload",
+)
+
+
+def decode(key: bytes | None, value: bytes | None) -> Entry | Tombstone:
+    """Decode one record. Raises :class:`ContractError` (only) for an invalid record."""
+    if value is None:
+        grain_type, grain_key = parse_key(key)
+        return Tombstone(grain_type, grain_key)
+    return decode_value(key, value)
+
+
+def decode_value(key: bytes | None, value: bytes) -> Entry:
+    grain = parse_key(key)
+    fields = _with_grain(unpack_map, value, grain)
+    for name in _REQUIRED:
+        if name not in fields:
+            raise ContractError(f"{name}: Field required", grain)
+
+    grain_type = _string(fields, "grain_type", grain)
+    if "/" in grain_type:
+        raise ContractError("grain_type: contains '/'", grain)
+    grain_key = _string(fields, "grain_key", grain)
+
+    sequence = fields["sequence"]
+    if type(sequence) is not int:
+        raise ContractError(f"sequence: expected an integer, got {_type_name(sequence)}", grain)
+    if not 1 <= sequence < MAX_SEQUENCE:
+        raise ContractError(f"sequence: {sequence} is outside 1..2**64-1", grain)
+
+    timestamp = fields["timestamp_millis"]
+    if type(timestamp) is not int:
+        raise ContractError(
+            f"timestamp_millis: expected an integer, got {_type_name(timestamp)}", grain
+        )
+    if not MIN_TIMESTAMP <= timestamp <= MAX_TIMESTAMP:
+        raise ContractError(f"timestamp_millis: {timestamp} is not a signed 64-bit int", grain)
+
+    source_cluster = _string(fields, "source_cluster", grain)
+
+    raw_type = fields["entry_type"]
+    entry_type: EntryType | None
+    if type(raw_type) is str:
+        entry_type = _ENTRY_TYPE_BY_STR.get(raw_type)
+    elif type(raw_type) is int:
+        entry_type = _ENTRY_TYPE_BY_INT.get(raw_type)
+    else:
+        entry_type = None
+    if entry_type is None:
+        raise ContractError(
+            f"entry_type: {_short(repr(raw_type))} is not 'FullState'/'Delta' (or 0/1)", grain
+        )
+
+    payload = fields["payload"]
+    if type(payload) is not bytes:
+        if type(payload) is list and all(type(b) is int and 0 <= b <= 255 for b in payload):
+            payload = bytes(payload)
+        else:
+            raise ContractError(
+                f"payload: expected bin (or an array of ints 0..255), got {_type_name(payload)}",
+                grain,
+            )
+
+    _check_key_match(grain_type, grain_key, grain)
+    return Entry(grain_type, grain_key, sequence, timestamp, source_cluster, entry_type, payload)
+
+
+def encode_value(entry: Entry) -> bytes:
+    """Canonical encoding: str entry_type, bin payload."""
+    check_grain(entry.grain_type, entry.grain_key)
+    return msgpack.packb(  # type: ignore[no-any-return]
+        {
+            "grain_type": entry.grain_type,
+            "grain_key": entry.grain_key,
+            "sequence": entry.sequence,
+            "timestamp_millis": entry.timestamp_millis,
+            "source_cluster": entry.source_cluster,
+            "entry_type": entry.entry_type.value,
+            "payload": entry.payload,
+        },
+        use_bin_type=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _with_grain(unpack: Any, value: bytes, grain: GrainId) -> dict[str, Any]:
+    try:
+        result: dict[str, Any] = unpack(value)
+    except ContractError as exc:
+        raise ContractError(exc.reason, grain) from None
+    return result
+
+
+def _string(fields: dict[str, Any], name: str, grain: GrainId) -> str:
+    value = fields[name]
+    if type(value) is not str:
+        raise ContractError(f"{name}: expected a string, got {_type_name(value)}", grain)
+    if not value:
+        raise ContractError(f"{name}: is empty", grain)
+    return value
+
+
+def _check_key_match(grain_type: str, grain_key: str, grain: GrainId) -> None:
+    if (grain_type, grain_key) != grain:
+        raise ContractError(
+            f"key/value mismatch: key names {grain[0]!r}/{_short(grain[1])!r} but value names "
+            f"{grain_type!r}/{_short(grain_key)!r}",
+            grain,
+        )
+
+
+def _type_name(value: object) -> str:
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        str: "a string",
+        bytes: "bin",
+        list: "an array",
+        dict: "a map",
+        type(None): "nil",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,116 @@
+"""Replay: move a store's checkpoints and the group's committed offsets (optionally wiping the
+partitions' grains first). Refused while the group has live members."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stream_replica.admin import AdminError, describe_topic, group_members, offsets_reader
+from stream_replica.settings import ReplaySettings
+from stream_replica.store import ReplicaStore
+from stream_replica.worker import now_ms
+
+log = logging.getLogger("stream_replica.replay")
+
+
+class ReplayError(Exception):
+    pass
+
+
+def parse_offsets(text: str) -> dict[int, int]:
+    """``"0:15,3:200"`` → ``{0: 15, 3: 200}``."""
+    result: dict[int, int] = {}
+    for item in text.split(","):
+        partition, sep, offset = item.strip().partition(":")
+        if not sep or not partition.isdigit() or not offset.isdigit():
+            raise ReplayError(f"--offsets: {item!r} is not PARTITION:OFFSET")
+        result[int(partition)] = int(offset)
+    return result
+
+
+async def replay(
+    settings: ReplaySettings,
+    *,
+    from_beginning: bool = False,
+    from_timestamp: datetime | None = None,
+    offsets: dict[int, int] | None = None,
+    partitions: list[int] | None = None,
+    rebuild: bool = False,
+) -> dict[str, Any]:
+    if sum((from_beginning, from_timestamp is not None, offsets is not None)) != 1:
+        raise ReplayError("give exactly one of --from-beginning, --from-timestamp, --offsets")
+    info = await describe_topic(settings.bootstrap_servers, settings.topic)
+    if info is None:
+        raise AdminError(f"topic {settings.topic!r} does not exist")
+    members = await group_members(settings.bootstrap_servers, settings.group)
+    if members:
+        raise ReplayError(
+            f"group {settings.group!r} has {len(members)} live member(s); stop its workers "
+            "before replaying"
+        )
+    if partitions is None:
+        partitions = sorted(offsets) if offsets is not None else list(range(info.partitions))
+    unknown = [p for p in partitions if not 0 <= p < info.partitions]
+    if unknown:
+        raise ReplayError(f"topic {settings.topic!r} has no partition(s) {unknown}")
+    tps = [TopicPartition(settings.topic, p) for p in partitions]
+
+    async with offsets_reader(settings.bootstrap_servers) as reader:
+        beginnings = {tp.partition: o for tp, o in (await reader.beginning_offsets(tps)).items()}
+        ends = {tp.partition: o for tp, o in (await reader.end_offsets(tps)).items()}
+        if from_beginning:
+            targets = dict(beginnings)
+        elif from_timestamp is not None:
+            millis = int(from_timestamp.timestamp() * 1000)
+            found = await reader.offsets_for_times({tp: millis for tp in tps})
+            targets = {
+                tp.partition: (ends[tp.partition] if hit is None else hit.offset)
+                for tp, hit in found.items()
+            }
+        else:
+            assert offsets is not None
+            targets = {}
+            for p in partitions:
+                if p not in offsets:
+                    raise ReplayError(f"--offsets names no offset for partition {p}")
+                if not beginnings[p] <= offsets[p] <= ends[p]:
+                    raise ReplayError(
+                        f"offset {offsets[p]} for partition {p} is outside "
+                        f"{beginnings[p]}..{ends[p]}"
+                    )
+                targets[p] = offsets[p]
+
+    store = ReplicaStore(settings.db, settings.topic)
+    try:
+        wiped = store.wipe_partitions(partitions) if rebuild else 0
+        store.set_checkpoints(targets, now_ms())
+    finally:
+        store.close()
+    if rebuild and not from_beginning:
+        log.warning(
+            "--rebuild from an offset other than the beginning: the store will hold only "
+            "what those partitions' records from that offset on produce"
+        )
+
+    committer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.group,
+        enable_auto_commit=False,
+    )
+    await committer.start()
+    try:
+        committer.assign(tps)
+        await committer.commit({TopicPartition(settings.topic, p): o for p, o in targets.items()})
+    finally:
+        await committer.stop()
+    return {
+        "topic": settings.topic,
+        "group": settings.group,
+        "partitions": {str(p): targets[p] for p in sorted(targets)},
+        "rebuild": rebuild,
+        "grains_wiped": wiped,
+    }

@@ -1,0 +1,292 @@
+"""The replica store: grains and per-partition checkpoints in one RocksDB (rocksdict, raw mode).
+
+Key layout (one column family, ordered so that a prefix scan is a range):
+
+* ``m:topic``          → the topic this store replicates (a store never serves two topics)
+* ``m:counts``         → cumulative fold counters (msgpack map), written with the data
+* ``c`` + u32 BE part. → checkpoint: msgpack ``[next_offset, written_at_ms]``
+* ``g`` + type + key   → grain state: msgpack ``[sequence, ts, source, payload, partition,
+  offset]``. ``type`` is escaped (NUL → NUL 0xFF) and terminated by NUL, so byte order is
+  (grain_type, grain_key) order and ``dump`` needs no sort.
+
+A poll's grain changes, checkpoints and counters go into ONE write batch: after any crash the
+store holds exactly the result of the records before each partition's checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import msgpack
+from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+
+from stream_replica.contract import GrainId
+from stream_replica.fold import FoldCounts, GrainState
+
+STORE_FORMAT: Final = b"1"
+_TOPIC_KEY: Final = b"m:topic"
+_FORMAT_KEY: Final = b"m:format"
+_COUNTS_KEY: Final = b"m:counts"
+_CHECKPOINT_PREFIX: Final = b"c"
+_GRAIN_PREFIX: Final = b"g"
+_PARTITION: Final = struct.Struct(">I")
+
+
+class StoreError(Exception):
+    """A state directory that cannot be used; the message is one readable line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    next_offset: int
+    written_at_ms: int
+
+
+# --- key/value codecs -------------------------------------------------------------------------
+
+
+def grain_db_key(grain: GrainId) -> bytes:
+    grain_type, grain_key = grain
+    escaped = grain_type.encode().replace(b"\x00", b"\x00\xff")
+    return _GRAIN_PREFIX + escaped + b"\x00" + grain_key.encode()
+
+
+def parse_grain_db_key(db_key: bytes) -> GrainId:
+    body = db_key[len(_GRAIN_PREFIX) :]
+    index = 0
+    while True:
+        index = body.index(b"\x00", index)
+        if body[index + 1 : index + 2] != b"\xff":
+            break
+        index += 2
+    grain_type = body[:index].replace(b"\x00\xff", b"\x00").decode()
+    return grain_type, body[index + 1 :].decode()
+
+
+def _pack_state(state: GrainState) -> bytes:
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [
+            state.sequence,
+            state.timestamp_millis,
+            state.source_cluster,
+            state.payload,
+            state.partition,
+            state.offset,
+        ],
+        use_bin_type=True,
+    )
+
+
+def _unpack_state(raw: bytes) -> GrainState:
+    sequence, timestamp, source, payload, partition, offset = msgpack.unpackb(raw)
+    return GrainState(sequence, timestamp, source, payload, partition, offset)
+
+
+def _checkpoint_key(partition: int) -> bytes:
+    return _CHECKPOINT_PREFIX + _PARTITION.pack(partition)
+
+
+def _options() -> Options:
+    options = Options(raw_mode=True)  # raw from the very first open (see LESSONS.md)
+    options.create_if_missing(True)
+    return options
+
+
+def _open_error(path: Path, exc: Exception) -> StoreError:
+    text = str(exc)
+    if "LOCK" in text and ("unavailable" in text.lower() or "lock" in text.lower()):
+        return StoreError(
+            f"state directory {path} is in use by another worker (RocksDB lock held); "
+            "each worker needs its own --db"
+        )
+    return StoreError(f"cannot open state directory {path}: {text}")
+
+
+# --- shared read side -------------------------------------------------------------------------
+
+
+class _StoreView:
+    _db: Rdict
+    path: Path
+
+    @property
+    def topic(self) -> str | None:
+        raw = self._db.get(_TOPIC_KEY)
+        return None if raw is None else bytes(raw).decode()
+
+    def get(self, grain: GrainId) -> GrainState | None:
+        raw = self._db.get(grain_db_key(grain))
+        return None if raw is None else _unpack_state(raw)
+
+    def get_many(self, grains: Iterable[GrainId]) -> dict[GrainId, GrainState | None]:
+        grain_list = list(grains)
+        if not grain_list:
+            return {}
+        raws: list[bytes | None] = self._db.get([grain_db_key(g) for g in grain_list])  # type: ignore[assignment]
+        return {
+            g: (None if raw is None else _unpack_state(raw))
+            for g, raw in zip(grain_list, raws, strict=True)
+        }
+
+    def grains(self) -> Iterator[tuple[GrainId, GrainState]]:
+        """Every grain, sorted by (grain_type, grain_key)."""
+        for db_key, raw in self._scan(_GRAIN_PREFIX):
+            yield parse_grain_db_key(db_key), _unpack_state(raw)
+
+    def checkpoints(self) -> dict[int, Checkpoint]:
+        result = {}
+        for db_key, raw in self._scan(_CHECKPOINT_PREFIX):
+            (partition,) = _PARTITION.unpack(db_key[len(_CHECKPOINT_PREFIX) :])
+            next_offset, written_at = msgpack.unpackb(raw)
+            result[partition] = Checkpoint(next_offset, written_at)
+        return result
+
+    def counts(self) -> FoldCounts:
+        raw = self._db.get(_COUNTS_KEY)
+        counts = FoldCounts()
+        if raw is not None:
+            for name, value in msgpack.unpackb(raw).items():
+                if hasattr(counts, name):
+                    setattr(counts, name, value)
+        return counts
+
+    def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        iterator = self._db.iter()
+        try:
+            iterator.seek(prefix)
+            while iterator.valid():
+                key = iterator.key()
+                if not key.startswith(prefix):
+                    break
+                yield key, iterator.value()
+                iterator.next()
+        finally:
+            del iterator  # iterators pin the DB; drop before close (see LESSONS.md)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> _StoreView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ReplicaReader(_StoreView):
+    """Read-only view; works while a worker writes the same directory (opened read-only, so
+    it sees what was written up to the moment it opened)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not (self.path / "CURRENT").exists():
+            raise StoreError(f"no replica store at {self.path}")
+        try:
+            self._db = Rdict(str(self.path), _options(), access_type=AccessType.read_only())
+        except Exception as exc:
+            raise _open_error(self.path, exc) from None
+
+
+# --- the writer -------------------------------------------------------------------------------
+
+
+class ReplicaStore(_StoreView):
+    """The single writer of a state directory. ``topic`` binds the store on first open."""
+
+    def __init__(self, path: str | os.PathLike[str], topic: str) -> None:
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create state directory {self.path}: {exc}") from None
+        try:
+            self._db = Rdict(str(self.path), _options())
+        except Exception as exc:
+            raise _open_error(self.path, exc) from None
+        # WAL on, no fsync per batch: a process crash loses nothing (the WAL is in the OS page
+        # cache); an OS crash can lose the last batches, but grains and checkpoints roll back
+        # together, and the worker re-reads those records from Kafka. See README.
+        self._write_options = WriteOptions()
+        self._write_options.sync = False
+        stored_topic = self.topic
+        if stored_topic is None:
+            batch = WriteBatch(raw_mode=True)
+            batch.put(_TOPIC_KEY, topic.encode())
+            batch.put(_FORMAT_KEY, STORE_FORMAT)
+            self._write(batch)
+        elif stored_topic != topic:
+            self._db.close()
+            raise StoreError(
+                f"state directory {self.path} holds a replica of topic {stored_topic!r}, "
+                f"not {topic!r}; use another --db"
+            )
+        self.topic_name = topic
+        self._counts = self.counts()
+
+    @property
+    def total_counts(self) -> FoldCounts:
+        return self._counts
+
+    def apply(
+        self,
+        changes: Mapping[GrainId, GrainState | None],
+        next_offsets: Mapping[int, int],
+        counts: FoldCounts,
+        now_ms: int,
+    ) -> None:
+        """Write a poll's result atomically: grain changes, checkpoints, counters."""
+        batch = WriteBatch(raw_mode=True)
+        for grain, state in changes.items():
+            if state is None:
+                batch.delete(grain_db_key(grain))
+            else:
+                batch.put(grain_db_key(grain), _pack_state(state))
+        for partition, next_offset in next_offsets.items():
+            batch.put(_checkpoint_key(partition), msgpack.packb([next_offset, now_ms]))
+        merged = FoldCounts()
+        merged.add(self._counts)
+        merged.add(counts)
+        batch.put(_COUNTS_KEY, msgpack.packb(merged.as_dict()))
+        self._write(batch)
+        self._counts = merged
+
+    def touch(self, partitions: Iterable[int], now_ms: int) -> None:
+        """Record that this store was following ``partitions`` up to now (retention check)."""
+        current = self.checkpoints()
+        batch = WriteBatch(raw_mode=True)
+        for partition in partitions:
+            if partition in current:
+                next_offset = current[partition].next_offset
+                batch.put(_checkpoint_key(partition), msgpack.packb([next_offset, now_ms]))
+        self._write(batch)
+
+    def set_checkpoints(self, next_offsets: Mapping[int, int], now_ms: int) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for partition, next_offset in next_offsets.items():
+            batch.put(_checkpoint_key(partition), msgpack.packb([next_offset, now_ms]))
+        self._write(batch)
+
+    def wipe_partitions(self, partitions: Iterable[int]) -> int:
+        """Delete the grains last set from ``partitions`` and their checkpoints (one batch)."""
+        wanted = set(partitions)
+        batch = WriteBatch(raw_mode=True)
+        deleted = 0
+        for db_key, raw in self._scan(_GRAIN_PREFIX):
+            if _unpack_state(raw).partition in wanted:
+                batch.delete(db_key)
+                deleted += 1
+        for partition in wanted:
+            batch.delete(_checkpoint_key(partition))
+        self._write(batch)
+        return deleted
+
+    def _write(self, batch: WriteBatch) -> None:
+        try:
+            self._db.write(batch, self._write_options)
+        except Exception as exc:
+            raise StoreError(f"write to state directory {self.path} failed: {exc}") from None

@@ -1,0 +1,402 @@
+"""The consumer loop: fetch → decode → fold → one RocksDB batch → DLQ ack → commit.
+
+Ordering guarantees (README "Semantics"):
+
+* The local store is the source of truth for positions. On assignment every partition is
+  sought to the store's checkpoint (or rebuilt from the beginning); the group's committed
+  offset is never used to skip data the store has not seen.
+* A poll's grain writes and checkpoints go into one write batch; refused records reach the
+  dead-letter topic (acknowledged) before that batch is written; offsets are committed only
+  after the write. Commits are cumulative, so a failed one is retried with the next.
+* Revocation waits for the in-flight poll (a lock), commits, and returns; no lock loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
+
+from stream_replica.admin import AdminError, TopicInfo, describe_topic
+from stream_replica.contract import ContractError, decode
+from stream_replica.fold import FoldCounts, Polled, Rejection, fold
+from stream_replica.settings import WorkerSettings
+from stream_replica.store import ReplicaStore, StoreError
+
+log = logging.getLogger("stream_replica.worker")
+
+COMMIT_TIMEOUT_S: Final = 15.0
+TOUCH_INTERVAL_S: Final = 60.0
+PROGRESS_INTERVAL_S: Final = 10.0
+
+
+class FatalError(Exception):
+    """Stops the worker with a one-line message and a non-zero exit."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def c_parser_loaded() -> bool:
+    """aiokafka silently falls back to a ~60x slower pure-Python record parser."""
+    from aiokafka.record import default_records
+
+    return "_crecords" in default_records.DefaultRecordBatch.__module__
+
+
+async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInfo:
+    """Describe the topic, retrying an unreachable broker with backoff until stopped."""
+    backoff = 1.0
+    while True:
+        try:
+            info = await describe_topic(settings.bootstrap_servers, settings.topic)
+            break
+        except AdminError:
+            raise
+        except Exception as exc:
+            if stop.is_set():
+                raise FatalError("stopped while waiting for the broker") from None
+            log.warning(
+                "broker %s not reachable (%s: %s); retrying in %.0f s",
+                settings.bootstrap_servers,
+                type(exc).__name__,
+                exc,
+                backoff,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 30.0)
+    if info is None:
+        raise FatalError(f"topic {settings.topic!r} does not exist on {settings.bootstrap_servers}")
+    if not info.compacted and not settings.allow_non_compacted:
+        raise FatalError(
+            f"topic {settings.topic!r} is not compacted "
+            f"(cleanup.policy={info.configs.get('cleanup.policy')}); "
+            "pass --allow-non-compacted to run anyway"
+        )
+    return info
+
+
+class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, settings: WorkerSettings, store: ReplicaStore, stop: asyncio.Event) -> None:
+        self.settings = settings
+        self.store = store
+        self.stop = stop
+        self.topic = settings.topic
+        self.counts = FoldCounts()  # this process's counts (the store keeps the totals)
+        self._batch_lock = asyncio.Lock()
+        self._uncommitted: dict[int, int] = {}
+        self._delete_retention_ms = 0
+        self._consumer: AIOKafkaConsumer | None = None
+        self._dlq: AIOKafkaProducer | None = None
+        self._last_touch = time.monotonic()
+        self._last_progress = time.monotonic()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if not c_parser_loaded():
+            log.warning("aiokafka's C record parser is not loaded; consuming will be slow")
+        info = await check_topic(self.settings, self.stop)
+        self._delete_retention_ms = info.delete_retention_ms
+        log.info(
+            "replicating topic %s (%d partitions, delete.retention.ms=%d) as group %s into %s",
+            self.topic,
+            info.partitions,
+            info.delete_retention_ms,
+            self.settings.group,
+            self.store.path,
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=self.settings.group,
+            client_id=f"stream-replica-{self.settings.group}",
+            enable_auto_commit=False,
+            auto_offset_reset="none",  # positions come from the store; out-of-range is handled
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, self.settings.session_timeout_ms // 5),
+            max_poll_interval_ms=300_000,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+        )
+        if self.settings.dlq_topic:
+            self._dlq = AIOKafkaProducer(
+                bootstrap_servers=self.settings.bootstrap_servers,
+                acks="all",
+                enable_idempotence=True,
+            )
+        try:
+            await self._consumer.start()
+            if self._dlq is not None:
+                await self._dlq.start()
+            self._consumer.subscribe([self.topic], listener=self)
+            await self._loop(self._consumer)
+            await self._commit_pending(self._consumer, None)
+            self.store.touch(self._owned(), now_ms())
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self._consumer is not None:
+            try:
+                await self._consumer.stop()  # leaves the group
+            except Exception as exc:
+                log.warning("consumer stop failed: %s", exc)
+        if self._dlq is not None:
+            try:
+                await self._dlq.stop()
+            except Exception as exc:
+                log.warning("dead-letter producer stop failed: %s", exc)
+        log.info("stopped; this run: %s", _format_counts(self.counts))
+
+    async def _loop(self, consumer: AIOKafkaConsumer) -> None:
+        while not self.stop.is_set():
+            try:
+                batch = await consumer.getmany(
+                    timeout_ms=self.settings.poll_timeout_ms,
+                    max_records=self.settings.max_records,
+                )
+            except OffsetOutOfRangeError as exc:
+                await self._handle_out_of_range(consumer, exc)
+                continue
+            except KafkaError as exc:
+                log.warning("fetch failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if batch:
+                async with self._batch_lock:
+                    await self._process(consumer, batch)
+            elif self._uncommitted:
+                await self._commit_pending(consumer, None)
+            self._periodic()
+
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        if now - self._last_touch > TOUCH_INTERVAL_S:
+            self.store.touch(self._owned(), now_ms())
+            self._last_touch = now
+        if now - self._last_progress > PROGRESS_INTERVAL_S:
+            log.info("progress: %s", _format_counts(self.counts))
+            self._last_progress = now
+
+    def _owned(self) -> list[int]:
+        if self._consumer is None:
+            return []
+        return [tp.partition for tp in self._consumer.assignment() if tp.topic == self.topic]
+
+    # --- one poll ----------------------------------------------------------------------------
+
+    async def _process(
+        self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[Any]]
+    ) -> None:
+        assigned = consumer.assignment()
+        polled: list[Polled] = []
+        for tp, records in batch.items():
+            if tp not in assigned:  # revoked while this poll was waiting for the lock
+                continue
+            partition = tp.partition
+            for record in records:
+                key, value = record.key, record.value
+                try:
+                    body: Any = decode(key, value)
+                except ContractError as exc:
+                    body = exc
+                polled.append(Polled(partition, record.offset, key, value, body))
+        if not polled:
+            return
+        grains = {p.body.grain for p in polled if not isinstance(p.body, ContractError)}
+        result = fold(polled, self.store.get_many(grains))
+        for warning in result.warnings:
+            log.warning("%s", warning)
+        if result.rejected:
+            for rejection in result.rejected:
+                _log_rejection(self.topic, rejection)
+            await self._send_to_dlq(result.rejected)
+        try:
+            self.store.apply(result.changes, result.next_offsets, result.counts, now_ms())
+        except StoreError as exc:
+            raise FatalError(f"{exc}; offsets of this poll were not committed") from None
+        self.counts.add(result.counts)
+        self._uncommitted.update(result.next_offsets)
+        await self._commit_pending(consumer, None)
+
+    async def _send_to_dlq(self, rejected: Iterable[Rejection]) -> None:
+        if self._dlq is None or not self.settings.dlq_topic:
+            return
+        futures = []
+        for rejection in rejected:
+            record = rejection.record
+            headers = [
+                ("stream-replica.kind", rejection.kind.encode()),
+                ("stream-replica.reason", rejection.reason.encode()),
+                ("stream-replica.source-topic", self.topic.encode()),
+                ("stream-replica.source-partition", str(record.partition).encode()),
+                ("stream-replica.source-offset", str(record.offset).encode()),
+            ]
+            if rejection.grain is not None:
+                headers.append(("stream-replica.grain-type", rejection.grain[0].encode()))
+                headers.append(("stream-replica.grain-key", rejection.grain[1].encode()))
+            futures.append(
+                await self._dlq.send(
+                    self.settings.dlq_topic, key=record.key, value=record.value, headers=headers
+                )
+            )
+        try:
+            await asyncio.gather(*futures)
+        except KafkaError as exc:
+            raise FatalError(
+                f"dead-letter topic {self.settings.dlq_topic!r}: send failed ({exc}); "
+                "nothing of this poll was written or committed"
+            ) from None
+
+    async def _commit_pending(
+        self, consumer: AIOKafkaConsumer, partitions: Iterable[int] | None
+    ) -> None:
+        """Commit written checkpoints (all, or only ``partitions``). Failures are harmless:
+        the store is authoritative, and the next commit carries the same offsets."""
+        owned = {tp.partition for tp in consumer.assignment() if tp.topic == self.topic}
+        wanted = owned if partitions is None else owned & set(partitions)
+        offsets = {
+            TopicPartition(self.topic, p): o for p, o in self._uncommitted.items() if p in wanted
+        }
+        # Never commit partitions we no longer own; their new owner commits them.
+        for partition in list(self._uncommitted):
+            if partition not in owned:
+                del self._uncommitted[partition]
+        if not offsets:
+            return
+        try:
+            await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_S)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning(
+                "offset commit of %s not done (%s); local checkpoints are written, will retry",
+                {tp.partition: o for tp, o in offsets.items()},
+                type(exc).__name__,
+            )
+            return
+        for tp, offset in offsets.items():
+            if self._uncommitted.get(tp.partition) == offset:
+                del self._uncommitted[tp.partition]
+
+    # --- rebalance ---------------------------------------------------------------------------
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # aiokafka swallows exceptions raised here, so log them ourselves.
+        try:
+            async with self._batch_lock:  # waits for the in-flight poll's write + commit
+                partitions = [tp.partition for tp in revoked if tp.topic == self.topic]
+                if self._consumer is not None and partitions:
+                    await self._commit_pending(self._consumer, partitions)
+                    self.store.touch(partitions, now_ms())
+                if partitions:
+                    log.info("released partitions %s", sorted(partitions))
+        except Exception:
+            log.exception("revocation handling failed")
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        try:
+            async with self._batch_lock:
+                await self._seek_assigned(
+                    [tp for tp in assigned if tp.topic == self.topic], self._consumer
+                )
+        except Exception:
+            log.exception("assignment handling failed; stopping")
+            self.stop.set()
+
+    async def _seek_assigned(
+        self, assigned: list[TopicPartition], consumer: AIOKafkaConsumer | None
+    ) -> None:
+        if not assigned or consumer is None:
+            return
+        checkpoints = self.store.checkpoints()
+        beginnings = await consumer.beginning_offsets(assigned)
+        ends = await consumer.end_offsets(assigned)
+        now = now_ms()
+        to_wipe: dict[int, str] = {}
+        for tp in sorted(assigned, key=lambda t: t.partition):
+            checkpoint = checkpoints.get(tp.partition)
+            start, end = beginnings[tp], ends[tp]
+            if checkpoint is None:
+                reason = "no local state: rebuilding from the beginning"
+            elif checkpoint.next_offset < start:
+                reason = (
+                    f"stored offset {checkpoint.next_offset} is below the log start {start}: "
+                    "wiping and rebuilding"
+                )
+                to_wipe[tp.partition] = reason
+            elif checkpoint.next_offset > end:
+                reason = (
+                    f"stored offset {checkpoint.next_offset} is past the end offset {end} "
+                    "(topic recreated?): wiping and rebuilding"
+                )
+                to_wipe[tp.partition] = reason
+            elif (
+                checkpoint.next_offset < end
+                and now - checkpoint.written_at_ms > self._delete_retention_ms
+            ):
+                age_s = (now - checkpoint.written_at_ms) / 1000
+                reason = (
+                    f"state last followed {age_s:.0f} s ago, longer than delete.retention.ms="
+                    f"{self._delete_retention_ms} (tombstones may be gone): wiping and rebuilding"
+                )
+                to_wipe[tp.partition] = reason
+            else:
+                consumer.seek(tp, checkpoint.next_offset)
+                log.info(
+                    "partition %d: resuming from stored offset %d (end %d)",
+                    tp.partition,
+                    checkpoint.next_offset,
+                    end,
+                )
+                continue
+            if tp.partition not in to_wipe:
+                log.info("partition %d: %s (offsets %d..%d)", tp.partition, reason, start, end)
+            consumer.seek(tp, start)
+        if to_wipe:
+            deleted = self.store.wipe_partitions(to_wipe)
+            for partition, reason in to_wipe.items():
+                log.warning("partition %d: %s", partition, reason)
+            log.info("wiped %d grains of partitions %s", deleted, sorted(to_wipe))
+
+    async def _handle_out_of_range(
+        self, consumer: AIOKafkaConsumer, exc: OffsetOutOfRangeError
+    ) -> None:
+        positions: dict[TopicPartition, int] = exc.args[0] if exc.args else {}
+        async with self._batch_lock:
+            partitions = [tp.partition for tp in positions]
+            log.warning(
+                "offsets %s out of range (log start moved past them): wiping and rebuilding",
+                {tp.partition: o for tp, o in positions.items()},
+            )
+            self.store.wipe_partitions(partitions)
+            beginnings = await consumer.beginning_offsets(list(positions))
+            for tp, start in beginnings.items():
+                consumer.seek(tp, start)
+
+
+def _log_rejection(topic: str, rejection: Rejection) -> None:
+    record = rejection.record
+    grain = rejection.grain
+    body = record.body
+    log.error(
+        "refused %s record at %s/%d/%d%s%s: %s",
+        rejection.kind,
+        topic,
+        record.partition,
+        record.offset,
+        f" grain_type={grain[0]!r} grain_key={grain[1]!r}" if grain else "",
+        f" sequence={body.sequence}"
+        if rejection.kind == "delta" and hasattr(body, "sequence")
+        else "",
+        rejection.reason,
+    )
+
+
+def _format_counts(counts: FoldCounts) -> str:
+    return " ".join(f"{name}={value}" for name, value in counts.as_dict().items())
