@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from stream_replica.contract import ContractError, Entry, EntryType, GrainId, Tombstone
 from stream_replica.fold import GrainState, Polled, fold
+from tests.oracle import apply_one
 
 Store = dict[GrainId, GrainState]
 
@@ -18,28 +19,6 @@ def entry(grain: str, sequence: int, payload: bytes = b"p", delta: bool = False)
 
 def records(bodies: list[Entry | Tombstone | ContractError], partition: int = 0) -> list[Polled]:
     return [Polled(partition, offset, None, None, body) for offset, body in enumerate(bodies)]
-
-
-def apply_one(store: Store, record: Polled) -> None:
-    """The oracle: the rules applied to a single record, written independently of fold()."""
-    body = record.body
-    if isinstance(body, ContractError):
-        return
-    if isinstance(body, Tombstone):
-        store.pop(body.grain, None)
-        return
-    if body.entry_type is EntryType.DELTA:
-        return
-    current = store.get(body.grain)
-    if current is None or body.sequence > current.sequence:
-        store[body.grain] = GrainState(
-            body.sequence,
-            body.timestamp_millis,
-            body.source_cluster,
-            body.payload,
-            record.partition,
-            record.offset,
-        )
 
 
 def apply_batch(store: Store, batch: list[Polled]) -> None:

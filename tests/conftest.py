@@ -1,0 +1,91 @@
+"""Shared fixtures. The broker is real: KAFKA_BOOTSTRAP_SERVERS when set, else a
+testcontainers KafkaContainer when a Docker engine answers, else the local Maven-fetched
+broker (dev/kafka/kafka.sh), started once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stream_replica import admin
+from tests.helpers import TopicFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKA_SH = ROOT / "dev" / "kafka" / "kafka.sh"
+
+
+def _try_testcontainers() -> tuple[str, Any] | None:
+    try:
+        from testcontainers.kafka import KafkaContainer
+
+        container = KafkaContainer("apache/kafka:4.1.1").with_kraft()
+        container.start()
+    except Exception:  # no Docker engine here: constructing or starting raises
+        return None
+    return container.get_bootstrap_server(), container
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    if os.environ.get("STREAM_REPLICA_TEST_DOCKER", "auto") != "no":
+        found = _try_testcontainers()
+        if found is not None:
+            bootstrap, container = found
+            try:
+                yield bootstrap
+            finally:
+                container.stop()
+            return
+    port = os.environ.get("KAFKA_PORT", "9092")
+    was_running = (
+        subprocess.run([str(KAFKA_SH), "status"], capture_output=True, check=False).returncode == 0
+    )
+    started = subprocess.run(
+        [str(KAFKA_SH), "start"], capture_output=True, text=True, timeout=600, check=False
+    )
+    if started.returncode != 0:
+        pytest.fail(f"local Kafka broker did not start:\n{started.stdout}\n{started.stderr}")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        if not was_running and os.environ.get("STREAM_REPLICA_KEEP_BROKER") != "1":
+            subprocess.run([str(KAFKA_SH), "stop"], capture_output=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    def make(prefix: str) -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+    return make
+
+
+@pytest.fixture
+async def make_topic(
+    kafka_bootstrap: str, unique: Callable[[str], str]
+) -> AsyncIterator[TopicFactory]:
+    created: list[str] = []
+
+    async def make(partitions: int = 1, compacted: bool = True, prefix: str = "t") -> str:
+        name = unique(prefix)
+        configs = admin.replication_topic_configs(1) if compacted else {"cleanup.policy": "delete"}
+        await admin.create_topic(kafka_bootstrap, name, partitions, 1, configs)
+        created.append(name)
+        return name
+
+    yield make
+    try:
+        async with admin.admin_client(kafka_bootstrap) as client:
+            await client.delete_topics(created)
+    except Exception:
+        pass  # best effort: unique names keep tests independent anyway

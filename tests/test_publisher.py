@@ -1,0 +1,138 @@
+"""Publisher and topic admin against the real broker."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import defaultdict
+
+from aiokafka import AIOKafkaConsumer
+
+from stream_replica import admin
+from stream_replica.contract import EntryType, Tombstone, decode
+from stream_replica.publisher import Publisher
+from tests.helpers import TopicFactory, cli
+
+
+async def read_all(bootstrap: str, topic: str, expected: int) -> list:  # type: ignore[type-arg]
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records = []
+    try:
+        while len(records) < expected:
+            batch = await consumer.getmany(timeout_ms=10_000)
+            assert batch, f"only {len(records)} of {expected} records arrived"
+            for partition_records in batch.values():
+                records.extend(partition_records)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def test_publish_round_trip_and_grain_partitioning(
+    kafka_bootstrap: str, make_topic: TopicFactory
+) -> None:
+    topic = await make_topic(partitions=6)
+    async with Publisher(kafka_bootstrap, topic, source_cluster="eu-1") as publisher:
+        for i in range(40):
+            for _ in range(3):
+                await publisher.publish_snapshot("account", f"a/{i}", f"state-{i}".encode())
+        await publisher.publish_snapshot("account", "a/0", b"d", entry_type=EntryType.DELTA)
+        await publisher.publish_tombstone("account", "a/1")
+
+    records = await read_all(kafka_bootstrap, topic, 122)
+    partitions_by_grain: dict[bytes, set[int]] = defaultdict(set)
+    sequences: dict[str, list[int]] = defaultdict(list)
+    tombstones = []
+    for record in records:
+        partitions_by_grain[record.key].add(record.partition)
+        body = decode(record.key, record.value)
+        if isinstance(body, Tombstone):
+            tombstones.append(body.grain)
+            assert record.value is None
+            continue
+        assert record.key == f"{body.grain_type}/{body.grain_key}".encode()
+        assert body.source_cluster == "eu-1"
+        if body.entry_type is EntryType.FULL_STATE:
+            sequences[body.grain_key].append(body.sequence)
+    assert tombstones == [("account", "a/1")]
+    assert all(len(p) == 1 for p in partitions_by_grain.values()), "a grain spans partitions"
+    assert len({p for ps in partitions_by_grain.values() for p in ps}) > 1
+    for seqs in sequences.values():
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), "auto sequence not increasing"
+
+
+async def test_topic_created_compacted(kafka_bootstrap: str, unique: object) -> None:
+    name = f"compacted-{id(unique)}"
+    result = cli(
+        "topic",
+        "create",
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--topic",
+        name,
+        "--partitions",
+        "3",
+    )
+    assert result.returncode == 0, result.stderr
+    info = await admin.describe_topic(kafka_bootstrap, name)
+    assert info is not None
+    assert info.partitions == 3
+    assert info.configs["cleanup.policy"] == "compact"
+    assert int(info.configs["segment.ms"]) < 7 * 24 * 3600 * 1000
+    assert "delete.retention.ms" in info.configs
+    described = cli(
+        "topic",
+        "describe",
+        env={"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "STREAM_REPLICA_TOPIC": name},
+    )
+    assert described.returncode == 0, described.stderr
+    assert json.loads(described.stdout)["compacted"] is True
+    again = cli("topic", "create", "--bootstrap-servers", kafka_bootstrap, "--topic", name)
+    assert again.returncode == 0 and json.loads(again.stdout)["created"] is False
+    await admin.delete_topic(kafka_bootstrap, name)
+
+
+async def test_describe_reports_non_compacted(
+    kafka_bootstrap: str, make_topic: TopicFactory
+) -> None:
+    topic = await make_topic(compacted=False)
+    result = cli("topic", "describe", "--bootstrap-servers", kafka_bootstrap, "--topic", topic)
+    assert result.returncode == 3
+    assert "NOT compacted" in result.stderr
+    assert json.loads(result.stdout)["compacted"] is False
+
+
+async def test_cli_publish_json_lines(kafka_bootstrap: str, make_topic: TopicFactory) -> None:
+    topic = await make_topic(partitions=2)
+    lines = "\n".join(
+        [
+            json.dumps(
+                {
+                    "grain_type": "cart",
+                    "grain_key": "c1",
+                    "payload": base64.b64encode(b"hello").decode(),
+                    "sequence": 7,
+                }
+            ),
+            json.dumps({"grain_type": "cart", "grain_key": "c1", "delete": True}),
+            "not json",
+            json.dumps({"grain_type": "cart", "grain_key": "c2", "payload": "!!", "sequence": 1}),
+            json.dumps(
+                {"grain_type": "cart", "grain_key": "c3", "payload": "", "entry_type": "Delta"}
+            ),
+        ]
+    )
+    result = cli("publish", "--bootstrap-servers", kafka_bootstrap, "--topic", topic, input=lines)
+    assert result.returncode == 1  # two bad lines reported, the rest published
+    assert "stdin line 3" in result.stderr and "stdin line 4" in result.stderr
+    assert json.loads(result.stdout)["published"] == 3
+    records = await read_all(kafka_bootstrap, topic, 3)
+    bodies = sorted((decode(r.key, r.value) for r in records), key=lambda b: b.grain_key)
+    first = bodies[0]
+    assert not isinstance(first, Tombstone) or first.grain_key == "c1"
+    assert any(isinstance(b, Tombstone) for b in bodies)
+    assert any(getattr(b, "entry_type", None) is EntryType.DELTA for b in bodies)
+    assert any(getattr(b, "sequence", None) == 7 and b.payload == b"hello" for b in bodies)  # type: ignore[union-attr]

@@ -1,0 +1,332 @@
+"""Worker semantics against the real broker (in-process workers; subprocess ones in
+test_cluster.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from stream_replica import admin
+from stream_replica.contract import EntryType
+from stream_replica.publisher import Publisher
+from stream_replica.settings import WorkerSettings
+from stream_replica.store import ReplicaStore, StoreError
+from stream_replica.worker import ReplicaWorker
+from stream_replica.workload import invalid_values
+from tests.helpers import TopicFactory, cli, wait_until
+from tests.oracle import read_oracle
+
+
+class InProcessWorker:
+    def __init__(self, bootstrap: str, topic: str, group: str, db: Path, **options: Any) -> None:
+        self.settings = WorkerSettings(
+            bootstrap_servers=bootstrap, topic=topic, group=group, db=db, **options
+        )
+        self.store = ReplicaStore(db, topic)
+        self.stop_event = asyncio.Event()
+        self.worker = ReplicaWorker(self.settings, self.store, self.stop_event)
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> InProcessWorker:
+        self.task = asyncio.create_task(self.worker.run())
+        return self
+
+    async def caught_up(self, ends: dict[int, int]) -> bool:
+        assert self.task is not None
+        if self.task.done():
+            self.task.result()  # raise the worker's error in the test
+        checkpoints = self.store.checkpoints()
+        return all(
+            checkpoints.get(p) is not None and checkpoints[p].next_offset >= end
+            for p, end in ends.items()
+            if end > 0
+        )
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 60)
+        self.store.close()
+
+    async def kill(self) -> None:
+        """Die without finishing anything (the store is closed like the OS would)."""
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+        self.store.close()
+
+
+def stored_grains(store: ReplicaStore) -> dict[Any, Any]:
+    return dict(store.grains())
+
+
+async def produce_mixed(publisher: Publisher) -> None:
+    """Several grains in one partition, Delta in the middle of a poll, FullState after the
+    Delta, duplicates, lower sequences, tombstone then re-create, and invalid records."""
+    p = publisher
+    await p.publish_snapshot("acct", "a", b"a1", sequence=1)
+    await p.publish_snapshot("acct", "b", b"b1", sequence=1)
+    await p.publish_snapshot("acct", "a", b"a-delta", sequence=2, entry_type=EntryType.DELTA)
+    await p.publish_snapshot("acct", "c", b"c1", sequence=5)
+    await p.publish_snapshot("acct", "a", b"a3", sequence=3)  # FullState after the Delta
+    await p.publish_snapshot("acct", "b", b"b1", sequence=1)  # duplicate
+    await p.publish_snapshot("acct", "c", b"c-old", sequence=4)  # lower: stale
+    await p.publish_snapshot("acct", "d", b"d9", sequence=9)
+    await p.publish_tombstone("acct", "d")
+    await p.publish_snapshot("acct", "d", b"d-again", sequence=1)  # re-create after tombstone
+    await p.publish_snapshot("acct", "e", b"e1", sequence=1)
+    await p.publish_tombstone("acct", "e")
+    import random
+
+    for op in invalid_values(random.Random(1), "acct", "z"):
+        await p.publish_raw(op.key, op.value)
+    await p.publish_snapshot("acct", "b", b"b2", sequence=2)
+    await p.flush()
+
+
+async def test_semantics_and_dlq(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    topic = await make_topic(partitions=1)
+    dlq = await make_topic(partitions=1, compacted=False, prefix="dlq")
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        await produce_mixed(publisher)
+    oracle = await read_oracle(kafka_bootstrap, topic, 1)
+    worker = InProcessWorker(
+        kafka_bootstrap, topic, unique("g"), tmp_path / "db", dlq_topic=dlq
+    ).start()
+    await wait_until(lambda: worker.caught_up(oracle.end_offsets()), 60, what="catch-up")
+    grains = stored_grains(worker.store)
+    counts = worker.worker.counts
+    await worker.stop()
+
+    assert grains == oracle.expected()
+    assert {g[1]: s.payload for g, s in grains.items()} == {
+        "a": b"a3",
+        "b": b"b2",
+        "c": b"c1",
+        "d": b"d-again",
+    }
+    assert counts.deltas_refused == 1
+    assert counts.invalid == 9
+    assert counts.duplicates == 1 and counts.stale == 1 and counts.tombstones == 2
+
+    # The DLQ holds every refused record with its origin in the headers.
+    consumer = AIOKafkaConsumer(
+        dlq, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    dead = []
+    try:
+        while len(dead) < 10:
+            batch = await consumer.getmany(timeout_ms=10_000)
+            assert batch, f"DLQ has only {len(dead)} records"
+            for records in batch.values():
+                dead.extend(records)
+    finally:
+        await consumer.stop()
+    by_offset = {}
+    for record in dead:
+        headers = {k: v.decode() for k, v in record.headers}
+        assert headers["stream-replica.source-topic"] == topic
+        assert headers["stream-replica.source-partition"] == "0"
+        by_offset[int(headers["stream-replica.source-offset"])] = (record, headers)
+    assert set(by_offset) == {o for _, o in oracle.rejected()}
+    delta_record, delta_headers = by_offset[2]
+    assert delta_headers["stream-replica.kind"] == "delta"
+    assert delta_headers["stream-replica.grain-key"] == "a"
+    assert msgpack.unpackb(delta_record.value)["payload"] == b"a-delta"
+    reasons = [h["stream-replica.reason"] for _, h in by_offset.values() if h["stream-replica.kind"] == "invalid"]
+    assert any("not valid msgpack" in r for r in reasons)
+    assert any("key/value mismatch" in r for r in reasons)
+    assert any("has no '/'" in r for r in reasons)
+
+
+async def test_small_polls_give_the_same_result(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    topic = await make_topic(partitions=3)
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for round_index in range(5):
+            for i in range(60):
+                await publisher.publish_snapshot("t", f"k{i}", f"{round_index}".encode())
+            await publisher.publish_tombstone("t", f"k{round_index}")
+    oracle = await read_oracle(kafka_bootstrap, topic, 3)
+    worker = InProcessWorker(
+        kafka_bootstrap, topic, unique("g"), tmp_path / "db", max_records=7
+    ).start()
+    await wait_until(lambda: worker.caught_up(oracle.end_offsets()), 60, what="catch-up")
+    grains = stored_grains(worker.store)
+    await worker.stop()
+    assert grains == oracle.expected()
+    committed = await admin.committed_offsets(kafka_bootstrap, worker.settings.group, topic)
+    assert committed == oracle.end_offsets()
+
+
+async def test_crash_between_write_and_commit(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    """The store is written before the commit; a worker dying in between restarts from the
+    store's checkpoint: nothing is lost, nothing is re-read from the older group offset."""
+    topic = await make_topic(partitions=1)
+    group = unique("g")
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for i in range(50):
+            await publisher.publish_snapshot("t", f"k{i % 10}", f"v{i}".encode())
+    oracle = await read_oracle(kafka_bootstrap, topic, 1)
+
+    first = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "db", max_records=20)
+    written = asyncio.Event()
+    real_commit = first.worker._commit_pending
+
+    async def die_before_commit(consumer: Any, partitions: Any) -> None:
+        if first.worker._uncommitted:
+            written.set()
+            await asyncio.Event().wait()  # hang here: the "crash" point
+        await real_commit(consumer, partitions)
+
+    first.worker._commit_pending = die_before_commit  # type: ignore[method-assign]
+    first.start()
+    await asyncio.wait_for(written.wait(), 60)
+    checkpoint = first.store.checkpoints()[0].next_offset
+    await first.kill()
+    assert checkpoint == 20  # one poll of 20 records was written ...
+    committed = await admin.committed_offsets(kafka_bootstrap, group, topic)
+    assert committed.get(0, -1) in (-1, None) or committed.get(0, 0) < checkpoint  # ... not committed
+
+    second = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "db", max_records=20)
+    second.start()
+    await wait_until(lambda: second.caught_up(oracle.end_offsets()), 60, what="catch-up")
+    grains = stored_grains(second.store)
+    records_read = second.worker.counts.records
+    await second.stop()
+    assert records_read == 50 - checkpoint  # resumed from the store, not from the group offset
+    assert grains == oracle.expected()
+    assert await admin.committed_offsets(kafka_bootstrap, group, topic) == {0: 50}
+
+
+async def test_new_store_rebuilds_from_beginning_despite_group_offsets(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    topic = await make_topic(partitions=2)
+    group = unique("g")
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for i in range(40):
+            await publisher.publish_snapshot("t", f"k{i}", b"x")
+    oracle = await read_oracle(kafka_bootstrap, topic, 2)
+    first = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "db1").start()
+    await wait_until(lambda: first.caught_up(oracle.end_offsets()), 60, what="catch-up")
+    await first.stop()
+    assert await admin.committed_offsets(kafka_bootstrap, group, topic) == oracle.end_offsets()
+
+    fresh = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "db2").start()
+    await wait_until(lambda: fresh.caught_up(oracle.end_offsets()), 60, what="rebuild")
+    grains = stored_grains(fresh.store)
+    await fresh.stop()
+    assert grains == oracle.expected() and len(grains) == 40
+
+
+async def test_checkpoint_older_than_delete_retention_is_rebuilt(
+    kafka_bootstrap: str, tmp_path: Path, unique: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = unique("short-retention")
+    configs = admin.replication_topic_configs(1, delete_retention_ms=60_000)
+    await admin.create_topic(kafka_bootstrap, topic, 1, 1, configs)
+    group = unique("g")
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        await publisher.publish_snapshot("t", "gone", b"x", sequence=1)
+    first = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "db").start()
+    await wait_until(lambda: first.caught_up({0: 1}), 60, what="catch-up")
+    await first.stop()
+    # Pretend the store was last written two minutes ago, then the grain was deleted.
+    with ReplicaStore(tmp_path / "db", topic) as store:
+        store.set_checkpoints({0: 1}, store.checkpoints()[0].written_at_ms - 120_000)
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        await publisher.publish_snapshot("t", "new", b"y", sequence=1)
+    caplog.set_level("INFO", "stream_replica")
+    second = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "db").start()
+    await wait_until(lambda: second.caught_up({0: 2}), 60, what="rebuild")
+    records_read = second.worker.counts.records
+    await second.stop()
+    assert "delete.retention.ms" in caplog.text and "wiping and rebuilding" in caplog.text
+    assert records_read == 2  # re-read from offset 0, not resumed from offset 1
+
+
+def test_wrong_topic_store_refused(tmp_path: Path) -> None:
+    ReplicaStore(tmp_path / "db", "topic-a").close()
+    with pytest.raises(StoreError, match="holds a replica of topic 'topic-a'"):
+        ReplicaStore(tmp_path / "db", "topic-b")
+    result = cli("run", "--db", str(tmp_path / "db"), "--topic", "topic-b", "--group", "g")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "holds a replica of topic 'topic-a'" in result.stderr
+
+
+def test_locked_store_refused(tmp_path: Path) -> None:
+    with ReplicaStore(tmp_path / "db", "t"):
+        result = cli("run", "--db", str(tmp_path / "db"), "--topic", "t", "--group", "g")
+    assert result.returncode == 2
+    assert "in use by another worker" in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+
+
+async def test_missing_or_non_compacted_topic_refused(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    missing = cli("run", "--bootstrap-servers", kafka_bootstrap, "--topic", unique("nope"),
+                  "--group", "g", "--db", str(tmp_path / "a"))
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    plain = await make_topic(compacted=False)
+    refused = cli("run", "--bootstrap-servers", kafka_bootstrap, "--topic", plain,
+                  "--group", "g", "--db", str(tmp_path / "b"))
+    assert refused.returncode == 1 and "is not compacted" in refused.stderr
+    assert "Traceback" not in refused.stderr + missing.stderr
+
+
+def test_bad_option_is_one_line(tmp_path: Path) -> None:
+    result = cli("run", "--db", str(tmp_path / "db"), "--max-records", "0")
+    assert result.returncode == 2
+    assert "max_records" in result.stderr and "STREAM_REPLICA_MAX_RECORDS" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+async def test_reader_cli_while_worker_runs(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    topic = await make_topic(partitions=2)
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        await publisher.publish_snapshot("cart", "c/1", b"hello", sequence=3)
+        await publisher.publish_snapshot("acct", "z", b"x", sequence=1)
+    oracle = await read_oracle(kafka_bootstrap, topic, 2)
+    worker = InProcessWorker(kafka_bootstrap, topic, unique("g"), tmp_path / "db").start()
+    await wait_until(lambda: worker.caught_up(oracle.end_offsets()), 60, what="catch-up")
+    try:
+        got = cli("get", "--db", str(tmp_path / "db"), "cart", "c/1")
+        assert got.returncode == 0, got.stderr
+        obj = json.loads(got.stdout)
+        state = oracle.expected()[("cart", "c/1")]
+        assert obj == {
+            "grain_type": "cart", "grain_key": "c/1", "sequence": 3,
+            "timestamp_millis": state.timestamp_millis, "source_cluster": "primary",
+            "payload": "aGVsbG8=", "partition": state.partition, "offset": state.offset,
+        }
+        absent = cli("get", "--db", str(tmp_path / "db"), "cart", "nope")
+        assert absent.returncode == 1 and "not in" in absent.stderr
+        dump = cli("dump", "--db", str(tmp_path / "db"))
+        rows = [json.loads(line) for line in dump.stdout.splitlines()]
+        assert [(r["grain_type"], r["grain_key"]) for r in rows] == [("acct", "z"), ("cart", "c/1")]
+        checkpoints = json.loads(cli("checkpoints", "--db", str(tmp_path / "db")).stdout)
+        assert checkpoints == {
+            "topic": topic,
+            "partitions": {str(p): e for p, e in oracle.end_offsets().items() if e},
+        }
+    finally:
+        await worker.stop()
