@@ -54,7 +54,7 @@ class WorkerSettings(KafkaSettings):
     allow_non_compacted: bool = False
     poll_timeout_ms: int = Field(default=500, ge=10)
     fetch_max_wait_ms: int = Field(default=100, ge=0)
-    session_timeout_ms: int = Field(default=30_000, ge=6_000)
+    session_timeout_ms: int = Field(default=10_000, ge=6_000)
 
 
 class ReplaySettings(KafkaSettings):

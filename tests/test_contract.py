@@ -3,6 +3,7 @@ agreeing exactly with the pydantic reference model."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import msgpack
@@ -84,7 +85,12 @@ INVALID_CASES = [
     ("sequence zero", KEY, pack(sequence=0), "sequence: 0 is outside"),
     ("sequence negative", KEY, pack(sequence=-5), "sequence: -5 is outside"),
     ("timestamp float", KEY, pack(timestamp_millis=1.5), "timestamp_millis: expected an integer"),
-    ("timestamp too big", KEY, pack(timestamp_millis=2**63), "timestamp_millis: 9223372036854775808"),
+    (
+        "timestamp too big",
+        KEY,
+        pack(timestamp_millis=2**63),
+        "timestamp_millis: 9223372036854775808",
+    ),
     ("empty source", KEY, pack(source_cluster=""), "source_cluster: is empty"),
     ("entry type name", KEY, pack(entry_type="Snapshot"), "entry_type: 'Snapshot' is not"),
     ("entry type int 2", KEY, pack(entry_type=2), "entry_type: 2 is not"),
@@ -101,7 +107,9 @@ INVALID_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("case", "key", "value", "reason"), INVALID_CASES, ids=[c[0] for c in INVALID_CASES])
+@pytest.mark.parametrize(
+    ("case", "key", "value", "reason"), INVALID_CASES, ids=[c[0] for c in INVALID_CASES]
+)
 def test_invalid_records_are_rejected_with_reason(
     case: str, key: bytes | None, value: bytes, reason: str
 ) -> None:
@@ -134,10 +142,8 @@ def test_encode_key_refuses_bad_grain() -> None:
 @settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=200), st.one_of(st.none(), st.binary(max_size=40)))
 def test_random_bytes_raise_only_contract_error(value: bytes, key: bytes | None) -> None:
-    try:
+    with contextlib.suppress(ContractError):
         decode(key, value)
-    except ContractError:
-        pass
 
 
 # Values of every shape a field could take, to compare the two validators.

@@ -144,7 +144,11 @@ async def test_semantics_and_dlq(
     assert delta_headers["stream-replica.kind"] == "delta"
     assert delta_headers["stream-replica.grain-key"] == "a"
     assert msgpack.unpackb(delta_record.value)["payload"] == b"a-delta"
-    reasons = [h["stream-replica.reason"] for _, h in by_offset.values() if h["stream-replica.kind"] == "invalid"]
+    reasons = [
+        h["stream-replica.reason"]
+        for _, h in by_offset.values()
+        if h["stream-replica.kind"] == "invalid"
+    ]
     assert any("not valid msgpack" in r for r in reasons)
     assert any("key/value mismatch" in r for r in reasons)
     assert any("has no '/'" in r for r in reasons)
@@ -200,7 +204,9 @@ async def test_crash_between_write_and_commit(
     await first.kill()
     assert checkpoint == 20  # one poll of 20 records was written ...
     committed = await admin.committed_offsets(kafka_bootstrap, group, topic)
-    assert committed.get(0, -1) in (-1, None) or committed.get(0, 0) < checkpoint  # ... not committed
+    assert (
+        committed.get(0, -1) in (-1, None) or committed.get(0, 0) < checkpoint
+    )  # ... not committed
 
     second = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "db", max_records=20)
     second.start()
@@ -281,12 +287,30 @@ def test_locked_store_refused(tmp_path: Path) -> None:
 async def test_missing_or_non_compacted_topic_refused(
     kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
 ) -> None:
-    missing = cli("run", "--bootstrap-servers", kafka_bootstrap, "--topic", unique("nope"),
-                  "--group", "g", "--db", str(tmp_path / "a"))
+    missing = cli(
+        "run",
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--topic",
+        unique("nope"),
+        "--group",
+        "g",
+        "--db",
+        str(tmp_path / "a"),
+    )
     assert missing.returncode == 1 and "does not exist" in missing.stderr
     plain = await make_topic(compacted=False)
-    refused = cli("run", "--bootstrap-servers", kafka_bootstrap, "--topic", plain,
-                  "--group", "g", "--db", str(tmp_path / "b"))
+    refused = cli(
+        "run",
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--topic",
+        plain,
+        "--group",
+        "g",
+        "--db",
+        str(tmp_path / "b"),
+    )
     assert refused.returncode == 1 and "is not compacted" in refused.stderr
     assert "Traceback" not in refused.stderr + missing.stderr
 
@@ -314,9 +338,14 @@ async def test_reader_cli_while_worker_runs(
         obj = json.loads(got.stdout)
         state = oracle.expected()[("cart", "c/1")]
         assert obj == {
-            "grain_type": "cart", "grain_key": "c/1", "sequence": 3,
-            "timestamp_millis": state.timestamp_millis, "source_cluster": "primary",
-            "payload": "aGVsbG8=", "partition": state.partition, "offset": state.offset,
+            "grain_type": "cart",
+            "grain_key": "c/1",
+            "sequence": 3,
+            "timestamp_millis": state.timestamp_millis,
+            "source_cluster": "primary",
+            "payload": "aGVsbG8=",
+            "partition": state.partition,
+            "offset": state.offset,
         }
         absent = cli("get", "--db", str(tmp_path / "db"), "cart", "nope")
         assert absent.returncode == 1 and "not in" in absent.stderr

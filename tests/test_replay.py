@@ -1,0 +1,135 @@
+"""Replay from the beginning, a timestamp and explicit offsets, with and without --rebuild."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from stream_replica import admin
+from stream_replica.publisher import Publisher
+from stream_replica.store import ReplicaReader
+from tests.helpers import TopicFactory, cli, wait_until
+from tests.oracle import read_oracle
+from tests.test_worker import InProcessWorker
+
+
+async def catch_up(bootstrap: str, topic: str, group: str, db: Path, ends: dict[int, int]) -> int:
+    worker = InProcessWorker(bootstrap, topic, group, db).start()
+    await wait_until(lambda: worker.caught_up(ends), 60, what="catch-up")
+    records = worker.worker.counts.records
+    await worker.stop()
+    return records
+
+
+def replay(bootstrap: str, topic: str, group: str, db: Path, *args: str) -> dict[str, Any]:
+    result = cli(
+        "replay",
+        "--bootstrap-servers",
+        bootstrap,
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--db",
+        str(db),
+        *args,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def store_state(db: Path) -> tuple[dict[Any, Any], dict[int, int]]:
+    with ReplicaReader(db) as reader:
+        return dict(reader.grains()), {p: c.next_offset for p, c in reader.checkpoints().items()}
+
+
+async def test_replay_modes(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    topic = await make_topic(partitions=2)
+    group, db = unique("g"), tmp_path / "db"
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for i in range(30):
+            await publisher.publish_snapshot("t", f"k{i}", b"first")
+    oracle_first = await read_oracle(kafka_bootstrap, topic, 2)
+    middle = datetime.now(UTC)
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for i in range(30):
+            await publisher.publish_snapshot("t", f"k{i}", b"second")
+        await publisher.publish_tombstone("t", "k0")
+    oracle = await read_oracle(kafka_bootstrap, topic, 2)
+    ends = oracle.end_offsets()
+    assert await catch_up(kafka_bootstrap, topic, group, db, ends) == 61
+
+    # --from-beginning, keeping grains: re-read everything, same final state.
+    out = replay(kafka_bootstrap, topic, group, db, "--from-beginning")
+    assert out["partitions"] == {"0": 0, "1": 0} and out["grains_wiped"] == 0
+    grains, checkpoints = store_state(db)
+    assert checkpoints == {0: 0, 1: 0} and len(grains) == 29  # grains kept
+    assert await admin.committed_offsets(kafka_bootstrap, group, topic) == {0: 0, 1: 0}
+    assert await catch_up(kafka_bootstrap, topic, group, db, ends) == 61
+    assert store_state(db)[0] == oracle.expected()
+
+    # --from-beginning --rebuild: grains wiped first, then rebuilt exactly.
+    out = replay(kafka_bootstrap, topic, group, db, "--from-beginning", "--rebuild")
+    assert out["grains_wiped"] == 29
+    assert store_state(db)[0] == {}
+    assert await catch_up(kafka_bootstrap, topic, group, db, ends) == 61
+    assert store_state(db)[0] == oracle.expected()
+
+    # --from-timestamp: each partition goes back to its first record at/after the time.
+    out = replay(kafka_bootstrap, topic, group, db, "--from-timestamp", middle.isoformat())
+    assert out["partitions"] == {str(p): e for p, e in oracle_first.end_offsets().items()}
+    assert await catch_up(kafka_bootstrap, topic, group, db, ends) == 31
+    assert store_state(db)[0] == oracle.expected()
+
+    # --offsets on one partition with --rebuild: only that partition is rebuilt from there.
+    out = replay(kafka_bootstrap, topic, group, db, "--offsets", "1:0", "--rebuild")
+    assert out["partitions"] == {"1": 0}
+    grains, checkpoints = store_state(db)
+    assert checkpoints[1] == 0 and checkpoints[0] == ends[0]
+    assert all(state.partition == 0 for state in grains.values())
+    committed = await admin.committed_offsets(kafka_bootstrap, group, topic)
+    assert committed == {0: ends[0], 1: 0}
+    assert await catch_up(kafka_bootstrap, topic, group, db, ends) == ends[1]
+    assert store_state(db)[0] == oracle.expected()
+
+
+async def test_replay_refused_while_group_is_live(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    topic = await make_topic(partitions=1)
+    group = unique("g")
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        await publisher.publish_snapshot("t", "k", b"x")
+    worker = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "live").start()
+    try:
+        await wait_until(lambda: worker.caught_up({0: 1}), 60, what="catch-up")
+
+        async def member_visible() -> bool:
+            return bool(await admin.group_members(kafka_bootstrap, group))
+
+        await wait_until(member_visible, 30, what="group membership")
+        result = cli(
+            "replay",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--topic",
+            topic,
+            "--group",
+            group,
+            "--db",
+            str(tmp_path / "other"),
+            "--from-beginning",
+        )
+        assert result.returncode == 2
+        assert "live member" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        await worker.stop()
+
+
+def test_replay_needs_exactly_one_start() -> None:
+    result = cli("replay", "--db", "x", "--from-beginning", "--offsets", "0:1")
+    assert result.returncode == 2 and "not allowed with" in result.stderr
