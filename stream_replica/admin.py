@@ -133,17 +133,24 @@ async def describe_topic(bootstrap_servers: str, topic: str) -> TopicInfo | None
     return TopicInfo(topic, len(partitions), replication_factor, configs)
 
 
-async def group_members(bootstrap_servers: str, group: str) -> list[str]:
-    """Member ids of the group's live members (empty when the group is empty or unknown)."""
+async def describe_group(bootstrap_servers: str, group: str) -> tuple[str, list[str]]:
+    """The group's state (e.g. ``Stable``, ``Empty``, ``Dead``) and its live members' ids."""
     async with admin_client(bootstrap_servers) as client:
         responses = await client.describe_consumer_groups([group])
-    members: list[str] = []
+    state, members = "Dead", list[str]()
     for response in responses:
         for described in response.groups:
-            error_code, state, group_members_list = described[0], described[2], described[5]
-            if error_code == 0 and state not in ("Dead", "Empty"):
+            error_code, group_state, group_members_list = described[0], described[2], described[5]
+            if error_code == 0:
+                state = group_state
                 members.extend(member[0] for member in group_members_list)
-    return members
+    return state, members
+
+
+async def group_members(bootstrap_servers: str, group: str) -> list[str]:
+    """Member ids of the group's live members (empty when the group is empty or unknown)."""
+    state, members = await describe_group(bootstrap_servers, group)
+    return [] if state in ("Dead", "Empty") else members
 
 
 async def committed_offsets(bootstrap_servers: str, group: str, topic: str) -> dict[int, int]:

@@ -1,0 +1,261 @@
+"""The main job end to end (``make demo``): a compacted topic, a workers group following it,
+a sample workload with Deltas, tombstones and invalid records, progress until the lag is zero,
+a summary, a check of every replica against the log, and a sample ``get``."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from stream_replica import admin
+from stream_replica.contract import ContractError, Entry, GrainId, Tombstone, decode
+from stream_replica.fold import FoldCounts, GrainState, Polled, fold
+from stream_replica.publisher import Publisher
+from stream_replica.store import ReplicaReader
+from stream_replica.workload import sample_workload
+
+PARTITIONS = 6
+console = Console(stderr=True)
+
+
+async def run_demo(bootstrap_servers: str, grains: int, workers: int, workdir: str) -> int:
+    root = Path(workdir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    topic, dlq, group = f"demo-grains-{stamp}", f"demo-grains-{stamp}-dlq", f"demo-{stamp}"
+    await admin.wait_for_broker(bootstrap_servers)
+    await _drop_old_demo_topics(bootstrap_servers)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+
+    await admin.create_topic(bootstrap_servers, topic, PARTITIONS)
+    await admin.create_topic(bootstrap_servers, dlq, 1, configs={"cleanup.policy": "delete"})
+    console.print(f"[bold]topic[/] {topic} ({PARTITIONS} partitions, compacted), DLQ {dlq}")
+
+    processes = []
+    for index in range(workers):
+        db = root / f"worker-{index}.db"
+        log_path = root / f"worker-{index}.log"
+        with log_path.open("wb") as log_file:
+            processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "stream_replica.cli",
+                        "run",
+                        "--bootstrap-servers",
+                        bootstrap_servers,
+                        "--topic",
+                        topic,
+                        "--group",
+                        group,
+                        "--db",
+                        str(db),
+                        "--dlq-topic",
+                        dlq,
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=log_file,
+                )
+            )
+    try:
+        await _wait_for_members(bootstrap_servers, group, workers)
+        console.print(f"[bold]{workers} workers[/] joined group {group} (logs in {root}/)")
+        published = await _publish(bootstrap_servers, topic, grains)
+        ends = await admin.end_offsets(bootstrap_servers, topic, PARTITIONS)
+        await _follow_lag(bootstrap_servers, group, topic, ends, processes)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes = [process.wait(60) for process in processes]
+    if any(codes):
+        console.print(f"[red]a worker exited with {codes}; see {root}/worker-*.log")
+        return 1
+
+    stores = sorted(root.glob("worker-*.db"))
+    totals = FoldCounts()
+    for db in stores:
+        with ReplicaReader(db) as reader:
+            totals.add(reader.counts())
+    dead_letters = sum((await admin.end_offsets(bootstrap_servers, dlq, 1)).values())
+    _print_summary(published, totals, dead_letters)
+    mismatches, grain_count, sample = await _verify(bootstrap_servers, topic, ends, stores)
+    if mismatches:
+        console.print(f"[red]{mismatches} grains differ from the log's fold")
+        return 1
+    console.print(
+        f"[green]verified:[/] all {grain_count} grains in the {len(stores)} replicas equal "
+        "the fold of the log (0 mismatches)"
+    )
+    if sample is not None:
+        (grain_type, grain_key), db = sample
+        command = ["stream-replica", "get", "--db", str(db), grain_type, grain_key]
+        console.print(f"[bold]sample:[/] {' '.join(command)}")
+        result = subprocess.run(
+            [sys.executable, "-m", "stream_replica.cli", *command[1:]],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        sys.stdout.write(result.stdout)
+    return 0
+
+
+async def _drop_old_demo_topics(bootstrap_servers: str) -> None:
+    async with admin.admin_client(bootstrap_servers) as client:
+        old = [t for t in await client.list_topics() if t.startswith("demo-grains-")]
+        if old:
+            await client.delete_topics(old)
+
+
+async def _wait_for_members(bootstrap_servers: str, group: str, count: int) -> None:
+    # Stable with every member: publishing earlier would move partitions mid-stream, and a
+    # partition's new owner rebuilds it from the beginning (its own store has no state).
+    deadline = time.monotonic() + 120
+    while True:
+        state, members = await admin.describe_group(bootstrap_servers, group)
+        if state == "Stable" and len(members) >= count:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"workers did not join group {group} within 120 s")
+        await asyncio.sleep(0.5)
+
+
+async def _publish(bootstrap_servers: str, topic: str, grains: int) -> int:
+    sent = 0
+    with Progress(
+        TextColumn("publishing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("publish", total=None)
+        async with Publisher(bootstrap_servers, topic) as publisher:
+            for op in sample_workload(grains):
+                await publisher.publish_raw(op.key, op.value)
+                sent += 1
+                if sent % 1000 == 0:
+                    progress.update(task, completed=sent)
+            await publisher.flush()
+        progress.update(task, completed=sent, total=sent)
+    return sent
+
+
+async def _follow_lag(
+    bootstrap_servers: str,
+    group: str,
+    topic: str,
+    ends: dict[int, int],
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    total = sum(ends.values())
+    deadline = time.monotonic() + 300
+    with Progress(
+        TextColumn("replicated"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("lag {task.fields[lag]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("lag", total=total, lag=total)
+        while True:
+            committed = await admin.committed_offsets(bootstrap_servers, group, topic)
+            done = sum(min(committed.get(p, 0), end) for p, end in ends.items())
+            progress.update(task, completed=done, lag=total - done)
+            if done >= total:
+                return
+            if any(p.poll() is not None for p in processes):
+                raise RuntimeError("a worker exited early; see its log")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"lag still {total - done} after 300 s")
+            await asyncio.sleep(0.25)
+
+
+def _print_summary(published: int, totals: FoldCounts, dead_letters: int) -> None:
+    table = Table(title="replication summary (all workers)")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    rows = [
+        ("records published", published),
+        ("records read", totals.records),
+        ("snapshots applied", totals.applied),
+        ("  of which intermediates dropped (never written)", totals.intermediates_dropped),
+        ("duplicates (same sequence, kept)", totals.duplicates),
+        ("stale (lower sequence, ignored)", totals.stale),
+        ("Deltas refused", totals.deltas_refused),
+        ("tombstones", totals.tombstones),
+        ("invalid records refused", totals.invalid),
+        ("dead-letter records", dead_letters),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    Console().print(table)
+
+
+async def _verify(
+    bootstrap_servers: str, topic: str, ends: dict[int, int], stores: list[Path]
+) -> tuple[int, int, tuple[GrainId, Path] | None]:
+    """Fold each partition's whole log and compare with the store that holds the partition."""
+    by_partition: dict[int, list[Polled]] = {p: [] for p in ends}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in ends]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        remaining = {tp for tp in tps if ends[tp.partition] > 0}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=5000, max_records=10_000)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset < ends[tp.partition]:
+                        body: Entry | Tombstone | ContractError
+                        try:
+                            body = decode(record.key, record.value)
+                        except ContractError as exc:
+                            body = exc
+                        by_partition[tp.partition].append(
+                            Polled(tp.partition, record.offset, None, None, body)
+                        )
+                if await consumer.position(tp) >= ends[tp.partition]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+
+    mismatches = grain_count = 0
+    sample: tuple[GrainId, Path] | None = None
+    for partition, records in by_partition.items():
+        expected = {g: s for g, s in fold(records, {}).changes.items() if s is not None}
+        holder = None
+        for db in stores:
+            with ReplicaReader(db) as reader:
+                checkpoint = reader.checkpoints().get(partition)
+                if checkpoint is not None and checkpoint.next_offset == ends[partition]:
+                    holder = db
+                    actual: dict[GrainId, GrainState] = {
+                        g: s for g, s in reader.grains() if s.partition == partition
+                    }
+                    break
+        if holder is None:
+            mismatches += len(expected) or 1
+            continue
+        grain_count += len(expected)
+        mismatches += sum(
+            1 for g in expected.keys() | actual.keys() if expected.get(g) != actual.get(g)
+        )
+        if sample is None and expected:
+            sample = (min(expected), holder)
+    return mismatches, grain_count, sample
