@@ -300,6 +300,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             log.exception("revocation handling failed")
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
         try:
             async with self._batch_lock:
                 await self._seek_assigned(

@@ -1,0 +1,281 @@
+"""End-to-end tests of dev/kafka/kafka.sh (the local single-node Kafka used by dev and tests).
+
+One real broker is started per module, on free ports and in its own run dir under tmp, so it never
+touches a developer's broker on 9092. The script itself polls for readiness; the tests never sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "dev" / "kafka" / "kafka.sh"
+
+# Generous per-call limits: the first start may download the jars (Maven) and format storage.
+FIRST_START_TIMEOUT = 900
+START_TIMEOUT = 240
+STOP_TIMEOUT = 120
+TOOL_TIMEOUT = 120
+
+_JAVA = bool(os.environ.get("JAVA_HOME")) or shutil.which("java") is not None
+_JARS = (
+    bool(os.environ.get("KAFKA_HOME"))
+    or shutil.which("mvn") is not None
+    or (SCRIPT.parent / ".cache" / "lib" / ".resolved").exists()
+)
+needs_kafka = pytest.mark.skipif(
+    not (_JAVA and _JARS), reason="needs java and (KAFKA_HOME, mvn, or cached jars)"
+)
+
+# The first broker start may include a one-time Maven download of ~90 jars; every subprocess
+# call below has its own timeout, so this only lifts the project-wide pytest-timeout default.
+pytestmark = pytest.mark.timeout(FIRST_START_TIMEOUT + 300)
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (all sockets held open while choosing)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _run(
+    env: dict[str, str], *args: str, timeout: float, expect: int | None = 0
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(SCRIPT), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if expect is not None:
+        assert proc.returncode == expect, (
+            f"kafka.sh {' '.join(args)} exited {proc.returncode}, expected {expect}\n"
+            f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+        )
+    return proc
+
+
+class Broker:
+    def __init__(self, run_dir: Path, port: int, controller_port: int) -> None:
+        self.run_dir = run_dir
+        self.pid = 0
+        self.port = port
+        self.controller_port = controller_port
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_RUN_DIR")
+        }
+        self.env.update(
+            KAFKA_PORT=str(port),
+            KAFKA_CONTROLLER_PORT=str(controller_port),
+            KAFKA_RUN_DIR=str(run_dir),
+        )
+
+    def run(
+        self, *args: str, timeout: float = TOOL_TIMEOUT, expect: int | None = 0
+    ) -> subprocess.CompletedProcess[str]:
+        return _run(self.env, *args, timeout=timeout, expect=expect)
+
+    def start(self, timeout: float = START_TIMEOUT) -> int:
+        proc = self.run("start", timeout=timeout)
+        return _pid_from(proc.stdout)
+
+    def stop(self) -> subprocess.CompletedProcess[str]:
+        return self.run("stop", timeout=STOP_TIMEOUT)
+
+    def status(self) -> subprocess.CompletedProcess[str]:
+        return self.run("status", expect=None, timeout=30)
+
+    def recorded_pid(self) -> int | None:
+        try:
+            return int((self.run_dir / "kafka.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def _pid_from(text: str) -> int:
+    m = re.search(r"\(pid (\d+)", text)
+    assert m, f"no pid in {text!r}"
+    return int(m.group(1))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    port, controller_port = _free_ports(2)
+    b = Broker(tmp_path_factory.mktemp("kafka") / "run", port, controller_port)
+    try:
+        b.pid = b.start(timeout=FIRST_START_TIMEOUT)
+        yield b
+    finally:
+        # Always stop the broker, even when start or a test failed.
+        pid = b.recorded_pid()
+        try:
+            b.run("stop", timeout=STOP_TIMEOUT, expect=None)
+        finally:
+            if pid is not None and _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def running(broker: Broker) -> Broker:
+    """The module broker, (re)started if a previous test stopped it (start is idempotent)."""
+    broker.pid = broker.start()
+    return broker
+
+
+@pytest.fixture(scope="module")
+def topic_t1(broker: Broker) -> str:
+    broker.start()
+    proc = broker.run("tool", "topics", "--create", "--topic", "t1", "--partitions", "2")
+    assert "Created topic t1" in proc.stdout
+    return "t1"
+
+
+def _describe_partitions(b: Broker, topic: str) -> int:
+    out = b.run("tool", "topics", "--describe", "--topic", topic).stdout
+    m = re.search(r"PartitionCount:\s*(\d+)", out)
+    assert m, out
+    return int(m.group(1))
+
+
+# --- no broker needed -------------------------------------------------------------------------
+
+
+def test_usage_and_unknown_command() -> None:
+    env = dict(os.environ)
+    assert _run(env, "--help", timeout=30).stdout.startswith("usage:")
+    proc = _run(env, "frobnicate", timeout=30, expect=2)
+    assert "unknown command 'frobnicate'" in proc.stderr
+
+
+def test_status_of_unused_run_dir(tmp_path: Path) -> None:
+    env = dict(os.environ, KAFKA_RUN_DIR=str(tmp_path / "none"), KAFKA_PORT=str(_free_ports(1)[0]))
+    proc = _run(env, "status", timeout=30, expect=3)
+    assert "not running" in proc.stdout
+    proc = _run(env, "stop", timeout=30)  # stopping nothing is a no-op
+    assert "not running" in proc.stdout
+    assert not (tmp_path / "none").exists()
+
+
+def test_missing_java_is_a_clear_error(tmp_path: Path) -> None:
+    # A PATH with every usual command except java (and mvn).
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        if not os.path.isdir(d):
+            continue
+        for name in os.listdir(d):
+            target = bindir / name
+            if name in ("java", "mvn") or os.path.lexists(target):
+                continue
+            target.symlink_to(os.path.join(d, name))
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    env.update(PATH=str(bindir), KAFKA_RUN_DIR=str(tmp_path / "run"), KAFKA_PORT="1")
+    proc = _run(env, "start", timeout=30, expect=1)
+    assert proc.stderr.strip() == (
+        "kafka: error: java not found (need a JDK/JRE 17+ on PATH or JAVA_HOME)"
+    )
+
+
+def test_unknown_tool_name(tmp_path: Path) -> None:
+    env = dict(os.environ, KAFKA_RUN_DIR=str(tmp_path / "run"))
+    proc = _run(env, "tool", "no-such-tool", timeout=30, expect=2)
+    assert "unknown tool 'no-such-tool'" in proc.stderr
+
+
+@needs_kafka
+def test_classpath_points_at_kafka_jars() -> None:
+    proc = _run(dict(os.environ), "classpath", timeout=FIRST_START_TIMEOUT)
+    cp = proc.stdout.strip()
+    assert cp.endswith("/*"), cp
+    jars = {p.name for p in Path(cp[:-2]).glob("*.jar")}
+    assert any(j.startswith("kafka_2.13-") for j in jars), jars
+    assert any(j.startswith("kafka-tools-") for j in jars), jars
+    assert any(j.startswith("log4j-core-") for j in jars), jars
+
+
+# --- one real broker for the module ------------------------------------------------------------
+
+
+@needs_kafka
+def test_status_reports_running(running: Broker) -> None:
+    proc = running.status()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith(f"kafka: running on 127.0.0.1:{running.port}")
+    assert _pid_from(proc.stdout) == running.pid
+    props = (running.run_dir / "server.properties").read_text()
+    assert f"controller.quorum.voters=1@127.0.0.1:{running.controller_port}" in props
+    assert (running.run_dir / "data" / "meta.properties").exists()
+    assert (running.run_dir / "logs" / "server.log").stat().st_size > 0
+
+
+@needs_kafka
+def test_start_again_is_a_noop(running: Broker) -> None:
+    proc = running.run("start", timeout=START_TIMEOUT)
+    assert "already running" in proc.stdout
+    assert _pid_from(proc.stdout) == running.pid
+    assert running.recorded_pid() == running.pid
+
+
+@needs_kafka
+def test_create_and_describe_topic(running: Broker, topic_t1: str) -> None:
+    assert _describe_partitions(running, topic_t1) == 2
+
+
+@needs_kafka
+def test_consumer_groups_list(running: Broker) -> None:
+    running.run("tool", "consumer-groups", "--list")
+
+
+@needs_kafka
+def test_stop_keeps_data_and_start_resumes(running: Broker, topic_t1: str) -> None:
+    old_pid = running.pid
+    proc = running.stop()
+    assert "stopped" in proc.stdout
+    assert not _pid_alive(old_pid)
+    proc = running.status()
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "not running" in proc.stdout
+
+    running.pid = running.start()
+    assert running.pid != old_pid
+    topics = running.run("tool", "topics", "--list").stdout.split()
+    assert topic_t1 in topics
+    assert _describe_partitions(running, topic_t1) == 2
+
+    running.stop()
+    assert running.status().returncode == 3
+    assert not _pid_alive(running.pid)
