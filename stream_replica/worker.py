@@ -349,6 +349,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 to_wipe[tp.partition] = reason
             else:
                 consumer.seek(tp, checkpoint.next_offset)
+                # The group's offset may lag the store (a crash between write and commit) or
+                # come from another store; commit ours so lag reflects this replica.
+                self._uncommitted[tp.partition] = checkpoint.next_offset
                 log.info(
                     "partition %d: resuming from stored offset %d (end %d)",
                     tp.partition,

@@ -219,6 +219,40 @@ async def test_crash_between_write_and_commit(
     assert await admin.committed_offsets(kafka_bootstrap, group, topic) == {0: 50}
 
 
+async def test_restart_commits_a_written_but_uncommitted_checkpoint(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    """Crash after the last write, before its commit, with nothing new to read: the restarted
+    worker still brings the group's offset up to its store's checkpoint."""
+    topic = await make_topic(partitions=1)
+    group = unique("g")
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for i in range(10):
+            await publisher.publish_snapshot("t", f"k{i}", b"v")
+    first = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "db")
+    written = asyncio.Event()
+
+    async def die_before_commit(consumer: Any, partitions: Any) -> None:
+        if first.worker._uncommitted:
+            written.set()
+            await asyncio.Event().wait()
+
+    first.worker._commit_pending = die_before_commit  # type: ignore[method-assign]
+    first.start()
+    await asyncio.wait_for(written.wait(), 60)
+    await first.kill()
+    assert await admin.committed_offsets(kafka_bootstrap, group, topic) in ({}, {0: -1})
+
+    second = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "db").start()
+
+    async def committed_to_end() -> bool:
+        return await admin.committed_offsets(kafka_bootstrap, group, topic) == {0: 10}
+
+    await wait_until(committed_to_end, 60, what="commit of the stored checkpoint")
+    assert second.worker.counts.records == 0  # nothing re-read
+    await second.stop()
+
+
 async def test_new_store_rebuilds_from_beginning_despite_group_offsets(
     kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
 ) -> None:
