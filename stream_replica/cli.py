@@ -158,7 +158,7 @@ async def _publish_line(publisher: Any, line: str) -> None:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    from stream_replica.worker import FatalError, ReplicaWorker
+    from stream_replica.worker import FatalError, ReplicaWorker, Stopped
 
     s = settings_from(
         WorkerSettings,
@@ -173,6 +173,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
     except FatalError as exc:
         print(f"stream-replica: {exc}", file=sys.stderr)
         return 1
+    except Stopped:
+        log.info("stopped before the broker was reached")
     finally:
         store.close()
     return 0
@@ -192,6 +194,10 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    from stream_replica.__main__ import early_signals
+
+    if early_signals:  # signalled while starting up
+        on_signal(early_signals[0])
 
 
 def cmd_get(args: argparse.Namespace) -> int:

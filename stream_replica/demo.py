@@ -51,7 +51,7 @@ async def run_demo(bootstrap_servers: str, grains: int, workers: int, workdir: s
                     [
                         sys.executable,
                         "-m",
-                        "stream_replica.cli",
+                        "stream_replica",
                         "run",
                         "--bootstrap-servers",
                         bootstrap_servers,
@@ -103,7 +103,7 @@ async def run_demo(bootstrap_servers: str, grains: int, workers: int, workdir: s
         command = ["stream-replica", "get", "--db", str(db), grain_type, grain_key]
         console.print(f"[bold]sample:[/] {' '.join(command)}")
         result = subprocess.run(
-            [sys.executable, "-m", "stream_replica.cli", *command[1:]],
+            [sys.executable, "-m", "stream_replica", *command[1:]],
             capture_output=True,
             text=True,
             check=False,

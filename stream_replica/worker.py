@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, OffsetOutOfRangeError
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from stream_replica.admin import AdminError, TopicInfo, describe_topic
 from stream_replica.contract import ContractError, decode
@@ -38,6 +38,10 @@ PROGRESS_INTERVAL_S: Final = 10.0
 
 class FatalError(Exception):
     """Stops the worker with a one-line message and a non-zero exit."""
+
+
+class Stopped(Exception):
+    """Signalled before the worker got going: a clean exit."""
 
 
 def now_ms() -> int:
@@ -62,7 +66,7 @@ async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInf
             raise
         except Exception as exc:
             if stop.is_set():
-                raise FatalError("stopped while waiting for the broker") from None
+                raise Stopped from None
             log.warning(
                 "broker %s not reachable (%s: %s); retrying in %.0f s",
                 settings.bootstrap_servers,
@@ -92,7 +96,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.topic = settings.topic
         self.counts = FoldCounts()  # this process's counts (the store keeps the totals)
         self._batch_lock = asyncio.Lock()
-        self._uncommitted: dict[int, int] = {}
+        self._uncommitted: dict[int, int] = {}  # written to the store, not yet committed
+        self._commit_task: asyncio.Task[None] | None = None
         self._delete_retention_ms = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq: AIOKafkaProducer | None = None
@@ -137,6 +142,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._dlq.start()
             self._consumer.subscribe([self.topic], listener=self)
             await self._loop(self._consumer)
+            await self._await_commit_task()
             await self._commit_pending(self._consumer, None)
             self.store.touch(self._owned(), now_ms())
         finally:
@@ -165,6 +171,10 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             except OffsetOutOfRangeError as exc:
                 await self._handle_out_of_range(consumer, exc)
                 continue
+            except NoOffsetForPartitionError:
+                # Fetch raced ahead of on_partitions_assigned, which seeks every partition.
+                await asyncio.sleep(0.05)
+                continue
             except KafkaError as exc:
                 log.warning("fetch failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)
@@ -173,7 +183,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 async with self._batch_lock:
                     await self._process(consumer, batch)
             elif self._uncommitted:
-                await self._commit_pending(consumer, None)
+                self._schedule_commit(consumer)
             self._periodic()
 
     def _periodic(self) -> None:
@@ -224,7 +234,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             raise FatalError(f"{exc}; offsets of this poll were not committed") from None
         self.counts.add(result.counts)
         self._uncommitted.update(result.next_offsets)
-        await self._commit_pending(consumer, None)
+        self._schedule_commit(consumer)
 
     async def _send_to_dlq(self, rejected: Iterable[Rejection]) -> None:
         if self._dlq is None or not self.settings.dlq_topic:
@@ -255,22 +265,55 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 "nothing of this poll was written or committed"
             ) from None
 
+    # --- commits ---------------------------------------------------------------------------
+    # Commits run in one background task so the next poll is fetched and written while the
+    # broker answers; they carry only offsets already written to the store, so they are never
+    # ahead of it. Offsets are cumulative: a failed commit is covered by the next one.
+
+    def _schedule_commit(self, consumer: AIOKafkaConsumer) -> None:
+        if self._commit_task is None or self._commit_task.done():
+            self._commit_task = asyncio.create_task(self._commit_in_background(consumer))
+
+    async def _commit_in_background(self, consumer: AIOKafkaConsumer) -> None:
+        while self._uncommitted:
+            if not await self._commit_pending(consumer, None):
+                await asyncio.sleep(1.0)  # back off; the next poll schedules a retry
+                return
+
+    async def _await_commit_task(self) -> None:
+        task = self._commit_task
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), COMMIT_TIMEOUT_S + 1)
+            except (TimeoutError, asyncio.CancelledError):
+                log.warning("background commit did not finish; continuing")
+
     async def _commit_pending(
         self, consumer: AIOKafkaConsumer, partitions: Iterable[int] | None
-    ) -> None:
-        """Commit written checkpoints (all, or only ``partitions``). Failures are harmless:
-        the store is authoritative, and the next commit carries the same offsets."""
+    ) -> bool:
+        """Commit written checkpoints (all, or only ``partitions``). Returns False on failure,
+        which is harmless: the store is authoritative and the offsets stay pending."""
         owned = {tp.partition for tp in consumer.assignment() if tp.topic == self.topic}
         wanted = owned if partitions is None else owned & set(partitions)
-        offsets = {
-            TopicPartition(self.topic, p): o for p, o in self._uncommitted.items() if p in wanted
-        }
         # Never commit partitions we no longer own; their new owner commits them.
         for partition in list(self._uncommitted):
             if partition not in owned:
                 del self._uncommitted[partition]
+        offsets = {
+            TopicPartition(self.topic, p): o for p, o in self._uncommitted.items() if p in wanted
+        }
         if not offsets:
-            return
+            return True
+        if not await self._commit_offsets(consumer, offsets):
+            return False
+        for tp, offset in offsets.items():
+            if self._uncommitted.get(tp.partition) == offset:
+                del self._uncommitted[tp.partition]
+        return True
+
+    async def _commit_offsets(
+        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
+    ) -> bool:
         try:
             await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_S)
         except (KafkaError, TimeoutError) as exc:
@@ -279,10 +322,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 {tp.partition: o for tp, o in offsets.items()},
                 type(exc).__name__,
             )
-            return
-        for tp, offset in offsets.items():
-            if self._uncommitted.get(tp.partition) == offset:
-                del self._uncommitted[tp.partition]
+            return False
+        return True
 
     # --- rebalance ---------------------------------------------------------------------------
 
@@ -292,6 +333,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             async with self._batch_lock:  # waits for the in-flight poll's write + commit
                 partitions = [tp.partition for tp in revoked if tp.topic == self.topic]
                 if self._consumer is not None and partitions:
+                    await self._await_commit_task()
                     await self._commit_pending(self._consumer, partitions)
                     self.store.touch(partitions, now_ms())
                 if partitions:

@@ -37,7 +37,7 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run the CLI in a subprocess (the way operators and scripts do)."""
     return subprocess.run(
-        [sys.executable, "-m", "stream_replica.cli", *args],
+        [sys.executable, "-m", "stream_replica", *args],
         capture_output=True,
         text=True,
         timeout=kwargs.pop("timeout", 120),

@@ -32,7 +32,7 @@ class WorkerProcess:
         self.args = [
             sys.executable,
             "-m",
-            "stream_replica.cli",
+            "stream_replica",
             "run",
             "--bootstrap-servers",
             bootstrap,

@@ -1,0 +1,234 @@
+"""Fuzz the record decoder: ``python -m tests.fuzz [--values N] [--seed S] [--atheris]``.
+
+Generates N values (default 100,000) of every hostile shape — random bytes, truncated and
+bit-flipped msgpack, deeply nested msgpack, huge maps, wrong field types, overlong strings,
+invalid UTF-8 in keys and strings, lying length headers — and decodes each with both the fast
+decoder and the pydantic reference. Fails (exit 1) on any exception other than ContractError,
+on any disagreement between the two decoders, or on a value slower than ``--max-ms``. Prints
+figures. With ``--atheris`` (if installed) runs coverage-guided fuzzing afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import random
+import struct
+import sys
+import time
+from collections.abc import Callable
+
+import msgpack
+
+from stream_replica.contract import ContractError, decode, validate_with_model
+
+GOOD = {
+    "grain_type": "account",
+    "grain_key": "a-1",
+    "sequence": 3,
+    "timestamp_millis": 1_700_000_000_000,
+    "source_cluster": "eu-1",
+    "entry_type": "FullState",
+    "payload": b"state",
+}
+KEY = b"account/a-1"
+
+
+def _wrong_value(rng: random.Random) -> object:
+    return rng.choice(
+        [
+            None,
+            True,
+            False,
+            0,
+            -1,
+            2**64 - 1,
+            -(2**63),
+            1.5,
+            float("inf"),
+            "",
+            "x" * 50,
+            b"",
+            b"\x00" * 10,
+            [],
+            [1, 2, 300],
+            {},
+            {"a": 1},
+            msgpack.ExtType(5, b"xy"),
+            "FullState",
+            "Delta",
+            0,
+            1,
+            2,
+        ]
+    )
+
+
+def gen_random_bytes(rng: random.Random) -> tuple[bytes | None, bytes]:
+    return KEY, rng.randbytes(rng.randint(0, 300))
+
+
+def gen_truncated(rng: random.Random) -> tuple[bytes | None, bytes]:
+    good = msgpack.packb(GOOD)
+    return KEY, good[: rng.randint(0, len(good) - 1)]
+
+
+def gen_bitflip(rng: random.Random) -> tuple[bytes | None, bytes]:
+    data = bytearray(msgpack.packb(GOOD))
+    for _ in range(rng.randint(1, 4)):
+        index = rng.randrange(len(data))
+        data[index] ^= 1 << rng.randrange(8)
+    return KEY, bytes(data)
+
+
+def gen_nested(rng: random.Random) -> tuple[bytes | None, bytes]:
+    depth = rng.choice([10, 100, 1000, 5000, 100_000])
+    opener = rng.choice([b"\x91", b"\x81\xa1k"])  # fixarray(1) or fixmap(1){"k": ...}
+    return KEY, opener * depth + b"\xc0"
+
+
+def gen_huge_map(rng: random.Random) -> tuple[bytes | None, bytes]:
+    if rng.random() < 0.5:
+        fields = dict(GOOD)
+        fields.update({f"extra{i}": i for i in range(rng.choice([1000, 20_000]))})
+        return KEY, msgpack.packb(fields)
+    # A map32 header claiming 4 billion entries with almost no data behind it.
+    return KEY, b"\xdf" + struct.pack(">I", 2**32 - 1) + b"\xa1a\x01"
+
+
+def gen_lying_length(rng: random.Random) -> tuple[bytes | None, bytes]:
+    header = rng.choice([b"\xc6", b"\xdb", b"\xdd"])  # bin32, str32, array32
+    return KEY, header + struct.pack(">I", 2**31) + b"abc"
+
+
+def gen_wrong_types(rng: random.Random) -> tuple[bytes | None, bytes]:
+    fields: dict[object, object] = dict(GOOD)
+    for name in rng.sample(list(GOOD), rng.randint(1, 3)):
+        if rng.random() < 0.2:
+            del fields[name]
+        else:
+            fields[name] = _wrong_value(rng)
+    if rng.random() < 0.1:
+        fields[rng.choice([1, b"bin", None, 2.5])] = "non-string map key"
+    return KEY, msgpack.packb(fields, use_bin_type=rng.random() < 0.8, strict_types=False)
+
+
+def gen_overlong(rng: random.Random) -> tuple[bytes | None, bytes]:
+    fields = dict(GOOD)
+    size = rng.choice([10_000, 1_000_000])
+    fields[rng.choice(["grain_key", "source_cluster", "payload"])] = "k" * size
+    key = KEY if rng.random() < 0.5 else b"account/" + b"k" * size
+    return key, msgpack.packb(fields)
+
+
+def gen_bad_utf8(rng: random.Random) -> tuple[bytes | None, bytes]:
+    bad = rng.choice([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80"])
+    if rng.random() < 0.5:
+        return b"account/" + bad, msgpack.packb(GOOD)
+    raw = msgpack.packb({**GOOD, "source_cluster": "QQ"})
+    return KEY, raw.replace(b"\xa2QQ", bytes([0xA0 | len(bad)]) + bad)
+
+
+def gen_bad_key(rng: random.Random) -> tuple[bytes | None, bytes]:
+    key = rng.choice([None, b"", b"/", b"account", b"/a-1", b"account/", rng.randbytes(8)])
+    return key, msgpack.packb(GOOD)
+
+
+GENERATORS: dict[str, Callable[[random.Random], tuple[bytes | None, bytes]]] = {
+    "random bytes": gen_random_bytes,
+    "truncated msgpack": gen_truncated,
+    "bit-flipped msgpack": gen_bitflip,
+    "nested msgpack": gen_nested,
+    "huge maps": gen_huge_map,
+    "lying length headers": gen_lying_length,
+    "wrong field types": gen_wrong_types,
+    "overlong strings": gen_overlong,
+    "invalid UTF-8": gen_bad_utf8,
+    "bad keys": gen_bad_key,
+}
+# Expensive shapes are drawn less often so 100k values stay quick.
+WEIGHTS = {"nested msgpack": 0.02, "huge maps": 0.01, "overlong strings": 0.01}
+
+
+def run(values: int, seed: int, max_ms: float) -> int:
+    rng = random.Random(seed)
+    names = list(GENERATORS)
+    weights = [WEIGHTS.get(name, 1.0) for name in names]
+    outcomes: collections.Counter[str] = collections.Counter()
+    per_class: collections.Counter[str] = collections.Counter()
+    failures: list[str] = []
+    slowest = (0.0, "")
+    started = time.perf_counter()
+    for _ in range(values):
+        name = rng.choices(names, weights)[0]
+        key, value = GENERATORS[name](rng)
+        per_class[name] += 1
+        results = []
+        for decoder in (decode, validate_with_model):
+            t0 = time.perf_counter()
+            try:
+                results.append(decoder(key, value))
+            except ContractError as exc:
+                results.append(None)
+                outcomes[exc.reason.split(":")[0]] += decoder is decode
+            except Exception as exc:
+                failures.append(f"{name}: {decoder.__name__} raised {type(exc).__name__}: {exc}")
+                results.append(None)
+            elapsed_ms = (time.perf_counter() - t0) * 1000
+            if elapsed_ms > slowest[0]:
+                slowest = (elapsed_ms, f"{name} ({len(value)} bytes, {decoder.__name__})")
+        if results[0] is not None:
+            outcomes["valid"] += 1
+        if results[0] != results[1]:
+            failures.append(f"{name}: decoders disagree on {value[:60]!r}")
+    seconds = time.perf_counter() - started
+    print(f"fuzzed {values} values in {seconds:.1f} s ({values / seconds:,.0f}/s), seed {seed}")
+    for name in names:
+        print(f"  {name:<22} {per_class[name]:>7}")
+    print("outcomes (fast decoder):")
+    for reason, count in outcomes.most_common(12):
+        print(f"  {reason[:40]:<40} {count:>7}")
+    print(f"slowest value: {slowest[0]:.2f} ms — {slowest[1]}")
+    print(f"unexpected exceptions or disagreements: {len(failures)}")
+    for failure in failures[:10]:
+        print("  FAIL " + failure)
+    if slowest[0] > max_ms:
+        print(f"FAIL: a value took {slowest[0]:.1f} ms (> {max_ms} ms): possible hang")
+        return 1
+    return 1 if failures else 0
+
+
+def run_atheris(seconds: int) -> int:
+    try:
+        import atheris  # type: ignore[import-not-found]
+    except ImportError:
+        print("atheris is not installed (pip install atheris); skipped")
+        return 0
+
+    def target(data: bytes) -> None:
+        provider = atheris.FuzzedDataProvider(data)
+        key = provider.ConsumeBytes(provider.ConsumeIntInRange(0, 40))
+        with contextlib.suppress(ContractError):
+            decode(key or None, provider.ConsumeBytes(provider.remaining_bytes()))
+
+    atheris.Setup([sys.argv[0], f"-max_total_time={seconds}"], target)
+    atheris.Fuzz()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__)
+    parser.add_argument("--values", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=20261126)
+    parser.add_argument("--max-ms", type=float, default=1000.0)
+    parser.add_argument("--atheris", type=int, metavar="SECONDS", default=0)
+    args = parser.parse_args(argv)
+    code = run(args.values, args.seed, args.max_ms)
+    if args.atheris and code == 0:
+        code = run_atheris(args.atheris)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Smoke test of the benchmark script: a CI-sized run against the test broker completes, prints
+the ratio line last, and writes the markdown report. No timing is asserted."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.mark.timeout(300)
+def test_small_bench_run(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench",
+            "--small",
+            "--skip-quix",
+            "--skip-growth",
+            "--steady-seconds",
+            "5",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--bootstrap-servers",
+            kafka_bootstrap,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    report = f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr[-3000:]}"
+    assert completed.returncode == 0, report
+
+    lines = completed.stdout.strip().splitlines()
+    assert lines[-2].startswith("ours(100)/raw-aiokafka = "), report
+    assert lines[-1].startswith("ours(100)/quix = "), report
+    match = re.fullmatch(r"ours\(100\)/raw-aiokafka = (\S+)", lines[-2])
+    assert match is not None, report
+    assert float(match.group(1)) > 0, report
+
+    markdown = out / "bench.md"
+    assert markdown.is_file(), report
+    text = markdown.read_text()
+    assert "stream-replica run (max_records 100)" in text
+    assert "raw aiokafka" in text
