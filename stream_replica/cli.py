@@ -168,15 +168,21 @@ async def cmd_run(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     store = ReplicaStore(s.db, s.topic)
+    fatal: str | None = None
     try:
         await ReplicaWorker(s, store, stop).run()
     except FatalError as exc:
-        print(f"stream-replica: {exc}", file=sys.stderr)
-        return 1
+        fatal = str(exc)
     except Stopped:
         log.info("stopped before the broker was reached")
     finally:
-        store.close()
+        try:
+            store.close()
+        except StoreError as exc:
+            log.error("%s", exc)
+    if fatal is not None:  # printed last: the one line an operator needs
+        print(f"stream-replica: {fatal}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -169,7 +169,10 @@ class _StoreView:
             del iterator  # iterators pin the DB; drop before close (see LESSONS.md)
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self._db.close()
+        except Exception as exc:  # e.g. the WAL hit a full disk earlier
+            raise StoreError(f"closing state directory {self.path} failed: {exc}") from None
 
     def __enter__(self) -> _StoreView:
         return self
