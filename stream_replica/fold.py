@@ -21,7 +21,7 @@ from typing import Literal
 from stream_replica.contract import ContractError, Entry, EntryType, GrainId, Tombstone
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen __init__ costs ~3x on the hot path
 class GrainState:
     """What the replica holds for one grain; ``offset`` is that of the record that set it."""
 
@@ -33,7 +33,7 @@ class GrainState:
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen __init__ costs ~3x on the hot path
 class Polled:
     """One fetched record after decoding. ``key``/``value`` are the raw bytes (for the DLQ)."""
 
@@ -47,7 +47,7 @@ class Polled:
 RejectKind = Literal["delta", "invalid"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen __init__ costs ~3x on the hot path
 class Rejection:
     record: Polled
     kind: RejectKind
@@ -160,6 +160,7 @@ def fold(records: Iterable[Polled], stored: Mapping[GrainId, GrainState | None])
             counts.stale += 1
 
     for grain, final in pending.items():
-        if final != stored.get(grain):
+        # Identity, not equality: pending holds either a new GrainState or None (deleted).
+        if final is not stored.get(grain):
             result.changes[grain] = final
     return result

@@ -98,6 +98,10 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._batch_lock = asyncio.Lock()
         self._uncommitted: dict[int, int] = {}  # written to the store, not yet committed
         self._commit_task: asyncio.Task[None] | None = None
+        # Next offset to apply per owned partition, and a counter bumped whenever the
+        # callbacks seek: a batch fetched before a seek is stale and must not be applied.
+        self._positions: dict[int, int] = {}
+        self._seek_epoch = 0
         self._delete_retention_ms = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq: AIOKafkaProducer | None = None
@@ -163,6 +167,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
         while not self.stop.is_set():
+            epoch = self._seek_epoch
             try:
                 batch = await consumer.getmany(
                     timeout_ms=self.settings.poll_timeout_ms,
@@ -181,7 +186,12 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 continue
             if batch:
                 async with self._batch_lock:
-                    await self._process(consumer, batch)
+                    if epoch == self._seek_epoch:
+                        await self._process(consumer, batch)
+                    else:
+                        # Fetched before on_partitions_assigned sought (e.g. from the group's
+                        # committed offset): drop it and fetch again from our own positions.
+                        self._reseek(consumer)
             elif self._uncommitted:
                 self._schedule_commit(consumer)
             self._periodic()
@@ -194,6 +204,15 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         if now - self._last_progress > PROGRESS_INTERVAL_S:
             log.info("progress: %s", _format_counts(self.counts))
             self._last_progress = now
+
+    def _seek(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+        consumer.seek(tp, offset)
+        self._positions[tp.partition] = offset
+
+    def _reseek(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            if tp.topic == self.topic and tp.partition in self._positions:
+                consumer.seek(tp, self._positions[tp.partition])
 
     def _owned(self) -> list[int]:
         if self._consumer is None:
@@ -234,6 +253,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             raise FatalError(f"{exc}; offsets of this poll were not committed") from None
         self.counts.add(result.counts)
         self._uncommitted.update(result.next_offsets)
+        self._positions.update(result.next_offsets)
         self._schedule_commit(consumer)
 
     async def _send_to_dlq(self, rejected: Iterable[Rejection]) -> None:
@@ -348,6 +368,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._seek_assigned(
                     [tp for tp in assigned if tp.topic == self.topic], self._consumer
                 )
+                self._seek_epoch += 1
         except Exception:
             log.exception("assignment handling failed; stopping")
             self.stop.set()
@@ -390,7 +411,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 )
                 to_wipe[tp.partition] = reason
             else:
-                consumer.seek(tp, checkpoint.next_offset)
+                self._seek(consumer, tp, checkpoint.next_offset)
                 # The group's offset may lag the store (a crash between write and commit) or
                 # come from another store; commit ours so lag reflects this replica.
                 self._uncommitted[tp.partition] = checkpoint.next_offset
@@ -403,7 +424,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 continue
             if tp.partition not in to_wipe:
                 log.info("partition %d: %s (offsets %d..%d)", tp.partition, reason, start, end)
-            consumer.seek(tp, start)
+            self._seek(consumer, tp, start)
         if to_wipe:
             deleted = self.store.wipe_partitions(to_wipe)
             for partition, reason in to_wipe.items():
@@ -423,7 +444,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             self.store.wipe_partitions(partitions)
             beginnings = await consumer.beginning_offsets(list(positions))
             for tp, start in beginnings.items():
-                consumer.seek(tp, start)
+                self._seek(consumer, tp, start)
+            self._seek_epoch += 1
 
 
 def _log_rejection(topic: str, rejection: Rejection) -> None:

@@ -474,3 +474,47 @@ def test_sigterm_while_waiting_for_broker_exits_cleanly(tmp_path: Path) -> None:
     _, rest = process.communicate(timeout=30)
     assert process.returncode == 0, rest
     assert "Traceback" not in rest
+
+
+async def test_group_offset_ahead_of_store_is_never_used(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    """The group has committed far ahead of this store (another worker's store). On
+    assignment the fetcher may already have fetched from the group's offset before our
+    seek; those records must not be applied (found by the chaos run)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    partitions = 6
+    topic = await make_topic(partitions=partitions)
+    group = unique("g")
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for i in range(6000):
+            await publisher.publish_snapshot("t", f"k{i % 300}", f"v{i}".encode())
+    oracle = await read_oracle(kafka_bootstrap, topic, partitions)
+    ends = oracle.end_offsets()
+
+    for attempt in range(2):
+        committer = AIOKafkaConsumer(
+            bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False
+        )
+        await committer.start()
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        committer.assign(tps)
+        await committer.commit({tp: ends[tp.partition] * 3 // 4 for tp in tps})
+        await committer.stop()
+        worker = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / f"db{attempt}")
+        real_seek = worker.worker._seek_assigned
+
+        async def slow_seek(*args: Any, real_seek: Any = real_seek) -> None:
+            # A slow assignment callback lets the fetcher run ahead from the group offset.
+            await asyncio.sleep(1.0)
+            await real_seek(*args)
+
+        worker.worker._seek_assigned = slow_seek  # type: ignore[method-assign]
+        worker.start()
+        await wait_until(lambda worker=worker: worker.caught_up(ends), 60, what="catch-up")
+        records = worker.worker.counts.records
+        grains = stored_grains(worker.store)
+        await worker.stop()
+        assert records == sum(ends.values()), f"attempt {attempt}: read {records} records"
+        assert grains == oracle.expected()
