@@ -231,9 +231,56 @@ def decode(key: bytes | None, value: bytes | None) -> Entry | Tombstone:
     return decode_value(key, value)
 
 
+_REQUIRED_SET: Final = frozenset(_REQUIRED)
+_FAST_ENTRY_TYPES: Final[dict[object, EntryType]] = {**_ENTRY_TYPE_BY_STR, **_ENTRY_TYPE_BY_INT}
+
+
 def decode_value(key: bytes | None, value: bytes) -> Entry:
+    """Fast path for the canonical form; anything else goes to the detailed validator,
+    which accepts the alternative forms and words the reason of a rejection."""
     grain = parse_key(key)
-    fields = _with_grain(unpack_map, value, grain)
+    try:
+        fields = msgpack.unpackb(value, raw=False, strict_map_key=False, timestamp=0)
+    except Exception as exc:  # msgpack raises many unrelated types on malformed input
+        raise ContractError(
+            f"value: not valid msgpack ({type(exc).__name__}: {exc})", grain
+        ) from None
+    if type(fields) is dict and fields.keys() == _REQUIRED_SET:
+        sequence = fields["sequence"]
+        timestamp = fields["timestamp_millis"]
+        source_cluster = fields["source_cluster"]
+        raw_type = fields["entry_type"]
+        payload = fields["payload"]
+        if (
+            fields["grain_type"] == grain[0]
+            and fields["grain_key"] == grain[1]
+            and type(sequence) is int
+            and 1 <= sequence < MAX_SEQUENCE
+            and type(timestamp) is int
+            and MIN_TIMESTAMP <= timestamp <= MAX_TIMESTAMP
+            and type(source_cluster) is str
+            and source_cluster
+            and (type(raw_type) is str or type(raw_type) is int)  # not bool, not float
+            and type(payload) is bytes
+        ):
+            entry_type = _FAST_ENTRY_TYPES.get(raw_type)
+            if entry_type is not None:
+                return Entry(
+                    grain[0], grain[1], sequence, timestamp, source_cluster, entry_type, payload
+                )
+    return _decode_fields(fields, grain)
+
+
+def _decode_fields(fields: Any, grain: GrainId) -> Entry:
+    if not isinstance(fields, dict):
+        raise ContractError(f"value: expected a msgpack map, got {_type_name(fields)}", grain)
+    for field_name in fields:
+        if not isinstance(field_name, str):
+            raise ContractError(
+                f"value: map key {_short(repr(field_name))} is {_type_name(field_name)}, "
+                "expected a string",
+                grain,
+            )
     for name in _REQUIRED:
         if name not in fields:
             raise ContractError(f"{name}: Field required", grain)

@@ -5,8 +5,8 @@ Key layout (one column family, ordered so that a prefix scan is a range):
 * ``m:topic``          → the topic this store replicates (a store never serves two topics)
 * ``m:counts``         → cumulative fold counters (msgpack map), written with the data
 * ``c`` + u32 BE part. → checkpoint: msgpack ``[next_offset, written_at_ms]``
-* ``g`` + type + key   → grain state: msgpack ``[sequence, ts, source, payload, partition,
-  offset]``. ``type`` is escaped (NUL → NUL 0xFF) and terminated by NUL, so byte order is
+* ``g`` + type + key   → grain state: a struct header (sequence, timestamp, partition,
+  offset, source length), the source cluster and the payload. ``type`` is escaped (NUL → NUL 0xFF) and terminated by NUL, so byte order is
   (grain_type, grain_key) order and ``dump`` needs no sort.
 
 A poll's grain changes, checkpoints and counters go into ONE write batch: after any crash the
@@ -15,6 +15,7 @@ store holds exactly the result of the records before each partition's checkpoint
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Iterable, Iterator, Mapping
@@ -50,6 +51,7 @@ class Checkpoint:
 # --- key/value codecs -------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1 << 16)  # hot grains are looked up and written every poll
 def grain_db_key(grain: GrainId) -> bytes:
     grain_type, grain_key = grain
     escaped = grain_type.encode().replace(b"\x00", b"\x00\xff")
@@ -68,23 +70,24 @@ def parse_grain_db_key(db_key: bytes) -> GrainId:
     return grain_type, body[index + 1 :].decode()
 
 
+# Grain value: fixed header (sequence, timestamp, partition, offset, len(source)), then the
+# source cluster (UTF-8) and the payload. struct is ~3x faster than msgpack here.
+_STATE_HEADER: Final = struct.Struct(">QqIQH")
+
+
 def _pack_state(state: GrainState) -> bytes:
-    return msgpack.packb(  # type: ignore[no-any-return]
-        [
-            state.sequence,
-            state.timestamp_millis,
-            state.source_cluster,
-            state.payload,
-            state.partition,
-            state.offset,
-        ],
-        use_bin_type=True,
+    source = state.source_cluster.encode()
+    header = _STATE_HEADER.pack(
+        state.sequence, state.timestamp_millis, state.partition, state.offset, len(source)
     )
+    return header + source + state.payload
 
 
 def _unpack_state(raw: bytes) -> GrainState:
-    sequence, timestamp, source, payload, partition, offset = msgpack.unpackb(raw)
-    return GrainState(sequence, timestamp, source, payload, partition, offset)
+    sequence, timestamp, partition, offset, source_length = _STATE_HEADER.unpack_from(raw)
+    start = _STATE_HEADER.size
+    source = raw[start : start + source_length].decode()
+    return GrainState(sequence, timestamp, source, raw[start + source_length :], partition, offset)
 
 
 def _checkpoint_key(partition: int) -> bytes:
