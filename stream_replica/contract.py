@@ -232,7 +232,12 @@ def decode(key: bytes | None, value: bytes | None) -> Entry | Tombstone:
 
 
 _REQUIRED_SET: Final = frozenset(_REQUIRED)
-_FAST_ENTRY_TYPES: Final[dict[object, EntryType]] = {**_ENTRY_TYPE_BY_STR, **_ENTRY_TYPE_BY_INT}
+_FAST_ENTRY_TYPES: Final[dict[str | int, EntryType]] = {
+    "FullState": EntryType.FULL_STATE,
+    "Delta": EntryType.DELTA,
+    0: EntryType.FULL_STATE,
+    1: EntryType.DELTA,
+}
 
 
 def decode_value(key: bytes | None, value: bytes) -> Entry:
