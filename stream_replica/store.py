@@ -29,7 +29,7 @@ from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 from stream_replica.contract import GrainId
 from stream_replica.fold import FoldCounts, GrainState
 
-STORE_FORMAT: Final = b"1"
+STORE_FORMAT: Final = b"2"  # 2: struct-packed grain values
 _TOPIC_KEY: Final = b"m:topic"
 _FORMAT_KEY: Final = b"m:format"
 _COUNTS_KEY: Final = b"m:counts"
@@ -231,8 +231,20 @@ class ReplicaStore(_StoreView):
                 f"state directory {self.path} holds a replica of topic {stored_topic!r}, "
                 f"not {topic!r}; use another --db"
             )
+        else:
+            self._check_format()
         self.topic_name = topic
         self._counts = self.counts()
+
+    def _check_format(self) -> None:
+        stored = self._db.get(_FORMAT_KEY)
+        if stored != STORE_FORMAT:
+            self._db.close()
+            found = "unknown" if stored is None else bytes(stored).decode(errors="replace")
+            raise StoreError(
+                f"state directory {self.path} uses store format {found}, this version writes "
+                f"format {STORE_FORMAT.decode()}; delete it (the worker rebuilds from the topic)"
+            )
 
     @property
     def total_counts(self) -> FoldCounts:

@@ -49,6 +49,7 @@ class Stats:
     bounces: int = 0
     commit_samples: int = 0
     commit_ahead: list[str] = field(default_factory=list)
+    unexpected_exits: list[str] = field(default_factory=list)
 
 
 class Broker:
@@ -166,6 +167,12 @@ async def faults(
     started = time.monotonic()
     while not producing_done.is_set() or stats.kills < args.kills or stats.bounces < args.bounces:
         await asyncio.sleep(period * rng.uniform(0.5, 1.5))  # chaos pacing
+        for worker in workers:  # a worker that died on its own is a finding
+            if worker.process is not None and not worker.running:
+                code = worker.process.returncode
+                stats.unexpected_exits.append(f"{worker.name} exited {code} on its own")
+                say(f"{worker.name} exited {code} on its own; restarting")
+                worker.start()
         elapsed = time.monotonic() - started
         if bounce_at and (elapsed >= bounce_at[0] or producing_done.is_set()):
             bounce_at.pop(0)
@@ -404,6 +411,7 @@ async def run(args: argparse.Namespace) -> int:
         if deltas_applied:
             mismatches.append(f"{deltas_applied} grains hold a Delta's state")
         mismatches.extend(f"commit ahead of store: {c}" for c in stats.commit_ahead[:5])
+        mismatches.extend(stats.unexpected_exits[:5])
         bad_exits = {w.name: w.exit_codes for w in [*workers, extra] if any(w.exit_codes)}
         if bad_exits:
             mismatches.append(f"SIGTERM exits not 0: {bad_exits}")

@@ -314,6 +314,18 @@ def test_wrong_topic_store_refused(tmp_path: Path) -> None:
     assert "holds a replica of topic 'topic-a'" in result.stderr
 
 
+def test_store_of_another_format_refused(tmp_path: Path) -> None:
+    from rocksdict import Options, Rdict
+
+    ReplicaStore(tmp_path / "db", "t").close()
+    options = Options(raw_mode=True)
+    db = Rdict(str(tmp_path / "db"), options)
+    db[b"m:format"] = b"1"
+    db.close()
+    with pytest.raises(StoreError, match="uses store format 1"):
+        ReplicaStore(tmp_path / "db", "t")
+
+
 def test_locked_store_refused(tmp_path: Path) -> None:
     with ReplicaStore(tmp_path / "db", "t"):
         result = cli("run", "--db", str(tmp_path / "db"), "--topic", "t", "--group", "g")
