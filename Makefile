@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 KAFKA   := dev/kafka/kafka.sh
 PYTEST_ARGS ?=
 
-.PHONY: all venv broker broker-stop demo test lint chaos chaos-small bench clean
+.PHONY: all venv broker broker-stop demo test lint chaos chaos-small fuzz bench clean
 
 all: test
 
@@ -35,15 +35,23 @@ lint: venv
 	$(VENV)/bin/ruff format --check stream_replica tests benchmarks
 	$(VENV)/bin/mypy stream_replica
 
-## Faults under load; knobs: CHAOS_ARGS="--grains 5000 --records 200000 --kills 20 ..."
-chaos: venv broker
-	$(PY) -m benchmarks.chaos $(CHAOS_ARGS)
+## Faults under load on a dedicated broker (port 19092); knobs: CHAOS_ARGS="--records 200000 ..."
+chaos: venv
+	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
-chaos-small: venv broker
-	$(PY) -m benchmarks.chaos --small
+chaos-small: venv
+	$(PY) -m tests.chaos --small
 
-## Throughput side by side; knobs: BENCH_ARGS="--records 500000 ..."
-bench: venv broker
+## 100,000 hostile values through both decoders; knobs: FUZZ_ARGS="--values N --atheris SECONDS"
+fuzz: venv
+	$(PY) -m tests.fuzz $(FUZZ_ARGS)
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+## Throughput side by side (ours, raw aiokafka, Kafka's perf tool, Quix); knobs: BENCH_ARGS="--records N --small ..."
+bench: $(VENV)/.bench-installed broker
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)
 
 clean:
