@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Final
 
 import msgpack
-from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import (
+    AccessType,
+    BlockBasedOptions,
+    Cache,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteOptions,
+)
 
 from stream_replica.contract import GrainId
 from stream_replica.fold import FoldCounts, GrainState
@@ -51,7 +59,7 @@ class Checkpoint:
 # --- key/value codecs -------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1 << 16)  # hot grains are looked up and written every poll
+@functools.lru_cache(maxsize=4096)  # a poll looks a grain up and then writes it
 def grain_db_key(grain: GrainId) -> bytes:
     grain_type, grain_key = grain
     escaped = grain_type.encode().replace(b"\x00", b"\x00\xff")
@@ -94,9 +102,23 @@ def _checkpoint_key(partition: int) -> bytes:
     return _CHECKPOINT_PREFIX + _PARTITION.pack(partition)
 
 
+# Memory is bounded, not proportional to the backlog or the number of grains: two 16 MiB
+# memtables, a 32 MiB block cache (index and filter blocks inside it), bloom filters so that
+# looking up a grain that is not stored yet rarely touches a data block.
+WRITE_BUFFER_BYTES: Final = 16 << 20
+BLOCK_CACHE_BYTES: Final = 32 << 20
+
+
 def _options() -> Options:
     options = Options(raw_mode=True)  # raw from the very first open (see LESSONS.md)
     options.create_if_missing(True)
+    options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    options.set_max_write_buffer_number(2)
+    table = BlockBasedOptions()
+    table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_bloom_filter(10, False)
+    options.set_block_based_table_factory(table)
     return options
 
 
