@@ -103,10 +103,10 @@ def _checkpoint_key(partition: int) -> bytes:
 
 
 # Memory is bounded, not proportional to the backlog or the number of grains: two 16 MiB
-# memtables, a 32 MiB block cache (index and filter blocks inside it), bloom filters so that
+# memtables, an 8 MiB block cache (index and filter blocks inside it), bloom filters so that
 # looking up a grain that is not stored yet rarely touches a data block.
 WRITE_BUFFER_BYTES: Final = 16 << 20
-BLOCK_CACHE_BYTES: Final = 32 << 20
+BLOCK_CACHE_BYTES: Final = 8 << 20
 
 
 def _options() -> Options:
