@@ -22,7 +22,10 @@ KAFKA_SH = ROOT / "dev" / "kafka" / "kafka.sh"
 
 def _try_testcontainers() -> tuple[str, Any] | None:
     try:
-        from testcontainers.kafka import KafkaContainer
+        try:
+            from testcontainers.community.kafka import KafkaContainer
+        except ImportError:  # testcontainers < 4.13
+            from testcontainers.kafka import KafkaContainer
 
         container = KafkaContainer("apache/kafka:4.1.1").with_kraft()
         container.start()

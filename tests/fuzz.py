@@ -1,11 +1,12 @@
-"""Fuzz the record decoder: ``python -m tests.fuzz [--values N] [--seed S] [--atheris]``.
+"""Fuzz the record decoder: ``python -m tests.fuzz [--values N] [--hypothesis N] [--atheris S]``.
 
 Generates N values (default 100,000) of every hostile shape — random bytes, truncated and
 bit-flipped msgpack, deeply nested msgpack, huge maps, wrong field types, overlong strings,
 invalid UTF-8 in keys and strings, lying length headers — and decodes each with both the fast
 decoder and the pydantic reference. Fails (exit 1) on any exception other than ContractError,
 on any disagreement between the two decoders, or on a value slower than ``--max-ms``. Prints
-figures. With ``--atheris`` (if installed) runs coverage-guided fuzzing afterwards.
+figures. Then hypothesis generates structure-aware values (``--hypothesis``, default 100,000)
+under the same checks. With ``--atheris`` (if installed) runs coverage-guided fuzzing too.
 """
 
 from __future__ import annotations
@@ -199,6 +200,75 @@ def run(values: int, seed: int, max_ms: float) -> int:
     return 1 if failures else 0
 
 
+def run_hypothesis(examples: int) -> int:
+    """Structure-aware fuzzing with hypothesis: recursive msgpack documents, contract-shaped
+    maps with any field replaced by any msgpack value, truncations, arbitrary keys."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    leaves = (
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**64 - 1)
+        | st.floats()
+        | st.text(max_size=20)
+        | st.binary(max_size=20)
+    )
+    documents = st.recursive(
+        leaves,
+        lambda children: (
+            st.lists(children, max_size=5)
+            | st.dictionaries(st.text(max_size=12) | st.integers(0, 3), children, max_size=6)
+        ),
+        max_leaves=25,
+    )
+    shaped = st.fixed_dictionaries(
+        {name: st.just(value) | documents for name, value in GOOD.items()},
+        optional={"extra": documents},
+    )
+    values = st.one_of(
+        st.binary(max_size=300),
+        documents.map(lambda d: msgpack.packb(d, use_bin_type=True)),
+        shaped.map(lambda d: msgpack.packb(d, use_bin_type=True)),
+        st.tuples(shaped, st.integers(0, 200)).map(
+            lambda pair: msgpack.packb(pair[0], use_bin_type=True)[: pair[1]]
+        ),
+    )
+    keys = st.just(KEY) | st.none() | st.binary(max_size=30) | st.text(max_size=30).map(str.encode)
+    seen = [0]
+    failures: list[str] = []
+
+    @settings(
+        max_examples=examples,
+        database=None,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(keys, values)
+    def check(key: bytes | None, value: bytes) -> None:
+        seen[0] += 1
+        results = []
+        for decoder in (decode, validate_with_model):
+            try:
+                results.append(decoder(key, value))
+            except ContractError:
+                results.append(None)
+            except Exception as exc:
+                failures.append(f"{decoder.__name__} raised {type(exc).__name__}: {exc}")
+                results.append(None)
+        if results[0] != results[1]:
+            failures.append(f"decoders disagree on {value[:60]!r}")
+
+    started = time.perf_counter()
+    check()
+    seconds = time.perf_counter() - started
+    print(f"hypothesis: {seen[0]} generated values in {seconds:.1f} s; failures {len(failures)}")
+    for failure in failures[:10]:
+        print("  FAIL " + failure)
+    return 1 if failures else 0
+
+
 def run_atheris(seconds: int) -> int:
     try:
         import atheris  # type: ignore[import-not-found]
@@ -222,9 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--values", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=20261126)
     parser.add_argument("--max-ms", type=float, default=1000.0)
+    parser.add_argument("--hypothesis", type=int, metavar="EXAMPLES", default=100_000)
     parser.add_argument("--atheris", type=int, metavar="SECONDS", default=0)
     args = parser.parse_args(argv)
     code = run(args.values, args.seed, args.max_ms)
+    if args.hypothesis and code == 0:
+        code = run_hypothesis(args.hypothesis)
     if args.atheris and code == 0:
         code = run_atheris(args.atheris)
     return code

@@ -13,3 +13,9 @@ def test_decoder_survives_100k_hostile_values(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert "fuzzed 100000 values" in out
     assert "unexpected exceptions or disagreements: 0" in out
+
+
+def test_decoder_survives_structured_hypothesis_values(capsys: pytest.CaptureFixture[str]) -> None:
+    # CI-sized; `make fuzz` runs 100,000.
+    assert fuzz.run_hypothesis(examples=5_000) == 0
+    assert "failures 0" in capsys.readouterr().out

@@ -530,3 +530,40 @@ async def test_group_offset_ahead_of_store_is_never_used(
         await worker.stop()
         assert records == sum(ends.values()), f"attempt {attempt}: read {records} records"
         assert grains == oracle.expected()
+
+
+async def test_checkpoint_below_log_start_is_rebuilt(
+    kafka_bootstrap: str, tmp_path: Path, unique: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records before the store's checkpoint were deleted (log start moved past it): the
+    partition's grains are wiped and rebuilt from the new log start."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import RecordsToDelete
+
+    topic = unique("log-start")
+    configs = {**admin.replication_topic_configs(1), "cleanup.policy": "compact,delete"}
+    await admin.create_topic(kafka_bootstrap, topic, 1, 1, configs)
+    group = unique("g")
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for i in range(30):
+            await publisher.publish_snapshot("t", f"old{i}", b"x", sequence=1)
+    first = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "db").start()
+    await wait_until(lambda: first.caught_up({0: 30}), 60, what="catch-up")
+    await first.stop()
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for i in range(70):
+            await publisher.publish_snapshot("t", f"new{i}", b"y", sequence=1)
+    async with admin.admin_client(kafka_bootstrap) as client:
+        await client.delete_records({TopicPartition(topic, 0): RecordsToDelete(60)})
+    oracle = await read_oracle(kafka_bootstrap, topic, 1)  # reads from the new log start
+    assert oracle.records[0][0].offset == 60
+
+    caplog.set_level("INFO", "stream_replica")
+    second = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "db").start()
+    await wait_until(lambda: second.caught_up({0: 100}), 60, what="rebuild")
+    grains = stored_grains(second.store)
+    records = second.worker.counts.records
+    await second.stop()
+    assert "below the log start 60" in caplog.text
+    assert records == 40
+    assert grains == oracle.expected()  # the 30 old grains were wiped with the partition
