@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -124,7 +125,12 @@ async def _wait_for_members(bootstrap_servers: str, group: str, count: int) -> N
     # partition's new owner rebuilds it from the beginning (its own store has no state).
     deadline = time.monotonic() + 120
     while True:
-        state, members = await admin.describe_group(bootstrap_servers, group)
+        try:
+            state, members = await admin.describe_group(bootstrap_servers, group)
+        except KafkaError as exc:
+            if not exc.retriable:  # e.g. a fresh broker still loading __consumer_offsets
+                raise
+            state, members = "Unknown", []
         if state == "Stable" and len(members) >= count:
             return
         if time.monotonic() > deadline:
@@ -172,7 +178,12 @@ async def _follow_lag(
     ) as progress:
         task = progress.add_task("lag", total=total, lag=total)
         while True:
-            committed = await admin.committed_offsets(bootstrap_servers, group, topic)
+            try:
+                committed = await admin.committed_offsets(bootstrap_servers, group, topic)
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise
+                committed = {}
             done = sum(min(committed.get(p, 0), end) for p, end in ends.items())
             progress.update(task, completed=done, lag=total - done)
             if done >= total:
