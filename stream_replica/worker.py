@@ -85,6 +85,13 @@ async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInf
             f"(cleanup.policy={info.configs.get('cleanup.policy')}); "
             "pass --allow-non-compacted to run anyway"
         )
+    if settings.dlq_topic:
+        dlq = await describe_topic(settings.bootstrap_servers, settings.dlq_topic)
+        if dlq is None:
+            raise FatalError(
+                f"dead-letter topic {settings.dlq_topic!r} does not exist; create it "
+                "(cleanup.policy=delete: a compacted topic refuses records without a key)"
+            )
     return info
 
 

@@ -362,6 +362,22 @@ async def test_missing_or_non_compacted_topic_refused(
         str(tmp_path / "b"),
     )
     assert refused.returncode == 1 and "is not compacted" in refused.stderr
+    compacted = await make_topic()
+    no_dlq = cli(
+        "run",
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--topic",
+        compacted,
+        "--group",
+        "g",
+        "--db",
+        str(tmp_path / "c"),
+        "--dlq-topic",
+        unique("none"),
+    )
+    assert no_dlq.returncode == 1 and "dead-letter topic" in no_dlq.stderr
+    assert no_dlq.stderr.strip().splitlines()[-1].startswith("stream-replica: dead-letter")
     assert "Traceback" not in refused.stderr + missing.stderr
 
 
@@ -567,3 +583,9 @@ async def test_checkpoint_below_log_start_is_rebuilt(
     assert "below the log start 60" in caplog.text
     assert records == 40
     assert grains == oracle.expected()  # the 30 old grains were wiped with the partition
+
+
+def test_c_record_parser_is_loaded() -> None:
+    from stream_replica.worker import c_parser_loaded
+
+    assert c_parser_loaded(), "aiokafka fell back to its pure-Python record parser"
