@@ -536,8 +536,8 @@ class Bench:
         latencies: list[float] = []
         original_apply = store.apply
 
-        def timed_apply(changes: Any, next_offsets: Any, counts: Any, now_ms: int) -> None:
-            original_apply(changes, next_offsets, counts, now_ms)
+        def timed_apply(changes: Any, checkpoints: Any, counts: Any) -> None:
+            original_apply(changes, checkpoints, counts)
             visible_ms = time.time_ns() / 1e6
             for state in changes.values():
                 if state is not None:

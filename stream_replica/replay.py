@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_replica.admin import AdminError, describe_topic, group_members, offsets_reader
 from stream_replica.settings import ReplaySettings
-from stream_replica.store import ReplicaStore
+from stream_replica.store import Checkpoint, ReplicaStore
 from stream_replica.worker import now_ms
 
 log = logging.getLogger("stream_replica.replay")
@@ -84,10 +84,27 @@ async def replay(
                     )
                 targets[p] = offsets[p]
 
+    if not rebuild and not (settings.db / "CURRENT").exists():
+        raise ReplayError(f"no replica store at {settings.db}; pass --rebuild to start one there")
     store = ReplicaStore(settings.db, settings.topic)
     try:
+        current = store.checkpoints()
+        now = now_ms()
+        checkpoints = {}
+        for partition, target in targets.items():
+            held = current.get(partition)
+            held_offset = held.next_offset if held is not None else beginnings[partition]
+            if not rebuild and target > held_offset:
+                raise ReplayError(
+                    f"partition {partition}: moving the store forward from {held_offset} to "
+                    f"{target} would claim records it never applied; use --rebuild"
+                )
+            # A rebuild reads from scratch; otherwise keep when the store last caught up, so
+            # the tombstone-retention check still applies to what it already holds.
+            caught_up = now if rebuild or held is None else held.caught_up_at_ms
+            checkpoints[partition] = Checkpoint(target, caught_up)
         wiped = store.wipe_partitions(partitions) if rebuild else 0
-        store.set_checkpoints(targets, now_ms())
+        store.set_checkpoints(checkpoints)
     finally:
         store.close()
     if rebuild and not from_beginning:

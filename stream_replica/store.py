@@ -4,7 +4,7 @@ Key layout (one column family, ordered so that a prefix scan is a range):
 
 * ``m:topic``          → the topic this store replicates (a store never serves two topics)
 * ``m:counts``         → cumulative fold counters (msgpack map), written with the data
-* ``c`` + u32 BE part. → checkpoint: msgpack ``[next_offset, written_at_ms]``
+* ``c`` + u32 BE part. → checkpoint: msgpack ``[next_offset, caught_up_at_ms]``
 * ``g`` + type + key   → grain state: a struct header (sequence, timestamp, partition,
   offset, source length), the source cluster and the payload. ``type`` is escaped (NUL → NUL 0xFF) and terminated by NUL, so byte order is
   (grain_type, grain_key) order and ``dump`` needs no sort.
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import struct
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,7 @@ from rocksdict import (
 from stream_replica.contract import GrainId
 from stream_replica.fold import FoldCounts, GrainState
 
-STORE_FORMAT: Final = b"2"  # 2: struct-packed grain values
+STORE_FORMAT: Final = b"3"  # 3: struct-packed grain values, caught-up checkpoints
 _TOPIC_KEY: Final = b"m:topic"
 _FORMAT_KEY: Final = b"m:format"
 _COUNTS_KEY: Final = b"m:counts"
@@ -52,8 +54,13 @@ class StoreError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
+    """``next_offset``: the store holds exactly the result of the partition's records before
+    it. ``caught_up_at_ms``: the last time the store had read everything the partition held
+    (or began rebuilding it from the start): every tombstone written before then was seen, so
+    the store is safe to resume while that is less than ``delete.retention.ms`` ago."""
+
     next_offset: int
-    written_at_ms: int
+    caught_up_at_ms: int
 
 
 # --- key/value codecs -------------------------------------------------------------------------
@@ -78,9 +85,9 @@ def parse_grain_db_key(db_key: bytes) -> GrainId:
     return grain_type, body[index + 1 :].decode()
 
 
-# Grain value: fixed header (sequence, timestamp, partition, offset, len(source)), then the
+# Grain value: fixed header (sequence, timestamp, partition, offset, u32 len(source)), then the
 # source cluster (UTF-8) and the payload. struct is ~3x faster than msgpack here.
-_STATE_HEADER: Final = struct.Struct(">QqIQH")
+_STATE_HEADER: Final = struct.Struct(">QqIQI")
 
 
 def _pack_state(state: GrainState) -> bytes:
@@ -167,8 +174,8 @@ class _StoreView:
         result = {}
         for db_key, raw in self._scan(_CHECKPOINT_PREFIX):
             (partition,) = _PARTITION.unpack(db_key[len(_CHECKPOINT_PREFIX) :])
-            next_offset, written_at = msgpack.unpackb(raw)
-            result[partition] = Checkpoint(next_offset, written_at)
+            next_offset, caught_up_at = msgpack.unpackb(raw)
+            result[partition] = Checkpoint(next_offset, caught_up_at)
         return result
 
     def counts(self) -> FoldCounts:
@@ -193,6 +200,16 @@ class _StoreView:
         finally:
             del iterator  # iterators pin the DB; drop before close (see LESSONS.md)
 
+    def _check_format(self) -> None:
+        stored = self._db.get(_FORMAT_KEY)
+        if stored != STORE_FORMAT:
+            self._db.close()
+            found = "unknown" if stored is None else bytes(stored).decode(errors="replace")
+            raise StoreError(
+                f"state directory {self.path} uses store format {found}, this version writes "
+                f"format {STORE_FORMAT.decode()}; delete it (the worker rebuilds from the topic)"
+            )
+
     def close(self) -> None:
         try:
             self._db.close()
@@ -207,17 +224,36 @@ class _StoreView:
 
 
 class ReplicaReader(_StoreView):
-    """Read-only view; works while a worker writes the same directory (opened read-only, so
-    it sees what was written up to the moment it opened)."""
+    """Read-only view that works while a worker writes the same directory: a RocksDB
+    *secondary* instance (its own scratch directory, files kept open), caught up with the
+    writer once at open, so compactions by the writer cannot pull files from under it."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         if not (self.path / "CURRENT").exists():
             raise StoreError(f"no replica store at {self.path}")
+        self._scratch = tempfile.mkdtemp(prefix="stream-replica-reader-")
+        options = _options()
+        options.set_max_open_files(-1)  # required by secondary instances
         try:
-            self._db = Rdict(str(self.path), _options(), access_type=AccessType.read_only())
+            self._db = Rdict(
+                str(self.path), options, access_type=AccessType.secondary(self._scratch)
+            )
+            self._db.try_catch_up_with_primary()
         except Exception as exc:
+            shutil.rmtree(self._scratch, ignore_errors=True)
             raise _open_error(self.path, exc) from None
+        try:
+            self._check_format()
+        except StoreError:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            raise
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 # --- the writer -------------------------------------------------------------------------------
@@ -258,16 +294,6 @@ class ReplicaStore(_StoreView):
         self.topic_name = topic
         self._counts = self.counts()
 
-    def _check_format(self) -> None:
-        stored = self._db.get(_FORMAT_KEY)
-        if stored != STORE_FORMAT:
-            self._db.close()
-            found = "unknown" if stored is None else bytes(stored).decode(errors="replace")
-            raise StoreError(
-                f"state directory {self.path} uses store format {found}, this version writes "
-                f"format {STORE_FORMAT.decode()}; delete it (the worker rebuilds from the topic)"
-            )
-
     @property
     def total_counts(self) -> FoldCounts:
         return self._counts
@@ -275,19 +301,20 @@ class ReplicaStore(_StoreView):
     def apply(
         self,
         changes: Mapping[GrainId, GrainState | None],
-        next_offsets: Mapping[int, int],
+        checkpoints: Mapping[int, Checkpoint],
         counts: FoldCounts,
-        now_ms: int,
     ) -> None:
         """Write a poll's result atomically: grain changes, checkpoints, counters."""
         batch = WriteBatch(raw_mode=True)
-        for grain, state in changes.items():
-            if state is None:
-                batch.delete(grain_db_key(grain))
-            else:
-                batch.put(grain_db_key(grain), _pack_state(state))
-        for partition, next_offset in next_offsets.items():
-            batch.put(_checkpoint_key(partition), msgpack.packb([next_offset, now_ms]))
+        try:
+            for grain, state in changes.items():
+                if state is None:
+                    batch.delete(grain_db_key(grain))
+                else:
+                    batch.put(grain_db_key(grain), _pack_state(state))
+        except (struct.error, UnicodeError, OverflowError) as exc:
+            raise StoreError(f"cannot encode a grain state for {self.path}: {exc}") from None
+        self._put_checkpoints(batch, checkpoints)
         merged = FoldCounts()
         merged.add(self._counts)
         merged.add(counts)
@@ -295,21 +322,18 @@ class ReplicaStore(_StoreView):
         self._write(batch)
         self._counts = merged
 
-    def touch(self, partitions: Iterable[int], now_ms: int) -> None:
-        """Record that this store was following ``partitions`` up to now (retention check)."""
-        current = self.checkpoints()
+    def set_checkpoints(self, checkpoints: Mapping[int, Checkpoint]) -> None:
         batch = WriteBatch(raw_mode=True)
-        for partition in partitions:
-            if partition in current:
-                next_offset = current[partition].next_offset
-                batch.put(_checkpoint_key(partition), msgpack.packb([next_offset, now_ms]))
+        self._put_checkpoints(batch, checkpoints)
         self._write(batch)
 
-    def set_checkpoints(self, next_offsets: Mapping[int, int], now_ms: int) -> None:
-        batch = WriteBatch(raw_mode=True)
-        for partition, next_offset in next_offsets.items():
-            batch.put(_checkpoint_key(partition), msgpack.packb([next_offset, now_ms]))
-        self._write(batch)
+    @staticmethod
+    def _put_checkpoints(batch: WriteBatch, checkpoints: Mapping[int, Checkpoint]) -> None:
+        for partition, checkpoint in checkpoints.items():
+            batch.put(
+                _checkpoint_key(partition),
+                msgpack.packb([checkpoint.next_offset, checkpoint.caught_up_at_ms]),
+            )
 
     def wipe_partitions(self, partitions: Iterable[int]) -> int:
         """Delete the grains last set from ``partitions`` and their checkpoints (one batch)."""

@@ -21,17 +21,23 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+)
 
 from stream_replica.admin import AdminError, TopicInfo, describe_topic
 from stream_replica.contract import ContractError, decode
 from stream_replica.fold import FoldCounts, Polled, Rejection, fold
 from stream_replica.settings import WorkerSettings
-from stream_replica.store import ReplicaStore, StoreError
+from stream_replica.store import Checkpoint, ReplicaStore, StoreError
 
 log = logging.getLogger("stream_replica.worker")
 
 COMMIT_TIMEOUT_S: Final = 15.0
+DLQ_TIMEOUT_S: Final = 60.0
 TOUCH_INTERVAL_S: Final = 60.0
 PROGRESS_INTERVAL_S: Final = 10.0
 
@@ -109,6 +115,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         # callbacks seek: a batch fetched before a seek is stale and must not be applied.
         self._positions: dict[int, int] = {}
         self._seek_epoch = 0
+        self._caught_up_at: dict[int, int] = {}  # see store.Checkpoint
+        self._fatal: str | None = None  # set by a callback that could not do its job
         self._delete_retention_ms = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq: AIOKafkaProducer | None = None
@@ -153,9 +161,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._dlq.start()
             self._consumer.subscribe([self.topic], listener=self)
             await self._loop(self._consumer)
+            if self._fatal is not None:
+                raise FatalError(self._fatal)
             await self._await_commit_task()
             await self._commit_pending(self._consumer, None)
-            self.store.touch(self._owned(), now_ms())
+            self._mark_caught_up(self._consumer)
         finally:
             await self._shutdown()
 
@@ -193,6 +203,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 continue
             if batch:
                 async with self._batch_lock:
+                    if self._fatal is not None:
+                        raise FatalError(self._fatal)
                     if epoch == self._seek_epoch:
                         await self._process(consumer, batch)
                     else:
@@ -205,12 +217,32 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def _periodic(self) -> None:
         now = time.monotonic()
-        if now - self._last_touch > TOUCH_INTERVAL_S:
-            self.store.touch(self._owned(), now_ms())
+        if now - self._last_touch > TOUCH_INTERVAL_S and self._consumer is not None:
+            self._mark_caught_up(self._consumer)
             self._last_touch = now
         if now - self._last_progress > PROGRESS_INTERVAL_S:
             log.info("progress: %s", _format_counts(self.counts))
             self._last_progress = now
+
+    def _is_caught_up(self, consumer: AIOKafkaConsumer, partition: int, next_offset: int) -> bool:
+        highwater = consumer.highwater(TopicPartition(self.topic, partition))
+        return highwater is not None and next_offset >= highwater
+
+    def _mark_caught_up(
+        self, consumer: AIOKafkaConsumer, partitions: Iterable[int] | None = None
+    ) -> None:
+        """Record, for owned partitions whose position has reached the high watermark, that
+        the store is caught up now (the tombstone-retention check on assignment uses it)."""
+        now = now_ms()
+        wanted = set(self._owned()) if partitions is None else set(partitions)
+        checkpoints = {}
+        for partition in wanted:
+            position = self._positions.get(partition)
+            if position is not None and self._is_caught_up(consumer, partition, position):
+                self._caught_up_at[partition] = now
+                checkpoints[partition] = Checkpoint(position, now)
+        if checkpoints:
+            self.store.set_checkpoints(checkpoints)
 
     def _seek(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
         consumer.seek(tp, offset)
@@ -254,8 +286,16 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             for rejection in result.rejected:
                 _log_rejection(self.topic, rejection)
             await self._send_to_dlq(result.rejected)
+        now = now_ms()
+        checkpoints = {}
+        for partition, next_offset in result.next_offsets.items():
+            if self._is_caught_up(consumer, partition, next_offset):
+                self._caught_up_at[partition] = now
+            checkpoints[partition] = Checkpoint(
+                next_offset, self._caught_up_at.setdefault(partition, now)
+            )
         try:
-            self.store.apply(result.changes, result.next_offsets, result.counts, now_ms())
+            self.store.apply(result.changes, checkpoints, result.counts)
         except StoreError as exc:
             raise FatalError(f"{exc}; offsets of this poll were not committed") from None
         self.counts.add(result.counts)
@@ -263,9 +303,19 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._positions.update(result.next_offsets)
         self._schedule_commit(consumer)
 
-    async def _send_to_dlq(self, rejected: Iterable[Rejection]) -> None:
+    async def _send_to_dlq(self, rejected: list[Rejection]) -> None:
         if self._dlq is None or not self.settings.dlq_topic:
             return
+        try:
+            await asyncio.wait_for(self._send_all(self._dlq, rejected), DLQ_TIMEOUT_S)
+        except (KafkaError, TimeoutError) as exc:
+            raise FatalError(
+                f"dead-letter topic {self.settings.dlq_topic!r}: send failed "
+                f"({type(exc).__name__}: {exc}); nothing of this poll was written or committed"
+            ) from None
+
+    async def _send_all(self, producer: AIOKafkaProducer, rejected: list[Rejection]) -> None:
+        assert self.settings.dlq_topic
         futures = []
         for rejection in rejected:
             record = rejection.record
@@ -279,18 +329,18 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             if rejection.grain is not None:
                 headers.append(("stream-replica.grain-type", rejection.grain[0].encode()))
                 headers.append(("stream-replica.grain-key", rejection.grain[1].encode()))
-            futures.append(
-                await self._dlq.send(
+            try:
+                future = await producer.send(
                     self.settings.dlq_topic, key=record.key, value=record.value, headers=headers
                 )
-            )
-        try:
-            await asyncio.gather(*futures)
-        except KafkaError as exc:
-            raise FatalError(
-                f"dead-letter topic {self.settings.dlq_topic!r}: send failed ({exc}); "
-                "nothing of this poll was written or committed"
-            ) from None
+            except MessageSizeTooLargeError:
+                # The record plus our headers exceed the producer's limit: keep the evidence.
+                headers.append(("stream-replica.value-dropped", b"too large for the DLQ"))
+                future = await producer.send(
+                    self.settings.dlq_topic, key=record.key, value=None, headers=headers
+                )
+            futures.append(future)
+        await asyncio.gather(*futures)
 
     # --- commits ---------------------------------------------------------------------------
     # Commits run in one background task so the next poll is fetched and written while the
@@ -302,17 +352,20 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             self._commit_task = asyncio.create_task(self._commit_in_background(consumer))
 
     async def _commit_in_background(self, consumer: AIOKafkaConsumer) -> None:
-        while self._uncommitted:
-            if not await self._commit_pending(consumer, None):
-                await asyncio.sleep(1.0)  # back off; the next poll schedules a retry
-                return
+        try:
+            while self._uncommitted:
+                if not await self._commit_pending(consumer, None):
+                    await asyncio.sleep(1.0)  # back off; the next poll schedules a retry
+                    return
+        except Exception:
+            log.exception("background commit failed; the next poll retries")
 
     async def _await_commit_task(self) -> None:
         task = self._commit_task
         if task is not None and not task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(task), COMMIT_TIMEOUT_S + 1)
-            except (TimeoutError, asyncio.CancelledError):
+            except TimeoutError:
                 log.warning("background commit did not finish; continuing")
 
     async def _commit_pending(
@@ -362,7 +415,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 if self._consumer is not None and partitions:
                     await self._await_commit_task()
                     await self._commit_pending(self._consumer, partitions)
-                    self.store.touch(partitions, now_ms())
+                    self._mark_caught_up(self._consumer, partitions)
                 if partitions:
                     log.info("released partitions %s", sorted(partitions))
         except Exception:
@@ -370,15 +423,22 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
-        try:
-            async with self._batch_lock:
+        async with self._batch_lock:
+            try:
                 await self._seek_assigned(
                     [tp for tp in assigned if tp.topic == self.topic], self._consumer
                 )
+            except Exception as exc:
+                # Some partitions may not be sought: nothing fetched may be applied any more.
+                log.debug("assignment handling failed", exc_info=True)
+                self._fatal = (
+                    f"could not position the assigned partitions "
+                    f"{sorted(tp.partition for tp in assigned)} ({type(exc).__name__}: {exc}); "
+                    "restart the worker"
+                )
+                self.stop.set()
+            finally:
                 self._seek_epoch += 1
-        except Exception:
-            log.exception("assignment handling failed; stopping")
-            self.stop.set()
 
     async def _seek_assigned(
         self, assigned: list[TopicPartition], consumer: AIOKafkaConsumer | None
@@ -409,16 +469,18 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 to_wipe[tp.partition] = reason
             elif (
                 checkpoint.next_offset < end
-                and now - checkpoint.written_at_ms > self._delete_retention_ms
+                and now - checkpoint.caught_up_at_ms > self._delete_retention_ms
             ):
-                age_s = (now - checkpoint.written_at_ms) / 1000
+                age_s = (now - checkpoint.caught_up_at_ms) / 1000
                 reason = (
-                    f"state last followed {age_s:.0f} s ago, longer than delete.retention.ms="
+                    f"store last caught up {age_s:.0f} s ago, longer than delete.retention.ms="
                     f"{self._delete_retention_ms} (tombstones may be gone): wiping and rebuilding"
                 )
                 to_wipe[tp.partition] = reason
             else:
                 self._seek(consumer, tp, checkpoint.next_offset)
+                caught_up = checkpoint.next_offset >= end
+                self._caught_up_at[tp.partition] = now if caught_up else checkpoint.caught_up_at_ms
                 # The group's offset may lag the store (a crash between write and commit) or
                 # come from another store; commit ours so lag reflects this replica.
                 self._uncommitted[tp.partition] = checkpoint.next_offset
@@ -432,6 +494,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             if tp.partition not in to_wipe:
                 log.info("partition %d: %s (offsets %d..%d)", tp.partition, reason, start, end)
             self._seek(consumer, tp, start)
+            # Reading from the log start now sees every tombstone the log holds now.
+            self._caught_up_at[tp.partition] = now
+            self._uncommitted.pop(tp.partition, None)
         if to_wipe:
             deleted = self.store.wipe_partitions(to_wipe)
             for partition, reason in to_wipe.items():
@@ -441,17 +506,32 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _handle_out_of_range(
         self, consumer: AIOKafkaConsumer, exc: OffsetOutOfRangeError
     ) -> None:
-        positions: dict[TopicPartition, int] = exc.args[0] if exc.args else {}
+        failed: dict[TopicPartition, int] = exc.args[0] if exc.args else {}
         async with self._batch_lock:
-            partitions = [tp.partition for tp in positions]
-            log.warning(
-                "offsets %s out of range (log start moved past them): wiping and rebuilding",
-                {tp.partition: o for tp, o in positions.items()},
-            )
-            self.store.wipe_partitions(partitions)
-            beginnings = await consumer.beginning_offsets(list(positions))
-            for tp, start in beginnings.items():
-                self._seek(consumer, tp, start)
+            assigned = consumer.assignment()
+            # Only an error about the position we are really at counts (it may be stale).
+            current = [
+                tp
+                for tp, offset in failed.items()
+                if tp in assigned and self._positions.get(tp.partition) == offset
+            ]
+            try:
+                if current:
+                    log.warning(
+                        "offsets %s out of range (the log start moved past them): wiping "
+                        "and rebuilding those partitions",
+                        {tp.partition: failed[tp] for tp in current},
+                    )
+                    beginnings = await consumer.beginning_offsets(current)
+                    self.store.wipe_partitions(tp.partition for tp in current)
+                    now = now_ms()
+                    for tp, start in beginnings.items():
+                        self._seek(consumer, tp, start)
+                        self._caught_up_at[tp.partition] = now
+                        self._uncommitted.pop(tp.partition, None)
+            except KafkaError as error:
+                log.warning("could not handle out-of-range offsets (%s); retrying", error)
+            self._reseek(consumer)
             self._seek_epoch += 1
 
 

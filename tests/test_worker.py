@@ -20,7 +20,7 @@ from stream_replica import admin
 from stream_replica.contract import EntryType
 from stream_replica.publisher import Publisher
 from stream_replica.settings import WorkerSettings
-from stream_replica.store import ReplicaReader, ReplicaStore, StoreError
+from stream_replica.store import Checkpoint, ReplicaReader, ReplicaStore, StoreError
 from stream_replica.worker import ReplicaWorker
 from stream_replica.workload import invalid_values
 from tests.helpers import TopicFactory, cli, wait_until
@@ -292,7 +292,8 @@ async def test_checkpoint_older_than_delete_retention_is_rebuilt(
     await first.stop()
     # Pretend the store was last written two minutes ago, then the grain was deleted.
     with ReplicaStore(tmp_path / "db", topic) as store:
-        store.set_checkpoints({0: 1}, store.checkpoints()[0].written_at_ms - 120_000)
+        old = store.checkpoints()[0]
+        store.set_checkpoints({0: Checkpoint(1, old.caught_up_at_ms - 120_000)})
     async with Publisher(kafka_bootstrap, topic) as publisher:
         await publisher.publish_snapshot("t", "new", b"y", sequence=1)
     caplog.set_level("INFO", "stream_replica")
@@ -320,7 +321,7 @@ def test_store_of_another_format_refused(tmp_path: Path) -> None:
     ReplicaStore(tmp_path / "db", "t").close()
     options = Options(raw_mode=True)
     db = Rdict(str(tmp_path / "db"), options)
-    db[b"m:format"] = b"1"
+    db[b"m:format"] = b"1"  # an older layout
     db.close()
     with pytest.raises(StoreError, match="uses store format 1"):
         ReplicaStore(tmp_path / "db", "t")
