@@ -133,3 +133,25 @@ async def test_replay_refused_while_group_is_live(
 def test_replay_needs_exactly_one_start() -> None:
     result = cli("replay", "--db", "x", "--from-beginning", "--offsets", "0:1")
     assert result.returncode == 2 and "not allowed with" in result.stderr
+
+
+async def test_replay_refuses_to_claim_unapplied_records(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    topic = await make_topic(partitions=1)
+    group, db = unique("g"), tmp_path / "db"
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for i in range(10):
+            await publisher.publish_snapshot("t", f"k{i}", b"x")
+    args = ("--bootstrap-servers", kafka_bootstrap, "--topic", topic, "--group", group)
+
+    missing = cli("replay", *args, "--db", str(tmp_path / "typo"), "--from-beginning")
+    assert missing.returncode == 2 and "no replica store" in missing.stderr
+    assert not (tmp_path / "typo").exists()
+
+    replay(kafka_bootstrap, topic, group, db, "--from-beginning", "--rebuild")
+    forward = cli("replay", *args, "--db", str(db), "--offsets", "0:5")
+    assert forward.returncode == 2 and "would claim records it never applied" in forward.stderr
+    assert store_state(db)[1] == {0: 0}  # unchanged
+    out = replay(kafka_bootstrap, topic, group, db, "--offsets", "0:5", "--rebuild")
+    assert out["partitions"] == {"0": 5}

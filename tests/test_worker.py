@@ -590,3 +590,27 @@ def test_c_record_parser_is_loaded() -> None:
     from stream_replica.worker import c_parser_loaded
 
     assert c_parser_loaded(), "aiokafka fell back to its pure-Python record parser"
+
+
+async def test_failed_assignment_stops_the_worker_without_applying(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    from stream_replica.worker import FatalError
+
+    topic = await make_topic(partitions=1)
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for i in range(50):
+            await publisher.publish_snapshot("t", f"k{i}", b"x")
+    worker = InProcessWorker(kafka_bootstrap, topic, unique("g"), tmp_path / "db")
+
+    async def broken_seek(*args: Any) -> None:
+        raise RuntimeError("ListOffsets timed out")
+
+    worker.worker._seek_assigned = broken_seek  # type: ignore[method-assign]
+    worker.start()
+    assert worker.task is not None
+    with pytest.raises(FatalError, match="could not position the assigned partitions"):
+        await asyncio.wait_for(worker.task, 60)
+    assert worker.store.checkpoints() == {}  # nothing applied from an unsought position
+    assert worker.worker.counts.records == 0
+    worker.store.close()
