@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import faulthandler
 import json
 import logging
 import os
@@ -167,6 +168,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
     )
     stop = asyncio.Event()
     _install_signal_handlers(stop)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck worker.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     store = ReplicaStore(s.db, s.topic)
     fatal: str | None = None
     try:

@@ -38,6 +38,7 @@ log = logging.getLogger("stream_replica.worker")
 
 COMMIT_TIMEOUT_S: Final = 15.0
 DLQ_TIMEOUT_S: Final = 60.0
+STOP_TIMEOUT_S: Final = 10.0
 TOUCH_INTERVAL_S: Final = 60.0
 PROGRESS_INTERVAL_S: Final = 10.0
 
@@ -147,6 +148,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             session_timeout_ms=self.settings.session_timeout_ms,
             heartbeat_interval_ms=max(1000, self.settings.session_timeout_ms // 5),
             max_poll_interval_ms=300_000,
+            # Revocation waits for the in-flight poll and one commit (<= ~31 s): well inside.
+            rebalance_timeout_ms=60_000,
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
         )
         if self.settings.dlq_topic:
@@ -172,7 +175,12 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _shutdown(self) -> None:
         if self._consumer is not None:
             try:
-                await self._consumer.stop()  # leaves the group
+                # Leaves the group. Bounded: during a rebalance aiokafka first waits for its
+                # JoinGroup, which the broker may hold up to the rebalance timeout; our offsets
+                # are committed already, so the broker expiring the member is harmless.
+                await asyncio.wait_for(self._consumer.stop(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("leaving the group took over %.0f s; exiting anyway", STOP_TIMEOUT_S)
             except Exception as exc:
                 log.warning("consumer stop failed: %s", exc)
         if self._dlq is not None:

@@ -58,7 +58,17 @@ class WorkerProcess:
     def terminate(self) -> int:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(90)
+        try:
+            return self.process.wait(90)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGUSR1)  # the worker dumps its stacks
+            try:
+                self.process.wait(2)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+            tail = self.log.read_text()[-6000:]
+            raise AssertionError(f"{self.name} did not stop within 90 s of SIGTERM:\n{tail}")
 
     def checkpoints(self) -> dict[int, int]:
         try:
