@@ -68,7 +68,9 @@ class WorkerProcess:
                 self.process.kill()
                 self.process.wait(30)
             tail = self.log.read_text()[-6000:]
-            raise AssertionError(f"{self.name} did not stop within 90 s of SIGTERM:\n{tail}")
+            raise AssertionError(
+                f"{self.name} did not stop within 90 s of SIGTERM:\n{tail}"
+            ) from None
 
     def checkpoints(self) -> dict[int, int]:
         try:
