@@ -190,23 +190,23 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
+    from stream_replica import _signals
+
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
-        if stop.is_set():
-            print("stream-replica: second signal, exiting at once", file=sys.stderr)
-            os._exit(128 + signum)
         log.info(
             "signal %s: finishing the current poll, then stopping", signal.Signals(signum).name
         )
         stop.set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    from stream_replica.__main__ import early_signals
+    _signals.install()  # idempotent; also covers `python -m stream_replica.cli run`
 
-    if early_signals:  # signalled while starting up
-        on_signal(early_signals[0])
+    # The handler runs in the main thread between bytecodes; hand over to the loop safely.
+    def wake(signum: int) -> None:
+        loop.call_soon_threadsafe(on_signal, signum)
+
+    _signals.on_stop(wake)
 
 
 def cmd_get(args: argparse.Namespace) -> int:

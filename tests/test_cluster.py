@@ -61,6 +61,8 @@ class WorkerProcess:
         try:
             return self.process.wait(90)
         except subprocess.TimeoutExpired:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+            masks = "\n".join(line for line in status.splitlines() if line.startswith("Sig"))
             self.process.send_signal(signal.SIGUSR1)  # the worker dumps its stacks
             try:
                 self.process.wait(2)
@@ -69,7 +71,7 @@ class WorkerProcess:
                 self.process.wait(30)
             tail = self.log.read_text()[-6000:]
             raise AssertionError(
-                f"{self.name} did not stop within 90 s of SIGTERM:\n{tail}"
+                f"{self.name} did not stop within 90 s of SIGTERM:\n{masks}\n{tail}"
             ) from None
 
     def checkpoints(self) -> dict[int, int]:

@@ -614,3 +614,37 @@ async def test_failed_assignment_stops_the_worker_without_applying(
     assert worker.store.checkpoints() == {}  # nothing applied from an unsought position
     assert worker.worker.counts.records == 0
     worker.store.close()
+
+
+async def test_second_signal_exits_at_once(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    topic = await make_topic(partitions=1)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stream_replica",
+            "run",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--topic",
+            topic,
+            "--group",
+            unique("g"),
+            "--db",
+            str(tmp_path / "db"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "replicating topic" in line:
+            break
+    # Two different signals, so the kernel cannot merge them into one.
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=30)
+    assert process.returncode in (128 + signal.SIGTERM, 128 + signal.SIGINT), rest
+    assert "second signal, exiting at once" in rest
