@@ -291,12 +291,7 @@ class ReplicaStore(_StoreView):
             )
         else:
             self._check_format()
-        self.topic_name = topic
         self._counts = self.counts()
-
-    @property
-    def total_counts(self) -> FoldCounts:
-        return self._counts
 
     def apply(
         self,
