@@ -28,6 +28,7 @@ from stream_replica.fold import GrainState
 from stream_replica.publisher import Publisher
 from stream_replica.store import ReplicaReader, StoreError
 from tests.chaos_scenario import scenario
+from tests.helpers import worker_command
 from tests.oracle import Oracle, read_oracle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,22 +77,7 @@ class Worker:
         self.name = name
         self.db = root / f"{name}.db"
         self.log = root / f"{name}.log"
-        self.args = [
-            sys.executable,
-            "-m",
-            "stream_replica",
-            "run",
-            "--bootstrap-servers",
-            broker.bootstrap,
-            "--topic",
-            topic,
-            "--group",
-            group,
-            "--db",
-            str(self.db),
-            "--dlq-topic",
-            dlq,
-        ]
+        self.args = worker_command(broker.bootstrap, topic, group, self.db, "--dlq-topic", dlq)
         self.process: subprocess.Popen[bytes] | None = None
         self.exit_codes: list[int] = []
 

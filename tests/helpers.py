@@ -45,3 +45,21 @@ def cli(
         check=False,
         **kwargs,
     )
+
+
+def worker_command(bootstrap: str, topic: str, group: str, db: object, *extra: str) -> list[str]:
+    """``stream-replica run`` as a subprocess command line."""
+    return [
+        sys.executable, "-m", "stream_replica", "run",
+        "--bootstrap-servers", bootstrap, "--topic", topic, "--group", group, "--db", str(db),
+        *extra,
+    ]  # fmt: skip
+
+
+def read_until(process: subprocess.Popen[str], text: str) -> None:
+    """Read the process's stderr until a line contains ``text`` (fail if it exits first)."""
+    assert process.stderr is not None
+    for line in process.stderr:
+        if text in line:
+            return
+    raise AssertionError(f"process exited before printing {text!r}")

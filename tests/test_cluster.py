@@ -8,7 +8,6 @@ import asyncio
 import random
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from stream_replica.fold import GrainState
 from stream_replica.publisher import Publisher
 from stream_replica.store import ReplicaReader, StoreError
 from tests.conftest import KAFKA_SH
-from tests.helpers import TopicFactory, wait_until
+from tests.helpers import TopicFactory, wait_until, worker_command
 from tests.oracle import Oracle, read_oracle
 
 PARTITIONS = 6
@@ -29,20 +28,7 @@ class WorkerProcess:
         self.name = name
         self.db = root / f"{name}.db"
         self.log = root / f"{name}.log"
-        self.args = [
-            sys.executable,
-            "-m",
-            "stream_replica",
-            "run",
-            "--bootstrap-servers",
-            bootstrap,
-            "--topic",
-            topic,
-            "--group",
-            group,
-            "--db",
-            str(self.db),
-        ]
+        self.args = worker_command(bootstrap, topic, group, self.db)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:

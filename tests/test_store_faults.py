@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import resource
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from stream_replica import admin
 from stream_replica.publisher import Publisher
 from stream_replica.store import ReplicaReader
-from tests.helpers import TopicFactory, cli, wait_until
+from tests.helpers import TopicFactory, cli, wait_until, worker_command
 from tests.oracle import read_oracle
 from tests.test_worker import InProcessWorker, stored_grains
 
@@ -43,20 +42,7 @@ async def test_failed_writes_stop_the_worker_without_committing(
     db = tmp_path / "db"
     # Python ignores SIGXFSZ, so writes past the limit fail with EFBIG, as on a full disk.
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stream_replica",
-            "run",
-            "--bootstrap-servers",
-            kafka_bootstrap,
-            "--topic",
-            topic,
-            "--group",
-            group,
-            "--db",
-            str(db),
-        ],
+        worker_command(kafka_bootstrap, topic, group, db),
         preexec_fn=_limit_file_size,
         capture_output=True,
         text=True,

@@ -8,7 +8,6 @@ import contextlib
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from stream_replica.settings import WorkerSettings
 from stream_replica.store import Checkpoint, ReplicaReader, ReplicaStore, StoreError
 from stream_replica.worker import ReplicaWorker
 from stream_replica.workload import invalid_values
-from tests.helpers import TopicFactory, cli, wait_until
+from tests.helpers import TopicFactory, cli, read_until, wait_until, worker_command
 from tests.oracle import read_oracle
 
 
@@ -438,22 +437,7 @@ async def test_sigterm_finishes_commits_and_leaves_group(
             await publisher.publish_snapshot("t", f"k{i % 300}", b"x" * 200)
     db = tmp_path / "db"
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stream_replica",
-            "run",
-            "--bootstrap-servers",
-            kafka_bootstrap,
-            "--topic",
-            topic,
-            "--group",
-            group,
-            "--db",
-            str(db),
-            "--max-records",
-            "10",
-        ],
+        worker_command(kafka_bootstrap, topic, group, db, "--max-records", "10"),
         stderr=subprocess.PIPE,
     )
 
@@ -477,28 +461,11 @@ async def test_sigterm_finishes_commits_and_leaves_group(
 
 def test_sigterm_while_waiting_for_broker_exits_cleanly(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stream_replica",
-            "run",
-            "--bootstrap-servers",
-            "127.0.0.1:1",
-            "--topic",
-            "t",
-            "--group",
-            "g",
-            "--db",
-            str(tmp_path / "db"),
-        ],
+        worker_command("127.0.0.1:1", "t", "g", tmp_path / "db"),
         stderr=subprocess.PIPE,
         text=True,
     )
-    # Wait for the first retry line: the worker is up and backing off.
-    assert process.stderr is not None
-    for line in process.stderr:
-        if "not reachable" in line:
-            break
+    read_until(process, "not reachable")  # the worker is up and backing off
     process.send_signal(signal.SIGTERM)
     _, rest = process.communicate(timeout=30)
     assert process.returncode == 0, rest
@@ -621,27 +588,11 @@ async def test_second_signal_exits_at_once(
 ) -> None:
     topic = await make_topic(partitions=1)
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stream_replica",
-            "run",
-            "--bootstrap-servers",
-            kafka_bootstrap,
-            "--topic",
-            topic,
-            "--group",
-            unique("g"),
-            "--db",
-            str(tmp_path / "db"),
-        ],
+        worker_command(kafka_bootstrap, topic, unique("g"), tmp_path / "db"),
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert process.stderr is not None
-    for line in process.stderr:
-        if "replicating topic" in line:
-            break
+    read_until(process, "replicating topic")
     # Two different signals, so the kernel cannot merge them into one.
     process.send_signal(signal.SIGTERM)
     process.send_signal(signal.SIGINT)
