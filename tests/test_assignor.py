@@ -8,10 +8,28 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 
+import msgpack
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.protocol import ConsumerProtocol
+from aiokafka.protocol.metadata import MetadataResponse_v0
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_replica.assignor import MemberState, Plan, StoreOffsets, assign, freshness
+from stream_replica.membership import (
+    PROTOCOL_NAME,
+    GroupAssignment,
+    LocalState,
+    Replica,
+    StateAwareAssignor,
+    decode_assignment,
+    decode_subscription,
+    encode_assignment,
+    encode_subscription,
+)
 
 PARTITIONS = st.integers(min_value=0, max_value=24)
 STANDBYS = st.integers(min_value=0, max_value=4)
@@ -235,3 +253,178 @@ def test_deterministic_under_permutation(
     rnd.shuffle(parts)
     other = assign(again, parts, standby_replicas=standbys, end_offsets=ends)
     assert repr(other) == repr(plan)
+
+
+# --- wire formats and the aiokafka adapter ---------------------------------------------------
+
+OFFSET = st.integers(min_value=0, max_value=2**63 - 1)
+NAME = st.none() | st.text(max_size=20)
+LOCAL_STATES = st.builds(
+    LocalState,
+    topic=st.text(min_size=1, max_size=20),
+    instance_id=NAME,
+    endpoint=NAME,
+    stores=st.dictionaries(st.integers(0, 10_000), st.builds(StoreOffsets, OFFSET, OFFSET)),
+    active=st.frozensets(st.integers(0, 10_000)),
+    standby=st.frozensets(st.integers(0, 10_000)),
+    epoch=OFFSET,
+)
+MSGPACK_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.text()
+    | st.binary()
+    | st.floats(),
+    lambda inner: (
+        st.lists(inner, max_size=8)
+        | st.dictionaries(st.integers(-(2**63), 2**63 - 1) | st.text(), inner, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300)
+@given(LOCAL_STATES)
+def test_subscription_round_trip(state: LocalState) -> None:
+    assert decode_subscription(encode_subscription(state)) == state
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=200) | MSGPACK_VALUES.map(msgpack.packb))
+def test_garbage_user_data_is_tolerated(data: bytes) -> None:
+    got = decode_subscription(data)
+    assert got is None or isinstance(got, LocalState)
+    assigned = decode_assignment(data)
+    assert assigned is None or isinstance(assigned, GroupAssignment)
+
+
+@settings(max_examples=300)
+@given(st.lists(MSGPACK_VALUES, min_size=8, max_size=8))
+def test_version_one_shaped_garbage_is_tolerated(fields: list[object]) -> None:
+    """The right version and field count, anything inside."""
+    got = decode_subscription(msgpack.packb([1, *fields[:7]]))
+    assert got is None or isinstance(got, LocalState)
+    assigned = decode_assignment(msgpack.packb([1, *fields[:4]]))
+    assert assigned is None or isinstance(assigned, GroupAssignment)
+
+
+def test_newer_version_is_ignored_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    state = LocalState("grains", "w1", "h:1", {0: StoreOffsets(5, 6)})
+    newer = msgpack.packb(
+        [2, *msgpack.unpackb(encode_subscription(state), strict_map_key=False)[1:], "more"]
+    )
+    assert decode_subscription(newer) is None
+    assert "unknown version 2" in caplog.text
+    assert decode_subscription(None) is None
+    table = [Replica("a", None)]
+    assert decode_assignment(encode_assignment(1, 0, table, {"t": {0: [0]}})) is not None
+    assert decode_assignment(msgpack.packb([2, 1, 0, [["a", None]], {}])) is None
+
+
+def cluster(topic: str, partitions: int) -> ClusterMetadata:
+    """Real aiokafka metadata, filled from a metadata response instead of a broker."""
+    meta = ClusterMetadata()
+    meta.update_metadata(
+        MetadataResponse_v0(
+            [(0, "localhost", 9092)],
+            [(0, topic, [(0, p, 0, [0], [0]) for p in range(partitions)])],
+        )
+    )
+    return meta
+
+
+class Worker:
+    """A worker's side of the interface: its store's checkpoints plus what it last got."""
+
+    def __init__(self, name: str, stores: dict[int, StoreOffsets], standbys: int = 1) -> None:
+        self.name, self.stores = name, stores
+        self.binding = StateAwareAssignor(self, standby_replicas=standbys)
+
+    def local_state(self) -> LocalState:
+        last = self.binding.last
+        return LocalState(
+            topic="grains",
+            instance_id=self.name,
+            endpoint=f"{self.name}:8080",
+            stores=self.stores,
+            active=frozenset(tp.partition for tp in last.active) if last else frozenset(),
+            standby=frozenset(tp.partition for tp in last.standby) if last else frozenset(),
+            epoch=last.epoch if last else 0,
+        )
+
+
+def rebalance(
+    workers: list[Worker], meta: ClusterMetadata, garbage: bool = False
+) -> dict[str, bytes]:
+    """One join/sync round through the real wire structs; workers[0] leads."""
+    joined = {}
+    for k, w in enumerate(workers):
+        sent = w.binding.strategy.metadata({"grains"}).encode()
+        joined[f"{w.name}-member-{k}"] = ConsumerProtocol.METADATA.decode(sent)
+    if garbage:
+        joined["zombie"] = ConsumerProtocol.METADATA(0, ["grains"], b"\xc1 not msgpack")
+    result = workers[0].binding.strategy.assign(meta, joined)
+    assert set(result) == set(joined)
+    for k, w in enumerate(workers):
+        got = ConsumerProtocol.ASSIGNMENT.decode(result[f"{w.name}-member-{k}"].encode())
+        w.binding.strategy.on_assignment(got)
+        assert w.binding.last is not None
+        assert w.binding.last.active == set(got.partitions())
+    return {mid: a.encode() for mid, a in result.items()}
+
+
+def test_adapter_assigns_with_standbys_and_an_ownership_map() -> None:
+    fresh = StoreOffsets(1000, 7)
+    workers = [Worker("w0", {}), Worker("w1", {0: fresh, 1: fresh}), Worker("w2", {2: fresh})]
+    assert workers[0].binding.strategy is not workers[1].binding.strategy  # no shared state
+    assert issubclass(workers[0].binding.strategy, AbstractPartitionAssignor)
+    assert workers[0].binding.strategy.name == PROTOCOL_NAME
+    meta = cluster("grains", 6)
+    rebalance(workers, meta, garbage=True)
+    lasts = [w.binding.last for w in workers]
+    assert all(last is not None for last in lasts)
+    first = lasts[0]
+    assert first is not None
+    assert {tp.partition for tp in workers[1].binding.last.active} >= {0, 1}  # type: ignore[union-attr]
+    assert TopicPartition("grains", 2) in workers[2].binding.last.active  # type: ignore[union-attr]
+    assert len(first.owners) == 6 and all(last.owners == first.owners for last in lasts)  # type: ignore[union-attr]
+    for tp, owners in first.owners.items():
+        assert len(owners.standbys) == 1 and owners.standbys[0] != owners.active
+        if owners.active.name == "zombie":  # assigned like an empty member, no endpoint
+            assert owners.active.endpoint is None
+            continue
+        holder = next(w for w in workers if w.name == owners.active.name)
+        assert owners.active.endpoint == f"{holder.name}:8080"
+        assert tp in holder.binding.last.active  # type: ignore[union-attr]
+    # The garbage member is assigned like an empty one; the next round moves nothing.
+    before = {tp: o.active.name for tp, o in first.owners.items()}
+    rebalance(workers, meta)
+    after = workers[2].binding.last
+    assert after is not None and after.epoch == first.epoch + 1
+    assert {tp: o.active.name for tp, o in after.owners.items() if before[tp] != "zombie"} == {
+        tp: n for tp, n in before.items() if n != "zombie"
+    }
+
+
+def test_adapter_restart_of_a_static_member_keeps_ownership() -> None:
+    workers = [Worker("w0", {}), Worker("w1", {})]
+    meta = cluster("grains", 4)
+    rebalance(workers, meta)
+    had = workers[1].binding.last
+    assert had is not None
+    # A new process: new member id, same instance id, served set restored from its store.
+    restarted = Worker("w1", {})
+    restarted.binding.last = GroupAssignment(had.epoch, had.active, had.standby, {})
+    workers[1] = restarted
+    rebalance(workers, meta)
+    assert restarted.binding.last is not None and restarted.binding.last.active == had.active
+
+
+def test_adapter_falls_back_when_the_leader_is_not_ours() -> None:
+    worker = Worker("w0", {})
+    plain = ConsumerProtocol.ASSIGNMENT(0, [("grains", [0, 1])], b"")
+    worker.binding.strategy.on_assignment(plain)
+    assert worker.binding.last == GroupAssignment(
+        0, frozenset({TopicPartition("grains", 0), TopicPartition("grains", 1)}), frozenset(), {}
+    )
