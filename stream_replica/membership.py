@@ -194,7 +194,7 @@ class StateAwareAssignor:
         provider: StateProvider,
         *,
         standby_replicas: int = 0,
-        on_assignment: Callable[[GroupAssignment | None], None] | None = None,
+        on_assignment: Callable[[GroupAssignment], None] | None = None,
     ) -> None:
         self.provider = provider
         self.standby_replicas = standby_replicas  # the leader's value applies to the group
