@@ -198,6 +198,8 @@ class StateAwareAssignor:
     ) -> None:
         self.provider = provider
         self.standby_replicas = standby_replicas  # the leader's value applies to the group
+        # Set by each assignment of our protocol; stale while the group uses another one (aiokafka
+        # then calls that assignor's on_assignment), so actives come from the rebalance listener.
         self.last: GroupAssignment | None = None
         self._listener = on_assignment
         binding = self
