@@ -1206,7 +1206,7 @@ async def raw_child(argv: Sequence[str]) -> int:
 
 async def steady_producer_child(argv: Sequence[str]) -> int:
     """Publish at a fixed rate; each record's timestamp_millis is its send time."""
-    from stream_replica.contract import EntryType
+    from stream_replica.contract import Entry, EntryType, encode_key, encode_value
     from stream_replica.publisher import Publisher
 
     parser = argparse.ArgumentParser(prog="bench _steady-producer")
@@ -1239,12 +1239,18 @@ async def steady_producer_child(argv: Sequence[str]) -> int:
                 else:
                     size = min(4096, max(64, int(rng.lognormvariate(mu, 0.75))))
                     start = rng.randrange(0, len(pool) - size)
-                    await publisher.publish_snapshot(
-                        grain_type,
-                        grain_key,
-                        pool[start : start + size],
-                        entry_type=EntryType.DELTA if roll < 0.015 else EntryType.FULL_STATE,
-                    )
+                    payload = pool[start : start + size]
+                    if roll < 0.015:  # a misbehaving primary's Delta (Publisher refuses them)
+                        sequence = publisher.next_sequence((grain_type, grain_key))
+                        entry = Entry(
+                            grain_type, grain_key, sequence, sequence, "primary",
+                            EntryType.DELTA, payload,
+                        )  # fmt: skip
+                        await publisher.publish_raw(
+                            encode_key(grain_type, grain_key), encode_value(entry)
+                        )
+                    else:
+                        await publisher.publish_snapshot(grain_type, grain_key, payload)
                 sent += 1
             await asyncio.sleep(0.001)
         await publisher.flush()

@@ -13,6 +13,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
 
+from stream_replica.topic_id import fetch_topic_id
+
 # Why each setting (README "Topic configuration"):
 # - compact: the topic is the changelog of grain state; only the latest snapshot per key counts.
 # - segment.ms 1 h: the active segment is never compacted; the 7-day default would keep a week
@@ -34,6 +36,7 @@ class TopicInfo:
     partitions: int
     replication_factor: int
     configs: dict[str, str]
+    topic_id: str | None = None  # KIP-516; None when the broker does not report it
 
     @property
     def compacted(self) -> bool:
@@ -48,6 +51,7 @@ class TopicInfo:
             "topic": self.name,
             "partitions": self.partitions,
             "replication_factor": self.replication_factor,
+            "topic_id": self.topic_id,
             "compacted": self.compacted,
             "configs": dict(sorted(self.configs.items())),
         }
@@ -118,6 +122,7 @@ async def describe_topic(bootstrap_servers: str, topic: str) -> TopicInfo | None
         partitions = metadata[0]["partitions"]
         replication_factor = max((len(p["replicas"]) for p in partitions), default=0)
         responses = await client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        topic_id = await fetch_topic_id(client, topic)
     configs: dict[str, str] = {}
     for response in responses:
         for resource in response.resources:
@@ -130,7 +135,7 @@ async def describe_topic(bootstrap_servers: str, topic: str) -> TopicInfo | None
                 name, value = config[0], config[1]
                 if value is not None:
                     configs[name] = value
-    return TopicInfo(topic, len(partitions), replication_factor, configs)
+    return TopicInfo(topic, len(partitions), replication_factor, configs, topic_id)
 
 
 async def describe_group(bootstrap_servers: str, group: str) -> tuple[str, list[str]]:

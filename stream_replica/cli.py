@@ -55,6 +55,7 @@ def grain_json(grain: GrainId, state: GrainState) -> dict[str, Any]:
         "payload": base64.b64encode(state.payload).decode(),
         "partition": state.partition,
         "offset": state.offset,
+        **({"shadowed_by_offset": state.shadowed_by} if state.shadowed else {}),
     }
 
 
@@ -164,7 +165,15 @@ async def cmd_run(args: argparse.Namespace) -> int:
     s = settings_from(
         WorkerSettings,
         args,
-        (*_KAFKA, "group", "db", "max_records", "dlq_topic", "allow_non_compacted"),
+        (
+            *_KAFKA,
+            "group",
+            "db",
+            "max_records",
+            "dlq_topic",
+            "allow_non_compacted",
+            "repair_shadowed",
+        ),
     )
     stop = asyncio.Event()
     _install_signal_handlers(stop)
@@ -247,8 +256,30 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     s = settings_from(StoreSettings, args, ("db",))
     with ReplicaReader(s.db) as reader:
-        emit({"topic": reader.topic, **reader.counts().as_dict()})
+        shadowed_now = sum(1 for _ in reader.shadowed())
+        emit({"topic": reader.topic, **reader.counts().as_dict(), "shadowed_now": shadowed_now})
     return 0
+
+
+async def cmd_audit(args: argparse.Namespace) -> int:
+    from stream_replica.audit import audit
+    from stream_replica.settings import AuditSettings
+
+    s = settings_from(AuditSettings, args, ("bootstrap_servers", "db"))
+    report = await audit(s.db, s.bootstrap_servers, _partition_list(args.partitions))
+    for line in report.divergent:
+        emit(line)
+    emit({"summary": report.summary})
+    return 1 if report.divergent else 0
+
+
+def _partition_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(p) for p in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--partitions {text!r} is not P,P,...") from None
 
 
 async def cmd_replay(args: argparse.Namespace) -> int:
@@ -263,12 +294,7 @@ async def cmd_replay(args: argparse.Namespace) -> int:
             raise UsageError(f"--from-timestamp {args.from_timestamp!r} is not ISO 8601") from None
         if timestamp.tzinfo is None:
             raise UsageError("--from-timestamp needs a time zone (e.g. ...Z or +00:00)")
-    partitions = None
-    if args.partitions is not None:
-        try:
-            partitions = [int(p) for p in args.partitions.split(",")]
-        except ValueError:
-            raise UsageError(f"--partitions {args.partitions!r} is not P,P,...") from None
+    partitions = _partition_list(args.partitions)
     result = await replay(
         s,
         from_beginning=args.from_beginning,
@@ -338,7 +364,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-records", type=int)
     run.add_argument("--dlq-topic")
     run.add_argument("--allow-non-compacted", action="store_true", default=None)
+    run.add_argument(
+        "--repair-shadowed",
+        action="store_true",
+        default=None,
+        help="re-publish a grain's state when a refused or stale record shadows it, so "
+        "compaction keeps it (env STREAM_REPLICA_REPAIR_SHADOWED)",
+    )
     run.set_defaults(handler=cmd_run)
+
+    audit_parser = commands.add_parser(
+        "audit",
+        help="compare the store with what a rebuild from the topic would give "
+        "(exit 1 on any divergence)",
+    )
+    audit_parser.add_argument("--bootstrap-servers", help="env KAFKA_BOOTSTRAP_SERVERS")
+    audit_parser.add_argument("--db")
+    audit_parser.add_argument("--partitions", metavar="P,...", help="default: all the store holds")
+    audit_parser.set_defaults(handler=cmd_audit)
 
     for name, handler, text in (
         ("get", cmd_get, "print one grain as JSON"),

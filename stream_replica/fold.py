@@ -3,10 +3,19 @@
 Rules (per grain, records in offset order within a partition):
 
 * FullState with a sequence above the current one (or no current state) becomes the state.
-  Equal sequence: an idempotent redelivery, the current state stays (a differing payload
-  is reported as a warning). Lower sequence: stale, ignored.
+  Equal sequence: a redelivery; the later record wins, as it does when the log cleaner
+  keeps only the last record of a key (a differing payload is reported as a warning).
+  Lower sequence: stale, ignored.
 * Tombstone: the grain is removed; a later FullState (any sequence) starts afresh.
 * Delta and invalid records: refused, never applied, and they do not stop anything else.
+
+Shadowing: a record the fold refuses or ignores (Delta, invalid value, lower sequence) that
+comes after a grain's state on the same key *shadows* that state: once the cleaner runs, the
+log's last record for the key is one a rebuild will not turn into that state. The fold marks
+the state (``shadowed_by``) and reports it; the worker counts it, and can repair it by
+re-publishing the state (``--repair-shadowed``). With equal sequences resolved as the cleaner
+does, a replica rebuilt from a compacted log equals the live one for every grain that is not
+shadowed (tests/test_compaction.py checks it on a broker whose cleaner really runs).
 
 Only the final state of each grain is returned, so intermediates are never written. The result
 equals applying the records one by one (tests/test_fold.py proves it with hypothesis).
@@ -15,7 +24,7 @@ equals applying the records one by one (tests/test_fold.py proves it with hypoth
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from stream_replica.contract import ContractError, Entry, EntryType, GrainId, Tombstone
@@ -31,6 +40,14 @@ class GrainState:
     payload: bytes
     partition: int
     offset: int
+    # Offset of the latest record on this grain's key that the fold refused or ignored after
+    # this state was set (-1: none). Not part of equality: it is bookkeeping about the log,
+    # not the grain's state.
+    shadowed_by: int = field(default=-1, compare=False)
+
+    @property
+    def shadowed(self) -> bool:
+        return self.shadowed_by >= 0
 
 
 @dataclass(slots=True)  # not frozen: frozen __init__ costs ~3x on the hot path
@@ -53,6 +70,22 @@ class Rejection:
     kind: RejectKind
     reason: str
     grain: GrainId | None
+    shadows_offset: int | None = None  # offset of the grain state this record shadows
+
+
+ShadowKind = Literal["delta", "invalid", "stale"]
+
+
+@dataclass(slots=True, frozen=True)
+class Shadowing:
+    """A held state became shadowed: the record at ``by_offset`` is now the last on the key."""
+
+    grain: GrainId
+    partition: int
+    state_offset: int
+    by_offset: int
+    kind: ShadowKind
+    first: bool  # the state was not shadowed before (log once per grain)
 
 
 @dataclass(slots=True)
@@ -65,6 +98,7 @@ class FoldCounts:
     tombstones: int = 0
     deltas_refused: int = 0
     invalid: int = 0
+    shadowed: int = 0  # times a held state became shadowed (see the module docstring)
 
     def add(self, other: FoldCounts) -> None:
         for name in self.__slots__:
@@ -83,6 +117,10 @@ class FoldResult:
     rejected: list[Rejection] = field(default_factory=list)
     counts: FoldCounts = field(default_factory=FoldCounts)
     warnings: list[str] = field(default_factory=list)
+    # states that became shadowed in this poll (a grain may appear once per shadowing record)
+    shadowed: list[Shadowing] = field(default_factory=list)
+    # grains whose stored state was shadowed and no longer is (new state, repair or deletion)
+    unshadowed: set[GrainId] = field(default_factory=set)
 
 
 _ABSENT = object()
@@ -97,6 +135,18 @@ def fold(records: Iterable[Polled], stored: Mapping[GrainId, GrainState | None])
     # grains whose pending state was set by a FullState of this poll and not yet written
     unwritten_applied: set[GrainId] = set()
 
+    def shadow(grain: GrainId, current: GrainState, record: Polled, kind: ShadowKind) -> bool:
+        """The refused or ignored ``record`` is now the last on the key of ``current``."""
+        if record.partition != current.partition:
+            return False  # another partition's log: compacting it cannot remove the state
+        first = not current.shadowed
+        counts.shadowed += first
+        result.shadowed.append(
+            Shadowing(grain, record.partition, current.offset, record.offset, kind, first)
+        )
+        pending[grain] = replace(current, shadowed_by=record.offset)
+        return True
+
     for record in records:
         counts.records += 1
         next_offset = record.offset + 1
@@ -106,14 +156,16 @@ def fold(records: Iterable[Polled], stored: Mapping[GrainId, GrainState | None])
 
         if isinstance(body, ContractError):
             counts.invalid += 1
-            result.rejected.append(Rejection(record, "invalid", body.reason, body.grain))
+            rejection = Rejection(record, "invalid", body.reason, body.grain)
+            result.rejected.append(rejection)
+            if body.grain is not None:
+                held = _current(body.grain, pending, stored)
+                if held is not None and shadow(body.grain, held, record, "invalid"):
+                    rejection.shadows_offset = held.offset
             continue
 
         grain = body.grain
-        current = pending.get(grain, _ABSENT)
-        if current is _ABSENT:
-            current = stored.get(grain)
-        assert current is None or isinstance(current, GrainState)
+        current = _current(grain, pending, stored)
 
         if isinstance(body, Tombstone):
             counts.tombstones += 1
@@ -125,14 +177,15 @@ def fold(records: Iterable[Polled], stored: Mapping[GrainId, GrainState | None])
 
         if body.entry_type is EntryType.DELTA:
             counts.deltas_refused += 1
-            result.rejected.append(
-                Rejection(
-                    record,
-                    "delta",
-                    f"Delta entries are not supported (sequence {body.sequence}); never applied",
-                    grain,
-                )
+            rejection = Rejection(
+                record,
+                "delta",
+                f"Delta entries are not supported (sequence {body.sequence}); never applied",
+                grain,
             )
+            result.rejected.append(rejection)
+            if current is not None and shadow(grain, current, record, "delta"):
+                rejection.shadows_offset = current.offset
             continue
 
         if current is None or body.sequence > current.sequence:
@@ -140,27 +193,45 @@ def fold(records: Iterable[Polled], stored: Mapping[GrainId, GrainState | None])
             if grain in unwritten_applied:
                 counts.intermediates_dropped += 1
             unwritten_applied.add(grain)
-            pending[grain] = GrainState(
-                body.sequence,
-                body.timestamp_millis,
-                body.source_cluster,
-                body.payload,
-                record.partition,
-                record.offset,
-            )
         elif body.sequence == current.sequence:
             counts.duplicates += 1
             if body.payload != current.payload:
                 result.warnings.append(
                     f"grain {grain[0]}/{grain[1]}: sequence {body.sequence} redelivered at "
                     f"partition {record.partition} offset {record.offset} with a different "
-                    f"payload; kept the state from offset {current.offset}"
+                    f"payload; the later record wins (as in a compacted log), replacing the "
+                    f"state from offset {current.offset}"
                 )
         else:
             counts.stale += 1
+            shadow(grain, current, record, "stale")
+            continue
+        pending[grain] = GrainState(
+            body.sequence,
+            body.timestamp_millis,
+            body.source_cluster,
+            body.payload,
+            record.partition,
+            record.offset,
+        )
 
     for grain, final in pending.items():
         # Identity, not equality: pending holds either a new GrainState or None (deleted).
-        if final is not stored.get(grain):
+        before = stored.get(grain)
+        if final is not before:
             result.changes[grain] = final
+            if before is not None and before.shadowed and (final is None or not final.shadowed):
+                result.unshadowed.add(grain)
     return result
+
+
+def _current(
+    grain: GrainId,
+    pending: Mapping[GrainId, GrainState | None],
+    stored: Mapping[GrainId, GrainState | None],
+) -> GrainState | None:
+    current = pending.get(grain, _ABSENT)
+    if current is _ABSENT:
+        return stored.get(grain)
+    assert current is None or isinstance(current, GrainState)
+    return current

@@ -16,8 +16,16 @@ def now_millis() -> int:
     return time.time_ns() // 1_000_000
 
 
+class PublishError(ValueError):
+    """A snapshot the publisher refuses to put on the compacted topic."""
+
+
 class Publisher:
     """Idempotent producer (acks=all, idempotence on) keyed by grain.
+
+    It never emits what would shadow a replica's state once the log is compacted (fold.py):
+    Delta entries are refused, and so is a sequence below one this publisher already sent for
+    the grain. ``publish_raw`` sends bytes unchecked, for tooling and tests.
 
     When no sequence is given, a per-grain increasing one is assigned. The first automatic
     sequence of a grain in this process is the current time in microseconds, so a restarted
@@ -81,12 +89,25 @@ class Publisher:
         entry_type: EntryType = EntryType.FULL_STATE,
         timestamp_millis: int | None = None,
     ) -> None:
-        """Queue one snapshot (or Delta); call :meth:`flush` to wait for acknowledgement."""
+        """Queue one snapshot; call :meth:`flush` to wait for acknowledgement. Raises
+        :class:`PublishError` for a Delta or a sequence below the grain's last one."""
         grain = (grain_type, grain_key)
+        if entry_type is not EntryType.FULL_STATE:
+            raise PublishError(
+                f"grain {grain_type}/{grain_key}: {entry_type.value} entries are not published "
+                "to the compacted topic (replicas refuse them, and as the last record of the key "
+                "one would erase the grain's snapshot at compaction); publish the full state"
+            )
+        last = self._last_sequence.get(grain)
         if sequence is None:
             sequence = self.next_sequence(grain)
+        elif last is not None and sequence < last:
+            raise PublishError(
+                f"grain {grain_type}/{grain_key}: sequence {sequence} is below {last}, already "
+                "published; a lower sequence would be ignored by replicas and shadow their state"
+            )
         else:
-            self._last_sequence[grain] = max(sequence, self._last_sequence.get(grain, 0))
+            self._last_sequence[grain] = sequence
         entry = Entry(
             grain_type,
             grain_key,

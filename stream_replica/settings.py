@@ -55,8 +55,25 @@ class WorkerSettings(KafkaSettings):
     poll_timeout_ms: int = Field(default=500, ge=10)
     fetch_max_wait_ms: int = Field(default=100, ge=0)
     session_timeout_ms: int = Field(default=10_000, ge=6_000)
+    # Re-publish shadowed grain states so compaction converges to the replica (repair.py).
+    repair_shadowed: bool = False
 
 
 class ReplaySettings(KafkaSettings):
     group: str = Field(default="stream-replica", min_length=1)
+    db: Path
+
+
+class AuditSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STREAM_REPLICA_", extra="ignore", populate_by_name=True
+    )
+
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        min_length=1,
+        validation_alias=AliasChoices(
+            "bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "STREAM_REPLICA_BOOTSTRAP_SERVERS"
+        ),
+    )
     db: Path

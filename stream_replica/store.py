@@ -5,9 +5,14 @@ Key layout (one column family, ordered so that a prefix scan is a range):
 * ``m:topic``          → the topic this store replicates (a store never serves two topics)
 * ``m:counts``         → cumulative fold counters (msgpack map), written with the data
 * ``c`` + u32 BE part. → checkpoint: msgpack ``[next_offset, caught_up_at_ms]``
+* ``m:topic_id``       → Kafka's topic ID (KIP-516) and ``m:partitions`` its partition count,
+  so a store is never resumed against a topic deleted and recreated under the same name
 * ``g`` + type + key   → grain state: a struct header (sequence, timestamp, partition,
-  offset, source length), the source cluster and the payload. ``type`` is escaped (NUL → NUL 0xFF) and terminated by NUL, so byte order is
-  (grain_type, grain_key) order and ``dump`` needs no sort.
+  offset, shadowed-by offset, source length), the source cluster and the payload. ``type`` is
+  escaped (NUL → NUL 0xFF) and terminated by NUL, so byte order is (grain_type, grain_key)
+  order and ``dump`` needs no sort.
+* ``s`` + type + key   → index of the grains whose state is shadowed (see fold.py): a struct
+  (partition, state offset, shadowed-by offset). Small; written only when shadowing happens.
 
 A poll's grain changes, checkpoints and counters go into ONE write batch: after any crash the
 store holds exactly the result of the records before each partition's checkpoint.
@@ -39,12 +44,16 @@ from rocksdict import (
 from stream_replica.contract import GrainId
 from stream_replica.fold import FoldCounts, GrainState
 
-STORE_FORMAT: Final = b"3"  # 3: struct-packed grain values, caught-up checkpoints
+STORE_FORMAT: Final = b"4"  # 4: shadowed-by offset in grain values, shadow index, topic ID
 _TOPIC_KEY: Final = b"m:topic"
 _FORMAT_KEY: Final = b"m:format"
 _COUNTS_KEY: Final = b"m:counts"
+_TOPIC_ID_KEY: Final = b"m:topic_id"
+_PARTITIONS_KEY: Final = b"m:partitions"
 _CHECKPOINT_PREFIX: Final = b"c"
 _GRAIN_PREFIX: Final = b"g"
+_SHADOW_PREFIX: Final = b"s"
+_SHADOW: Final = struct.Struct(">IQQ")
 _PARTITION: Final = struct.Struct(">I")
 
 
@@ -85,24 +94,57 @@ def parse_grain_db_key(db_key: bytes) -> GrainId:
     return grain_type, body[index + 1 :].decode()
 
 
-# Grain value: fixed header (sequence, timestamp, partition, offset, u32 len(source)), then the
-# source cluster (UTF-8) and the payload. struct is ~3x faster than msgpack here.
-_STATE_HEADER: Final = struct.Struct(">QqIQI")
+def shadow_db_key(grain: GrainId) -> bytes:
+    return _SHADOW_PREFIX + grain_db_key(grain)[len(_GRAIN_PREFIX) :]
+
+
+# Grain value: fixed header (sequence, timestamp, partition, offset, shadowed-by offset,
+# u32 len(source)), then the source cluster (UTF-8) and the payload. struct is ~3x faster
+# than msgpack here.
+_STATE_HEADER: Final = struct.Struct(">QqIQqI")
 
 
 def _pack_state(state: GrainState) -> bytes:
     source = state.source_cluster.encode()
     header = _STATE_HEADER.pack(
-        state.sequence, state.timestamp_millis, state.partition, state.offset, len(source)
+        state.sequence,
+        state.timestamp_millis,
+        state.partition,
+        state.offset,
+        state.shadowed_by,
+        len(source),
     )
     return header + source + state.payload
 
 
 def _unpack_state(raw: bytes) -> GrainState:
-    sequence, timestamp, partition, offset, source_length = _STATE_HEADER.unpack_from(raw)
+    sequence, timestamp, partition, offset, shadowed_by, source_length = _STATE_HEADER.unpack_from(
+        raw
+    )
     start = _STATE_HEADER.size
     source = raw[start : start + source_length].decode()
-    return GrainState(sequence, timestamp, source, raw[start + source_length :], partition, offset)
+    return GrainState(
+        sequence, timestamp, source, raw[start + source_length :], partition, offset, shadowed_by
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowMark:
+    """A grain whose state is shadowed: the log's last record on its key (``by_offset``) is
+    not the state the store holds (set by the record at ``state_offset``)."""
+
+    partition: int
+    state_offset: int
+    by_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicIdentity:
+    """The Kafka topic a store replicates: its ID (None when the broker does not report
+    one) and partition count."""
+
+    topic_id: str | None
+    partitions: int
 
 
 def _checkpoint_key(partition: int) -> bytes:
@@ -177,6 +219,21 @@ class _StoreView:
             next_offset, caught_up_at = msgpack.unpackb(raw)
             result[partition] = Checkpoint(next_offset, caught_up_at)
         return result
+
+    def shadowed(self) -> Iterator[tuple[GrainId, ShadowMark]]:
+        """Every grain whose state is shadowed, sorted by grain."""
+        for db_key, raw in self._scan(_SHADOW_PREFIX):
+            grain = parse_grain_db_key(_GRAIN_PREFIX + db_key[len(_SHADOW_PREFIX) :])
+            yield grain, ShadowMark(*_SHADOW.unpack(raw))
+
+    def topic_identity(self) -> TopicIdentity | None:
+        partitions = self._db.get(_PARTITIONS_KEY)
+        if partitions is None:
+            return None
+        topic_id = self._db.get(_TOPIC_ID_KEY)
+        return TopicIdentity(
+            None if not topic_id else bytes(topic_id).decode(), int(bytes(partitions))
+        )
 
     def counts(self) -> FoldCounts:
         raw = self._db.get(_COUNTS_KEY)
@@ -298,8 +355,10 @@ class ReplicaStore(_StoreView):
         changes: Mapping[GrainId, GrainState | None],
         checkpoints: Mapping[int, Checkpoint],
         counts: FoldCounts,
+        unshadowed: Iterable[GrainId] = (),
     ) -> None:
-        """Write a poll's result atomically: grain changes, checkpoints, counters."""
+        """Write a poll's result atomically: grain changes, the shadow index (``unshadowed``:
+        grains no longer shadowed), checkpoints, counters."""
         batch = WriteBatch(raw_mode=True)
         try:
             for grain, state in changes.items():
@@ -307,8 +366,15 @@ class ReplicaStore(_StoreView):
                     batch.delete(grain_db_key(grain))
                 else:
                     batch.put(grain_db_key(grain), _pack_state(state))
+                    if state.shadowed_by >= 0:
+                        batch.put(
+                            shadow_db_key(grain),
+                            _SHADOW.pack(state.partition, state.offset, state.shadowed_by),
+                        )
         except (struct.error, UnicodeError, OverflowError) as exc:
             raise StoreError(f"cannot encode a grain state for {self.path}: {exc}") from None
+        for grain in unshadowed:
+            batch.delete(shadow_db_key(grain))
         self._put_checkpoints(batch, checkpoints)
         merged = FoldCounts()
         merged.add(self._counts)
@@ -331,16 +397,63 @@ class ReplicaStore(_StoreView):
             )
 
     def wipe_partitions(self, partitions: Iterable[int]) -> int:
-        """Delete the grains last set from ``partitions`` and their checkpoints (one batch)."""
+        """Delete the grains last set from ``partitions``, their shadow marks and
+        checkpoints (one batch)."""
         wanted = set(partitions)
         batch = WriteBatch(raw_mode=True)
         deleted = 0
         for db_key, raw in self._scan(_GRAIN_PREFIX):
-            if _unpack_state(raw).partition in wanted:
+            if _STATE_HEADER.unpack_from(raw)[2] in wanted:  # partition, without decoding
                 batch.delete(db_key)
                 deleted += 1
+        for db_key, raw in self._scan(_SHADOW_PREFIX):
+            if _SHADOW.unpack(raw)[0] in wanted:
+                batch.delete(db_key)
         for partition in wanted:
             batch.delete(_checkpoint_key(partition))
+        self._write(batch)
+        return deleted
+
+    def bind_topic(self, identity: TopicIdentity) -> str | None:
+        """Record the topic's identity. When the store already holds another one (the topic
+        was deleted and recreated, or its partition count changed), everything stored is
+        dropped first and the reason returned: positions and grains of another log mean
+        nothing here."""
+        known = self.topic_identity()
+        reason = None
+        if known is not None:
+            if (
+                known.topic_id is not None
+                and identity.topic_id is not None
+                and known.topic_id != identity.topic_id
+            ):
+                reason = (
+                    f"topic {self.topic!r} has ID {identity.topic_id}, the store was built "
+                    f"from ID {known.topic_id} (deleted and recreated?)"
+                )
+            elif known.partitions != identity.partitions:
+                reason = (
+                    f"topic {self.topic!r} has {identity.partitions} partitions, the store was "
+                    f"built from {known.partitions} (grains now map to other partitions)"
+                )
+            elif known == identity:
+                return None
+        if reason is not None:
+            self.wipe_all()
+        batch = WriteBatch(raw_mode=True)
+        batch.put(_TOPIC_ID_KEY, (identity.topic_id or "").encode())
+        batch.put(_PARTITIONS_KEY, str(identity.partitions).encode())
+        self._write(batch)
+        return reason
+
+    def wipe_all(self) -> int:
+        """Delete every grain, shadow mark and checkpoint (one batch); counters stay."""
+        batch = WriteBatch(raw_mode=True)
+        deleted = 0
+        for prefix in (_GRAIN_PREFIX, _SHADOW_PREFIX, _CHECKPOINT_PREFIX):
+            for db_key, _ in self._scan(prefix):
+                batch.delete(db_key)
+                deleted += prefix == _GRAIN_PREFIX
         self._write(batch)
         return deleted
 

@@ -30,9 +30,10 @@ from aiokafka.errors import (
 
 from stream_replica.admin import AdminError, TopicInfo, describe_topic
 from stream_replica.contract import ContractError, decode
-from stream_replica.fold import FoldCounts, Polled, Rejection, fold
+from stream_replica.fold import FoldCounts, FoldResult, Polled, Rejection, fold
+from stream_replica.repair import ShadowRepairer
 from stream_replica.settings import WorkerSettings
-from stream_replica.store import Checkpoint, ReplicaStore, StoreError
+from stream_replica.store import Checkpoint, ReplicaStore, StoreError, TopicIdentity
 
 log = logging.getLogger("stream_replica.worker")
 
@@ -41,6 +42,7 @@ DLQ_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 10.0
 TOUCH_INTERVAL_S: Final = 60.0
 PROGRESS_INTERVAL_S: Final = 10.0
+REPAIR_SWEEP_INTERVAL_S: Final = 5.0
 
 
 class FatalError(Exception):
@@ -123,6 +125,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._dlq: AIOKafkaProducer | None = None
         self._last_touch = time.monotonic()
         self._last_progress = time.monotonic()
+        self._repairer: ShadowRepairer | None = None
+        self._last_sweep = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -131,6 +135,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning("aiokafka's C record parser is not loaded; consuming will be slow")
         info = await check_topic(self.settings, self.stop)
         self._delete_retention_ms = info.delete_retention_ms
+        changed = self.store.bind_topic(TopicIdentity(info.topic_id, info.partitions))
+        if changed is not None:
+            log.warning("%s: dropped the local replica, rebuilding every partition", changed)
         log.info(
             "replicating topic %s (%d partitions, delete.retention.ms=%d) as group %s into %s",
             self.topic,
@@ -158,10 +165,16 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 acks="all",
                 enable_idempotence=True,
             )
+        if self.settings.repair_shadowed:
+            self._repairer = ShadowRepairer.create(
+                self.settings.bootstrap_servers, self.topic, self.settings.group
+            )
         try:
             await self._consumer.start()
             if self._dlq is not None:
                 await self._dlq.start()
+            if self._repairer is not None:
+                await self._repairer.start()
             self._consumer.subscribe([self.topic], listener=self)
             await self._loop(self._consumer)
             if self._fatal is not None:
@@ -183,12 +196,14 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 log.warning("leaving the group took over %.0f s; exiting anyway", STOP_TIMEOUT_S)
             except Exception as exc:
                 log.warning("consumer stop failed: %s", exc)
-        if self._dlq is not None:
-            try:
-                await self._dlq.stop()
-            except Exception as exc:
-                log.warning("dead-letter producer stop failed: %s", exc)
-        log.info("stopped; this run: %s", _format_counts(self.counts))
+        for name, producer in (("dead-letter", self._dlq), ("repair", self._repairer)):
+            if producer is not None:
+                try:
+                    await producer.stop()
+                except Exception as exc:
+                    log.warning("%s producer stop failed: %s", name, exc)
+        repairs = f" repairs={self._repairer.repairs}" if self._repairer is not None else ""
+        log.info("stopped; this run: %s%s", _format_counts(self.counts), repairs)
 
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
         while not self.stop.is_set():
@@ -222,6 +237,24 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             elif self._uncommitted:
                 self._schedule_commit(consumer)
             self._periodic()
+            if self._repairer is not None:
+                await self._sweep_repairs(consumer, self._repairer)
+
+    async def _sweep_repairs(self, consumer: AIOKafkaConsumer, repairer: ShadowRepairer) -> None:
+        """Now and then, repair shadowed grains of caught-up partitions (also those whose
+        repair was lost to a crash or a failed send)."""
+        now = time.monotonic()
+        if now - self._last_sweep < REPAIR_SWEEP_INTERVAL_S:
+            return
+        self._last_sweep = now
+        async with self._batch_lock:
+            owned = set(self._owned())
+            await repairer.sweep(
+                self.store,
+                lambda p: (
+                    p in owned and self._is_caught_up(consumer, p, self._positions.get(p, -1))
+                ),
+            )
 
     def _periodic(self) -> None:
         now = time.monotonic()
@@ -287,9 +320,13 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         if not polled:
             return
         grains = {p.body.grain for p in polled if not isinstance(p.body, ContractError)}
+        grains.update(
+            p.body.grain for p in polled if isinstance(p.body, ContractError) and p.body.grain
+        )
         result = fold(polled, self.store.get_many(grains))
         for warning in result.warnings:
             log.warning("%s", warning)
+        _log_shadowing(self.topic, result, self._repairer is not None)
         if result.rejected:
             for rejection in result.rejected:
                 _log_rejection(self.topic, rejection)
@@ -303,13 +340,35 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 next_offset, self._caught_up_at.setdefault(partition, now)
             )
         try:
-            self.store.apply(result.changes, checkpoints, result.counts)
+            self.store.apply(result.changes, checkpoints, result.counts, result.unshadowed)
         except StoreError as exc:
             raise FatalError(f"{exc}; offsets of this poll were not committed") from None
         self.counts.add(result.counts)
         self._uncommitted.update(result.next_offsets)
         self._positions.update(result.next_offsets)
         self._schedule_commit(consumer)
+        if self._repairer is not None:
+            self._repairer.forget(result.unshadowed)
+            await self._repair_now(consumer, self._repairer, result)
+
+    async def _repair_now(
+        self, consumer: AIOKafkaConsumer, repairer: ShadowRepairer, result: FoldResult
+    ) -> None:
+        """Repair this poll's shadowed grains in caught-up partitions at once; the others wait
+        for the sweep (repairing while behind would re-publish states the log has passed)."""
+        items = []
+        for grain in {s.grain for s in result.shadowed}:
+            state = result.changes.get(grain)
+            if (
+                state is not None
+                and state.shadowed
+                and self._is_caught_up(
+                    consumer, state.partition, result.next_offsets[state.partition]
+                )
+            ):
+                items.append((grain, state))
+        if items:
+            await repairer.repair(sorted(items, key=lambda item: item[0]))
 
     async def _send_to_dlq(self, rejected: list[Rejection]) -> None:
         if self._dlq is None or not self.settings.dlq_topic:
@@ -337,6 +396,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             if rejection.grain is not None:
                 headers.append(("stream-replica.grain-type", rejection.grain[0].encode()))
                 headers.append(("stream-replica.grain-key", rejection.grain[1].encode()))
+            if rejection.shadows_offset is not None:
+                # This record is now the last on the key: the state it names is shadowed.
+                headers.append(
+                    ("stream-replica.shadows-offset", str(rejection.shadows_offset).encode())
+                )
             try:
                 future = await producer.send(
                     self.settings.dlq_topic, key=record.key, value=record.value, headers=headers
@@ -559,6 +623,26 @@ def _log_rejection(topic: str, rejection: Rejection) -> None:
         else "",
         rejection.reason,
     )
+
+
+def _log_shadowing(topic: str, result: FoldResult, repairing: bool) -> None:
+    """One warning per grain when its state becomes shadowed (not per shadowing record)."""
+    for shadowing in result.shadowed:
+        if not shadowing.first:
+            continue
+        grain = shadowing.grain
+        log.warning(
+            "grain %s/%s: its state (%s/%d/%d) is shadowed by the %s record at offset %d: "
+            "once the log is compacted, a rebuild will not restore it%s",
+            grain[0],
+            grain[1],
+            topic,
+            shadowing.partition,
+            shadowing.state_offset,
+            shadowing.kind,
+            shadowing.by_offset,
+            "; repairing" if repairing else "; run with --repair-shadowed to re-publish it",
+        )
 
 
 def _format_counts(counts: FoldCounts) -> str:

@@ -79,9 +79,15 @@ async def make_topic(
 ) -> AsyncIterator[TopicFactory]:
     created: list[str] = []
 
-    async def make(partitions: int = 1, compacted: bool = True, prefix: str = "t") -> str:
+    async def make(
+        partitions: int = 1, compacted: bool = True, prefix: str = "t", fast_cleaner: bool = False
+    ) -> str:
+        """``fast_cleaner``: segments roll after 200 ms and the log cleaner compacts whatever
+        it can (see helpers.force_compaction), so tests see what compaction really leaves."""
         name = unique(prefix)
         configs = admin.replication_topic_configs(1) if compacted else {"cleanup.policy": "delete"}
+        if fast_cleaner:
+            configs |= {"segment.ms": "200", "min.cleanable.dirty.ratio": "0.001"}
         await admin.create_topic(kafka_bootstrap, name, partitions, 1, configs)
         created.append(name)
         return name

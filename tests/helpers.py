@@ -3,14 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stream_replica.contract import Entry, EntryType, encode_key, encode_value
+from stream_replica.publisher import Publisher
+from stream_replica.settings import WorkerSettings
+from stream_replica.store import ReplicaStore
+from stream_replica.worker import ReplicaWorker
+
 TopicFactory = Callable[..., Awaitable[str]]
+
+
+async def publish_unchecked(
+    publisher: Publisher,
+    grain_type: str,
+    grain_key: str,
+    payload: bytes,
+    sequence: int,
+    entry_type: EntryType = EntryType.FULL_STATE,
+) -> None:
+    """Publish what a misbehaving primary would (Deltas, lower sequences): ``Publisher``
+    refuses those, but replicas must cope with them."""
+    entry = Entry(grain_type, grain_key, sequence, sequence, "primary", entry_type, payload)
+    await publisher.publish_raw(encode_key(grain_type, grain_key), encode_value(entry))
 
 
 async def wait_until(
@@ -30,6 +54,48 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def log_records(bootstrap: str, topic: str, partition: int = 0) -> list[Any]:
+    """The records the partition holds now (after whatever the cleaner did)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        await consumer.seek_to_beginning(tp)
+        records: list[Any] = []
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=2000)
+            records.extend(r for r in batch.get(tp, []) if r.offset < end)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def log_offsets(bootstrap: str, topic: str, partition: int = 0) -> list[int]:
+    return [r.offset for r in await log_records(bootstrap, topic, partition)]
+
+
+async def force_compaction(
+    bootstrap: str, topic: str, gone: set[int], partition: int = 0, timeout: float = 90.0
+) -> None:
+    """Make the log cleaner remove the records at ``gone`` offsets (a topic made with
+    ``fast_cleaner``): the active segment is never cleaned, so keep appending a tombstone of
+    a key no test uses, which rolls the segment once segment.ms has passed."""
+    async with Publisher(bootstrap, topic) as roller:
+
+        async def cleaned() -> bool:
+            await roller.publish_raw(b"compaction/roll", None, partition=partition)
+            await roller.flush()
+            return not gone & set(await log_offsets(bootstrap, topic, partition))
+
+        await wait_until(
+            cleaned, timeout, interval=0.5, what=f"the cleaner to remove {sorted(gone)}"
+        )
 
 
 def cli(
@@ -63,3 +129,43 @@ def read_until(process: subprocess.Popen[str], text: str) -> None:
         if text in line:
             return
     raise AssertionError(f"process exited before printing {text!r}")
+
+
+class InProcessWorker:
+    def __init__(self, bootstrap: str, topic: str, group: str, db: Path, **options: Any) -> None:
+        self.settings = WorkerSettings(
+            bootstrap_servers=bootstrap, topic=topic, group=group, db=db, **options
+        )
+        self.store = ReplicaStore(db, topic)
+        self.stop_event = asyncio.Event()
+        self.worker = ReplicaWorker(self.settings, self.store, self.stop_event)
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> InProcessWorker:
+        self.task = asyncio.create_task(self.worker.run())
+        return self
+
+    async def caught_up(self, ends: dict[int, int]) -> bool:
+        assert self.task is not None
+        if self.task.done():
+            self.task.result()  # raise the worker's error in the test
+        checkpoints = self.store.checkpoints()
+        return all(
+            checkpoints.get(p) is not None and checkpoints[p].next_offset >= end
+            for p, end in ends.items()
+            if end > 0
+        )
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 60)
+        self.store.close()
+
+    async def kill(self) -> None:
+        """Die without finishing anything (the store is closed like the OS would)."""
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+        self.store.close()

@@ -23,7 +23,8 @@ def apply_one(store: Store, record: Polled) -> None:
     if body.entry_type is EntryType.DELTA:
         return
     current = store.get(body.grain)
-    if current is None or body.sequence > current.sequence:
+    # Equal sequence: the later record wins (as it does in a compacted log).
+    if current is None or body.sequence >= current.sequence:
         store[body.grain] = GrainState(
             body.sequence,
             body.timestamp_millis,

@@ -17,7 +17,7 @@ from stream_replica.fold import GrainState
 from stream_replica.publisher import Publisher
 from stream_replica.store import ReplicaReader, StoreError
 from tests.conftest import KAFKA_SH
-from tests.helpers import TopicFactory, wait_until, worker_command
+from tests.helpers import TopicFactory, publish_unchecked, wait_until, worker_command
 from tests.oracle import Oracle, read_oracle
 
 PARTITIONS = 6
@@ -77,7 +77,7 @@ async def produce(bootstrap: str, topic: str, rounds: int, grains: int) -> None:
                 if roll < 0.03:
                     await publisher.publish_tombstone("g", f"k{i}")
                 elif roll < 0.05:
-                    await publisher.publish_snapshot("g", f"k{i}", b"d", entry_type=EntryType.DELTA)
+                    await publish_unchecked(publisher, "g", f"k{i}", b"d", 1, EntryType.DELTA)
                 else:
                     await publisher.publish_snapshot("g", f"k{i}", f"{round_index}".encode() * 20)
             await publisher.flush()

@@ -6,11 +6,12 @@ import base64
 import json
 from collections import defaultdict
 
+import pytest
 from aiokafka import AIOKafkaConsumer
 
 from stream_replica import admin
 from stream_replica.contract import EntryType, Tombstone, decode
-from stream_replica.publisher import Publisher
+from stream_replica.publisher import Publisher, PublishError
 from tests.helpers import TopicFactory, cli
 
 
@@ -39,7 +40,11 @@ async def test_publish_round_trip_and_grain_partitioning(
         for i in range(40):
             for _ in range(3):
                 await publisher.publish_snapshot("account", f"a/{i}", f"state-{i}".encode())
-        await publisher.publish_snapshot("account", "a/0", b"d", entry_type=EntryType.DELTA)
+        with pytest.raises(PublishError, match=r"grain account/a/0: Delta entries are not"):
+            await publisher.publish_snapshot("account", "a/0", b"d", entry_type=EntryType.DELTA)
+        await publisher.publish_snapshot("account", "a/0", b"v9", sequence=2**62)
+        with pytest.raises(PublishError, match=r"sequence 5 is below 4611686018427387904"):
+            await publisher.publish_snapshot("account", "a/0", b"old", sequence=5)
         await publisher.publish_tombstone("account", "a/1")
 
     records = await read_all(kafka_bootstrap, topic, 122)
@@ -126,13 +131,14 @@ async def test_cli_publish_json_lines(kafka_bootstrap: str, make_topic: TopicFac
         ]
     )
     result = cli("publish", "--bootstrap-servers", kafka_bootstrap, "--topic", topic, input=lines)
-    assert result.returncode == 1  # two bad lines reported, the rest published
+    assert result.returncode == 1  # three bad lines reported, the rest published
     assert "stdin line 3" in result.stderr and "stdin line 4" in result.stderr
-    assert json.loads(result.stdout)["published"] == 3
-    records = await read_all(kafka_bootstrap, topic, 3)
+    assert "stdin line 5: grain cart/c3: Delta entries are not published" in result.stderr
+    assert json.loads(result.stdout)["published"] == 2
+    records = await read_all(kafka_bootstrap, topic, 2)
     bodies = sorted((decode(r.key, r.value) for r in records), key=lambda b: b.grain_key)
     first = bodies[0]
     assert not isinstance(first, Tombstone) or first.grain_key == "c1"
     assert any(isinstance(b, Tombstone) for b in bodies)
-    assert any(getattr(b, "entry_type", None) is EntryType.DELTA for b in bodies)
+    assert not any(getattr(b, "entry_type", None) is EntryType.DELTA for b in bodies)
     assert any(getattr(b, "sequence", None) == 7 and b.payload == b"hello" for b in bodies)  # type: ignore[union-attr]

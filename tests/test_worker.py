@@ -4,7 +4,6 @@ test_cluster.py)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import subprocess
@@ -18,52 +17,18 @@ from aiokafka import AIOKafkaConsumer
 from stream_replica import admin
 from stream_replica.contract import EntryType
 from stream_replica.publisher import Publisher
-from stream_replica.settings import WorkerSettings
 from stream_replica.store import Checkpoint, ReplicaReader, ReplicaStore, StoreError
-from stream_replica.worker import ReplicaWorker
 from stream_replica.workload import invalid_values
-from tests.helpers import TopicFactory, cli, read_until, wait_until, worker_command
+from tests.helpers import (
+    InProcessWorker,
+    TopicFactory,
+    cli,
+    publish_unchecked,
+    read_until,
+    wait_until,
+    worker_command,
+)
 from tests.oracle import read_oracle
-
-
-class InProcessWorker:
-    def __init__(self, bootstrap: str, topic: str, group: str, db: Path, **options: Any) -> None:
-        self.settings = WorkerSettings(
-            bootstrap_servers=bootstrap, topic=topic, group=group, db=db, **options
-        )
-        self.store = ReplicaStore(db, topic)
-        self.stop_event = asyncio.Event()
-        self.worker = ReplicaWorker(self.settings, self.store, self.stop_event)
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> InProcessWorker:
-        self.task = asyncio.create_task(self.worker.run())
-        return self
-
-    async def caught_up(self, ends: dict[int, int]) -> bool:
-        assert self.task is not None
-        if self.task.done():
-            self.task.result()  # raise the worker's error in the test
-        checkpoints = self.store.checkpoints()
-        return all(
-            checkpoints.get(p) is not None and checkpoints[p].next_offset >= end
-            for p, end in ends.items()
-            if end > 0
-        )
-
-    async def stop(self) -> None:
-        self.stop_event.set()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 60)
-        self.store.close()
-
-    async def kill(self) -> None:
-        """Die without finishing anything (the store is closed like the OS would)."""
-        assert self.task is not None
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self.task
-        self.store.close()
 
 
 class Crash(BaseException):
@@ -80,11 +45,11 @@ async def produce_mixed(publisher: Publisher) -> None:
     p = publisher
     await p.publish_snapshot("acct", "a", b"a1", sequence=1)
     await p.publish_snapshot("acct", "b", b"b1", sequence=1)
-    await p.publish_snapshot("acct", "a", b"a-delta", sequence=2, entry_type=EntryType.DELTA)
+    await publish_unchecked(p, "acct", "a", b"a-delta", 2, EntryType.DELTA)
     await p.publish_snapshot("acct", "c", b"c1", sequence=5)
     await p.publish_snapshot("acct", "a", b"a3", sequence=3)  # FullState after the Delta
     await p.publish_snapshot("acct", "b", b"b1", sequence=1)  # duplicate
-    await p.publish_snapshot("acct", "c", b"c-old", sequence=4)  # lower: stale
+    await publish_unchecked(p, "acct", "c", b"c-old", 4)  # lower: stale
     await p.publish_snapshot("acct", "d", b"d9", sequence=9)
     await p.publish_tombstone("acct", "d")
     await p.publish_snapshot("acct", "d", b"d-again", sequence=1)  # re-create after tombstone

@@ -1,0 +1,159 @@
+"""Shadow repair (``run --repair-shadowed``): re-publish a shadowed grain's state.
+
+A record the fold refuses or ignores after a grain's state leaves the log's last record for
+that key unusable, so once the cleaner runs a rebuild loses the state (fold.py). Re-publishing
+the state (same sequence, payload, timestamp and source; a header saying it is a repair) makes
+the last record valid again, and compaction converges to the replica.
+
+Why it converges without ping-pong:
+
+* A repair carries the state's own sequence, so every replica folds it as an equal-sequence
+  redelivery (the later record wins): the state does not change and the shadow mark clears.
+* Repairs wait until the partition is caught up, so a worker does not re-publish a state the
+  log has already moved past. If the primary writes a higher sequence concurrently, the
+  repair is stale, shadows the newer state and is itself repaired once with that higher
+  sequence; each repair answers one shadowing record, and only the primary makes new ones.
+* Several replica groups repairing the same grain publish the same state; duplicates are
+  harmless and clear every group's mark.
+
+The shadow index in the store (written with the poll's batch) is the to-do list: a repair
+lost in a crash or a failed send is retried by the next sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from stream_replica.contract import Entry, EntryType, GrainId, encode_key, encode_value
+from stream_replica.fold import GrainState
+from stream_replica.store import ReplicaStore
+
+log = logging.getLogger("stream_replica.repair")
+
+SEND_TIMEOUT_S: Final = 30.0
+REPAIR_HEADER: Final = "stream-replica.repair"
+
+
+def repair_record(
+    grain: GrainId, state: GrainState, group: str
+) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Key, value and headers of the record that re-publishes ``state``."""
+    entry = Entry(
+        grain[0],
+        grain[1],
+        state.sequence,
+        state.timestamp_millis,
+        state.source_cluster,
+        EntryType.FULL_STATE,
+        state.payload,
+    )
+    headers = [
+        (REPAIR_HEADER, b"1"),
+        ("stream-replica.repair-of-offset", str(state.offset).encode()),
+        ("stream-replica.shadowed-by-offset", str(state.shadowed_by).encode()),
+        ("stream-replica.repair-group", group.encode()),
+    ]
+    return encode_key(*grain), encode_value(entry), headers
+
+
+class ShadowRepairer:
+    """Publishes repairs with an idempotent producer (acks=all) to the replicated topic."""
+
+    def __init__(self, topic: str, group: str, producer: AIOKafkaProducer) -> None:
+        self.topic = topic
+        self.group = group
+        self._producer = producer
+        # grain → the shadowing offset a repair was acknowledged for (not sent twice)
+        self._acknowledged: dict[GrainId, int] = {}
+        self.repairs = 0
+
+    @classmethod
+    def create(
+        cls, bootstrap_servers: str, topic: str, group: str, **options: Any
+    ) -> ShadowRepairer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True, **options
+        )
+        return cls(topic, group, producer)
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    def forget(self, grains: Iterable[GrainId]) -> None:
+        """The grains are no longer shadowed (their repair, or a newer record, was read)."""
+        for grain in grains:
+            self._acknowledged.pop(grain, None)
+
+    async def sweep(self, store: ReplicaStore, caught_up: Callable[[int], bool]) -> int:
+        """Repair every shadowed grain of the partitions for which ``caught_up`` is true.
+        Returns the number of repairs acknowledged; failures are logged and retried later."""
+        wanted = [
+            grain
+            for grain, mark in store.shadowed()
+            if self._acknowledged.get(grain) != mark.by_offset and caught_up(mark.partition)
+        ]
+        if not wanted:
+            return 0
+        states = store.get_many(wanted)
+        return await self.repair(
+            [(g, s) for g, s in states.items() if s is not None and s.shadowed]
+        )
+
+    async def repair(self, items: list[tuple[GrainId, GrainState]]) -> int:
+        sends = []
+        for grain, state in items:
+            key, value, headers = repair_record(grain, state, self.group)
+            sends.append((grain, state, self._send(key, value, state.partition, headers)))
+        results = await asyncio.gather(*(send for _, _, send in sends), return_exceptions=True)
+        done = 0
+        for (grain, state, _), outcome in zip(sends, results, strict=True):
+            if isinstance(outcome, BaseException):
+                log.warning(
+                    "repair of grain %s/%s (partition %d, state at offset %d, shadowed by "
+                    "offset %d) not published (%s: %s); retrying later",
+                    grain[0],
+                    grain[1],
+                    state.partition,
+                    state.offset,
+                    state.shadowed_by,
+                    type(outcome).__name__,
+                    outcome,
+                )
+                continue
+            self._acknowledged[grain] = state.shadowed_by
+            done += 1
+            log.info(
+                "repaired grain %s/%s: re-published sequence %d (state at %s/%d/%d, shadowed "
+                "by offset %d) at offset %s",
+                grain[0],
+                grain[1],
+                state.sequence,
+                self.topic,
+                state.partition,
+                state.offset,
+                state.shadowed_by,
+                outcome,
+            )
+        self.repairs += done
+        return done
+
+    async def _send(
+        self, key: bytes, value: bytes, partition: int, headers: list[tuple[str, bytes]]
+    ) -> int:
+        try:
+            future = await self._producer.send(
+                self.topic, key=key, value=value, partition=partition, headers=headers
+            )
+            metadata = await asyncio.wait_for(future, SEND_TIMEOUT_S)
+        except TimeoutError:
+            raise KafkaError(f"no acknowledgement within {SEND_TIMEOUT_S:.0f} s") from None
+        return int(metadata.offset)
