@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 KAFKA   := dev/kafka/kafka.sh
 PYTEST_ARGS ?=
 
-.PHONY: all venv broker broker-stop demo test lint chaos chaos-small fuzz bench clean
+.PHONY: all venv broker broker-stop demo test lint chaos chaos-small fuzz bench bench-audit clean
 
 all: test
 
@@ -53,6 +53,10 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 ## Throughput side by side (ours, raw aiokafka, Kafka's perf tool, Quix); knobs: BENCH_ARGS="--records N --small ..."
 bench: $(VENV)/.bench-installed broker
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)
+
+## Time of `stream-replica audit` on a store of 100k grains; knobs: AUDIT_ARGS="--grains N"
+bench-audit: venv broker
+	$(PY) -m benchmarks.audit_bench $(AUDIT_ARGS)
 
 clean:
 	-$(KAFKA) clean

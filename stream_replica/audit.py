@@ -22,7 +22,7 @@ import base64
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,8 @@ class _LastRecords:
     """Per partition: the last record of each key below the checkpoint, and the keys that
     also have records at or past it."""
 
-    last: dict[bytes, Polled] = field(default_factory=dict)
+    # key → (offset, value) of its last record; decoded only once the read is done
+    last: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
     later_keys: set[bytes] = field(default_factory=set)
     read: int = 0
 
@@ -105,13 +106,7 @@ async def _read_last_records(
                     if record.offset >= limit:
                         bucket.later_keys.add(record.key)
                         continue
-                    try:
-                        body: Any = decode(record.key, record.value)
-                    except ContractError as exc:
-                        body = exc
-                    bucket.last[record.key] = Polled(
-                        tp.partition, record.offset, record.key, record.value, body
-                    )
+                    bucket.last[record.key] = (record.offset, record.value)
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
@@ -124,10 +119,17 @@ async def _read_last_records(
     return found
 
 
-def _rebuilt(records: Iterable[Polled]) -> dict[GrainId, tuple[GrainState | None, Polled]]:
+def _rebuilt(
+    partition: int, last: dict[bytes, tuple[int, bytes | None]]
+) -> dict[GrainId, tuple[GrainState | None, Polled]]:
     """What a rebuild from only these records (one per key) gives, with the record."""
     result: dict[GrainId, tuple[GrainState | None, Polled]] = {}
-    for record in records:
+    for key, (offset, value) in last.items():
+        try:
+            decoded: Any = decode(key, value)
+        except ContractError as exc:
+            decoded = exc
+        record = Polled(partition, offset, key, value, decoded)
         body = record.body
         grain = body.grain
         if grain is None:
@@ -188,8 +190,8 @@ async def audit(
     skipped = 0
     rebuilt: dict[GrainId, tuple[GrainState | None, Polled]] = {}
     later: set[GrainId] = set()
-    for bucket in found.values():
-        rebuilt.update(_rebuilt(bucket.last.values()))
+    for partition, bucket in found.items():
+        rebuilt.update(_rebuilt(partition, bucket.last))
         for key in bucket.later_keys:
             with contextlib.suppress(ContractError):  # an unparseable key names no grain
                 later.add(parse_key(key))

@@ -19,16 +19,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
 from stream_replica import admin
+from stream_replica.audit import audit
 from stream_replica.contract import ContractError, EntryType, GrainId, Tombstone
 from stream_replica.fold import GrainState
 from stream_replica.publisher import Publisher
 from stream_replica.store import ReplicaReader, StoreError
 from tests.chaos_scenario import scenario
-from tests.helpers import worker_command
+from tests.helpers import enable_fast_cleaner, force_compaction, log_records, worker_command
 from tests.oracle import Oracle, read_oracle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,6 +298,130 @@ async def read_dlq(bootstrap: str, dlq: str) -> set[tuple[int, int]]:
     return found
 
 
+def superseded(records: list[Any]) -> set[int]:
+    """Offsets the cleaner may remove: every record followed by another on the same key."""
+    last: dict[bytes, int] = {}
+    for record in records:
+        last[record.key] = record.offset
+    return {r.offset for r in records} - set(last.values())
+
+
+async def compact_all(broker: Broker, topic: str, partitions: int) -> tuple[int, int]:
+    """Force the cleaner through every partition; returns records before and after."""
+    before = after = 0
+    for partition in range(partitions):
+        records = await log_records(broker.bootstrap, topic, partition)
+        before += len(records)
+        await force_compaction(
+            broker.bootstrap, topic, superseded(records), partition=partition, timeout=300
+        )
+        after += len(await log_records(broker.bootstrap, topic, partition))
+    return before, after
+
+
+async def run_until_caught_up(
+    worker: Worker, broker: Broker, topic: str, partitions: int, timeout: float, done: Any = None
+) -> bool:
+    """Start ``worker``, wait until its store reached every partition's end (and ``done``
+    holds), stop it with SIGTERM."""
+    worker.start()
+    deadline = time.monotonic() + timeout
+    reached = False
+    while time.monotonic() < deadline:
+        ends = await admin.end_offsets(broker.bootstrap, topic, partitions)
+        if worker.checkpoints() == {p: e for p, e in ends.items() if e} and (
+            done is None or done()
+        ):
+            reached = True
+            break
+        await asyncio.sleep(0.5)
+    worker.signal(signal.SIGTERM)
+    return reached
+
+
+def store_view(db: Path) -> tuple[dict[GrainId, GrainState], set[GrainId]]:
+    with ReplicaReader(db) as reader:
+        return dict(reader.grains()), {g for g, _ in reader.shadowed()}
+
+
+async def compaction_phase(
+    broker: Broker,
+    topic: str,
+    dlq: str,
+    args: argparse.Namespace,
+    live: Worker,
+    root: Path,
+    mismatches: list[str],
+) -> list[tuple[str, object]]:
+    """Let the cleaner really run, then: the audit names exactly the grains the live store
+    marks shadowed; a fresh rebuild equals the live store except those; after the live worker
+    repairs them (--repair-shadowed) and the cleaner runs again, a rebuild equals it exactly."""
+    live_grains, shadowed = store_view(live.db)
+    await enable_fast_cleaner(broker.bootstrap, topic)
+    before, after = await compact_all(broker, topic, args.partitions)
+    say(f"compaction: {before} records -> {after}; {len(shadowed)} shadowed grains")
+
+    started = time.monotonic()
+    report = await audit(live.db, broker.bootstrap, progress=say)
+    audit_seconds = time.monotonic() - started
+    audited = {(d["grain_type"], d["grain_key"]) for d in report.divergent}
+    if audited != shadowed:
+        mismatches.append(
+            f"audit found {len(audited)} divergent grains, the store marks {len(shadowed)} "
+            f"shadowed; e.g. {sorted(audited ^ shadowed)[:3]}"
+        )
+
+    rebuild = Worker("worker-rebuild", broker, topic, dlq, "chaos-rebuild", root)
+    if not await run_until_caught_up(rebuild, broker, topic, args.partitions, args.drain_timeout):
+        mismatches.append("the rebuild after compaction did not catch up")
+    rebuilt, _ = store_view(rebuild.db)
+    differing = {
+        g for g in live_grains.keys() | rebuilt.keys() if live_grains.get(g) != rebuilt.get(g)
+    }
+    if differing - shadowed:
+        mismatches.append(
+            f"{len(differing - shadowed)} grains differ after a rebuild without being reported "
+            f"shadowed, e.g. {sorted(differing - shadowed)[:3]}"
+        )
+    if shadowed - differing:
+        mismatches.append(
+            f"shadowed grains a rebuild restores anyway: {sorted(shadowed - differing)[:3]}"
+        )
+
+    # Repair: the live worker again, re-publishing what is shadowed, until nothing is.
+    live.args = [*live.args, "--repair-shadowed"]
+    repaired = await run_until_caught_up(
+        live, broker, topic, args.partitions, args.drain_timeout,
+        done=lambda: not store_view(live.db)[1],
+    )  # fmt: skip
+    repairs = live.log.read_text().count("repaired grain")
+    if not repaired:
+        mismatches.append("the repairing worker did not clear every shadowed grain")
+    repaired_grains, _ = store_view(live.db)
+    await compact_all(broker, topic, args.partitions)
+    second = Worker("worker-rebuild-2", broker, topic, dlq, "chaos-rebuild-2", root)
+    if not await run_until_caught_up(second, broker, topic, args.partitions, args.drain_timeout):
+        mismatches.append("the rebuild after repair did not catch up")
+    rebuilt_after_repair, _ = store_view(second.db)
+    after_repair = {
+        g for g in repaired_grains.keys() | rebuilt_after_repair.keys()
+        if repaired_grains.get(g) != rebuilt_after_repair.get(g)
+    }  # fmt: skip
+    if after_repair:
+        mismatches.append(
+            f"{len(after_repair)} grains differ from a rebuild after repair, e.g. "
+            f"{sorted(after_repair)[:3]}"
+        )
+    return [
+        ("compaction: records before / after", f"{before} / {after}"),
+        ("shadowed grains (store marks = audit)", f"{len(shadowed)} = {len(audited)}"),
+        ("rebuilt != live, not reported", len(differing - shadowed)),
+        ("audit s (grains)", f"{audit_seconds:.2f} ({report.summary['grains_in_store']})"),
+        ("repairs published", repairs),
+        ("rebuilt after repair != live", len(after_repair)),
+    ]
+
+
 async def run(args: argparse.Namespace) -> int:
     root = Path(args.workdir).resolve()
     shutil.rmtree(root, ignore_errors=True)
@@ -396,6 +522,11 @@ async def run(args: argparse.Namespace) -> int:
             )
         if deltas_applied:
             mismatches.append(f"{deltas_applied} grains hold a Delta's state")
+        compaction_rows: list[tuple[str, object]] = []
+        if args.compaction:
+            compaction_rows = await compaction_phase(
+                broker, topic, dlq, args, final, root, mismatches
+            )
         mismatches.extend(f"commit ahead of store: {c}" for c in stats.commit_ahead[:5])
         mismatches.extend(stats.unexpected_exits[:5])
         bad_exits = {w.name: w.exit_codes for w in [*workers, extra] if any(w.exit_codes)}
@@ -425,6 +556,7 @@ async def run(args: argparse.Namespace) -> int:
                 f"{stats.commit_samples} ({len(stats.commit_ahead)})",
             ),
             ("Deltas applied", deltas_applied),
+            *compaction_rows,
             ("duration s", f"{time.monotonic() - started:.0f}"),
             ("mismatches", len(mismatches)),
         ]
@@ -458,6 +590,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=19092)
     parser.add_argument("--workdir", default=".chaos")
     parser.add_argument("--keep-broker", action="store_true")
+    parser.add_argument(
+        "--no-compaction",
+        dest="compaction",
+        action="store_false",
+        help="skip the compaction phase (cleaner, audit, rebuild, repair, rebuild)",
+    )
     args = parser.parse_args(argv)
     if args.small:
         args.grains, args.records, args.rate = 500, 15_000, 300.0

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from stream_replica import admin
 from stream_replica.contract import Entry, EntryType, encode_key, encode_value
 from stream_replica.publisher import Publisher
 from stream_replica.settings import WorkerSettings
@@ -78,6 +80,16 @@ async def log_records(bootstrap: str, topic: str, partition: int = 0) -> list[An
 
 async def log_offsets(bootstrap: str, topic: str, partition: int = 0) -> list[int]:
     return [r.offset for r in await log_records(bootstrap, topic, partition)]
+
+
+async def enable_fast_cleaner(bootstrap: str, topic: str) -> None:
+    """Let the cleaner compact ``topic`` as soon as it can (segments roll after 200 ms)."""
+    configs = admin.replication_topic_configs(1) | {
+        "segment.ms": "200",
+        "min.cleanable.dirty.ratio": "0.001",
+    }
+    async with admin.admin_client(bootstrap) as client:
+        await client.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
 
 
 async def force_compaction(

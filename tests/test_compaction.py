@@ -20,6 +20,7 @@ from tests.helpers import (
     InProcessWorker,
     TopicFactory,
     cli,
+    enable_fast_cleaner,
     force_compaction,
     log_records,
     publish_unchecked,
@@ -251,17 +252,6 @@ async def test_repair_converges_with_two_groups_and_a_concurrent_primary(
     await rebuilt.stop()
     audited = cli("audit", "--bootstrap-servers", kafka_bootstrap, "--db", str(tmp_path / "a"))
     assert audited.returncode == 0, audited.stdout + audited.stderr
-
-
-async def enable_fast_cleaner(bootstrap: str, topic: str) -> None:
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
-    configs = admin.replication_topic_configs(1) | {
-        "segment.ms": "200",
-        "min.cleanable.dirty.ratio": "0.001",
-    }
-    async with admin.admin_client(bootstrap) as client:
-        await client.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
 
 
 async def test_recreated_topic_or_new_partition_count_is_not_resumed(

@@ -354,12 +354,13 @@ def test_asyncapi_dead_letter_headers_match_the_worker() -> None:
     headers = _resolve(doc, message["headers"])
     documented = set(headers["properties"])
     sent = set(re.findall(r'"(stream-replica\.[a-z-]+)"', WORKER.read_text(encoding="utf-8")))
-    assert len(sent) == 8, sorted(sent)
+    assert len(sent) == 9, sorted(sent)
     assert documented == sent, f"documented {sorted(documented)}, worker sends {sorted(sent)}"
     assert set(headers["required"]) == sent - {
         "stream-replica.grain-type",
         "stream-replica.grain-key",
         "stream-replica.value-dropped",
+        "stream-replica.shadows-offset",
     }
     assert headers["properties"]["stream-replica.kind"]["enum"] == ["delta", "invalid"]
     readme = (SCHEMAS / "README.md").read_text(encoding="utf-8")
