@@ -1,0 +1,300 @@
+"""One connection config for every Kafka client (worker, DLQ and repair producers, admin,
+publisher, replay, audit, demo): bootstrap servers, TLS, SASL, and validated passthrough
+options, plus a pre-flight check that turns the failures an operator must fix (wrong
+password, untrusted certificate) into one clear line instead of a retry loop.
+
+aiokafka only logs the real cause of a failed SASL handshake and then raises the same
+``KafkaConnectionError`` as for a network failure, so the pre-flight opens one connection
+itself, where the cause arrives as an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import ssl
+from functools import cache
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
+from aiokafka.helpers import create_ssl_context
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+# Set by stream-replica itself: a passthrough option may not override them.
+_MANAGED: Final = frozenset(
+    {
+        "bootstrap_servers",
+        "security_protocol",
+        "ssl_context",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "group_id",
+        "group_instance_id",
+        "enable_auto_commit",
+        "auto_offset_reset",
+        "enable_idempotence",
+        "acks",
+        "partition_assignment_strategy",
+        "key_deserializer",
+        "value_deserializer",
+        "key_serializer",
+        "value_serializer",
+        "loop",
+    }
+)
+_CLIENTS: Final = {
+    "consumer": AIOKafkaConsumer,
+    "producer": AIOKafkaProducer,
+    "admin": AIOKafkaAdminClient,
+}
+
+
+class ConnectionError_(Exception):
+    """A connection problem an operator must fix; the message is one line saying which."""
+
+
+@cache
+def _parameters(client: str) -> dict[str, inspect.Parameter]:
+    signature = inspect.signature(_CLIENTS[client].__init__)
+    return {n: p for n, p in signature.parameters.items() if n not in ("self", "args", "kwargs")}
+
+
+def _parse_value(name: str, text: str) -> object:
+    defaults = [p.default for c in _CLIENTS if (p := _parameters(c).get(name)) is not None]
+    default = next(
+        (d for d in defaults if d is not None and d is not inspect.Parameter.empty), None
+    )
+    if isinstance(default, bool):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"--kafka-option {name}={text}: expected true or false")
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"--kafka-option {name}={text}: expected an integer") from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"--kafka-option {name}={text}: expected a number") from None
+    return text
+
+
+def parse_kafka_options(items: list[str]) -> dict[str, object]:
+    """``["request.timeout.ms=60000", "client_id=x"]`` → aiokafka keyword arguments. Kafka's
+    dotted names are accepted for aiokafka's underscored ones."""
+    options: dict[str, object] = {}
+    known = {n for c in _CLIENTS for n in _parameters(c)}
+    for item in items:
+        raw_name, sep, text = item.partition("=")
+        name = raw_name.strip().replace(".", "_").replace("-", "_")
+        if not sep or not name:
+            raise ValueError(f"--kafka-option {item!r}: expected NAME=VALUE")
+        if name in _MANAGED:
+            raise ValueError(
+                f"--kafka-option {raw_name}: set by stream-replica itself (use its own flag)"
+            )
+        if name not in known:
+            raise ValueError(
+                f"--kafka-option {raw_name}: not a setting of the Kafka client (aiokafka); "
+                "e.g. request_timeout_ms, client_id, metadata_max_age_ms"
+            )
+        options[name] = _parse_value(name, text)
+    return options
+
+
+class ConnectionSettings(BaseSettings):
+    """Where the cluster is and how to authenticate. Secrets come from the environment or a
+    file (never a default, never echoed)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAM_REPLICA_", extra="ignore", populate_by_name=True, validate_default=True
+    )
+
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        min_length=1,
+        validation_alias=AliasChoices(
+            "bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "STREAM_REPLICA_BOOTSTRAP_SERVERS"
+        ),
+        description="host:port[,host:port...] of the Kafka cluster (env KAFKA_BOOTSTRAP_SERVERS)",
+    )
+    security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    sasl_mechanism: SaslMechanism | None = Field(
+        default=None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*)"
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name")
+    sasl_password: SecretStr | None = Field(
+        default=None,
+        description="SASL password; prefer env STREAM_REPLICA_SASL_PASSWORD or "
+        "--sasl-password-file",
+    )
+    sasl_password_file: Path | None = Field(
+        default=None, description="file holding the SASL password (trailing newline ignored)"
+    )
+    ssl_cafile: Path | None = Field(
+        default=None, description="CA bundle that signed the brokers' certificates (PEM)"
+    )
+    ssl_certfile: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    ssl_keyfile: Path | None = Field(default=None, description="client private key (mutual TLS)")
+    ssl_check_hostname: bool = Field(
+        default=True, description="verify that the broker certificate names the host"
+    )
+    kafka_option: list[str] = Field(
+        default_factory=list,
+        description="NAME=VALUE passed to the Kafka clients (repeatable), e.g. "
+        "request_timeout_ms=60000",
+    )
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_password_file")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path} is not a readable file")
+        return path
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ConnectionSettings:
+        sasl = self.security_protocol.startswith("SASL_")
+        if self.sasl_password_file is not None:
+            if self.sasl_password is not None:
+                raise ValueError("give the SASL password once: --sasl-password-file or the env")
+            secret = self.sasl_password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            self.sasl_password = SecretStr(secret)
+        if sasl:
+            missing = [
+                flag
+                for flag, value in (
+                    ("--sasl-mechanism", self.sasl_mechanism),
+                    ("--sasl-username", self.sasl_username),
+                    ("--sasl-password-file or STREAM_REPLICA_SASL_PASSWORD", self.sasl_password),
+                )
+                if value is None
+            ]
+            if missing:
+                raise ValueError(f"{self.security_protocol} needs {', '.join(missing)}")
+        elif self.sasl_mechanism or self.sasl_username or self.sasl_password:
+            raise ValueError(
+                f"SASL settings given but --security-protocol is {self.security_protocol} "
+                "(use SASL_SSL or SASL_PLAINTEXT)"
+            )
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        if not tls and (self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile):
+            raise ValueError(
+                f"TLS files given but --security-protocol is {self.security_protocol} "
+                "(use SSL or SASL_SSL)"
+            )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("mutual TLS needs both --ssl-certfile and --ssl-keyfile")
+        parse_kafka_options(self.kafka_option)  # fail at start-up, not at first use
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+            certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+            keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+        )
+        context.check_hostname = self.ssl_check_hostname
+        return context
+
+    def options(self, client: Literal["consumer", "producer", "admin"]) -> dict[str, Any]:
+        """Keyword arguments for one aiokafka client class."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        context = self.ssl_context()
+        if context is not None:
+            options["ssl_context"] = context
+        if self.security_protocol.startswith("SASL_"):
+            assert self.sasl_password is not None
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        accepted = _parameters(client)
+        for name, value in parse_kafka_options(self.kafka_option).items():
+            if name in accepted:
+                options[name] = value
+        return options
+
+    def describe(self) -> str:
+        """For logs: never the password."""
+        who = f" as {self.sasl_username} ({self.sasl_mechanism})" if self.sasl_username else ""
+        return f"{self.bootstrap_servers} over {self.security_protocol}{who}"
+
+
+def _hosts(bootstrap_servers: str) -> list[tuple[str, int]]:
+    hosts = []
+    for item in bootstrap_servers.split(","):
+        host, _, port = item.strip().rpartition(":")
+        hosts.append((host.strip("[]") or item.strip(), int(port) if port.isdigit() else 9092))
+    return hosts
+
+
+async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> None:
+    """Open one connection to a bootstrap server. Raises :class:`ConnectionError_` for what
+    retrying cannot fix (credentials, certificates); other errors propagate unchanged (the
+    caller retries those with backoff)."""
+    last: BaseException | None = None
+    context = settings.ssl_context()
+    password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
+    for host, port in _hosts(settings.bootstrap_servers):
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(
+                    host,
+                    port,
+                    ssl_context=context,
+                    security_protocol=settings.security_protocol,
+                    sasl_mechanism=settings.sasl_mechanism or "PLAIN",
+                    sasl_plain_username=settings.sasl_username,
+                    sasl_plain_password=password,
+                    request_timeout_ms=int(timeout_s * 1000),
+                ),
+                timeout_s,
+            )
+        except (SaslAuthenticationFailed, UnsupportedSaslMechanismError) as exc:
+            raise ConnectionError_(
+                f"SASL authentication failed at {host}:{port} for user "
+                f"{settings.sasl_username!r} ({settings.sasl_mechanism}): check the user name "
+                f"and password ({_reason(exc)})"
+            ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectionError_(
+                f"TLS: the certificate of {host}:{port} is not trusted "
+                f"({exc.verify_message}); check --ssl-cafile and the broker's host name"
+            ) from None
+        except ssl.SSLError as exc:
+            raise ConnectionError_(
+                f"TLS handshake with {host}:{port} failed ({exc.reason or exc}); check "
+                "--security-protocol, the client certificate and key"
+            ) from None
+        except (OSError, TimeoutError, KafkaError) as exc:
+            last = exc
+            continue
+        conn.close()
+        return
+    assert last is not None
+    raise last
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return text.split(": ", 1)[-1] if text else type(exc).__name__
