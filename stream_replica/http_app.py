@@ -1,0 +1,136 @@
+"""The worker's HTTP face (aiohttp, in the worker's own event loop): ``/metrics``
+(Prometheus), ``/healthz`` (the loop is alive), ``/readyz`` (every served partition caught up
+within a lag), ``/status.json`` and a small live status page at ``/``.
+
+It only reads: a :class:`WorkerView` gives it a snapshot; it never drives the loop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from stream_replica.fold import FoldCounts
+from stream_replica.metrics import Metrics, PartitionRow
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    topic: str
+    group: str
+    started_at: float  # unix seconds
+    last_poll_age_s: float | None  # None: no poll yet
+    assigned: bool  # the group has given this worker an assignment (maybe empty)
+    partitions: dict[int, PartitionRow] = field(default_factory=dict)
+    counts: FoldCounts = field(default_factory=FoldCounts)
+    repairs: int = 0
+    shadowed_now: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "topic": self.topic,
+            "group": self.group,
+            "started_at": self.started_at,
+            "now": time.time(),
+            "last_poll_age_s": self.last_poll_age_s,
+            "assigned": self.assigned,
+            "partitions": {str(p): row.as_json() for p, row in sorted(self.partitions.items())},
+            "counts": self.counts.as_dict(),
+            "repairs": self.repairs,
+            "shadowed_now": self.shadowed_now,
+        }
+
+
+class WorkerView(Protocol):
+    metrics: Metrics
+
+    def status(self) -> NodeStatus: ...
+
+
+@dataclass(frozen=True)
+class HealthRules:
+    max_poll_age_s: float = 30.0  # /healthz fails when the loop has not polled for this long
+    ready_max_lag: int = 1000  # /readyz: every served partition within this many records
+
+
+def build_app(view: WorkerView, rules: HealthRules) -> web.Application:
+    app = web.Application()
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = view.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def healthz(_: web.Request) -> web.Response:
+        status = view.status()
+        age = status.last_poll_age_s
+        if age is not None and age <= rules.max_poll_age_s:
+            return web.json_response({"status": "ok", "last_poll_age_s": round(age, 3)})
+        reason = "no poll yet" if age is None else f"last poll {age:.1f} s ago"
+        return web.json_response(
+            {"status": "unhealthy", "reason": reason, "max_poll_age_s": rules.max_poll_age_s},
+            status=503,
+        )
+
+    async def readyz(_: web.Request) -> web.Response:
+        status = view.status()
+        if not status.assigned:
+            return web.json_response(
+                {"status": "not ready", "reason": "no assignment yet"}, status=503
+            )
+        behind = {
+            str(p): row.lag
+            for p, row in sorted(status.partitions.items())
+            if row.end_offset is None or row.lag > rules.ready_max_lag
+        }
+        if behind:
+            return web.json_response(
+                {
+                    "status": "not ready",
+                    "reason": f"partitions behind by more than {rules.ready_max_lag} records",
+                    "lag": behind,
+                },
+                status=503,
+            )
+        return web.json_response({"status": "ready", "partitions": len(status.partitions)})
+
+    async def status_json(_: web.Request) -> web.Response:
+        return web.json_response(view.status().as_json())
+
+    async def page(_: web.Request) -> web.Response:
+        html = resources.files("stream_replica").joinpath("status.html").read_text("utf-8")
+        return web.Response(text=html, content_type="text/html")
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/status.json", status_json)
+    app.router.add_get("/", page)
+    return app
+
+
+class HttpServer:
+    """Runs the app on ``host:port`` inside the current event loop."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self.host = host
+        self.port = port
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        # port 0: learn the one the OS chose
+        for server in self._runner.addresses:
+            if isinstance(server, tuple) and len(server) >= 2:
+                self.port = int(server[1])
+                break
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()

@@ -1,0 +1,206 @@
+"""Prometheus metrics of one worker (prometheus_client, its own registry, so several workers
+in one process — tests, embedding — never share series).
+
+Names follow Prometheus conventions: ``stream_replica_`` prefix, ``_total`` for counters,
+base units (seconds, bytes), labels for bounded dimensions only (partition, role, kind).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from stream_replica.fold import FoldCounts
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+_LATENCY_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+)
+_BATCH_BUCKETS: Final = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
+
+# FoldCounts field → (metric name, help). Refusals get one metric with a ``kind`` label.
+_FOLD_COUNTERS: Final = {
+    "records": ("records_read", "Records read from the replicated topic"),
+    "applied": ("records_applied", "FullState records that became a grain's state"),
+    "intermediates_dropped": (
+        "intermediates_dropped",
+        "Applied states superseded within the same poll (never written)",
+    ),
+    "duplicates": ("duplicates", "FullState records with the sequence already held"),
+    "stale": ("stale", "FullState records with a lower sequence (ignored)"),
+    "tombstones": ("tombstones", "Tombstones (grain deletions) read"),
+    "shadowed": (
+        "shadowed",
+        "Times a held state became shadowed (a refused or stale record after it on its key)",
+    ),
+}
+
+
+class Metrics:
+    def __init__(self, topic: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.topic = topic
+        r = self.registry
+        self._fold = {
+            field: Counter(f"stream_replica_{name}", text, registry=r)
+            for field, (name, text) in _FOLD_COUNTERS.items()
+        }
+        self.refused = Counter(
+            "stream_replica_records_refused",
+            "Records refused (never applied), by kind: delta or invalid",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("delta", "invalid"):
+            self.refused.labels(kind)
+        self.dlq_sends = Counter(
+            "stream_replica_dead_letters_sent", "Records sent to the dead-letter topic", registry=r
+        )
+        self.repairs = Counter(
+            "stream_replica_repairs", "Shadowed states re-published (--repair-shadowed)", registry=r
+        )
+        self.rebalances = Counter(
+            "stream_replica_rebalances", "Partition assignments received", registry=r
+        )
+        self.poll_records = Histogram(
+            "stream_replica_poll_records",
+            "Records per non-empty poll",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.poll_seconds = Histogram(
+            "stream_replica_poll_duration_seconds",
+            "Time to process one non-empty poll (decode, fold, DLQ, write)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.write_grains = Histogram(
+            "stream_replica_write_batch_grains",
+            "Grain changes per RocksDB write batch",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.write_seconds = Histogram(
+            "stream_replica_write_duration_seconds",
+            "Time to write one poll's RocksDB batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "stream_replica_commit_duration_seconds",
+            "Time of a successful offset commit",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        labels = ["partition", "role"]
+        self.end_offset = Gauge(
+            "stream_replica_partition_end_offset",
+            "The partition's end offset (high watermark) at the last fetch",
+            labels,
+            registry=r,
+        )
+        self.checkpoint = Gauge(
+            "stream_replica_partition_checkpoint",
+            "The store's next offset for the partition",
+            labels,
+            registry=r,
+        )
+        self.lag = Gauge(
+            "stream_replica_partition_lag_records",
+            "Records the store is behind the partition's end offset",
+            labels,
+            registry=r,
+        )
+        self.rebuilding = Gauge(
+            "stream_replica_partition_rebuild_remaining_records",
+            "Records left to read while a partition is rebuilt from the log start (0: caught up)",
+            labels,
+            registry=r,
+        )
+        self.store_bytes = Gauge(
+            "stream_replica_store_size_bytes", "Size of the state directory on disk", registry=r
+        )
+        self.shadowed_now = Gauge(
+            "stream_replica_shadowed_grains",
+            "Grains whose state is shadowed now (not yet repaired)",
+            registry=r,
+        )
+        self.last_poll = Gauge(
+            "stream_replica_last_poll_timestamp_seconds",
+            "Unix time of the last completed poll (also empty ones)",
+            registry=r,
+        )
+
+    def add_fold(self, counts: FoldCounts) -> None:
+        for field, counter in self._fold.items():
+            value = getattr(counts, field)
+            if value:
+                counter.inc(value)
+        if counts.deltas_refused:
+            self.refused.labels("delta").inc(counts.deltas_refused)
+        if counts.invalid:
+            self.refused.labels("invalid").inc(counts.invalid)
+
+    def set_partitions(self, rows: Mapping[int, PartitionRow]) -> None:
+        """Replace the per-partition gauges: partitions no longer served disappear."""
+        for gauge in (self.end_offset, self.checkpoint, self.lag, self.rebuilding):
+            gauge.clear()
+        for partition, row in rows.items():
+            labels = (str(partition), row.role)
+            if row.end_offset is not None:
+                self.end_offset.labels(*labels).set(row.end_offset)
+            self.checkpoint.labels(*labels).set(row.checkpoint)
+            self.lag.labels(*labels).set(row.lag)
+            self.rebuilding.labels(*labels).set(row.rebuild_remaining)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class PartitionRow:
+    """What the worker reports about one partition it serves."""
+
+    __slots__ = ("caught_up", "checkpoint", "end_offset", "rebuild_remaining", "role")
+
+    def __init__(
+        self,
+        role: str,
+        checkpoint: int,
+        end_offset: int | None,
+        caught_up: bool,
+        rebuild_remaining: int = 0,
+    ) -> None:
+        self.role = role
+        self.checkpoint = checkpoint
+        self.end_offset = end_offset
+        self.caught_up = caught_up
+        self.rebuild_remaining = rebuild_remaining
+
+    @property
+    def lag(self) -> int:
+        return 0 if self.end_offset is None else max(0, self.end_offset - self.checkpoint)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "role": self.role,
+            "checkpoint": self.checkpoint,
+            "end_offset": self.end_offset,
+            "lag": self.lag,
+            "caught_up": self.caught_up,
+            "rebuild_remaining": self.rebuild_remaining,
+        }

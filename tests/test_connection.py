@@ -1,0 +1,85 @@
+"""The shared connection config: validation, per-client options, secrets kept secret."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from stream_replica.connection import ConnectionSettings, parse_kafka_options
+
+
+def test_plaintext_defaults_give_plain_options() -> None:
+    settings = ConnectionSettings(bootstrap_servers="b:9092")
+    assert settings.options("consumer") == {
+        "bootstrap_servers": "b:9092",
+        "security_protocol": "PLAINTEXT",
+    }
+
+
+def test_sasl_ssl_options_and_the_password_never_shown(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cr3t-value\n")
+    settings = ConnectionSettings(
+        bootstrap_servers="b:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="replica",
+        sasl_password_file=secret,
+    )
+    options = settings.options("producer")
+    assert options["sasl_plain_password"] == "s3cr3t-value"  # trailing newline dropped
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    context = options["ssl_context"]
+    assert isinstance(context, ssl.SSLContext) and context.check_hostname
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    for text in (repr(settings), str(settings), settings.describe(), str(settings.model_dump())):
+        assert "s3cr3t-value" not in text
+
+
+def test_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAM_REPLICA_SASL_PASSWORD", "from-env")
+    settings = ConnectionSettings(
+        security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="u"
+    )
+    assert settings.options("admin")["sasl_plain_password"] == "from-env"
+    assert "ssl_context" not in settings.options("admin")
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"security_protocol": "SASL_SSL"}, "SASL_SSL needs --sasl-mechanism, --sasl-username"),
+        ({"sasl_username": "u"}, "SASL settings given but --security-protocol is PLAINTEXT"),
+        ({"security_protocol": "TLS"}, "security_protocol"),
+        ({"security_protocol": "SSL", "ssl_cafile": "/nonexistent/ca.pem"}, "not a readable file"),
+        ({"kafka_option": ["no-equals"]}, "expected NAME=VALUE"),
+        ({"kafka_option": ["group_id=x"]}, "set by stream-replica itself"),
+        ({"kafka_option": ["fetch.max.bites=1"]}, "not a setting of the Kafka client"),
+        ({"kafka_option": ["request_timeout_ms=soon"]}, "expected an integer"),
+    ],
+)
+def test_misconfiguration_is_one_clear_message(given: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ConnectionSettings(**given)  # type: ignore[arg-type]
+
+
+def test_mutual_tls_needs_both_files(tmp_path: Path) -> None:
+    cert = tmp_path / "client.pem"
+    cert.write_text("x")
+    with pytest.raises(ValidationError, match="needs both --ssl-certfile and --ssl-keyfile"):
+        ConnectionSettings(security_protocol="SSL", ssl_certfile=cert)
+
+
+def test_passthrough_goes_only_to_clients_that_accept_it() -> None:
+    assert parse_kafka_options(["request.timeout.ms=60000", "linger_ms=7"]) == {
+        "request_timeout_ms": 60000,
+        "linger_ms": 7,
+    }
+    settings = ConnectionSettings(kafka_option=["linger_ms=7", "fetch_max_wait_ms=50"])
+    assert settings.options("producer")["linger_ms"] == 7
+    assert "linger_ms" not in settings.options("consumer")
+    assert settings.options("consumer")["fetch_max_wait_ms"] == 50
+    assert parse_kafka_options(["check_crcs=false"]) == {"check_crcs": False}

@@ -1,0 +1,81 @@
+"""The worker's HTTP face on a snapshot (the worker-backed tests use real workers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from stream_replica.fold import FoldCounts
+from stream_replica.http_app import HealthRules, NodeStatus, build_app
+from stream_replica.metrics import Metrics, PartitionRow
+
+
+@dataclass
+class FakeWorker:
+    metrics: Metrics = field(default_factory=lambda: Metrics("t"))
+    snapshot: NodeStatus = field(
+        default_factory=lambda: NodeStatus("w1", "t", "g", 0.0, None, False)
+    )
+
+    def status(self) -> NodeStatus:
+        return self.snapshot
+
+
+async def client_for(worker: FakeWorker) -> TestClient:  # type: ignore[type-arg]
+    client = TestClient(TestServer(build_app(worker, HealthRules(5.0, 100))))
+    await client.start_server()
+    return client
+
+
+async def test_health_and_readiness_follow_the_loop_and_the_lag() -> None:
+    worker = FakeWorker()
+    client = await client_for(worker)
+    try:
+        assert (await client.get("/healthz")).status == 503  # no poll yet
+        assert (await client.get("/readyz")).status == 503  # no assignment yet
+        worker.snapshot.last_poll_age_s = 0.2
+        worker.snapshot.assigned = True
+        worker.snapshot.partitions = {
+            0: PartitionRow("active", 90, 100, False),
+            1: PartitionRow("active", 10, 500, False, rebuild_remaining=490),
+        }
+        assert (await client.get("/healthz")).status == 200
+        not_ready = await client.get("/readyz")
+        assert not_ready.status == 503
+        assert (await not_ready.json())["lag"] == {"1": 490}
+        worker.snapshot.partitions[1] = PartitionRow("active", 450, 500, False)
+        assert (await client.get("/readyz")).status == 200
+        worker.snapshot.last_poll_age_s = 6.0  # the loop stalled
+        stalled = await client.get("/healthz")
+        assert stalled.status == 503 and "last poll 6.0 s ago" in (await stalled.json())["reason"]
+    finally:
+        await client.close()
+
+
+async def test_metrics_exposition_and_status() -> None:
+    worker = FakeWorker()
+    counts = FoldCounts(records=10, applied=6, deltas_refused=2, invalid=1, shadowed=1)
+    worker.metrics.add_fold(counts)
+    worker.metrics.set_partitions({3: PartitionRow("standby", 40, 42, True)})
+    worker.snapshot.counts = counts
+    worker.snapshot.partitions = {3: PartitionRow("standby", 40, 42, True)}
+    client = await client_for(worker)
+    try:
+        text = await (await client.get("/metrics")).text()
+        assert "stream_replica_records_read_total 10.0" in text
+        assert 'stream_replica_records_refused_total{kind="delta"} 2.0' in text
+        assert 'stream_replica_partition_lag_records{partition="3",role="standby"} 2.0' in text
+        status = await (await client.get("/status.json")).json()
+        assert status["partitions"]["3"] == {
+            "role": "standby",
+            "checkpoint": 40,
+            "end_offset": 42,
+            "lag": 2,
+            "caught_up": True,
+            "rebuild_remaining": 0,
+        }
+        page = await client.get("/")
+        assert page.status == 200 and "status.json" in await page.text()
+    finally:
+        await client.close()
