@@ -129,7 +129,7 @@ class ConnectionSettings(BaseSettings):
         validation_alias=AliasChoices(
             "bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "STREAM_REPLICA_BOOTSTRAP_SERVERS"
         ),
-        description="host:port[,host:port...] of the Kafka cluster (env KAFKA_BOOTSTRAP_SERVERS)",
+        description="host:port[,host:port...] of the Kafka cluster",
     )
     security_protocol: SecurityProtocol = Field(
         default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
@@ -140,8 +140,7 @@ class ConnectionSettings(BaseSettings):
     sasl_username: str | None = Field(default=None, description="SASL user name")
     sasl_password: SecretStr | None = Field(
         default=None,
-        description="SASL password; prefer env STREAM_REPLICA_SASL_PASSWORD or "
-        "--sasl-password-file",
+        description="SASL password, or use --sasl-password-file",
     )
     sasl_password_file: Path | None = Field(
         default=None, description="file holding the SASL password (trailing newline ignored)"
