@@ -40,6 +40,8 @@ environment:
   KAFKA_PORT (9092)  KAFKA_CONTROLLER_PORT (PORT+1)  KAFKA_RUN_DIR (dev/kafka/.cache/run-PORT)
   KAFKA_HOME  KAFKA_HEAP_OPTS (-Xmx512m -Xms256m)  KAFKA_OPTS  KAFKA_START_TIMEOUT (90)
   KAFKA_STOP_TIMEOUT (60)  JAVA_HOME
+  KAFKA_SECURE (0)   1: also SASL_SSL (SCRAM) on PORT+2 and mutual TLS on PORT+3, with a CA and
+                     certificates made by dev/kafka/secure.sh in RUN_DIR/tls (see that script)
 EOF
 }
 
@@ -55,6 +57,8 @@ is_uint "$START_TIMEOUT" || die "KAFKA_START_TIMEOUT must be a number of seconds
 STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-60}
 is_uint "$STOP_TIMEOUT" || die "KAFKA_STOP_TIMEOUT must be a number of seconds"
 
+SECURE=${KAFKA_SECURE:-0}
+[ "$SECURE" = 0 ] || [ "$SECURE" = 1 ] || die "KAFKA_SECURE must be 0 or 1, got '$SECURE'"
 RUN_DIR=${KAFKA_RUN_DIR:-$CACHE_DIR/run-$PORT}
 case "$RUN_DIR" in /*) ;; *) RUN_DIR="$PWD/$RUN_DIR" ;; esac
 RUN_DIR=${RUN_DIR%/}
@@ -253,6 +257,10 @@ log.cleaner.backoff.ms=1000
 auto.create.topics.enable=false
 num.partitions=1
 EOF
+  if [ "$SECURE" = 1 ]; then
+    "$SCRIPT_DIR/secure.sh" certs "$RUN_DIR/tls"
+    "$SCRIPT_DIR/secure.sh" properties "$RUN_DIR/tls" "$HOST" "$PORT" >>"$SERVER_PROPS"
+  fi
 }
 
 format_storage() {
@@ -260,8 +268,11 @@ format_storage() {
   cluster_id=$(run_tool_class kafka.tools.StorageTool random-uuid 2>"$LOG_DIR/format.log") ||
     { cat "$LOG_DIR/format.log" >&2; die "kafka.tools.StorageTool random-uuid failed"; }
   cluster_id=$(tr -d '[:space:]' <<<"$cluster_id")
+  local -a scram=()
+  # Secure mode: SCRAM users exist from the first start (see secure.sh).
+  [ "$SECURE" != 1 ] || mapfile -t scram < <("$SCRIPT_DIR/secure.sh" scram-args)
   if ! run_tool_class kafka.tools.StorageTool format -t "$cluster_id" -c "$SERVER_PROPS" \
-    >>"$LOG_DIR/format.log" 2>&1; then
+    ${scram[@]+"${scram[@]}"} >>"$LOG_DIR/format.log" 2>&1; then
     cat "$LOG_DIR/format.log" >&2
     die "formatting $DATA_DIR failed (see above)"
   fi
