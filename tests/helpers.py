@@ -25,7 +25,7 @@ def cargo_or_skip() -> str:
     """The cargo executable, or skip the test saying why."""
     cargo = shutil.which("cargo")
     if cargo is None:
-        pytest.skip("cargo is not installed (needs a Rust toolchain: https://rustup.rs)")
+        pytest.skip("cargo is not installed (these tests need a Rust toolchain with cargo)")
     return cargo
 
 
