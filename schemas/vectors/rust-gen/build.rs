@@ -8,7 +8,10 @@ fn main() {
     println!("cargo:rerun-if-changed=Cargo.lock");
     println!("cargo:rerun-if-changed=build.rs");
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let out = Command::new(&rustc).arg("--version").output().expect("run rustc --version");
+    let out = Command::new(&rustc)
+        .arg("--version")
+        .output()
+        .expect("run rustc --version");
     let version = String::from_utf8(out.stdout).expect("rustc --version is UTF-8");
     println!("cargo:rustc-env=VECTORS_RUSTC_VERSION={}", version.trim());
 

@@ -249,21 +249,36 @@ fn cases() -> Vec<Case> {
     // Edge values, in both forms (serde_bytes payload unless the payload is the point).
     type Edit = fn(&mut Fields);
     let edges: [(&str, &str, Payload, Edit); 7] = [
-        ("max_sequence", "sequence u64::MAX (msgpack uint 64)", Payload::SerdeBytes, |f| {
-            f.sequence = u64::MAX
-        }),
-        ("min_timestamp", "timestamp_millis i64::MIN (msgpack int 64)", Payload::SerdeBytes, |f| {
-            f.timestamp_millis = i64::MIN
-        }),
-        ("negative_timestamp", "timestamp_millis -1 (negative fixint)", Payload::SerdeBytes, |f| {
-            f.timestamp_millis = -1
-        }),
-        ("empty_payload_vec", "an empty Vec<u8> payload (empty array)", Payload::Vec, |f| {
-            f.payload = Vec::new()
-        }),
-        ("empty_payload_bytes", "an empty serde_bytes payload (empty bin)", Payload::SerdeBytes, |f| {
-            f.payload = Vec::new()
-        }),
+        (
+            "max_sequence",
+            "sequence u64::MAX (msgpack uint 64)",
+            Payload::SerdeBytes,
+            |f| f.sequence = u64::MAX,
+        ),
+        (
+            "min_timestamp",
+            "timestamp_millis i64::MIN (msgpack int 64)",
+            Payload::SerdeBytes,
+            |f| f.timestamp_millis = i64::MIN,
+        ),
+        (
+            "negative_timestamp",
+            "timestamp_millis -1 (negative fixint)",
+            Payload::SerdeBytes,
+            |f| f.timestamp_millis = -1,
+        ),
+        (
+            "empty_payload_vec",
+            "an empty Vec<u8> payload (empty array)",
+            Payload::Vec,
+            |f| f.payload = Vec::new(),
+        ),
+        (
+            "empty_payload_bytes",
+            "an empty serde_bytes payload (empty bin)",
+            Payload::SerdeBytes,
+            |f| f.payload = Vec::new(),
+        ),
         (
             "non_ascii",
             "non-ASCII grain_type, grain_key and source_cluster (UTF-8 in key and value)",
@@ -377,7 +392,11 @@ fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -455,11 +474,17 @@ fn main() -> ExitCode {
     }
     match run(Path::new(&args[0])) {
         Ok((v, i)) => {
-            println!("wrote {v} valid and {i} invalid Rust vectors to {}", args[0]);
+            println!(
+                "wrote {v} valid and {i} invalid Rust vectors to {}",
+                args[0]
+            );
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("stream-replica-rust-vectors: cannot write {}: {err}", args[0]);
+            eprintln!(
+                "stream-replica-rust-vectors: cannot write {}: {err}",
+                args[0]
+            );
             ExitCode::FAILURE
         }
     }
