@@ -2,9 +2,9 @@
 
 Key: UTF-8 of ``"{grain_type}/{grain_key}"``. Value: a msgpack map of the fields by name, or
 (since 1.1) a msgpack array of the fields by position, what Rust's ``rmp_serde::to_vec`` writes
-(see ``schemas/README.md``); or null for a tombstone. Everything that does not fit is an *invalid record*: decoding reports
-it as a :class:`ContractError` whose ``reason`` names the field and the problem, and never
-raises anything else, whatever the bytes.
+(see ``schemas/README.md``); or null for a tombstone. Everything that does not fit is an
+*invalid record*: decoding reports it as a :class:`ContractError` whose ``reason`` names the
+field and the problem, and never raises anything else, whatever the bytes.
 
 Two validators implement the value rules:
 
@@ -259,8 +259,8 @@ _FAST_ENTRY_TYPES: Final[dict[str | int, EntryType]] = {
 
 
 def decode_value(key: bytes | None, value: bytes) -> Entry:
-    """Fast path for the canonical forms (bin payload, str or int entry_type, nothing extra,
-    by name or by position); anything else goes to the detailed validator, which accepts the
+    """Fast path for the canonical forms (bin payload, str or int entry_type; by name with no
+    extra field, or by position with any trailing items); anything else goes to the detailed validator, which accepts the
     alternative forms and words the reason of a rejection."""
     grain = parse_key(key)
     try:
