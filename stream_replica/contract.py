@@ -1,9 +1,10 @@
-"""The wire contract (version 1) of the grain replication topic.
+"""The wire contract (version 1.1) of the grain replication topic.
 
-Key: UTF-8 of ``"{grain_type}/{grain_key}"``. Value: a msgpack map (see ``schemas/README.md``),
-or null for a tombstone. Everything that does not fit is an *invalid record*: decoding reports
-it as a :class:`ContractError` whose ``reason`` names the field and the problem, and never
-raises anything else, whatever the bytes.
+Key: UTF-8 of ``"{grain_type}/{grain_key}"``. Value: a msgpack map of the fields by name, or
+(since 1.1) a msgpack array of the fields by position, what Rust's ``rmp_serde::to_vec`` writes
+(see ``schemas/README.md``); or null for a tombstone. Everything that does not fit is an
+*invalid record*: decoding reports it as a :class:`ContractError` whose ``reason`` names the
+field and the problem, and never raises anything else, whatever the bytes.
 
 Two validators implement the value rules:
 
@@ -29,9 +30,11 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    model_validator,
 )
 
 CONTRACT_VERSION: Final = 1
+CONTRACT_REVISION: Final = "1.1"  # 1.1: the positional (array) form of the value
 MAX_SEQUENCE: Final = 2**64  # exclusive
 MIN_TIMESTAMP: Final = -(2**63)
 MAX_TIMESTAMP: Final = 2**63 - 1
@@ -127,15 +130,31 @@ def parse_key(key: bytes | None) -> GrainId:
 # Value: msgpack framing shared by both validators
 # ---------------------------------------------------------------------------------------------
 
+# The fields in the order of the Rust struct: the positions of the positional (array) form.
+_REQUIRED: Final = (
+    "grain_type",
+    "grain_key",
+    "sequence",
+    "timestamp_millis",
+    "source_cluster",
+    "entry_type",
+    "payload",
+)
+_POSITIONAL_LEN: Final = len(_REQUIRED)
+POSITIONAL_FIELDS: Final = _REQUIRED
 
-def unpack_map(value: bytes) -> dict[str, Any]:
-    """Unpack a msgpack value that must be a map with string keys."""
+
+def unpack_fields(value: bytes) -> dict[str, Any] | list[Any]:
+    """Unpack a msgpack value that must be a map with string keys (the named form) or an
+    array (the positional form, checked by the validator)."""
     try:
         obj = msgpack.unpackb(value, raw=False, strict_map_key=False, timestamp=0)
     except Exception as exc:  # msgpack raises many unrelated types on malformed input
         raise ContractError(f"value: not valid msgpack ({type(exc).__name__}: {exc})") from None
+    if type(obj) is list:
+        return obj
     if not isinstance(obj, dict):
-        raise ContractError(f"value: expected a msgpack map, got {_type_name(obj)}")
+        raise ContractError(f"value: expected a msgpack map or array, got {_type_name(obj)}")
     for field_name in obj:
         if not isinstance(field_name, str):
             raise ContractError(
@@ -166,15 +185,24 @@ def _payload_before(value: object) -> object:
 
 
 class ReplicationEntry(BaseModel):
-    """Value of a replication record (contract version 1)."""
+    """Value of a replication record (contract version 1.1): a map of the fields by name, or
+    a list of them by position (the Rust struct's field order; items past the seventh are
+    ignored, a shorter list lacks the fields after its end)."""
 
     model_config = ConfigDict(
         extra="ignore",
         strict=True,
         frozen=True,
         title="ReplicationEntry",
-        json_schema_extra={"$comment": "msgpack map; see schemas/README.md"},
+        json_schema_extra={"$comment": "msgpack map or array; see schemas/README.md"},
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _positional(cls, data: object) -> object:
+        if type(data) is list:
+            return dict(zip(_REQUIRED, data, strict=False))
+        return data
 
     grain_type: StrictStr = Field(min_length=1, pattern=r"^[^/]+$")
     grain_key: StrictStr = Field(min_length=1)
@@ -189,7 +217,7 @@ def validate_with_model(key: bytes | None, value: bytes) -> Entry:
     """Decode with the pydantic reference model. Slower; used by tests and tooling."""
     grain_type, grain_key = parse_key(key)
     grain = (grain_type, grain_key)
-    fields = _with_grain(unpack_map, value, grain)
+    fields = _with_grain(unpack_fields, value, grain)
     try:
         model = ReplicationEntry.model_validate(fields)
     except ValidationError as exc:
@@ -212,16 +240,6 @@ def validate_with_model(key: bytes | None, value: bytes) -> Entry:
 # Fast validator: the hot path
 # ---------------------------------------------------------------------------------------------
 
-_REQUIRED: Final = (
-    "grain_type",
-    "grain_key",
-    "sequence",
-    "timestamp_millis",
-    "source_cluster",
-    "entry_type",
-    "payload",
-)
-
 
 def decode(key: bytes | None, value: bytes | None) -> Entry | Tombstone:
     """Decode one record. Raises :class:`ContractError` (only) for an invalid record."""
@@ -241,8 +259,9 @@ _FAST_ENTRY_TYPES: Final[dict[str | int, EntryType]] = {
 
 
 def decode_value(key: bytes | None, value: bytes) -> Entry:
-    """Fast path for the canonical form; anything else goes to the detailed validator,
-    which accepts the alternative forms and words the reason of a rejection."""
+    """Fast path for the canonical forms (bin payload, str or int entry_type; by name with no
+    extra field, or by position with any trailing items); anything else goes to the detailed validator, which accepts the
+    alternative forms and words the reason of a rejection."""
     grain = parse_key(key)
     try:
         fields = msgpack.unpackb(value, raw=False, strict_map_key=False, timestamp=0)
@@ -250,35 +269,56 @@ def decode_value(key: bytes | None, value: bytes) -> Entry:
         raise ContractError(
             f"value: not valid msgpack ({type(exc).__name__}: {exc})", grain
         ) from None
-    if type(fields) is dict and fields.keys() == _REQUIRED_SET:
+    if type(fields) is dict:
+        if fields.keys() != _REQUIRED_SET:
+            return _decode_fields(fields, grain)
+        grain_type = fields["grain_type"]
+        grain_key = fields["grain_key"]
         sequence = fields["sequence"]
         timestamp = fields["timestamp_millis"]
         source_cluster = fields["source_cluster"]
         raw_type = fields["entry_type"]
         payload = fields["payload"]
-        if (
-            fields["grain_type"] == grain[0]
-            and fields["grain_key"] == grain[1]
-            and type(sequence) is int
-            and 1 <= sequence < MAX_SEQUENCE
-            and type(timestamp) is int
-            and MIN_TIMESTAMP <= timestamp <= MAX_TIMESTAMP
-            and type(source_cluster) is str
-            and source_cluster
-            and (type(raw_type) is str or type(raw_type) is int)  # not bool, not float
-            and type(payload) is bytes
-        ):
-            entry_type = _FAST_ENTRY_TYPES.get(raw_type)
-            if entry_type is not None:
-                return Entry(
-                    grain[0], grain[1], sequence, timestamp, source_cluster, entry_type, payload
-                )
+    elif type(fields) is list and len(fields) >= _POSITIONAL_LEN:
+        # Items past the seventh are fields a later struct version appended: ignored.
+        grain_type, grain_key, sequence, timestamp, source_cluster, raw_type, payload = fields[
+            :_POSITIONAL_LEN
+        ]
+    else:
+        return _decode_fields(fields, grain)
+    if (
+        grain_type == grain[0]
+        and grain_key == grain[1]
+        and type(sequence) is int
+        and 1 <= sequence < MAX_SEQUENCE
+        and type(timestamp) is int
+        and MIN_TIMESTAMP <= timestamp <= MAX_TIMESTAMP
+        and type(source_cluster) is str
+        and source_cluster
+        and (type(raw_type) is str or type(raw_type) is int)  # not bool, not float
+        and type(payload) is bytes
+    ):
+        entry_type = _FAST_ENTRY_TYPES.get(raw_type)
+        if entry_type is not None:
+            return Entry(
+                grain[0], grain[1], sequence, timestamp, source_cluster, entry_type, payload
+            )
     return _decode_fields(fields, grain)
 
 
 def _decode_fields(fields: Any, grain: GrainId) -> Entry:
+    if type(fields) is list:
+        if len(fields) < _POSITIONAL_LEN:
+            raise ContractError(
+                f"{_REQUIRED[len(fields)]}: Field required (the positional form has "
+                f"{len(fields)} of the {_POSITIONAL_LEN} fields)",
+                grain,
+            )
+        fields = dict(zip(_REQUIRED, fields, strict=False))
     if not isinstance(fields, dict):
-        raise ContractError(f"value: expected a msgpack map, got {_type_name(fields)}", grain)
+        raise ContractError(
+            f"value: expected a msgpack map or array, got {_type_name(fields)}", grain
+        )
     for field_name in fields:
         if not isinstance(field_name, str):
             raise ContractError(

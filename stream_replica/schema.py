@@ -3,11 +3,16 @@
 ``python -m stream_replica.schema`` writes ``schemas/replication-entry.schema.json``;
 ``--check`` exits 1 when that file differs from what the model generates (run in CI).
 
-The value is msgpack, not JSON: the schema describes the msgpack map after decoding. pydantic
-only sees the canonical forms, so two alternatives the decoders also accept are added here
+The value is msgpack, not JSON: the schema describes the msgpack value after decoding, which
+is one of two forms (contract 1.1): ``NamedForm``, a map of the fields by name (the model's own
+schema), or ``PositionalForm``, an array of the fields in the Rust struct's order (what
+``rmp_serde::to_vec`` writes), each item referring to the named form's field. pydantic only
+sees the canonical field types, so two alternatives the decoders also accept are added here
 (both are what Rust serde + rmp-serde can emit): ``entry_type`` as the variant index 0/1, and
-``payload`` as an array of ints 0..255 (a ``Vec<u8>`` without ``serde_bytes``). The keywords
-used are the subset shared with draft-07, so AsyncAPI tooling can read the file as is.
+``payload`` as an array of ints 0..255 (a ``Vec<u8>`` without ``serde_bytes``). Apart from
+``prefixItems`` (2020-12; a draft-07 reader ignores it and sees an array of at least seven
+items), the keywords used are the subset shared with draft-07, so AsyncAPI tooling can read
+the file as is.
 """
 
 from __future__ import annotations
@@ -19,7 +24,13 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
-from stream_replica.contract import CONTRACT_VERSION, MAX_SEQUENCE, ReplicationEntry
+from stream_replica.contract import (
+    CONTRACT_REVISION,
+    CONTRACT_VERSION,
+    MAX_SEQUENCE,
+    POSITIONAL_FIELDS,
+    ReplicationEntry,
+)
 
 SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID: Final = f"urn:stream-replica:replication-entry:v{CONTRACT_VERSION}"
@@ -102,19 +113,53 @@ def json_schema() -> dict[str, Any]:
         ],
     }
 
+    if list(properties) != list(POSITIONAL_FIELDS):
+        raise RuntimeError(
+            f"model field order {list(properties)} is not the positional order "
+            f"{list(POSITIONAL_FIELDS)}; update stream_replica/schema.py"
+        )
+    named = {
+        **base,
+        "title": "NamedForm",
+        "description": (
+            "The fields by name: a msgpack map with string keys (rmp_serde::to_vec_named). "
+            "Field order carries no meaning; fields not listed are ignored."
+        ),
+        "additionalProperties": True,
+    }
+    positional = {
+        "title": "PositionalForm",
+        "description": (
+            f"The fields by position (contract {CONTRACT_REVISION}): a msgpack array whose "
+            "first seven items are, in this order, "
+            + ", ".join(POSITIONAL_FIELDS)
+            + " (the Rust struct's field order; rmp_serde::to_vec). Items after the seventh "
+            "are ignored (fields a later struct version appended); a shorter array is "
+            "invalid, missing the field at its end."
+        ),
+        "type": "array",
+        "minItems": len(POSITIONAL_FIELDS),
+        "prefixItems": [
+            {"$ref": f"#/$defs/NamedForm/properties/{name}"} for name in POSITIONAL_FIELDS
+        ],
+        "items": True,
+    }
     return {
         "$schema": SCHEMA_DIALECT,
         "$id": SCHEMA_ID,
-        **base,
-        "title": f"ReplicationEntry (stream-replica wire contract v{CONTRACT_VERSION})",
+        "$comment": base.pop("$comment"),
+        "title": f"ReplicationEntry (stream-replica wire contract {CONTRACT_REVISION})",
         "description": (
-            "Value of a record on the grain replication topic: a msgpack map, described here "
-            "as decoded. The record key is the UTF-8 string '{grain_type}/{grain_key}' and "
-            "must name the same grain as the value; a null value is a tombstone. Fields not "
-            "listed are ignored. Generated from stream_replica.contract.ReplicationEntry by "
-            "`python -m stream_replica.schema`; see schemas/README.md."
+            "Value of a record on the grain replication topic, described here as decoded: a "
+            "msgpack map of the fields by name (NamedForm) or a msgpack array of them by "
+            "position (PositionalForm), with the same rules per field. The record key is the "
+            "UTF-8 string '{grain_type}/{grain_key}' and must name the same grain as the "
+            "value; a null value is a tombstone. Generated from "
+            "stream_replica.contract.ReplicationEntry by `python -m stream_replica.schema`; "
+            "see schemas/README.md."
         ),
-        "additionalProperties": True,
+        "anyOf": [{"$ref": "#/$defs/NamedForm"}, {"$ref": "#/$defs/PositionalForm"}],
+        "$defs": {"NamedForm": named, "PositionalForm": positional},
     }
 
 

@@ -40,7 +40,7 @@ def invalid_values(rng: random.Random, grain_type: str, grain_key: str) -> list[
 
     return [
         Op("invalid", key, bytes(rng.getrandbits(8) for _ in range(12)) + b"\xc1"),  # not msgpack
-        Op("invalid", key, msgpack.packb([1, 2, 3])),  # not a map
+        Op("invalid", key, msgpack.packb([1, 2, 3])),  # array too short to be the positional form
         Op("invalid", key, variant(sequence=_DROP)),  # missing field
         Op("invalid", key, variant(sequence="7")),  # wrong type
         Op("invalid", key, variant(sequence=0)),  # out of range

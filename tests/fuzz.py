@@ -2,7 +2,8 @@
 
 Generates N values (default 100,000) of every hostile shape — random bytes, truncated and
 bit-flipped msgpack, deeply nested msgpack, huge maps, wrong field types, overlong strings,
-invalid UTF-8 in keys and strings, lying length headers — and decodes each with both the fast
+invalid UTF-8 in keys and strings, lying length headers, positional (array) values of every
+length with wrong field types — and decodes each with both the fast
 decoder and the pydantic reference. Fails (exit 1) on any exception other than ContractError,
 on any disagreement between the two decoders, or on a value slower than ``--max-ms``. Prints
 figures. Then hypothesis generates structure-aware values (``--hypothesis``, default 100,000)
@@ -34,6 +35,13 @@ GOOD = {
     "payload": b"state",
 }
 KEY = b"account/a-1"
+POSITIONAL = list(GOOD.values())  # the Rust struct's field order
+
+
+def _good(rng: random.Random) -> bytes:
+    """A valid value in one of the two encodings (named or positional)."""
+    packed: bytes = msgpack.packb(GOOD if rng.random() < 0.5 else POSITIONAL)
+    return packed
 
 
 def _wrong_value(rng: random.Random) -> object:
@@ -71,12 +79,12 @@ def gen_random_bytes(rng: random.Random) -> tuple[bytes | None, bytes]:
 
 
 def gen_truncated(rng: random.Random) -> tuple[bytes | None, bytes]:
-    good = msgpack.packb(GOOD)
+    good = _good(rng)
     return KEY, good[: rng.randint(0, len(good) - 1)]
 
 
 def gen_bitflip(rng: random.Random) -> tuple[bytes | None, bytes]:
-    data = bytearray(msgpack.packb(GOOD))
+    data = bytearray(_good(rng))
     for _ in range(rng.randint(1, 4)):
         index = rng.randrange(len(data))
         data[index] ^= 1 << rng.randrange(8)
@@ -115,6 +123,23 @@ def gen_wrong_types(rng: random.Random) -> tuple[bytes | None, bytes]:
     return KEY, msgpack.packb(fields, use_bin_type=rng.random() < 0.8, strict_types=False)
 
 
+def gen_positional(rng: random.Random) -> tuple[bytes | None, bytes]:
+    """The positional form: any length from empty to trailing extras, fields replaced by
+    wrong values, sometimes the map form's alternatives (int entry_type, int-array payload)."""
+    items: list[object] = list(POSITIONAL)
+    if rng.random() < 0.3:
+        items[5] = rng.choice([0, 1, "Delta"])
+        items[6] = list(b"state") if rng.random() < 0.5 else b""
+    for index in rng.sample(range(7), rng.randint(0, 3)):
+        items[index] = _wrong_value(rng)
+    roll = rng.random()
+    if roll < 0.3:
+        items = items[: rng.randint(0, 6)]
+    elif roll < 0.5:
+        items += [_wrong_value(rng) for _ in range(rng.randint(1, 4))]
+    return KEY, msgpack.packb(items, use_bin_type=rng.random() < 0.8, strict_types=False)
+
+
 def gen_overlong(rng: random.Random) -> tuple[bytes | None, bytes]:
     fields = dict(GOOD)
     size = rng.choice([10_000, 1_000_000])
@@ -144,6 +169,7 @@ GENERATORS: dict[str, Callable[[random.Random], tuple[bytes | None, bytes]]] = {
     "huge maps": gen_huge_map,
     "lying length headers": gen_lying_length,
     "wrong field types": gen_wrong_types,
+    "positional values": gen_positional,
     "overlong strings": gen_overlong,
     "invalid UTF-8": gen_bad_utf8,
     "bad keys": gen_bad_key,
@@ -202,7 +228,8 @@ def run(values: int, seed: int, max_ms: float) -> int:
 
 def run_hypothesis(examples: int) -> int:
     """Structure-aware fuzzing with hypothesis: recursive msgpack documents, contract-shaped
-    maps with any field replaced by any msgpack value, truncations, arbitrary keys."""
+    maps and arrays (positional form) with any field replaced by any msgpack value, arrays
+    cut short or extended, truncations, arbitrary keys."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
@@ -226,11 +253,20 @@ def run_hypothesis(examples: int) -> int:
         {name: st.just(value) | documents for name, value in GOOD.items()},
         optional={"extra": documents},
     )
+    # The positional form: each of the seven items kept or replaced, then cut short or
+    # extended with trailing items.
+    shaped_positional = st.tuples(
+        st.tuples(*(st.just(value) | documents for value in GOOD.values())),
+        st.integers(0, 7),
+        st.lists(documents, max_size=3),
+        st.booleans(),
+    ).map(lambda t: list(t[0]) + t[2] if t[3] else list(t[0])[: t[1]])
     values = st.one_of(
         st.binary(max_size=300),
         documents.map(lambda d: msgpack.packb(d, use_bin_type=True)),
         shaped.map(lambda d: msgpack.packb(d, use_bin_type=True)),
-        st.tuples(shaped, st.integers(0, 200)).map(
+        shaped_positional.map(lambda d: msgpack.packb(d, use_bin_type=True)),
+        st.tuples(shaped | shaped_positional, st.integers(0, 200)).map(
             lambda pair: msgpack.packb(pair[0], use_bin_type=True)[: pair[1]]
         ),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -23,6 +25,44 @@ from stream_replica.store import ReplicaStore
 from stream_replica.worker import ReplicaWorker
 
 TopicFactory = Callable[..., Awaitable[str]]
+ROOT = Path(__file__).resolve().parent.parent
+# One target dir for every cargo project in the repo (ignored by git), so a rerun is
+# incremental and the rdkafka build is shared; CARGO_TARGET_DIR overrides it.
+CARGO_TARGET_DIR = ROOT / ".cache" / "cargo-target"
+
+
+def cargo_or_skip() -> str:
+    """The cargo executable, or skip the test saying why."""
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        pytest.skip("cargo is not installed (these tests need a Rust toolchain with cargo)")
+    return cargo
+
+
+def cargo(project: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
+    """Run ``cargo ARGS`` in ``project`` with the shared target dir; fail with cargo's output
+    when it fails."""
+    env = {**os.environ}
+    env.setdefault("CARGO_TARGET_DIR", str(CARGO_TARGET_DIR))
+    done = subprocess.run(
+        [cargo_or_skip(), *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(
+            f"cargo {' '.join(args)} in {project.relative_to(ROOT)} exited {done.returncode}:\n"
+            f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+        )
+    return done
+
+
+def cargo_target_dir() -> Path:
+    return Path(os.environ.get("CARGO_TARGET_DIR", str(CARGO_TARGET_DIR)))
 
 
 async def publish_unchecked(

@@ -68,6 +68,62 @@ def test_rmp_serde_alternatives_accepted() -> None:
     assert decode(KEY, pack(entry_type=0)).entry_type is EntryType.FULL_STATE
 
 
+POSITIONAL = list(GOOD.values())  # GOOD is in the Rust struct's field order
+
+
+def positional(**changes: Any) -> bytes:
+    fields = {**GOOD, **changes}
+    return msgpack.packb(list(fields.values()), use_bin_type=True)
+
+
+def test_positional_form_decodes_like_the_named_form() -> None:
+    # What rmp_serde::to_vec writes: the fields as an array in the struct's order.
+    assert list(GOOD) == [
+        "grain_type",
+        "grain_key",
+        "sequence",
+        "timestamp_millis",
+        "source_cluster",
+        "entry_type",
+        "payload",
+    ]
+    expected = decode(KEY, pack())
+    for value in (positional(), msgpack.packb([*POSITIONAL, None, {"later": 1}])):
+        assert decode(KEY, value) == expected
+        assert validate_with_model(KEY, value) == expected
+
+
+def test_positional_alternatives_accepted() -> None:
+    entry = decode(KEY, positional(entry_type=1, payload=[0, 1, 255]))
+    assert entry.entry_type is EntryType.DELTA
+    assert entry.payload == b"\x00\x01\xff"
+    assert validate_with_model(KEY, positional(entry_type=1, payload=[0, 1, 255])) == entry
+
+
+@pytest.mark.parametrize("length", range(7))
+def test_short_positional_form_names_the_first_missing_field(length: int) -> None:
+    value = msgpack.packb(POSITIONAL[:length], use_bin_type=True)
+    missing = list(GOOD)[length]
+    with pytest.raises(ContractError) as fast:
+        decode(KEY, value)
+    assert fast.value.reason == (
+        f"{missing}: Field required (the positional form has {length} of the 7 fields)"
+    )
+    assert fast.value.grain == ("account", "a-1")
+    with pytest.raises(ContractError) as model:
+        validate_with_model(KEY, value)
+    assert model.value.reason.startswith(f"{missing}: Field required")
+
+
+def test_positional_form_follows_the_field_rules() -> None:
+    with pytest.raises(ContractError, match="sequence: 0 is outside"):
+        decode(KEY, positional(sequence=0))
+    with pytest.raises(ContractError, match="key/value mismatch"):
+        decode(KEY, positional(grain_key="a-2"))
+    with pytest.raises(ContractError, match="entry_type: True is not"):
+        decode(KEY, positional(entry_type=True))
+
+
 def test_unknown_fields_ignored() -> None:
     assert decode(KEY, pack(new_field={"x": 1})).sequence == 3
 
@@ -76,7 +132,8 @@ INVALID_CASES = [
     ("not msgpack", KEY, b"\xc1", "value: not valid msgpack"),
     ("truncated", KEY, pack()[:-3], "value: not valid msgpack"),
     ("trailing bytes", KEY, pack() + b"\x01", "value: not valid msgpack"),
-    ("not a map", KEY, msgpack.packb([1, 2]), "expected a msgpack map, got an array"),
+    ("not a map", KEY, msgpack.packb("x"), "expected a msgpack map or array, got a string"),
+    ("short array", KEY, msgpack.packb([1, 2]), "sequence: Field required (the positional"),
     ("non-string map key", KEY, msgpack.packb({**GOOD, 1: 2}), "map key 1 is an integer"),
     ("missing sequence", KEY, pack(sequence=DROP), "sequence: Field required"),
     ("missing payload", KEY, pack(payload=DROP), "payload: Field required"),
@@ -182,3 +239,28 @@ def test_fast_decoder_matches_pydantic_model(overrides: dict[str, Any], dropped:
         except ContractError:
             outcomes.append(None)
     assert outcomes[0] == outcomes[1], (fields, outcomes)
+
+
+@settings(max_examples=4000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.one_of(st.sampled_from(POSITIONAL), field_values), max_size=9),
+    st.dictionaries(st.integers(0, 6), field_values, max_size=3),
+)
+def test_fast_decoder_matches_pydantic_model_positional(
+    items: list[Any], overrides: dict[int, Any]
+) -> None:
+    # Mostly-valid arrays (the good fields with a few replaced) and arbitrary ones, of every
+    # length from empty to two trailing elements.
+    for candidate in (POSITIONAL + items[7:], items):
+        fields = list(candidate)
+        for index, replacement in overrides.items():
+            if index < len(fields):
+                fields[index] = replacement
+        value = msgpack.packb(fields, use_bin_type=True)
+        outcomes = []
+        for decoder in (decode_value, validate_with_model):
+            try:
+                outcomes.append(decoder(KEY, value))
+            except ContractError:
+                outcomes.append(None)
+        assert outcomes[0] == outcomes[1], (fields, outcomes)

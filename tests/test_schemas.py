@@ -48,9 +48,43 @@ def test_schema_file_matches_the_model() -> None:
     assert json.loads(on_disk) == schema.json_schema()
 
 
-def test_schema_describes_the_msgpack_alternatives() -> None:
+FIELD_ORDER = [
+    "grain_type",
+    "grain_key",
+    "sequence",
+    "timestamp_millis",
+    "source_cluster",
+    "entry_type",
+    "payload",
+]
+
+
+def test_schema_describes_both_forms() -> None:
     generated = schema.json_schema()
-    assert generated["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert generated["anyOf"] == [
+        {"$ref": "#/$defs/NamedForm"},
+        {"$ref": "#/$defs/PositionalForm"},
+    ]
+    named = generated["$defs"]["NamedForm"]
+    positional = generated["$defs"]["PositionalForm"]
+    assert named["type"] == "object" and named["additionalProperties"] is True
+    assert positional["type"] == "array"
+    assert positional["minItems"] == 7
+    assert positional["items"] is True  # trailing items are ignored
+    refs = [item["$ref"] for item in positional["prefixItems"]]
+    assert refs == [f"#/$defs/NamedForm/properties/{name}" for name in FIELD_ORDER]
+    for ref in refs:  # each position resolves to the named form's field schema
+        node: Any = generated
+        for part in ref[2:].split("/"):
+            node = node[part]
+        assert node is named["properties"][ref.rsplit("/", 1)[1]]
+    assert "rmp_serde::to_vec" in positional["description"]
+    assert "1.1" in generated["title"]
+
+
+def test_schema_describes_the_msgpack_alternatives() -> None:
+    generated = schema.json_schema()["$defs"]["NamedForm"]
+    assert schema.json_schema()["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     props = generated["properties"]
     assert (
         set(generated["required"])
@@ -148,6 +182,10 @@ REQUIRED_VALID = {
     "empty_payload",
     "unicode_grain",
     "tombstone",
+    "positional_canonical",
+    "positional_alternatives",
+    "positional_trailing_elements",
+    "positional_order_matters",
 }
 REQUIRED_INVALID = {
     "not_msgpack",
@@ -186,6 +224,11 @@ REQUIRED_INVALID = {
     "null_key",
     "non_utf8_key",
     "invalid_utf8_in_value_string",
+    "positional_empty",
+    "positional_short",
+    "positional_missing_payload",
+    "positional_sequence_string",
+    "positional_key_value_mismatch",
 }
 
 
@@ -327,6 +370,8 @@ def test_asyncapi_replication_channel() -> None:
 
     entry = with_payload[0]
     assert entry["contentType"] == "application/msgpack"
+    assert "map" in entry["summary"] and "array" in entry["summary"]
+    assert ", ".join(FIELD_ORDER) in " ".join(entry["description"].split())
     payload = entry["payload"]
     ref = payload.get("$ref") or payload.get("schema", {}).get("$ref")
     assert ref, "the entry message's payload must $ref the JSON schema file"

@@ -1,5 +1,6 @@
-"""Write the golden vectors of the wire contract (v1): ``valid/`` and ``invalid/`` beside this
-file, or under the directory given as the only argument.
+"""Write the hand-made golden vectors of the wire contract (1.1): ``valid/`` and ``invalid/``
+beside this file, or under the directory given as the only argument. (The vectors made by the
+real Rust crates are in ``rust/``, written by ``rust-gen/``.)
 
     .venv/bin/python schemas/vectors/generate.py [OUT_DIR]
 
@@ -87,6 +88,12 @@ def fields(**changes: Any) -> dict[str, Any]:
     out = dict(BASE)
     out.update(changes)
     return out
+
+
+def positional(**changes: Any) -> list[Any]:
+    """The positional form: the fields as an array in the Rust struct's order."""
+    out = fields(**changes)
+    return [out[name] for name in FIELDS]
 
 
 def without(name: str) -> dict[str, Any]:
@@ -271,6 +278,49 @@ def valid_cases() -> list[Case]:
             expect(grain_type="заказ", grain_key="客户-🚀"),
         ),
         Case(
+            "positional_canonical",
+            "The positional form (contract 1.1): the seven fields as a msgpack array in the "
+            "order of the Rust struct, what rmp_serde::to_vec writes (with serde_bytes on the "
+            "payload). Same rules per field as the map form.",
+            KEY,
+            pack(positional()),
+            expect(),
+        ),
+        Case(
+            "positional_alternatives",
+            "The positional form with the map form's alternatives: entry_type as the index 1 "
+            "(Delta), payload as an array of ints (a Vec<u8> without serde_bytes).",
+            KEY,
+            pack(positional(entry_type=1, sequence=8, payload=list(b"rust"))),
+            expect(entry_type="Delta", sequence=8, payload=b"rust"),
+        ),
+        Case(
+            "positional_trailing_elements",
+            "The positional form with two more elements after payload (fields a later "
+            "struct version appended): ignored, whatever their type.",
+            KEY,
+            pack([*positional(), None, {"trace": [1, 2]}]),
+            expect(),
+        ),
+        Case(
+            "positional_order_matters",
+            "Positions, not values, say which field is which: with sequence and "
+            "timestamp_millis swapped, the timestamp is read as the sequence and the sequence "
+            "as the timestamp (both in range, so the entry is valid).",
+            KEY,
+            pack(
+                positional()[:2] + [BASE["timestamp_millis"], BASE["sequence"]] + positional()[4:]
+            ),
+            expect(sequence=BASE["timestamp_millis"], timestamp_millis=BASE["sequence"]),
+        ),
+        Case(
+            "positional_array_32",
+            "The positional form in an array 32 header (not fixarray): any array family.",
+            KEY,
+            b"\xdd" + struct.pack(">I", 7) + b"".join(pack(v) for v in positional()),
+            expect(),
+        ),
+        Case(
             "tombstone",
             "A null value: the grain named by the key is deleted from the replica; a later "
             "FullState with any sequence starts it afresh.",
@@ -328,10 +378,54 @@ def invalid_cases() -> list[Case]:
         ),
         Case(
             "not_a_map",
-            "The fields as a msgpack array (rmp-serde to_vec, not to_vec_named).",
+            "A value that is neither a map nor an array: a msgpack string.",
             KEY,
-            pack([BASE[name] for name in FIELDS]),
-            reason_contains="value: expected a msgpack map, got an array",
+            pack("account/acct-0001"),
+            reason_contains="value: expected a msgpack map or array, got a string",
+        ),
+        Case(
+            "positional_empty",
+            "The positional form with no elements: grain_type, the first field, is missing.",
+            KEY,
+            pack([]),
+            reason_contains="grain_type: Field required (the positional form has 0 of the 7",
+        ),
+        Case(
+            "positional_short",
+            "The positional form with only its first three elements: timestamp_millis, the "
+            "first field past the end, is missing.",
+            KEY,
+            pack([BASE[name] for name in FIELDS[:3]]),
+            reason_contains="timestamp_millis: Field required (the positional form has 3 of",
+        ),
+        Case(
+            "positional_missing_payload",
+            "The positional form with six elements: payload is missing.",
+            KEY,
+            pack([BASE[name] for name in FIELDS[:6]]),
+            reason_contains="payload: Field required (the positional form has 6 of the 7",
+        ),
+        Case(
+            "positional_sequence_string",
+            "The positional form follows the per-field rules of the map form: sequence as a "
+            "string.",
+            KEY,
+            pack(positional(sequence="7")),
+            reason_contains="sequence: expected an integer, got a string",
+        ),
+        Case(
+            "positional_key_value_mismatch",
+            "The positional form naming another grain_key than the key.",
+            KEY,
+            pack(positional(grain_key="acct-0002")),
+            reason_contains="key/value mismatch",
+        ),
+        Case(
+            "positional_map_inside",
+            "An array holding the map form as its only element is not the positional form.",
+            KEY,
+            pack([BASE]),
+            reason_contains="grain_key: Field required (the positional form has 1 of the 7",
         ),
         Case(
             "non_string_map_key",
