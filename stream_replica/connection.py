@@ -186,7 +186,7 @@ class ConnectionSettings(BaseSettings):
             ]
             if missing:
                 raise ValueError(f"{self.security_protocol} needs {', '.join(missing)}")
-        elif self.sasl_mechanism or self.sasl_username or self.sasl_password:
+        elif self.sasl_mechanism or self.sasl_username:  # (a stray password is just unused)
             raise ValueError(
                 f"SASL settings given but --security-protocol is {self.security_protocol} "
                 "(use SASL_SSL or SASL_PLAINTEXT)"

@@ -1,0 +1,82 @@
+"""A broker in secure mode (KAFKA_SECURE=1 dev/kafka/kafka.sh): SASL_SSL with SCRAM and
+mutual TLS, certificates made by dev/kafka/secure.sh, users admin/replica/limited."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+KAFKA_SH = Path(__file__).resolve().parent.parent / "dev" / "kafka" / "kafka.sh"
+
+
+def free_port_block(size: int = 4) -> int:
+    """A port p with p+1..p+size-1 also free (plain, controller, SASL_SSL, TLS)."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port + size > 65535:
+            continue
+        try:
+            for offset in range(1, size):
+                with socket.socket() as other:
+                    other.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free block of ports")
+
+
+@dataclass
+class SecureBroker:
+    port: int
+    run_dir: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_RUN_DIR": str(self.run_dir),
+            "KAFKA_SECURE": "1",
+        }
+
+    @property
+    def plaintext(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_ssl(self) -> str:
+        return f"127.0.0.1:{self.port + 2}"
+
+    @property
+    def mutual_tls(self) -> str:
+        return f"127.0.0.1:{self.port + 3}"
+
+    @property
+    def tls(self) -> Path:
+        return self.run_dir / "tls"
+
+    def kafka_sh(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(KAFKA_SH), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def client_env(self, user: str = "replica", password: str | None = None) -> dict[str, str]:
+        """Environment for a stream-replica process connecting over SASL_SSL as ``user``."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.sasl_ssl,
+            "STREAM_REPLICA_SECURITY_PROTOCOL": "SASL_SSL",
+            "STREAM_REPLICA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "STREAM_REPLICA_SASL_USERNAME": user,
+            "STREAM_REPLICA_SASL_PASSWORD": password or f"{user}-secret",
+            "STREAM_REPLICA_SSL_CAFILE": str(self.tls / "ca.pem"),
+        }
