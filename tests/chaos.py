@@ -303,9 +303,10 @@ async def measure_stall(
     timeout: float,
 ) -> dict[int, float | None]:
     """Seconds from the fault until some store's checkpoint of each partition passes its
-    threshold (the partition's end offset read just before the fault), i.e. until a record
-    that was not yet in the log at the fault has been written to a replica. Checkpoints are
-    sampled every 0.25 s, so figures are rounded up to that. None: not within ``timeout``."""
+    threshold (the partition's end offset read just before the fault, after a kill also past
+    every record acknowledged before it), i.e. until a record that was not yet in the log at
+    the fault has been written to a replica. Checkpoints are sampled every 0.25 s, so figures
+    are rounded up to that. None: not within ``timeout``."""
     result: dict[int, float | None] = dict.fromkeys(thresholds)
     remaining = set(thresholds)
     while remaining:
@@ -374,11 +375,16 @@ async def cluster_faults(
         fault_at = time.monotonic()
         say(f"{kind}: broker(s) {victims} leading partitions {moved}")
         await asyncio.to_thread(action)
+        thresholds = {p: ends[p] for p in moved}
+        if kind != "controlled shutdown":
+            # Records acknowledged between reading the ends and the kill were written before
+            # it: the killed leader acknowledges nothing after its death.
+            for p, acked_end in acknowledged_ends(stats).items():
+                if p in thresholds:
+                    thresholds[p] = max(thresholds[p], acked_end)
 
         async def measure() -> None:
-            stalls = await measure_stall(
-                stores, {p: ends[p] for p in moved}, fault_at, args.stall_timeout
-            )
+            stalls = await measure_stall(stores, thresholds, fault_at, args.stall_timeout)
             for partition, seconds in stalls.items():
                 if seconds is None:
                     stats.not_resumed.append(
@@ -451,6 +457,16 @@ async def cluster_faults(
             measuring.cancel()
         stats.no_failover.set()
         stats.cluster_faults_done.set()
+
+
+def acknowledged_ends(stats: Stats) -> dict[int, int]:
+    """Per partition, one past the highest offset acknowledged so far."""
+    ends: dict[int, int] = {}
+    for _, _, future in stats.sent:
+        if future.done() and not future.cancelled() and future.exception() is None:
+            meta = future.result()
+            ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+    return ends
 
 
 def acknowledged_lost(stats: Stats, oracle: Oracle) -> tuple[int, list[str]]:

@@ -3,10 +3,14 @@ the chaos run's cluster mode, plus metadata helpers: who leads what, is everythi
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
+
+from aiokafka.errors import KafkaError
 
 from stream_replica import admin
 
@@ -71,9 +75,18 @@ class KafkaCluster:
 
 
 async def partition_state(bootstrap: str, topic: str) -> dict[int, dict[str, Any]]:
-    """partition -> {"leader": id, "replicas": [...], "isr": [...]} from a metadata request."""
-    async with admin.admin_client(bootstrap) as client:
-        topics = await client.describe_topics([topic])
+    """partition -> {"leader": id, "replicas": [...], "isr": [...]} from a metadata request
+    (asked again for up to 30 s while it goes to a killed broker not fenced yet)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            async with admin.admin_client(bootstrap) as client:
+                topics = await client.describe_topics([topic])
+            break
+        except KafkaError as exc:
+            if not exc.retriable or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
     state: dict[int, dict[str, Any]] = {}
     for described in topics:
         for p in described["partitions"]:
