@@ -76,6 +76,8 @@ class Stats:
     # Cleared while a failover's stall is measured: worker faults wait, so a rebalance does
     # not get counted as failover time.
     no_failover: asyncio.Event = field(default_factory=asyncio.Event)
+    worker_fault_busy: bool = False
+    last_worker_fault: float = 0.0
 
 
 class Broker:
@@ -197,8 +199,11 @@ async def faults(
     bounce_at = [expected_duration * (i + 1) / (args.bounces + 1) for i in range(args.bounces)]
     started = time.monotonic()
     while not producing_done.is_set() or stats.kills < args.kills or stats.bounces < args.bounces:
+        if stats.worker_fault_busy:  # the previous action is done
+            stats.worker_fault_busy, stats.last_worker_fault = False, time.monotonic()
         await asyncio.sleep(period * rng.uniform(0.5, 1.5))  # chaos pacing
         await stats.no_failover.wait()
+        stats.worker_fault_busy = True
         for worker in workers:  # a worker that died on its own is a finding
             if worker.process is not None and not worker.running:
                 code = worker.process.returncode
@@ -243,6 +248,7 @@ async def faults(
             stats.scale_ups += 1
         if producing_done.is_set() and stats.kills >= args.kills and not bounce_at:
             break
+    stats.worker_fault_busy, stats.last_worker_fault = False, time.monotonic()
 
 
 async def sample_commits(
@@ -358,8 +364,9 @@ async def cluster_faults(
     """SIGKILL of the leader of most partitions, a controlled shutdown of another, a restart
     of each, then two brokers down at once; every failover's replication stall is measured.
 
-    Faults run one after the other: before each, worker faults are paused and the group must
-    be stable, so a stall is the failover's own and not a worker rebalance's."""
+    Faults run one after the other: before each, worker faults are paused, the last one has
+    had 12 s to settle and the group must be stable, so a stall is the failover's own and not
+    a worker rebalance's."""
     expected = args.records / args.rate
     gap = max(5.0, expected / 8)
     topics = [topic, dlq, "__consumer_offsets"]
@@ -368,6 +375,13 @@ async def cluster_faults(
         """Run ``action`` (a blocking call) after recording what the victims lead and where
         the log ends; returns the task measuring the stall of those partitions."""
         stats.no_failover.clear()
+        # Let the last worker fault settle: a SIGKILLed member leaves the group only when its
+        # session (10 s) expires, and the rebalance that follows must not count as failover.
+        while True:
+            quiet_for = time.monotonic() - stats.last_worker_fault
+            if not stats.worker_fault_busy and quiet_for >= 12.0:
+                break
+            await asyncio.sleep(max(0.25, 12.0 - quiet_for))
         await wait_group_stable(cluster.bootstrap, group)
         leader_of = await leaders(cluster.bootstrap, topic)
         moved = sorted(p for p, leader in leader_of.items() if leader in victims)
