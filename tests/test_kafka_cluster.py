@@ -151,7 +151,8 @@ async def test_leader_kill_while_a_worker_replicates(
         assert dict(reader.grains()) == oracle.expected()
     log_records = {(r.partition, r.offset): r for rs in oracle.records.values() for r in rs}
     acknowledged = [(k, v, f.result()) for k, v, f in sent if f.done() and not f.exception()]
-    assert len(acknowledged) > 500
+    # not vacuous: records on the moved partitions were acknowledged after the failover
+    assert any(m.partition in moved and m.offset >= ends[m.partition] for _, _, m in acknowledged)
     lost = [
         meta
         for key, value, meta in acknowledged
