@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 KAFKA   := dev/kafka/kafka.sh
 PYTEST_ARGS ?=
 
-.PHONY: all venv broker broker-stop demo test lint chaos chaos-small fuzz bench bench-audit clean
+.PHONY: all venv broker broker-stop demo test lint chaos chaos-small chaos-cluster fuzz bench bench-audit clean
 
 all: test
 
@@ -36,11 +36,16 @@ lint: venv
 	$(VENV)/bin/mypy stream_replica
 
 ## Faults under load on a dedicated broker (port 19092); knobs: CHAOS_ARGS="--records 200000 ..."
+## CHAOS_ARGS="--cluster ..." runs it on a 3-broker cluster (ports 41092/42092/43092) with
+## leader kill -9, controlled shutdown and two brokers down.
 chaos: venv
 	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
 chaos-small: venv
 	$(PY) -m tests.chaos --small
+
+chaos-cluster: venv
+	$(PY) -m tests.chaos --cluster --small
 
 ## 100,000 hostile values through both decoders; knobs: FUZZ_ARGS="--values N --atheris SECONDS"
 fuzz: venv
@@ -60,4 +65,5 @@ bench-audit: venv broker
 
 clean:
 	-$(KAFKA) clean
+	-$(KAFKA) cluster clean
 	rm -rf .demo .chaos .bench

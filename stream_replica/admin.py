@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import for_code
+from aiokafka.errors import KafkaConnectionError, KafkaError, NodeNotReadyError, for_code
 
 from stream_replica.topic_id import fetch_topic_id
 
@@ -24,6 +24,10 @@ from stream_replica.topic_id import fetch_topic_id
 # - min.compaction.lag.ms 0: snapshots may be compacted as soon as a segment rolls.
 DEFAULT_SEGMENT_MS: Final = 60 * 60 * 1000
 DEFAULT_DELETE_RETENTION_MS: Final = 24 * 60 * 60 * 1000
+# How long an admin request is retried when it fails on one broker of a cluster (see _retrying).
+RETRY_S: Final = 30.0
+
+T = TypeVar("T")
 
 
 class AdminError(Exception):
@@ -74,6 +78,31 @@ def replication_topic_configs(
     return configs
 
 
+async def _retrying(
+    call: Callable[[], Awaitable[T]], only: tuple[type[KafkaError], ...] | None = None
+) -> T:
+    """Run ``call`` (which opens its own client) again while it fails with a retriable error.
+
+    The admin client sends each request to one broker picked from the metadata. A broker that
+    was just killed stays in the metadata until the controller fences it (after
+    ``broker.session.timeout.ms``, 9 s by default), so a request may go to a dead node and
+    fail with NodeNotReadyError although the rest of the cluster answers. Not retried: a
+    failed bootstrap (no broker reachable: callers report or back off themselves) and
+    non-retriable errors. ``only`` narrows the retried errors.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RETRY_S
+    while True:
+        try:
+            return await call()
+        except KafkaError as exc:
+            retriable = isinstance(exc, only) if only is not None else exc.retriable
+            bootstrap_failed = isinstance(exc, KafkaConnectionError) and "bootstrap" in str(exc)
+            if not retriable or bootstrap_failed or loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 @asynccontextmanager
 async def admin_client(bootstrap_servers: str) -> AsyncIterator[AIOKafkaAdminClient]:
     client = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=30000)
@@ -93,10 +122,16 @@ async def create_topic(
 ) -> bool:
     """Create the topic compacted. Returns False when it already existed."""
     topic_configs = configs or replication_topic_configs(replication_factor)
-    async with admin_client(bootstrap_servers) as client:
-        response = await client.create_topics(
-            [NewTopic(topic, partitions, replication_factor, topic_configs=topic_configs)]
-        )
+
+    async def create() -> Any:
+        async with admin_client(bootstrap_servers) as client:
+            return await client.create_topics(
+                [NewTopic(topic, partitions, replication_factor, topic_configs=topic_configs)]
+            )
+
+    # Only NodeNotReadyError: the request was never sent, so a retry cannot report a topic
+    # this call created as "already existed".
+    response = await _retrying(create, only=(NodeNotReadyError,))
     for entry in response.topic_errors:
         error_code, message = entry[1], entry[2] if len(entry) > 2 else None
         if error_code == 0:
@@ -115,6 +150,10 @@ async def delete_topic(bootstrap_servers: str, topic: str) -> None:
 
 async def describe_topic(bootstrap_servers: str, topic: str) -> TopicInfo | None:
     """Partitions, replication factor and configs of ``topic``; None when it does not exist."""
+    return await _retrying(lambda: _describe_topic(bootstrap_servers, topic))
+
+
+async def _describe_topic(bootstrap_servers: str, topic: str) -> TopicInfo | None:
     async with admin_client(bootstrap_servers) as client:
         metadata = await client.describe_topics([topic])
         if not metadata or metadata[0]["error_code"] != 0:
@@ -140,15 +179,28 @@ async def describe_topic(bootstrap_servers: str, topic: str) -> TopicInfo | None
 
 async def describe_group(bootstrap_servers: str, group: str) -> tuple[str, list[str]]:
     """The group's state (e.g. ``Stable``, ``Empty``, ``Dead``) and its live members' ids."""
-    async with admin_client(bootstrap_servers) as client:
-        responses = await client.describe_consumer_groups([group])
+
+    async def describe() -> Any:
+        async with admin_client(bootstrap_servers) as client:
+            responses = await client.describe_consumer_groups([group])
+        for response in responses:
+            for described in response.groups:
+                if described[0] != 0:
+                    # E.g. the coordinator moved with a partition leadership: asking again
+                    # must not read as "no live members".
+                    error = for_code(described[0])
+                    if error.retriable:
+                        raise error()
+                    raise AdminError(f"cannot describe group {group!r}: {error.__name__}")
+        return responses
+
+    responses = await _retrying(describe)
     state, members = "Dead", list[str]()
     for response in responses:
         for described in response.groups:
-            error_code, group_state, group_members_list = described[0], described[2], described[5]
-            if error_code == 0:
-                state = group_state
-                members.extend(member[0] for member in group_members_list)
+            group_state, group_members_list = described[2], described[5]
+            state = group_state
+            members.extend(member[0] for member in group_members_list)
     return state, members
 
 
@@ -159,8 +211,11 @@ async def group_members(bootstrap_servers: str, group: str) -> list[str]:
 
 
 async def committed_offsets(bootstrap_servers: str, group: str, topic: str) -> dict[int, int]:
-    async with admin_client(bootstrap_servers) as client:
-        offsets = await client.list_consumer_group_offsets(group)
+    async def list_offsets() -> Any:
+        async with admin_client(bootstrap_servers) as client:
+            return await client.list_consumer_group_offsets(group)
+
+    offsets = await _retrying(list_offsets)
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 

@@ -125,12 +125,16 @@ class Publisher:
 
     async def publish_raw(
         self, key: bytes | None, value: bytes | None, partition: int | None = None
-    ) -> None:
-        """Send bytes as they are (tests and tooling use it for invalid records)."""
-        future = await self._producer.send(self.topic, value=value, key=key, partition=partition)
+    ) -> asyncio.Future[Any]:
+        """Send bytes as they are (tests and tooling use it for invalid records). Returns the
+        record's delivery future (its RecordMetadata once acknowledged)."""
+        future: asyncio.Future[Any] = await self._producer.send(
+            self.topic, value=value, key=key, partition=partition
+        )
         self._pending.append(future)
         if len(self._pending) >= 10_000:
             await self.flush()
+        return future
 
     async def flush(self) -> None:
         """Wait until everything queued is acknowledged; raises the first send error."""

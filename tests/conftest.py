@@ -15,6 +15,7 @@ import pytest
 
 from stream_replica import admin
 from tests.helpers import TopicFactory
+from tests.kafka_cluster import KafkaCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "dev" / "kafka" / "kafka.sh"
@@ -98,3 +99,23 @@ async def make_topic(
             await client.delete_topics(created)
     except Exception:
         pass  # best effort: unique names keep tests independent anyway
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """A 3-broker KRaft cluster of its own (dev/kafka/kafka.sh cluster), started once per
+    session: brokers on KAFKA_TEST_CLUSTER_PORT (44092), +1000, +2000; controller on +1."""
+    port = int(os.environ.get("KAFKA_TEST_CLUSTER_PORT", "44092"))
+    cluster = KafkaCluster(port, tmp_path_factory.mktemp("cluster") / "run")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()  # also after a failed start: stops whatever did come up
+
+
+@pytest.fixture
+def cluster(kafka_cluster: KafkaCluster) -> KafkaCluster:
+    """The session cluster with every broker up (a previous test may have stopped one)."""
+    kafka_cluster.start()  # idempotent: starts only what is down
+    return kafka_cluster

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.kafka_cluster import KafkaCluster
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "dev" / "kafka" / "kafka.sh"
 
@@ -279,3 +281,69 @@ def test_stop_keeps_data_and_start_resumes(running: Broker, topic_t1: str) -> No
     running.stop()
     assert running.status().returncode == 3
     assert not _pid_alive(running.pid)
+
+
+# --- cluster mode (the session's 3-broker cluster, see conftest.kafka_cluster) ----------------
+
+
+def test_cluster_unknown_broker_is_a_clear_error(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "KAFKA_CLUSTER_PORT": "47092",
+        "KAFKA_CLUSTER_BROKERS": "3",
+        "KAFKA_CLUSTER_DIR": str(tmp_path / "cluster"),
+    }
+    proc = _run(env, "cluster", "bootstrap", timeout=30)
+    assert proc.stdout.strip() == "127.0.0.1:47092,127.0.0.1:48092,127.0.0.1:49092"
+    proc = _run(env, "cluster", "kill-broker", "4", timeout=30, expect=1)
+    assert proc.stderr.strip() == "kafka: error: no broker '4' (brokers are 1..3)"
+    proc = _run(env, "cluster", "status", timeout=30, expect=3)
+    assert proc.stdout.count("not running") == 4, proc.stdout
+    proc = _run({**env, "KAFKA_CLUSTER_BROKERS": "12"}, "cluster", "status", timeout=30, expect=1)
+    assert "KAFKA_CLUSTER_BROKERS must be 1..9" in proc.stderr
+
+
+def _cluster_pids(cluster: KafkaCluster) -> dict[str, int]:
+    """node name -> pid, from `cluster status`."""
+    proc = cluster.run("status", check=False)
+    return {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(
+            r"kafka: (controller|broker \d) running on \S+ \(pid (\d+)\)", proc.stdout
+        )
+    }
+
+
+@needs_kafka
+def test_cluster_stop_kill_and_restart_one_broker(cluster: KafkaCluster) -> None:
+    before = _cluster_pids(cluster)
+    assert set(before) == {"controller", "broker 1", "broker 2", "broker 3"}
+    assert cluster.run("status").returncode == 0
+    props = (cluster.run_dir / "broker-2" / "server.properties").read_text()
+    assert "process.roles=broker\n" in props and "node.id=2\n" in props
+    assert f"listeners=PLAINTEXT://127.0.0.1:{cluster.ports[2]}\n" in props
+    assert f"controller.quorum.voters=0@127.0.0.1:{cluster.base_port + 1}\n" in props
+    assert "min.insync.replicas=2\n" in props
+    assert (cluster.run_dir / "broker-2" / "data" / "meta.properties").exists()
+
+    proc = cluster.run("stop-broker", "2")
+    assert proc.stdout.startswith("kafka: broker 2 stopped")
+    assert not _pid_alive(before["broker 2"])
+    proc = cluster.run("status", check=False)
+    assert proc.returncode == 3
+    assert "kafka: broker 2 not running" in proc.stdout
+    assert set(_cluster_pids(cluster)) == {"controller", "broker 1", "broker 3"}
+
+    proc = cluster.run("kill-broker", "3")
+    assert proc.stdout.strip() == f"kafka: broker 3 killed (SIGKILL, pid {before['broker 3']})"
+    assert not _pid_alive(before["broker 3"])
+
+    cluster.run("start-broker", "2")
+    cluster.run("restart-broker", "3")
+    after = _cluster_pids(cluster)
+    assert set(after) == set(before)
+    assert after["broker 1"] == before["broker 1"] and after["controller"] == before["controller"]
+    assert after["broker 2"] != before["broker 2"] and after["broker 3"] != before["broker 3"]
+    assert cluster.run("status").returncode == 0
+    topics = cluster.run("tool", "topics", "--list")
+    assert topics.returncode == 0
