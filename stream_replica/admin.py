@@ -11,8 +11,17 @@ from typing import Any, Final, TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaConnectionError, KafkaError, NodeNotReadyError, for_code
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    NodeNotReadyError,
+    TopicAuthorizationFailedError,
+    for_code,
+)
 
+from stream_replica.connection import ConnectionSettings, start_client
+from stream_replica.errors import KafkaAccessError, StreamReplicaError
 from stream_replica.topic_id import fetch_topic_id
 
 # Why each setting (README "Topic configuration"):
@@ -30,7 +39,7 @@ RETRY_S: Final = 30.0
 T = TypeVar("T")
 
 
-class AdminError(Exception):
+class AdminError(StreamReplicaError):
     """A topic/group problem reported to the operator as one line."""
 
 
@@ -103,10 +112,21 @@ async def _retrying(
             await asyncio.sleep(0.5)
 
 
+Cluster = str | ConnectionSettings  # a bootstrap string uses the environment's security
+
+
+def connection(cluster: Cluster) -> ConnectionSettings:
+    if isinstance(cluster, ConnectionSettings):
+        return cluster
+    return ConnectionSettings(bootstrap_servers=cluster)
+
+
 @asynccontextmanager
-async def admin_client(bootstrap_servers: str) -> AsyncIterator[AIOKafkaAdminClient]:
-    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=30000)
-    await client.start()
+async def admin_client(cluster: Cluster) -> AsyncIterator[AIOKafkaAdminClient]:
+    settings = connection(cluster)
+    options = {"request_timeout_ms": 30000, **settings.options("admin")}
+    client = AIOKafkaAdminClient(**options)
+    await start_client(settings, client)
     try:
         yield client
     finally:
@@ -114,7 +134,7 @@ async def admin_client(bootstrap_servers: str) -> AsyncIterator[AIOKafkaAdminCli
 
 
 async def create_topic(
-    bootstrap_servers: str,
+    bootstrap_servers: Cluster,
     topic: str,
     partitions: int,
     replication_factor: int = 1,
@@ -143,19 +163,24 @@ async def create_topic(
     return True
 
 
-async def delete_topic(bootstrap_servers: str, topic: str) -> None:
+async def delete_topic(bootstrap_servers: Cluster, topic: str) -> None:
     async with admin_client(bootstrap_servers) as client:
         await client.delete_topics([topic])
 
 
-async def describe_topic(bootstrap_servers: str, topic: str) -> TopicInfo | None:
+async def describe_topic(bootstrap_servers: Cluster, topic: str) -> TopicInfo | None:
     """Partitions, replication factor and configs of ``topic``; None when it does not exist."""
     return await _retrying(lambda: _describe_topic(bootstrap_servers, topic))
 
 
-async def _describe_topic(bootstrap_servers: str, topic: str) -> TopicInfo | None:
+async def _describe_topic(bootstrap_servers: Cluster, topic: str) -> TopicInfo | None:
     async with admin_client(bootstrap_servers) as client:
         metadata = await client.describe_topics([topic])
+        if metadata and metadata[0]["error_code"] == TopicAuthorizationFailedError.errno:
+            raise KafkaAccessError(
+                f"not authorized to describe topic {topic!r} (TOPIC_AUTHORIZATION_FAILED): "
+                "grant this user Describe and Read on it"
+            )
         if not metadata or metadata[0]["error_code"] != 0:
             return None
         partitions = metadata[0]["partitions"]
@@ -177,7 +202,7 @@ async def _describe_topic(bootstrap_servers: str, topic: str) -> TopicInfo | Non
     return TopicInfo(topic, len(partitions), replication_factor, configs, topic_id)
 
 
-async def describe_group(bootstrap_servers: str, group: str) -> tuple[str, list[str]]:
+async def describe_group(bootstrap_servers: Cluster, group: str) -> tuple[str, list[str]]:
     """The group's state (e.g. ``Stable``, ``Empty``, ``Dead``) and its live members' ids."""
 
     async def describe() -> Any:
@@ -189,6 +214,11 @@ async def describe_group(bootstrap_servers: str, group: str) -> tuple[str, list[
                     # E.g. the coordinator moved with a partition leadership: asking again
                     # must not read as "no live members".
                     error = for_code(described[0])
+                    if error is GroupAuthorizationFailedError:
+                        raise KafkaAccessError(
+                            f"not authorized to describe group {group!r} "
+                            "(GROUP_AUTHORIZATION_FAILED): grant this user Describe on it"
+                        )
                     if error.retriable:
                         raise error()
                     raise AdminError(f"cannot describe group {group!r}: {error.__name__}")
@@ -204,13 +234,13 @@ async def describe_group(bootstrap_servers: str, group: str) -> tuple[str, list[
     return state, members
 
 
-async def group_members(bootstrap_servers: str, group: str) -> list[str]:
+async def group_members(bootstrap_servers: Cluster, group: str) -> list[str]:
     """Member ids of the group's live members (empty when the group is empty or unknown)."""
     state, members = await describe_group(bootstrap_servers, group)
     return [] if state in ("Dead", "Empty") else members
 
 
-async def committed_offsets(bootstrap_servers: str, group: str, topic: str) -> dict[int, int]:
+async def committed_offsets(bootstrap_servers: Cluster, group: str, topic: str) -> dict[int, int]:
     async def list_offsets() -> Any:
         async with admin_client(bootstrap_servers) as client:
             return await client.list_consumer_group_offsets(group)
@@ -220,30 +250,33 @@ async def committed_offsets(bootstrap_servers: str, group: str, topic: str) -> d
 
 
 @asynccontextmanager
-async def offsets_reader(bootstrap_servers: str) -> AsyncIterator[AIOKafkaConsumer]:
+async def offsets_reader(cluster: Cluster) -> AsyncIterator[AIOKafkaConsumer]:
     """A group-less consumer used only for ListOffsets requests."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
+    settings = connection(cluster)
+    consumer = AIOKafkaConsumer(**settings.options("consumer"), enable_auto_commit=False)
+    await start_client(settings, consumer)
     try:
         yield consumer
     finally:
         await consumer.stop()
 
 
-async def end_offsets(bootstrap_servers: str, topic: str, partitions: int) -> dict[int, int]:
+async def end_offsets(bootstrap_servers: Cluster, topic: str, partitions: int) -> dict[int, int]:
     async with offsets_reader(bootstrap_servers) as consumer:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         ends = await consumer.end_offsets(tps)
     return {tp.partition: offset for tp, offset in ends.items()}
 
 
-async def wait_for_broker(bootstrap_servers: str, timeout_s: float = 60.0) -> None:
+async def wait_for_broker(bootstrap_servers: Cluster, timeout_s: float = 60.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         try:
             async with admin_client(bootstrap_servers) as client:
                 await client.describe_cluster()
             return
+        except KafkaAccessError:
+            raise
         except Exception as exc:
             if asyncio.get_running_loop().time() > deadline:
                 raise AdminError(f"broker {bootstrap_servers} not reachable: {exc}") from None

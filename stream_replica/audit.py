@@ -29,7 +29,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream_replica.admin import describe_topic
+from stream_replica.admin import Cluster, connection, describe_topic
+from stream_replica.connection import start_client
 from stream_replica.contract import (
     ContractError,
     EntryType,
@@ -75,15 +76,16 @@ class _LastRecords:
 
 
 async def _read_last_records(
-    bootstrap_servers: str,
+    cluster: Cluster,
     topic: str,
     checkpoints: dict[int, int],
     progress: Callable[[str], None],
 ) -> dict[int, _LastRecords]:
+    settings = connection(cluster)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, auto_offset_reset="earliest"
+        **settings.options("consumer"), enable_auto_commit=False, auto_offset_reset="earliest"
     )
-    await consumer.start()
+    await start_client(settings, consumer)
     found = {p: _LastRecords() for p in checkpoints}
     try:
         tps = [TopicPartition(topic, p) for p in checkpoints]
@@ -154,7 +156,7 @@ def _record_kind(record: Polled, store_state: GrainState | None) -> str:
 
 async def audit(
     db: Path,
-    bootstrap_servers: str,
+    cluster: Cluster,
     partitions: list[int] | None = None,
     progress: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True),
 ) -> AuditReport:
@@ -171,7 +173,7 @@ async def audit(
                 raise StoreError(f"state directory {db} holds no partition(s) {unknown}")
             checkpoints = {p: checkpoints[p] for p in partitions}
         stored = {g: s for g, s in reader.grains() if s.partition in checkpoints}
-    info = await describe_topic(bootstrap_servers, topic)
+    info = await describe_topic(cluster, topic)
     if info is None:
         raise StoreError(f"topic {topic!r} (replicated by {db}) does not exist")
     if (
@@ -183,7 +185,7 @@ async def audit(
             f"topic {topic!r} has ID {info.topic_id}, the store was built from "
             f"{identity.topic_id}: it replicates a deleted topic; rebuild it"
         )
-    found = await _read_last_records(bootstrap_servers, topic, checkpoints, progress)
+    found = await _read_last_records(cluster, topic, checkpoints, progress)
 
     report = AuditReport()
     reasons = {"shadowed": 0, "missing": 0, "extra": 0, "differs": 0}

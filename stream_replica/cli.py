@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from stream_replica import admin
+from stream_replica import admin, logs
 from stream_replica.contract import ContractError, EntryType, GrainId
+from stream_replica.errors import StreamReplicaError
 from stream_replica.fold import GrainState
 from stream_replica.settings import (
     PublishSettings,
@@ -332,7 +333,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stream-replica",
         description="Keep RocksDB read replicas of grain state from a compacted Kafka topic.",
     )
-    parser.add_argument("--log-level", default=os.environ.get("STREAM_REPLICA_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("STREAM_REPLICA_LOG_LEVEL", "INFO"),
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity on stderr (env STREAM_REPLICA_LOG_LEVEL; default INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("STREAM_REPLICA_LOG_FORMAT", "human"),
+        choices=["human", "json"],
+        help="human lines, or one JSON object per line with grain/partition/offset fields "
+        "(env STREAM_REPLICA_LOG_FORMAT; default human)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     topic = commands.add_parser("topic", help="create or describe the replication topic")
@@ -440,12 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.root.level))
+    logs.configure(args.log_level, args.log_format)
     try:
         return _run_handler(args.handler, args)
     except ValidationError as exc:
@@ -454,6 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, StoreError, admin.AdminError, ReplayError) as exc:
         print(f"stream-replica: {exc}", file=sys.stderr)
         return 2
+    except StreamReplicaError as exc:
+        print(f"stream-replica: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

@@ -11,11 +11,12 @@ itself, where the cause arrives as an exception.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import ssl
 from functools import cache
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -24,6 +25,8 @@ from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSas
 from aiokafka.helpers import create_ssl_context
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stream_replica.errors import KafkaAccessError, KafkaUnavailableError, StreamReplicaError
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -56,10 +59,6 @@ _CLIENTS: Final = {
     "producer": AIOKafkaProducer,
     "admin": AIOKafkaAdminClient,
 }
-
-
-class ConnectionError_(Exception):
-    """A connection problem an operator must fix; the message is one line saying which."""
 
 
 @cache
@@ -248,7 +247,7 @@ def _hosts(bootstrap_servers: str) -> list[tuple[str, int]]:
 
 
 async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> None:
-    """Open one connection to a bootstrap server. Raises :class:`ConnectionError_` for what
+    """Open one connection to a bootstrap server. Raises :class:`KafkaAccessError` for what
     retrying cannot fix (credentials, certificates); other errors propagate unchanged (the
     caller retries those with backoff)."""
     last: BaseException | None = None
@@ -270,18 +269,18 @@ async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> No
                 timeout_s,
             )
         except (SaslAuthenticationFailed, UnsupportedSaslMechanismError) as exc:
-            raise ConnectionError_(
+            raise KafkaAccessError(
                 f"SASL authentication failed at {host}:{port} for user "
                 f"{settings.sasl_username!r} ({settings.sasl_mechanism}): check the user name "
                 f"and password ({_reason(exc)})"
             ) from None
         except ssl.SSLCertVerificationError as exc:
-            raise ConnectionError_(
+            raise KafkaAccessError(
                 f"TLS: the certificate of {host}:{port} is not trusted "
                 f"({exc.verify_message}); check --ssl-cafile and the broker's host name"
             ) from None
         except ssl.SSLError as exc:
-            raise ConnectionError_(
+            raise KafkaAccessError(
                 f"TLS handshake with {host}:{port} failed ({exc.reason or exc}); check "
                 "--security-protocol, the client certificate and key"
             ) from None
@@ -297,3 +296,39 @@ async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> No
 def _reason(exc: BaseException) -> str:
     text = str(exc)
     return text.split(": ", 1)[-1] if text else type(exc).__name__
+
+
+async def explain_failure(settings: ConnectionSettings, exc: BaseException) -> StreamReplicaError:
+    """Why a client could not start, as one line: credentials and certificates (learned from
+    a pre-flight connection, since aiokafka only logs those), else the address."""
+    try:
+        await preflight(settings)
+    except KafkaAccessError as access:
+        return access
+    except Exception:
+        pass
+    detail = str(exc)
+    if "Unable to bootstrap" in detail or not detail:
+        detail = "connection refused or timed out"
+    return KafkaUnavailableError(
+        f"no Kafka broker answered at {settings.bootstrap_servers} over "
+        f"{settings.security_protocol} ({detail}); check --bootstrap-servers, "
+        "--security-protocol and that the brokers are up"
+    )
+
+
+class Startable(Protocol):
+    async def start(self) -> None: ...
+
+
+async def start_client(settings: ConnectionSettings, client: Startable) -> None:
+    """Start an aiokafka client; if that fails, stop it (no leaked connections or "Unclosed"
+    warnings) and raise one clear :class:`StreamReplicaError`."""
+    try:
+        await client.start()
+    except (KafkaError, OSError) as exc:
+        stop = getattr(client, "stop", None) or getattr(client, "close", None)
+        if stop is not None:
+            with contextlib.suppress(Exception):
+                await stop()
+        raise await explain_failure(settings, exc) from None

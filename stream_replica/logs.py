@@ -36,8 +36,18 @@ def configure(level: str, log_format: LogFormat = "human") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # aiokafka is chatty at INFO about every rebalance step; its warnings still show.
+    # aiokafka is chatty at INFO about every rebalance step; its warnings still show, except
+    # connection failures, which stream-replica reports itself as one line with what to check.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    handler.addFilter(_ConnectNoise())
+
+
+class _ConnectNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name.startswith("aiokafka")
+            and str(record.msg).startswith(("Unable connect to", "Unable to request metadata"))
+        )
 
 
 class RateLimitedLog:

@@ -9,14 +9,16 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from stream_replica.connection import ConnectionSettings, start_client
 from stream_replica.contract import Entry, EntryType, GrainId, encode_key, encode_value
+from stream_replica.errors import StreamReplicaError
 
 
 def now_millis() -> int:
     return time.time_ns() // 1_000_000
 
 
-class PublishError(ValueError):
+class PublishError(ValueError, StreamReplicaError):
     """A snapshot the publisher refuses to put on the compacted topic."""
 
 
@@ -35,26 +37,31 @@ class Publisher:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        cluster: str | ConnectionSettings,
         topic: str,
         source_cluster: str = "primary",
         **producer_options: Any,
     ) -> None:
+        """``cluster``: bootstrap servers (security settings from the environment) or a full
+        :class:`ConnectionSettings`."""
         self.topic = topic
         self.source_cluster = source_cluster
-        options: dict[str, Any] = {"linger_ms": 5, "max_batch_size": 256 * 1024}
-        options.update(producer_options)
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            **options,
+        self._connection = (
+            cluster
+            if isinstance(cluster, ConnectionSettings)
+            else ConnectionSettings(bootstrap_servers=cluster)
         )
+        options: dict[str, Any] = {"linger_ms": 5, "max_batch_size": 256 * 1024}
+        options.update(self._connection.options("producer"))
+        options.update(producer_options)
+        self._producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **options)
         self._last_sequence: dict[GrainId, int] = {}
         self._pending: list[asyncio.Future[Any]] = []
 
     async def start(self) -> None:
-        await self._producer.start()
+        """Raises :class:`~stream_replica.errors.StreamReplicaError` (one line) when the
+        cluster cannot be reached or refuses the credentials; nothing is left open then."""
+        await start_client(self._connection, self._producer)
 
     async def stop(self) -> None:
         try:

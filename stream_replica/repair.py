@@ -25,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from stream_replica.connection import ConnectionSettings, start_client
 from stream_replica.contract import Entry, EntryType, GrainId, encode_key, encode_value
 from stream_replica.fold import GrainState
 from stream_replica.store import ReplicaStore
@@ -65,25 +66,33 @@ def repair_record(
 class ShadowRepairer:
     """Publishes repairs with an idempotent producer (acks=all) to the replicated topic."""
 
-    def __init__(self, topic: str, group: str, producer: AIOKafkaProducer) -> None:
+    def __init__(
+        self,
+        topic: str,
+        group: str,
+        producer: AIOKafkaProducer,
+        connection: ConnectionSettings | None = None,
+    ) -> None:
         self.topic = topic
         self.group = group
         self._producer = producer
+        self._connection = connection
         # grain → the shadowing offset a repair was acknowledged for (not sent twice)
         self._acknowledged: dict[GrainId, int] = {}
         self.repairs = 0
 
     @classmethod
-    def create(
-        cls, bootstrap_servers: str, topic: str, group: str, **options: Any
-    ) -> ShadowRepairer:
+    def create(cls, settings: ConnectionSettings, topic: str, group: str) -> ShadowRepairer:
         producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True, **options
+            **settings.options("producer"), acks="all", enable_idempotence=True
         )
-        return cls(topic, group, producer)
+        return cls(topic, group, producer, settings)
 
     async def start(self) -> None:
-        await self._producer.start()
+        if self._connection is not None:
+            await start_client(self._connection, self._producer)
+        else:
+            await self._producer.start()
 
     async def stop(self) -> None:
         await self._producer.stop()

@@ -10,6 +10,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_replica.admin import AdminError, describe_topic, group_members, offsets_reader
+from stream_replica.connection import start_client
+from stream_replica.errors import StreamReplicaError
 from stream_replica.settings import ReplaySettings
 from stream_replica.store import Checkpoint, ReplicaStore
 from stream_replica.worker import now_ms
@@ -17,7 +19,7 @@ from stream_replica.worker import now_ms
 log = logging.getLogger("stream_replica.replay")
 
 
-class ReplayError(Exception):
+class ReplayError(StreamReplicaError):
     pass
 
 
@@ -43,10 +45,10 @@ async def replay(
 ) -> dict[str, Any]:
     if sum((from_beginning, from_timestamp is not None, offsets is not None)) != 1:
         raise ReplayError("give exactly one of --from-beginning, --from-timestamp, --offsets")
-    info = await describe_topic(settings.bootstrap_servers, settings.topic)
+    info = await describe_topic(settings, settings.topic)
     if info is None:
         raise AdminError(f"topic {settings.topic!r} does not exist")
-    members = await group_members(settings.bootstrap_servers, settings.group)
+    members = await group_members(settings, settings.group)
     if members:
         raise ReplayError(
             f"group {settings.group!r} has {len(members)} live member(s); stop its workers "
@@ -59,7 +61,7 @@ async def replay(
         raise ReplayError(f"topic {settings.topic!r} has no partition(s) {unknown}")
     tps = [TopicPartition(settings.topic, p) for p in partitions]
 
-    async with offsets_reader(settings.bootstrap_servers) as reader:
+    async with offsets_reader(settings) as reader:
         beginnings = {tp.partition: o for tp, o in (await reader.beginning_offsets(tps)).items()}
         ends = {tp.partition: o for tp, o in (await reader.end_offsets(tps)).items()}
         if from_beginning:
@@ -114,11 +116,9 @@ async def replay(
         )
 
     committer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=settings.group,
-        enable_auto_commit=False,
+        **settings.options("consumer"), group_id=settings.group, enable_auto_commit=False
     )
-    await committer.start()
+    await start_client(settings, committer)
     try:
         committer.assign(tps)
         await committer.commit({TopicPartition(settings.topic, p): o for p, o in targets.items()})

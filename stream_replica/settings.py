@@ -5,28 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stream_replica.connection import ConnectionSettings
 
 DEFAULT_TOPIC = "grain-replication"
 
 
-class KafkaSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="STREAM_REPLICA_",
-        extra="ignore",
-        populate_by_name=True,
-        validate_default=True,
-    )
+class KafkaSettings(ConnectionSettings):
+    """A command that talks to the cluster about the replicated topic."""
 
-    bootstrap_servers: str = Field(
-        default="127.0.0.1:9092",
-        min_length=1,
-        validation_alias=AliasChoices(
-            "bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "STREAM_REPLICA_BOOTSTRAP_SERVERS"
-        ),
-    )
-    topic: str = Field(default=DEFAULT_TOPIC, min_length=1)
+    topic: str = Field(default=DEFAULT_TOPIC, min_length=1, description="the replicated topic")
 
 
 class TopicSettings(KafkaSettings):
@@ -64,16 +54,5 @@ class ReplaySettings(KafkaSettings):
     db: Path
 
 
-class AuditSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="STREAM_REPLICA_", extra="ignore", populate_by_name=True
-    )
-
-    bootstrap_servers: str = Field(
-        default="127.0.0.1:9092",
-        min_length=1,
-        validation_alias=AliasChoices(
-            "bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "STREAM_REPLICA_BOOTSTRAP_SERVERS"
-        ),
-    )
+class AuditSettings(ConnectionSettings):
     db: Path

@@ -166,9 +166,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 enable_idempotence=True,
             )
         if self.settings.repair_shadowed:
-            self._repairer = ShadowRepairer.create(
-                self.settings.bootstrap_servers, self.topic, self.settings.group
-            )
+            self._repairer = ShadowRepairer.create(self.settings, self.topic, self.settings.group)
         try:
             await self._consumer.start()
             if self._dlq is not None:
