@@ -1,0 +1,56 @@
+"""Where a grain lives and who serves it (pure; no I/O): the producer's partitioner, the
+group's ownership map as every worker learns it from the assignor, and the order in which a
+reader tries the replicas of a partition."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from aiokafka.partitioner import murmur2
+
+from stream_replica.contract import GrainId, encode_key
+
+
+def partition_for(grain: GrainId, partitions: int) -> int:
+    """The partition the Java client and aiokafka's default partitioner pick for the grain's
+    key (murmur2 of the key bytes, positive, modulo the partition count)."""
+    return int(murmur2(encode_key(*grain)) & 0x7FFFFFFF) % partitions
+
+
+@dataclass(frozen=True)
+class ReplicaRef:
+    """One replica of a partition: the member's name (instance id or member id), its
+    advertised HTTP endpoint (None: it serves no HTTP) and its role."""
+
+    name: str
+    endpoint: str | None
+    role: str  # "active" or "standby"
+
+
+@dataclass(frozen=True)
+class OwnershipMap:
+    """partition → replicas, the active one first. ``epoch`` grows with every assignment."""
+
+    epoch: int = -1
+    replicas: Mapping[int, Sequence[ReplicaRef]] = field(default_factory=dict)
+
+    def endpoints(self, partition: int, allow_standby: bool) -> list[ReplicaRef]:
+        """Replicas to try for a read, in order: the active owner, then (when the caller
+        accepts a possibly staler answer) the standbys; only those with an endpoint."""
+        found = [r for r in self.replicas.get(partition, ()) if r.endpoint]
+        return [r for r in found if r.role == "active" or allow_standby]
+
+
+def encode_cursor(grain_key: str) -> str:
+    """An opaque, URL-safe cursor for paged scans: the last key returned."""
+    return base64.urlsafe_b64encode(grain_key.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    padded = cursor + "=" * (-len(cursor) % 4)
+    try:
+        return base64.b64decode(padded.encode(), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"cursor {cursor!r} is not one this API returned") from None
