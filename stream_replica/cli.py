@@ -173,6 +173,10 @@ async def cmd_run(args: argparse.Namespace) -> int:
             "dlq_topic",
             "allow_non_compacted",
             "repair_shadowed",
+            "instance_id",
+            "session_timeout_ms",
+            "standby_replicas",
+            "lost_partition_grace_ms",
         ),
     )
     stop = asyncio.Event()
@@ -370,6 +374,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="re-publish a grain's state when a refused or stale record shadows it, so "
         "compaction keeps it (env STREAM_REPLICA_REPAIR_SHADOWED)",
+    )
+    run.add_argument(
+        "--instance-id",
+        help="static group membership (group.instance.id): a worker restarted within the "
+        "session timeout gets its partitions back with no rebalance; unique per worker, "
+        "stable across restarts (env STREAM_REPLICA_INSTANCE_ID)",
+    )
+    run.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        help="how long the group waits for a silent worker (default 45000 with --instance-id, "
+        "else 10000)",
+    )
+    run.add_argument(
+        "--standby-replicas",
+        type=int,
+        help="warm copies of each partition kept by other workers (default 0; the group "
+        "leader's value applies)",
+    )
+    run.add_argument(
+        "--lost-partition-grace-ms",
+        type=int,
+        help="drop the data of partitions not served here for this long (default 3600000)",
     )
     run.set_defaults(handler=cmd_run)
 
