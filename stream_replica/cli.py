@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -32,7 +32,7 @@ from stream_replica.settings import (
     TopicSettings,
     WorkerSettings,
 )
-from stream_replica.store import ReplicaReader, ReplicaStore, StoreError
+from stream_replica.store import ReplicaReader, ReplicaStore, Served, StoreError
 
 log = logging.getLogger("stream_replica")
 S = TypeVar("S", bound=BaseSettings)
@@ -45,7 +45,18 @@ class UsageError(Exception):
 # --- output helpers ---------------------------------------------------------------------------
 
 
-def grain_json(grain: GrainId, state: GrainState) -> dict[str, Any]:
+def served_json(served: Served | None) -> dict[str, Any] | None:
+    """Whether the worker serves the grain's partition here (None: not served), and whether
+    that copy was caught up with the log when the worker last reported (lag 0)."""
+    if served is None or not served.serving:
+        return None
+    return {"role": served.role, "lag": served.lag, "caught_up": served.caught_up}
+
+
+def grain_json(
+    grain: GrainId, state: GrainState, served: Mapping[int, Served] | None = None
+) -> dict[str, Any]:
+    extra = {} if served is None else {"served": served_json(served.get(state.partition))}
     return {
         "grain_type": grain[0],
         "grain_key": grain[1],
@@ -56,6 +67,7 @@ def grain_json(grain: GrainId, state: GrainState) -> dict[str, Any]:
         "partition": state.partition,
         "offset": state.offset,
         **({"shadowed_by_offset": state.shadowed_by} if state.shadowed else {}),
+        **extra,
     }
 
 
@@ -226,21 +238,25 @@ def cmd_get(args: argparse.Namespace) -> int:
     s = settings_from(StoreSettings, args, ("db",))
     with ReplicaReader(s.db) as reader:
         state = reader.get((args.grain_type, args.grain_key))
+        served = reader.served()
     if state is None:
         print(
             f"stream-replica: grain {args.grain_type}/{args.grain_key} not in {s.db}",
             file=sys.stderr,
         )
         return 1
-    emit(grain_json((args.grain_type, args.grain_key), state))
+    emit(grain_json((args.grain_type, args.grain_key), state, served))
     return 0
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
     s = settings_from(StoreSettings, args, ("db",))
     with ReplicaReader(s.db) as reader:
+        served = reader.served()
         for grain, state in reader.grains():
-            emit(grain_json(grain, state))
+            if args.served_only and served_json(served.get(state.partition)) is None:
+                continue
+            emit(grain_json(grain, state, served))
     return 0
 
 
@@ -248,10 +264,12 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     s = settings_from(StoreSettings, args, ("db",))
     with ReplicaReader(s.db) as reader:
         checkpoints = reader.checkpoints()
+        served = reader.served()
         emit(
             {
                 "topic": reader.topic,
                 "partitions": {str(p): c.next_offset for p, c in sorted(checkpoints.items())},
+                "served": {str(p): served_json(served.get(p)) for p in sorted(checkpoints)},
             }
         )
     return 0
@@ -421,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "get":
             sub.add_argument("grain_type")
             sub.add_argument("grain_key")
+        if name == "dump":
+            sub.add_argument(
+                "--served-only",
+                action="store_true",
+                help="only grains of partitions this worker serves (active or standby)",
+            )
         sub.set_defaults(handler=handler)
 
     replay_parser = commands.add_parser(

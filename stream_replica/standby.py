@@ -20,7 +20,7 @@ import logging
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError, OffsetOutOfRangeError
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from stream_replica.fold import FoldCounts
 from stream_replica.offsets import advance, resume_from
@@ -150,6 +150,10 @@ class StandbyFollower:
                 )
             except OffsetOutOfRangeError as exc:
                 await self._rebuild_out_of_range(consumer, exc)
+                continue
+            except NoOffsetForPartitionError:
+                # Fetched while follow() was between assigning and seeking a new partition.
+                await asyncio.sleep(0.05)
                 continue
             except KafkaError as exc:
                 log.warning("standby fetch failed (%s); retrying", exc)

@@ -363,6 +363,13 @@ async def test_reader_cli_while_worker_runs(
     oracle = await read_oracle(kafka_bootstrap, topic, 2)
     worker = InProcessWorker(kafka_bootstrap, topic, unique("g"), tmp_path / "db").start()
     await wait_until(lambda: worker.caught_up(oracle.end_offsets()), 60, what="catch-up")
+
+    def reported_caught_up() -> bool:
+        with ReplicaReader(tmp_path / "db") as reader:
+            return all(s.caught_up for s in reader.served().values()) and len(reader.served()) == 2
+
+    await wait_until(reported_caught_up, 30, what="the worker to report its partitions caught up")
+    fresh = {"role": "active", "lag": 0, "caught_up": True}
     try:
         got = cli("get", "--db", str(tmp_path / "db"), "cart", "c/1")
         assert got.returncode == 0, got.stderr
@@ -377,6 +384,7 @@ async def test_reader_cli_while_worker_runs(
             "payload": "aGVsbG8=",
             "partition": state.partition,
             "offset": state.offset,
+            "served": fresh,
         }
         absent = cli("get", "--db", str(tmp_path / "db"), "cart", "nope")
         assert absent.returncode == 1 and "not in" in absent.stderr
@@ -387,9 +395,15 @@ async def test_reader_cli_while_worker_runs(
         assert checkpoints == {
             "topic": topic,
             "partitions": {str(p): e for p, e in oracle.end_offsets().items() if e},
+            "served": {str(p): fresh for p, e in oracle.end_offsets().items() if e},
         }
     finally:
         await worker.stop()
+    # Stopped: the copy is still readable, and says nobody keeps it current.
+    stale = json.loads(cli("get", "--db", str(tmp_path / "db"), "cart", "c/1").stdout)
+    assert stale["served"] is None and stale["payload"] == "aGVsbG8="
+    assert cli("dump", "--db", str(tmp_path / "db"), "--served-only").stdout == ""
+    assert len(cli("dump", "--db", str(tmp_path / "db")).stdout.splitlines()) == 2
 
 
 async def test_sigterm_finishes_commits_and_leaves_group(
