@@ -180,10 +180,10 @@ class Ownership:
     def served(self) -> Mapping[int, Served]:
         return self._served
 
-    def expired(self, holding: Iterable[int]) -> list[int]:
+    def expired(self, holding: Iterable[int], now: int | None = None) -> list[int]:
         """Partitions whose data may be dropped: held in the store (``holding``), not
         served for longer than the grace period."""
-        now = now_ms()
+        now = now_ms() if now is None else now
         held = set(holding)
         return sorted(
             p

@@ -267,6 +267,13 @@ class _StoreView:
             result[partition] = Served(role, lag, since_ms, updated_ms)
         return result
 
+    def served_for(self, state: GrainState) -> Served | None:
+        """Whether the grain's partition is served here (None: it never was)."""
+        raw = self._db.get(_served_key(state.partition))
+        if raw is None:
+            return None
+        return Served(*msgpack.unpackb(raw))
+
     def last_assignment(self) -> LastAssignment:
         raw = self._db.get(_ASSIGNMENT_KEY)
         if raw is None:
