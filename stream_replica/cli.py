@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -26,6 +27,7 @@ from stream_replica import admin
 from stream_replica.contract import ContractError, EntryType, GrainId
 from stream_replica.fold import GrainState
 from stream_replica.settings import (
+    CONTAINER_NAME,
     PublishSettings,
     ReplaySettings,
     StoreSettings,
@@ -191,6 +193,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
             "lost_partition_grace_ms",
         ),
     )
+    if s.instance_id == CONTAINER_NAME:
+        s = s.model_copy(update={"instance_id": container_name()})
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck worker.
@@ -212,6 +216,30 @@ async def cmd_run(args: argparse.Namespace) -> int:
         print(f"stream-replica: {fatal}", file=sys.stderr)
         return 1
     return 0
+
+
+def container_name() -> str:
+    """This container's name, e.g. ``stream-replica-worker-2``: Docker's embedded DNS answers
+    a reverse lookup of the container's address with ``<name>.<network>``. Stable while the
+    replica slot exists (``docker compose up`` recreates worker-2 as worker-2, keeping its
+    anonymous volume), unlike the hostname, which is the container id."""
+    host = socket.gethostname()
+    try:
+        addresses = sorted({info[4][0] for info in socket.getaddrinfo(host, None, socket.AF_INET)})
+    except OSError:
+        addresses = []
+    for address in addresses:
+        try:
+            name = socket.gethostbyaddr(str(address))[0]
+        except OSError:
+            continue
+        label = name.split(".", 1)[0]
+        if label and label != host and not label.startswith("localhost"):
+            return label
+    raise UsageError(
+        f"--instance-id {CONTAINER_NAME}: no container name found by a reverse DNS lookup of "
+        f"{host} ({', '.join(map(str, addresses)) or 'no address'}); set the instance id explicitly"
+    )
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
@@ -397,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--instance-id",
         help="static group membership (group.instance.id): a worker restarted within the "
         "session timeout gets its partitions back with no rebalance; unique per worker, "
-        "stable across restarts (env STREAM_REPLICA_INSTANCE_ID)",
+        f"stable across restarts; {CONTAINER_NAME}: the container's name "
+        "(env STREAM_REPLICA_INSTANCE_ID)",
     )
     run.add_argument(
         "--session-timeout-ms",

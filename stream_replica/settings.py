@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_TOPIC = "grain-replication"
 STATIC_SESSION_TIMEOUT_MS = 45_000  # Kafka's consumer default
 DYNAMIC_SESSION_TIMEOUT_MS = 10_000
+CONTAINER_NAME = "@container"
 
 
 class KafkaSettings(BaseSettings):
@@ -62,9 +63,10 @@ class WorkerSettings(KafkaSettings):
     session_timeout_ms: int | None = Field(default=None, ge=6_000, le=1_800_000)
     # Re-publish shadowed grain states so compaction converges to the replica (repair.py).
     repair_shadowed: bool = False
-    # Kafka's group.instance.id (static membership); legal topic-name characters only.
+    # Kafka's group.instance.id (static membership); legal topic-name characters only, or
+    # CONTAINER_NAME: the cli resolves it to the container's name (docker-compose --scale).
     instance_id: str | None = Field(
-        default=None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$"
+        default=None, min_length=1, max_length=249, pattern=r"^(@container|[A-Za-z0-9._-]+)$"
     )
     standby_replicas: int = Field(default=0, ge=0, le=10)
     # Data of partitions not served here (neither active nor standby) for this long is dropped.

@@ -144,3 +144,20 @@ def test_fenced_error_is_recognised() -> None:
 def test_session_timeout_defaults(tmp_path: Path, given: dict[str, object], expected: int) -> None:
     settings = WorkerSettings(db=tmp_path, **given)  # type: ignore[arg-type]
     assert settings.effective_session_timeout_ms == expected
+
+
+def test_container_name_from_reverse_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from stream_replica import cli
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "3f2a9c1b7d0e")
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda host, port, family: [(family, 1, 6, "", ("172.18.0.5", 0))]
+    )
+    names = {"172.18.0.5": "stream-replica-worker-2.stream-replica_default"}
+    monkeypatch.setattr(socket, "gethostbyaddr", lambda ip: (names[ip], [], [ip]))
+    assert cli.container_name() == "stream-replica-worker-2"
+    names["172.18.0.5"] = "3f2a9c1b7d0e"  # no container DNS: only the hostname comes back
+    with pytest.raises(cli.UsageError, match="set the instance id explicitly"):
+        cli.container_name()
