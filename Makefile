@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 KAFKA   := dev/kafka/kafka.sh
 PYTEST_ARGS ?=
 
-.PHONY: all venv broker broker-stop demo test lint chaos chaos-small fuzz bench clean
+.PHONY: all venv broker broker-stop demo test lint chaos chaos-small fuzz bench rolling clean
 
 all: test
 
@@ -36,6 +36,7 @@ lint: venv
 	$(VENV)/bin/mypy stream_replica
 
 ## Faults under load on a dedicated broker (port 19092); knobs: CHAOS_ARGS="--records 200000 ..."
+## (CHAOS_ARGS="--static": workers with instance ids and one standby replica)
 chaos: venv
 	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
@@ -54,6 +55,11 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 bench: $(VENV)/.bench-installed broker
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)
 
+## Deploy and crash costs: partitions moved / records re-read per rolling restart, failover
+## seconds with and without standbys; knobs: ROLLING_ARGS="--records N --legacy ..."
+rolling: venv broker
+	$(PY) -m benchmarks.rolling $(ROLLING_ARGS)
+
 clean:
 	-$(KAFKA) clean
-	rm -rf .demo .chaos .bench
+	rm -rf .demo .chaos .bench .rolling

@@ -50,6 +50,7 @@ class Stats:
     bounces: int = 0
     commit_samples: int = 0
     commit_ahead: list[str] = field(default_factory=list)
+    commit_regressions: list[str] = field(default_factory=list)
     unexpected_exits: list[str] = field(default_factory=list)
 
 
@@ -196,7 +197,8 @@ async def faults(
 async def sample_commits(
     broker: Broker, group: str, topic: str, stores: list[Worker], stats: Stats, stop: asyncio.Event
 ) -> None:
-    """Committed offsets must never be ahead of what some store has written."""
+    """Committed offsets must never be ahead of what some store has written, nor go back."""
+    highest: dict[int, int] = {}
     while not stop.is_set():
         try:
             committed = await admin.committed_offsets(broker.bootstrap, group, topic)
@@ -207,6 +209,9 @@ async def sample_commits(
             for partition, offset in worker.checkpoints().items():
                 written[partition] = max(written.get(partition, 0), offset)
         for partition, offset in committed.items():
+            if offset < highest.get(partition, -1):
+                stats.commit_regressions.append(f"p{partition}: {highest[partition]} -> {offset}")
+            highest[partition] = max(offset, highest.get(partition, -1))
             if offset > written.get(partition, 0):
                 stats.commit_ahead.append(
                     f"p{partition}: committed {offset} > written {written.get(partition, 0)}"
@@ -314,6 +319,10 @@ async def run(args: argparse.Namespace) -> int:
             Worker(f"worker-{i}", broker, topic, dlq, group, root) for i in range(args.workers)
         ]
         extra = Worker("worker-extra", broker, topic, dlq, group, root)
+        if args.static:  # stable ownership: instance ids and warm standbys
+            for worker in [*workers, extra]:
+                worker.args += ["--instance-id", worker.name, "--standby-replicas", "1"]
+                worker.args += ["--session-timeout-ms", str(args.session_timeout_ms)]
         for worker in workers:
             worker.start()
         producing_done, sampling_done = asyncio.Event(), asyncio.Event()
@@ -397,6 +406,7 @@ async def run(args: argparse.Namespace) -> int:
         if deltas_applied:
             mismatches.append(f"{deltas_applied} grains hold a Delta's state")
         mismatches.extend(f"commit ahead of store: {c}" for c in stats.commit_ahead[:5])
+        mismatches.extend(f"committed offset went back: {c}" for c in stats.commit_regressions[:5])
         mismatches.extend(stats.unexpected_exits[:5])
         bad_exits = {w.name: w.exit_codes for w in [*workers, extra] if any(w.exit_codes)}
         if bad_exits:
@@ -424,6 +434,8 @@ async def run(args: argparse.Namespace) -> int:
                 "commit-vs-store samples (ahead)",
                 f"{stats.commit_samples} ({len(stats.commit_ahead)})",
             ),
+            ("committed offsets gone back", len(stats.commit_regressions)),
+            ("instance ids + 1 standby", "yes" if args.static else "no"),
             ("Deltas applied", deltas_applied),
             ("duration s", f"{time.monotonic() - started:.0f}"),
             ("mismatches", len(mismatches)),
@@ -458,6 +470,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=19092)
     parser.add_argument("--workdir", default=".chaos")
     parser.add_argument("--keep-broker", action="store_true")
+    parser.add_argument(
+        "--static", action="store_true", help="workers with --instance-id and --standby-replicas 1"
+    )
+    parser.add_argument(
+        "--session-timeout-ms", type=int, default=10_000, help="with --static (default 10000)"
+    )
     args = parser.parse_args(argv)
     if args.small:
         args.grains, args.records, args.rate = 500, 15_000, 300.0
