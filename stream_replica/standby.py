@@ -66,9 +66,9 @@ class StandbyFollower:
     async def follow(self, partitions: frozenset[int]) -> None:
         """Follow exactly ``partitions`` from now on, each from the store's checkpoint (or
         rebuilt, by the same rules as the active path). Call with the batch lock held."""
-        self._epoch += 1
         if partitions == self._partitions:
-            return
+            return  # positions stand; an in-flight fetch stays valid
+        self._epoch += 1
         dropped = self._partitions - partitions
         self._partitions = partitions
         for partition in dropped:
@@ -163,6 +163,10 @@ class StandbyFollower:
                 async with self.lock:
                     if epoch == self._epoch:
                         self._apply(consumer, batch)
+                    else:
+                        # Fetched before follow() or a rebuild moved positions: the consumer
+                        # has moved past this batch, so go back to what the store holds.
+                        self._reseek(consumer)
 
     def _apply(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
         polled = decode_batch(
@@ -186,6 +190,11 @@ class StandbyFollower:
             raise StandbyError(f"standby: {exc}") from None
         self.counts.add(result.counts)
         self._positions.update(result.next_offsets)
+
+    def _reseek(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            if tp.topic == self.topic and tp.partition in self._positions:
+                consumer.seek(tp, self._positions[tp.partition])
 
     def _highwater(self, consumer: AIOKafkaConsumer, partition: int) -> int | None:
         mark: int | None = consumer.highwater(TopicPartition(self.topic, partition))
