@@ -263,10 +263,10 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         while not self.stop.is_set():
             epoch = self._seek_epoch
             try:
-                batch = await consumer.getmany(
-                    timeout_ms=self.settings.poll_timeout_ms,
-                    max_records=self.settings.max_records,
-                )
+                fetched = await self._fetch(consumer)
+                if fetched is None:
+                    break  # stopped while aiokafka waited for a rebalance
+                batch = fetched
             except OffsetOutOfRangeError as exc:
                 await self._handle_out_of_range(consumer, exc)
                 continue
@@ -295,6 +295,28 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             self._periodic()
             if self._repairer is not None:
                 await self._sweep_repairs(consumer, self._repairer)
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]] | None:
+        """One getmany, or None when the worker is stopped meanwhile. aiokafka's getmany waits
+        without a timeout while a rebalance is under way, which can last the rebalance timeout
+        (or more, on a broker that is starting): a SIGTERM must not wait for it."""
+        fetch = asyncio.ensure_future(
+            consumer.getmany(
+                timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_records
+            )
+        )
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not fetch.done():
+                fetch.cancel()
+                await asyncio.wait({fetch})
+        if fetch.cancelled():
+            return None
+        result: dict[TopicPartition, list[Any]] = fetch.result()
+        return result
 
     async def _sweep_repairs(self, consumer: AIOKafkaConsumer, repairer: ShadowRepairer) -> None:
         """Now and then, repair shadowed grains of caught-up partitions (also those whose
