@@ -286,9 +286,10 @@ async def failover(
     group = f"failover-{uuid.uuid4().hex[:8]}"
     root = root / f"failover-{standbys}"
     root.mkdir()
+    count = args.failover_workers or args.workers
     workers = [
         Worker(f"w{i}", args.bootstrap, topic, group, root, *worker_flags(args, f"w{i}", standbys))
-        for i in range(args.workers)
+        for i in range(count)
     ]
     for worker in workers:
         worker.start()
@@ -296,7 +297,7 @@ async def failover(
         await wait_for(
             lambda: settled(args.bootstrap, group, topic, workers, ends), 300, "catch-up"
         )
-        wanted = 1 + min(standbys, args.workers - 1)  # stores that must hold each partition
+        wanted = 1 + min(standbys, count - 1)  # stores that must hold each partition
 
         def copies_caught_up() -> bool:
             held = [w.checkpoints() for w in workers]
@@ -359,6 +360,7 @@ async def run(args: argparse.Namespace) -> int:
     rows = [
         ("mode", mode),
         ("records / partitions / workers", f"{args.records} / {args.partitions} / {args.workers}"),
+        ("failover workers", args.failover_workers or args.workers),
         ("rolling restart: partitions moved", roll.moved),
         ("rolling restart: partitions rebuilt", roll.rebuilt),
         ("rolling restart: records re-read", roll.reread),
@@ -388,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=60_000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument(
+        "--failover-workers", type=int, default=0, help="workers in the failover runs (--workers)"
+    )
     parser.add_argument("--gap", type=float, default=3.0, help="seconds a worker stays down")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds after each rejoin")
     parser.add_argument("--session-timeout-ms", type=int, default=10_000)
