@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 KAFKA   := dev/kafka/kafka.sh
 PYTEST_ARGS ?=
 
-.PHONY: all venv broker broker-stop demo test lint chaos chaos-small chaos-cluster fuzz bench bench-audit clean
+.PHONY: all venv broker broker-stop demo test lint chaos chaos-small chaos-cluster fuzz bench bench-audit rolling clean
 
 all: test
 
@@ -38,6 +38,7 @@ lint: venv
 ## Faults under load on a dedicated broker (port 19092); knobs: CHAOS_ARGS="--records 200000 ..."
 ## CHAOS_ARGS="--cluster ..." runs it on a 3-broker cluster (ports 41092/42092/43092) with
 ## leader kill -9, controlled shutdown and two brokers down.
+## (CHAOS_ARGS="--static": workers with instance ids and one standby replica)
 chaos: venv
 	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
@@ -63,7 +64,12 @@ bench: $(VENV)/.bench-installed broker
 bench-audit: venv broker
 	$(PY) -m benchmarks.audit_bench $(AUDIT_ARGS)
 
+## Deploy and crash costs: partitions moved / records re-read per rolling restart, failover
+## seconds with and without standbys; knobs: ROLLING_ARGS="--records N --legacy ..."
+rolling: venv broker
+	$(PY) -m benchmarks.rolling $(ROLLING_ARGS)
+
 clean:
 	-$(KAFKA) clean
 	-$(KAFKA) cluster clean
-	rm -rf .demo .chaos .bench
+	rm -rf .demo .chaos .bench .rolling

@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -27,13 +28,14 @@ from stream_replica.contract import ContractError, EntryType, GrainId
 from stream_replica.errors import StreamReplicaError
 from stream_replica.fold import GrainState
 from stream_replica.settings import (
+    CONTAINER_NAME,
     PublishSettings,
     ReplaySettings,
     StoreSettings,
     TopicSettings,
     WorkerSettings,
 )
-from stream_replica.store import ReplicaReader, ReplicaStore, StoreError
+from stream_replica.store import ReplicaReader, ReplicaStore, Served, StoreError
 
 log = logging.getLogger("stream_replica")
 S = TypeVar("S", bound=BaseSettings)
@@ -46,7 +48,18 @@ class UsageError(Exception):
 # --- output helpers ---------------------------------------------------------------------------
 
 
-def grain_json(grain: GrainId, state: GrainState) -> dict[str, Any]:
+def served_json(served: Served | None) -> dict[str, Any] | None:
+    """Whether the worker serves the grain's partition here (None: not served), and whether
+    that copy was caught up with the log when the worker last reported (lag 0)."""
+    if served is None or not served.serving:
+        return None
+    return {"role": served.role, "lag": served.lag, "caught_up": served.caught_up}
+
+
+def grain_json(
+    grain: GrainId, state: GrainState, served: Mapping[int, Served] | None = None
+) -> dict[str, Any]:
+    extra = {} if served is None else {"served": served_json(served.get(state.partition))}
     return {
         "grain_type": grain[0],
         "grain_key": grain[1],
@@ -57,6 +70,7 @@ def grain_json(grain: GrainId, state: GrainState) -> dict[str, Any]:
         "partition": state.partition,
         "offset": state.offset,
         **({"shadowed_by_offset": state.shadowed_by} if state.shadowed else {}),
+        **extra,
     }
 
 
@@ -174,8 +188,14 @@ async def cmd_run(args: argparse.Namespace) -> int:
             "dlq_topic",
             "allow_non_compacted",
             "repair_shadowed",
+            "instance_id",
+            "session_timeout_ms",
+            "standby_replicas",
+            "lost_partition_grace_ms",
         ),
     )
+    if s.instance_id == CONTAINER_NAME:
+        s = s.model_copy(update={"instance_id": container_name()})
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck worker.
@@ -197,6 +217,30 @@ async def cmd_run(args: argparse.Namespace) -> int:
         print(f"stream-replica: {fatal}", file=sys.stderr)
         return 1
     return 0
+
+
+def container_name() -> str:
+    """This container's name, e.g. ``stream-replica-worker-2``: Docker's embedded DNS answers
+    a reverse lookup of the container's address with ``<name>.<network>``. Stable while the
+    replica slot exists (``docker compose up`` recreates worker-2 as worker-2, keeping its
+    anonymous volume), unlike the hostname, which is the container id."""
+    host = socket.gethostname()
+    try:
+        addresses = sorted({info[4][0] for info in socket.getaddrinfo(host, None, socket.AF_INET)})
+    except OSError:
+        addresses = []
+    for address in addresses:
+        try:
+            name = socket.gethostbyaddr(str(address))[0]
+        except OSError:
+            continue
+        label = name.split(".", 1)[0]
+        if label and label != host and not label.startswith("localhost"):
+            return label
+    raise UsageError(
+        f"--instance-id {CONTAINER_NAME}: no container name found by a reverse DNS lookup of "
+        f"{host} ({', '.join(map(str, addresses)) or 'no address'}); set the instance id explicitly"
+    )
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
@@ -223,21 +267,25 @@ def cmd_get(args: argparse.Namespace) -> int:
     s = settings_from(StoreSettings, args, ("db",))
     with ReplicaReader(s.db) as reader:
         state = reader.get((args.grain_type, args.grain_key))
+        served = reader.served()
     if state is None:
         print(
             f"stream-replica: grain {args.grain_type}/{args.grain_key} not in {s.db}",
             file=sys.stderr,
         )
         return 1
-    emit(grain_json((args.grain_type, args.grain_key), state))
+    emit(grain_json((args.grain_type, args.grain_key), state, served))
     return 0
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
     s = settings_from(StoreSettings, args, ("db",))
     with ReplicaReader(s.db) as reader:
+        served = reader.served()
         for grain, state in reader.grains():
-            emit(grain_json(grain, state))
+            if args.served_only and served_json(served.get(state.partition)) is None:
+                continue
+            emit(grain_json(grain, state, served))
     return 0
 
 
@@ -245,10 +293,12 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     s = settings_from(StoreSettings, args, ("db",))
     with ReplicaReader(s.db) as reader:
         checkpoints = reader.checkpoints()
+        served = reader.served()
         emit(
             {
                 "topic": reader.topic,
                 "partitions": {str(p): c.next_offset for p, c in sorted(checkpoints.items())},
+                "served": {str(p): served_json(served.get(p)) for p in sorted(checkpoints)},
             }
         )
     return 0
@@ -385,6 +435,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-publish a grain's state when a refused or stale record shadows it, so "
         "compaction keeps it (env STREAM_REPLICA_REPAIR_SHADOWED)",
     )
+    run.add_argument(
+        "--instance-id",
+        help="static group membership (group.instance.id): a worker restarted within the "
+        "session timeout gets its partitions back with no rebalance; unique per worker, "
+        f"stable across restarts; {CONTAINER_NAME}: the container's name "
+        "(env STREAM_REPLICA_INSTANCE_ID)",
+    )
+    run.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        help="how long the group waits for a silent worker (default 45000 with --instance-id, "
+        "else 10000)",
+    )
+    run.add_argument(
+        "--standby-replicas",
+        type=int,
+        help="warm copies of each partition kept by other workers (default 0; the group "
+        "leader's value applies)",
+    )
+    run.add_argument(
+        "--lost-partition-grace-ms",
+        type=int,
+        help="drop the data of partitions not served here for this long (default 3600000)",
+    )
     run.set_defaults(handler=cmd_run)
 
     audit_parser = commands.add_parser(
@@ -408,6 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "get":
             sub.add_argument("grain_type")
             sub.add_argument("grain_key")
+        if name == "dump":
+            sub.add_argument(
+                "--served-only",
+                action="store_true",
+                help="only grains of partitions this worker serves (active or standby)",
+            )
         sub.set_defaults(handler=handler)
 
     replay_parser = commands.add_parser(

@@ -11,6 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from stream_replica.connection import ConnectionSettings
 
 DEFAULT_TOPIC = "grain-replication"
+STATIC_SESSION_TIMEOUT_MS = 45_000  # Kafka's consumer default
+DYNAMIC_SESSION_TIMEOUT_MS = 10_000
+CONTAINER_NAME = "@container"
 
 
 class KafkaSettings(ConnectionSettings):
@@ -44,9 +47,26 @@ class WorkerSettings(KafkaSettings):
     allow_non_compacted: bool = False
     poll_timeout_ms: int = Field(default=500, ge=10)
     fetch_max_wait_ms: int = Field(default=100, ge=0)
-    session_timeout_ms: int = Field(default=10_000, ge=6_000)
+    # None: 45 s with an instance id (a restart within it gets its partitions back with no
+    # rebalance), 10 s without (a restarted worker is a new member anyway, so a long session
+    # would only delay the takeover of a dead worker's partitions).
+    session_timeout_ms: int | None = Field(default=None, ge=6_000, le=1_800_000)
     # Re-publish shadowed grain states so compaction converges to the replica (repair.py).
     repair_shadowed: bool = False
+    # Kafka's group.instance.id (static membership); legal topic-name characters only, or
+    # CONTAINER_NAME: the cli resolves it to the container's name (docker-compose --scale).
+    instance_id: str | None = Field(
+        default=None, min_length=1, max_length=249, pattern=r"^(@container|[A-Za-z0-9._-]+)$"
+    )
+    standby_replicas: int = Field(default=0, ge=0, le=10)
+    # Data of partitions not served here (neither active nor standby) for this long is dropped.
+    lost_partition_grace_ms: int = Field(default=3_600_000, ge=0)
+
+    @property
+    def effective_session_timeout_ms(self) -> int:
+        if self.session_timeout_ms is not None:
+            return self.session_timeout_ms
+        return STATIC_SESSION_TIMEOUT_MS if self.instance_id else DYNAMIC_SESSION_TIMEOUT_MS
 
 
 class ReplaySettings(KafkaSettings):

@@ -13,6 +13,11 @@ Key layout (one column family, ordered so that a prefix scan is a range):
   order and ``dump`` needs no sort.
 * ``s`` + type + key   → index of the grains whose state is shadowed (see fold.py): a struct
   (partition, state offset, shadowed-by offset). Small; written only when shadowing happens.
+* ``o`` + u32 BE part. → served record: msgpack ``[role, lag, since_ms, updated_ms]``; role is
+  ``active``, ``standby`` or ``""`` (not served since ``since_ms``). Written by the worker
+  (ownership.py) so readers can tell a served, caught-up partition from a leftover copy.
+* ``m:assignment``     → the last group assignment: msgpack ``[epoch, [active], [standby]]``,
+  claimed back at the next join (a restarted member gets its partitions back).
 
 A poll's grain changes, checkpoints and counters go into ONE write batch: after any crash the
 store holds exactly the result of the records before each partition's checkpoint.
@@ -53,6 +58,8 @@ _PARTITIONS_KEY: Final = b"m:partitions"
 _CHECKPOINT_PREFIX: Final = b"c"
 _GRAIN_PREFIX: Final = b"g"
 _SHADOW_PREFIX: Final = b"s"
+_SERVED_PREFIX: Final = b"o"
+_ASSIGNMENT_KEY: Final = b"m:assignment"
 _SHADOW: Final = struct.Struct(">IQQ")
 _PARTITION: Final = struct.Struct(">I")
 
@@ -147,8 +154,39 @@ class TopicIdentity:
     partitions: int
 
 
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Whether this store's worker serves a partition. ``role``: ``active``, ``standby``, or
+    ``""`` (not served: revoked, or the worker stopped) since ``since_ms``. ``lag``: records
+    the store was behind the partition's high watermark at ``updated_ms`` (-1: unknown)."""
+
+    role: str
+    lag: int
+    since_ms: int
+    updated_ms: int
+
+    @property
+    def serving(self) -> bool:
+        return bool(self.role)
+
+    @property
+    def caught_up(self) -> bool:
+        return self.serving and self.lag == 0
+
+
+@dataclass(frozen=True, slots=True)
+class LastAssignment:
+    epoch: int
+    active: frozenset[int]
+    standby: frozenset[int]
+
+
 def _checkpoint_key(partition: int) -> bytes:
     return _CHECKPOINT_PREFIX + _PARTITION.pack(partition)
+
+
+def _served_key(partition: int) -> bytes:
+    return _SERVED_PREFIX + _PARTITION.pack(partition)
 
 
 # Memory is bounded, not proportional to the backlog or the number of grains: two 16 MiB
@@ -219,6 +257,29 @@ class _StoreView:
             next_offset, caught_up_at = msgpack.unpackb(raw)
             result[partition] = Checkpoint(next_offset, caught_up_at)
         return result
+
+    def served(self) -> dict[int, Served]:
+        """Per partition, whether the worker serves it (partitions never served: absent)."""
+        result = {}
+        for db_key, raw in self._scan(_SERVED_PREFIX):
+            (partition,) = _PARTITION.unpack(db_key[len(_SERVED_PREFIX) :])
+            role, lag, since_ms, updated_ms = msgpack.unpackb(raw)
+            result[partition] = Served(role, lag, since_ms, updated_ms)
+        return result
+
+    def served_for(self, state: GrainState) -> Served | None:
+        """Whether the grain's partition is served here (None: it never was)."""
+        raw = self._db.get(_served_key(state.partition))
+        if raw is None:
+            return None
+        return Served(*msgpack.unpackb(raw))
+
+    def last_assignment(self) -> LastAssignment:
+        raw = self._db.get(_ASSIGNMENT_KEY)
+        if raw is None:
+            return LastAssignment(0, frozenset(), frozenset())
+        epoch, active, standby = msgpack.unpackb(raw)
+        return LastAssignment(epoch, frozenset(active), frozenset(standby))
 
     def shadowed(self) -> Iterator[tuple[GrainId, ShadowMark]]:
         """Every grain whose state is shadowed, sorted by grain."""
@@ -396,6 +457,32 @@ class ReplicaStore(_StoreView):
                 msgpack.packb([checkpoint.next_offset, checkpoint.caught_up_at_ms]),
             )
 
+    def set_served(self, served: Mapping[int, Served]) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for partition, record in served.items():
+            batch.put(
+                _served_key(partition),
+                msgpack.packb([record.role, record.lag, record.since_ms, record.updated_ms]),
+            )
+        self._write(batch)
+
+    def set_last_assignment(self, assignment: LastAssignment) -> None:
+        value = [assignment.epoch, sorted(assignment.active), sorted(assignment.standby)]
+        batch = WriteBatch(raw_mode=True)
+        batch.put(_ASSIGNMENT_KEY, msgpack.packb(value))
+        self._write(batch)
+
+    def drop_partitions(self, partitions: Iterable[int]) -> int:
+        """Forget partitions this worker no longer serves: their grains, checkpoints and
+        served records."""
+        wanted = set(partitions)
+        deleted = self.wipe_partitions(wanted)
+        batch = WriteBatch(raw_mode=True)
+        for partition in wanted:
+            batch.delete(_served_key(partition))
+        self._write(batch)
+        return deleted
+
     def wipe_partitions(self, partitions: Iterable[int]) -> int:
         """Delete the grains last set from ``partitions``, their shadow marks and
         checkpoints (one batch)."""
@@ -447,10 +534,12 @@ class ReplicaStore(_StoreView):
         return reason
 
     def wipe_all(self) -> int:
-        """Delete every grain, shadow mark and checkpoint (one batch); counters stay."""
+        """Delete every grain, shadow mark, checkpoint, served record and the last assignment
+        (one batch); counters stay."""
         batch = WriteBatch(raw_mode=True)
+        batch.delete(_ASSIGNMENT_KEY)
         deleted = 0
-        for prefix in (_GRAIN_PREFIX, _SHADOW_PREFIX, _CHECKPOINT_PREFIX):
+        for prefix in (_GRAIN_PREFIX, _SHADOW_PREFIX, _CHECKPOINT_PREFIX, _SERVED_PREFIX):
             for db_key, _ in self._scan(prefix):
                 batch.delete(db_key)
                 deleted += prefix == _GRAIN_PREFIX

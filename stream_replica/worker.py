@@ -9,6 +9,11 @@ Ordering guarantees (README "Semantics"):
   dead-letter topic (acknowledged) before that batch is written; offsets are committed only
   after the write. Commits are cumulative, so a failed one is retried with the next.
 * Revocation waits for the in-flight poll (a lock), commits, and returns; no lock loops.
+* The group's committed offset never moves backwards (offsets.CommitBook): a store behind it
+  reads from its own checkpoint and commits once past it.
+
+Who owns what comes from our state-aware assignor (ownership.py, membership.py); standby
+partitions are followed by standby.py. This module is the active loop.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import (
     KafkaError,
     MessageSizeTooLargeError,
@@ -29,10 +35,13 @@ from aiokafka.errors import (
 )
 
 from stream_replica.admin import AdminError, TopicInfo, describe_topic
-from stream_replica.contract import ContractError, decode
-from stream_replica.fold import FoldCounts, FoldResult, Polled, Rejection, fold
+from stream_replica.fold import FoldCounts, FoldResult, Rejection
+from stream_replica.offsets import CommitBook, advance, resume_from
+from stream_replica.ownership import Ownership, fenced_line, is_fenced, partitions_of
+from stream_replica.poll import decode_batch, fold_polled
 from stream_replica.repair import ShadowRepairer
 from stream_replica.settings import WorkerSettings
+from stream_replica.standby import StandbyError, StandbyFollower
 from stream_replica.store import Checkpoint, ReplicaStore, StoreError, TopicIdentity
 
 log = logging.getLogger("stream_replica.worker")
@@ -112,7 +121,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.topic = settings.topic
         self.counts = FoldCounts()  # this process's counts (the store keeps the totals)
         self._batch_lock = asyncio.Lock()
-        self._uncommitted: dict[int, int] = {}  # written to the store, not yet committed
+        self._book = CommitBook()  # written to the store, not yet committed; never backwards
         self._commit_task: asyncio.Task[None] | None = None
         # Next offset to apply per owned partition, and a counter bumped whenever the
         # callbacks seek: a batch fetched before a seek is stale and must not be applied.
@@ -127,6 +136,19 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._last_progress = time.monotonic()
         self._repairer: ShadowRepairer | None = None
         self._last_sweep = 0.0
+        self.ownership = Ownership(
+            store,
+            self.topic,
+            instance_id=settings.instance_id,
+            standby_replicas=settings.standby_replicas,
+            lost_partition_grace_ms=settings.lost_partition_grace_ms,
+        )
+        self.standby = StandbyFollower(settings, store, self._batch_lock)
+        self._standby_task: asyncio.Task[None] | None = None
+        # Static membership: the member id the broker gave at the last join, and when this
+        # process first joined (see _check_replaced).
+        self._member_id: str | None = None
+        self._first_join: float | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -135,25 +157,36 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning("aiokafka's C record parser is not loaded; consuming will be slow")
         info = await check_topic(self.settings, self.stop)
         self._delete_retention_ms = info.delete_retention_ms
+        self.standby.delete_retention_ms = info.delete_retention_ms
         changed = self.store.bind_topic(TopicIdentity(info.topic_id, info.partitions))
         if changed is not None:
             log.warning("%s: dropped the local replica, rebuilding every partition", changed)
         log.info(
-            "replicating topic %s (%d partitions, delete.retention.ms=%d) as group %s into %s",
+            "replicating topic %s (%d partitions, delete.retention.ms=%d) as group %s%s into %s",
             self.topic,
             info.partitions,
             info.delete_retention_ms,
             self.settings.group,
+            f" instance {self.settings.instance_id}" if self.settings.instance_id else "",
             self.store.path,
         )
+        session_timeout_ms = self.settings.effective_session_timeout_ms
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers,
             group_id=self.settings.group,
             client_id=f"stream-replica-{self.settings.group}",
             enable_auto_commit=False,
             auto_offset_reset="none",  # positions come from the store; out-of-range is handled
-            session_timeout_ms=self.settings.session_timeout_ms,
-            heartbeat_interval_ms=max(1000, self.settings.session_timeout_ms // 5),
+            group_instance_id=self.settings.instance_id,
+            session_timeout_ms=session_timeout_ms,
+            # Frequent enough that a duplicate instance id is noticed within seconds.
+            heartbeat_interval_ms=max(1000, min(3000, session_timeout_ms // 5)),
+            # Ours first; round-robin lets a group of older workers be upgraded one by one
+            # (the group switches to ours once every member offers it).
+            partition_assignment_strategy=(
+                self.ownership.binding.strategy,
+                RoundRobinPartitionAssignor,
+            ),
             max_poll_interval_ms=300_000,
             # Revocation waits for the in-flight poll and one commit (<= ~31 s): well inside.
             rebalance_timeout_ms=60_000,
@@ -174,14 +207,35 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             if self._repairer is not None:
                 await self._repairer.start()
             self._consumer.subscribe([self.topic], listener=self)
+            self._standby_task = asyncio.create_task(self._run_standby())
             await self._loop(self._consumer)
             if self._fatal is not None:
                 raise FatalError(self._fatal)
             await self._await_commit_task()
             await self._commit_pending(self._consumer, None)
             self._mark_caught_up(self._consumer)
+            self.ownership.stopped()
         finally:
+            await self._stop_standby()
             await self._shutdown()
+
+    async def _run_standby(self) -> None:
+        try:
+            await self.standby.run(self.stop)
+        except StandbyError as exc:
+            self._fatal = str(exc)
+            self.stop.set()
+        except Exception as exc:
+            log.debug("standby follower failed", exc_info=True)
+            self._fatal = f"standby follower failed ({type(exc).__name__}: {exc})"
+            self.stop.set()
+
+    async def _stop_standby(self) -> None:
+        if self._standby_task is not None:
+            self._standby_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._standby_task
+        await self.standby.stop()
 
     async def _shutdown(self) -> None:
         if self._consumer is not None:
@@ -207,10 +261,10 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         while not self.stop.is_set():
             epoch = self._seek_epoch
             try:
-                batch = await consumer.getmany(
-                    timeout_ms=self.settings.poll_timeout_ms,
-                    max_records=self.settings.max_records,
-                )
+                fetched = await self._fetch(consumer)
+                if fetched is None:
+                    break  # stopped while aiokafka waited for a rebalance
+                batch = fetched
             except OffsetOutOfRangeError as exc:
                 await self._handle_out_of_range(consumer, exc)
                 continue
@@ -219,6 +273,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 await asyncio.sleep(0.05)
                 continue
             except KafkaError as exc:
+                if is_fenced(exc):
+                    raise FatalError(fenced_line(self.settings)) from None
                 log.warning("fetch failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)
                 continue
@@ -232,11 +288,33 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                         # Fetched before on_partitions_assigned sought (e.g. from the group's
                         # committed offset): drop it and fetch again from our own positions.
                         self._reseek(consumer)
-            elif self._uncommitted:
+            elif self._book:
                 self._schedule_commit(consumer)
             self._periodic()
             if self._repairer is not None:
                 await self._sweep_repairs(consumer, self._repairer)
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]] | None:
+        """One getmany, or None when the worker is stopped meanwhile. aiokafka's getmany waits
+        without a timeout while a rebalance is under way, which can last the rebalance timeout
+        (or more, on a broker that is starting): a SIGTERM must not wait for it."""
+        fetch = asyncio.ensure_future(
+            consumer.getmany(
+                timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_records
+            )
+        )
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not fetch.done():
+                fetch.cancel()
+                await asyncio.wait({fetch})
+        if fetch.cancelled():
+            return None
+        result: dict[TopicPartition, list[Any]] = fetch.result()
+        return result
 
     async def _sweep_repairs(self, consumer: AIOKafkaConsumer, repairer: ShadowRepairer) -> None:
         """Now and then, repair shadowed grains of caught-up partitions (also those whose
@@ -258,10 +336,50 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         now = time.monotonic()
         if now - self._last_touch > TOUCH_INTERVAL_S and self._consumer is not None:
             self._mark_caught_up(self._consumer)
+            self.standby.touch()
             self._last_touch = now
+        lags = self._lags()
+        self.ownership.report_lag(lags)
         if now - self._last_progress > PROGRESS_INTERVAL_S:
-            log.info("progress: %s", _format_counts(self.counts))
+            behind = {p: lag for p, lag in sorted(lags.items()) if lag}
+            log.info(
+                "progress: %s%s%s",
+                _format_counts(self.counts),
+                f" standby_records={self.standby.counts.records}"
+                if self.standby.partitions
+                else "",
+                f" lag={behind}" if behind else "",
+            )
             self._last_progress = now
+            self._drop_lost_partitions()
+
+    def _lags(self) -> dict[int, int]:
+        """Records behind the high watermark, per served partition (-1: not known yet)."""
+        lags = self.standby.lags()
+        if self._consumer is not None:
+            for partition in self._owned():
+                mark = self._consumer.highwater(TopicPartition(self.topic, partition))
+                position = self._positions.get(partition)
+                lags[partition] = (
+                    -1 if mark is None or position is None else max(0, mark - position)
+                )
+        return lags
+
+    def _drop_lost_partitions(self) -> None:
+        """Drop the data of partitions not served for longer than the grace period (another
+        worker has them). Synchronous: no poll can be applied in between."""
+        if self._first_join is None:
+            return  # the group has not told us what we own yet
+        expired = self.ownership.expired(self.store.checkpoints())
+        if expired:
+            deleted = self.store.drop_partitions(expired)
+            self.ownership.dropped(expired)
+            log.info(
+                "dropped %d grains of partitions %s: not served here for over %d ms",
+                deleted,
+                expired,
+                self.settings.lost_partition_grace_ms,
+            )
 
     def _is_caught_up(self, consumer: AIOKafkaConsumer, partition: int, next_offset: int) -> bool:
         highwater = consumer.highwater(TopicPartition(self.topic, partition))
@@ -303,25 +421,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[Any]]
     ) -> None:
         assigned = consumer.assignment()
-        polled: list[Polled] = []
-        for tp, records in batch.items():
-            if tp not in assigned:  # revoked while this poll was waiting for the lock
-                continue
-            partition = tp.partition
-            for record in records:
-                key, value = record.key, record.value
-                try:
-                    body: Any = decode(key, value)
-                except ContractError as exc:
-                    body = exc
-                polled.append(Polled(partition, record.offset, key, value, body))
+        # A partition revoked while this poll was waiting for the lock is skipped.
+        polled = decode_batch(batch, lambda tp: tp in assigned)
         if not polled:
             return
-        grains = {p.body.grain for p in polled if not isinstance(p.body, ContractError)}
-        grains.update(
-            p.body.grain for p in polled if isinstance(p.body, ContractError) and p.body.grain
-        )
-        result = fold(polled, self.store.get_many(grains))
+        result = fold_polled(polled, self.store)
         for warning in result.warnings:
             log.warning("%s", warning)
         _log_shadowing(self.topic, result, self._repairer is not None)
@@ -329,20 +433,19 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             for rejection in result.rejected:
                 _log_rejection(self.topic, rejection)
             await self._send_to_dlq(result.rejected)
-        now = now_ms()
-        checkpoints = {}
-        for partition, next_offset in result.next_offsets.items():
-            if self._is_caught_up(consumer, partition, next_offset):
-                self._caught_up_at[partition] = now
-            checkpoints[partition] = Checkpoint(
-                next_offset, self._caught_up_at.setdefault(partition, now)
-            )
+        checkpoints = advance(
+            result.next_offsets,
+            lambda p: consumer.highwater(TopicPartition(self.topic, p)),
+            self._caught_up_at,
+            now_ms(),
+        )
         try:
             self.store.apply(result.changes, checkpoints, result.counts, result.unshadowed)
         except StoreError as exc:
             raise FatalError(f"{exc}; offsets of this poll were not committed") from None
         self.counts.add(result.counts)
-        self._uncommitted.update(result.next_offsets)
+        for partition, next_offset in result.next_offsets.items():
+            self._book.written(partition, next_offset)
         self._positions.update(result.next_offsets)
         self._schedule_commit(consumer)
         if self._repairer is not None:
@@ -423,7 +526,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _commit_in_background(self, consumer: AIOKafkaConsumer) -> None:
         try:
-            while self._uncommitted:
+            while self._book:
                 if not await self._commit_pending(consumer, None):
                     await asyncio.sleep(1.0)  # back off; the next poll schedules a retry
                     return
@@ -443,22 +546,16 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     ) -> bool:
         """Commit written checkpoints (all, or only ``partitions``). Returns False on failure,
         which is harmless: the store is authoritative and the offsets stay pending."""
-        owned = {tp.partition for tp in consumer.assignment() if tp.topic == self.topic}
-        wanted = owned if partitions is None else owned & set(partitions)
-        # Never commit partitions we no longer own; their new owner commits them.
-        for partition in list(self._uncommitted):
-            if partition not in owned:
-                del self._uncommitted[partition]
-        offsets = {
-            TopicPartition(self.topic, p): o for p, o in self._uncommitted.items() if p in wanted
-        }
-        if not offsets:
+        owned = partitions_of(consumer.assignment(), self.topic)
+        # Never commit partitions we no longer own (their new owner does), nor at or below
+        # the group's committed offset.
+        due = self._book.due(owned, partitions)
+        if not due:
             return True
+        offsets = {TopicPartition(self.topic, p): o for p, o in due.items()}
         if not await self._commit_offsets(consumer, offsets):
             return False
-        for tp, offset in offsets.items():
-            if self._uncommitted.get(tp.partition) == offset:
-                del self._uncommitted[tp.partition]
+        self._book.committed(due)
         return True
 
     async def _commit_offsets(
@@ -487,6 +584,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                     await self._commit_pending(self._consumer, partitions)
                     self._mark_caught_up(self._consumer, partitions)
                 if partitions:
+                    self.ownership.revoked(partitions)
                     log.info("released partitions %s", sorted(partitions))
         except Exception:
             log.exception("revocation handling failed")
@@ -495,9 +593,14 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
         async with self._batch_lock:
             try:
-                await self._seek_assigned(
-                    [tp for tp in assigned if tp.topic == self.topic], self._consumer
-                )
+                self._check_replaced()
+                actives = [tp for tp in assigned if tp.topic == self.topic]
+                await self._seek_assigned(actives, self._consumer)
+                standby = self.ownership.assigned(tp.partition for tp in actives)
+                await self.standby.follow(standby)
+            except FatalError as exc:
+                self._fatal = str(exc)
+                self.stop.set()
             except Exception as exc:
                 # Some partitions may not be sought: nothing fetched may be applied any more.
                 log.debug("assignment handling failed", exc_info=True)
@@ -510,6 +613,27 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             finally:
                 self._seek_epoch += 1
 
+    def _check_replaced(self) -> None:
+        """Detect a second live worker with our instance id. The broker lets a joining
+        static member replace the one holding its id, and aiokafka then rejoins (replacing
+        the other in turn) instead of surfacing FENCED_INSTANCE_ID: two such workers would
+        take the partitions from each other forever. The newcomer notices it was replaced
+        early in its life (a restart after a crash is not replaced: the old process is
+        dead) and stops; the long-running worker keeps going."""
+        consumer = self._consumer
+        if consumer is None or self.settings.instance_id is None:
+            return
+        member_id = getattr(getattr(consumer, "_coordinator", None), "member_id", None)
+        now = time.monotonic()
+        if self._first_join is None:
+            self._first_join = now
+        elif (
+            member_id != self._member_id
+            and now - self._first_join < self.settings.effective_session_timeout_ms / 1000
+        ):
+            raise FatalError(fenced_line(self.settings))
+        self._member_id = member_id
+
     async def _seek_assigned(
         self, assigned: list[TopicPartition], consumer: AIOKafkaConsumer | None
     ) -> None:
@@ -518,59 +642,53 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         checkpoints = self.store.checkpoints()
         beginnings = await consumer.beginning_offsets(assigned)
         ends = await consumer.end_offsets(assigned)
+        committed = await asyncio.gather(*(consumer.committed(tp) for tp in assigned))
         now = now_ms()
         to_wipe: dict[int, str] = {}
-        for tp in sorted(assigned, key=lambda t: t.partition):
+        for tp, group_offset in sorted(zip(assigned, committed, strict=True)):
             checkpoint = checkpoints.get(tp.partition)
-            start, end = beginnings[tp], ends[tp]
-            if checkpoint is None:
-                reason = "no local state: rebuilding from the beginning"
-            elif checkpoint.next_offset < start:
-                reason = (
-                    f"stored offset {checkpoint.next_offset} is below the log start {start}: "
-                    "wiping and rebuilding"
-                )
-                to_wipe[tp.partition] = reason
-            elif checkpoint.next_offset > end:
-                reason = (
-                    f"stored offset {checkpoint.next_offset} is past the end offset {end} "
-                    "(topic recreated?): wiping and rebuilding"
-                )
-                to_wipe[tp.partition] = reason
-            elif (
-                checkpoint.next_offset < end
-                and now - checkpoint.caught_up_at_ms > self._delete_retention_ms
-            ):
-                age_s = (now - checkpoint.caught_up_at_ms) / 1000
-                reason = (
-                    f"store last caught up {age_s:.0f} s ago, longer than delete.retention.ms="
-                    f"{self._delete_retention_ms} (tombstones may be gone): wiping and rebuilding"
-                )
-                to_wipe[tp.partition] = reason
-            else:
-                self._seek(consumer, tp, checkpoint.next_offset)
+            end = ends[tp]
+            resume = resume_from(checkpoint, beginnings[tp], end, now, self._delete_retention_ms)
+            self._seek(consumer, tp, resume.offset)
+            self._book.assigned(tp.partition, group_offset)
+            behind = self._book.behind(tp.partition, resume.offset)
+            lag = (
+                f"; {behind} records behind the group's committed offset {group_offset}, "
+                "commits resume past it"
+                if behind
+                else ""
+            )
+            if resume.reason is None:
+                assert checkpoint is not None
+                # The group's offset may lag the store (a crash between write and commit):
+                # commit ours then. A store behind the group's offset commits once past it.
+                self._book.written(tp.partition, resume.offset)
                 caught_up = checkpoint.next_offset >= end
                 self._caught_up_at[tp.partition] = now if caught_up else checkpoint.caught_up_at_ms
-                # The group's offset may lag the store (a crash between write and commit) or
-                # come from another store; commit ours so lag reflects this replica.
-                self._uncommitted[tp.partition] = checkpoint.next_offset
                 log.info(
-                    "partition %d: resuming from stored offset %d (end %d)",
+                    "partition %d: resuming from stored offset %d (end %d)%s",
                     tp.partition,
-                    checkpoint.next_offset,
+                    resume.offset,
                     end,
+                    lag,
                 )
                 continue
-            if tp.partition not in to_wipe:
-                log.info("partition %d: %s (offsets %d..%d)", tp.partition, reason, start, end)
-            self._seek(consumer, tp, start)
+            if resume.wipe:
+                to_wipe[tp.partition] = resume.reason
+                log.warning("partition %d: %s%s", tp.partition, resume.reason, lag)
+            else:
+                log.info(
+                    "partition %d: %s (offsets %d..%d)%s",
+                    tp.partition,
+                    resume.reason,
+                    beginnings[tp],
+                    end,
+                    lag,
+                )
             # Reading from the log start now sees every tombstone the log holds now.
             self._caught_up_at[tp.partition] = now
-            self._uncommitted.pop(tp.partition, None)
         if to_wipe:
             deleted = self.store.wipe_partitions(to_wipe)
-            for partition, reason in to_wipe.items():
-                log.warning("partition %d: %s", partition, reason)
             log.info("wiped %d grains of partitions %s", deleted, sorted(to_wipe))
 
     async def _handle_out_of_range(
@@ -598,7 +716,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                     for tp, start in beginnings.items():
                         self._seek(consumer, tp, start)
                         self._caught_up_at[tp.partition] = now
-                        self._uncommitted.pop(tp.partition, None)
+                        self._book.forget(tp.partition)
             except KafkaError as error:
                 log.warning("could not handle out-of-range offsets (%s); retrying", error)
             self._reseek(consumer)

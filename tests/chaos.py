@@ -62,6 +62,7 @@ class Stats:
     bounces: int = 0
     commit_samples: int = 0
     commit_ahead: list[str] = field(default_factory=list)
+    commit_regressions: list[str] = field(default_factory=list)
     unexpected_exits: list[str] = field(default_factory=list)
     # cluster mode
     sent: list[tuple[bytes | None, bytes | None, asyncio.Future[Any]]] = field(default_factory=list)
@@ -260,7 +261,8 @@ async def sample_commits(
     stats: Stats,
     stop: asyncio.Event,
 ) -> None:
-    """Committed offsets must never be ahead of what some store has written."""
+    """Committed offsets must never be ahead of what some store has written, nor go back."""
+    highest: dict[int, int] = {}
     while not stop.is_set():
         try:
             committed = await admin.committed_offsets(broker.bootstrap, group, topic)
@@ -271,6 +273,9 @@ async def sample_commits(
             for partition, offset in worker.checkpoints().items():
                 written[partition] = max(written.get(partition, 0), offset)
         for partition, offset in committed.items():
+            if offset < highest.get(partition, -1):
+                stats.commit_regressions.append(f"p{partition}: {highest[partition]} -> {offset}")
+            highest[partition] = max(offset, highest.get(partition, -1))
             if offset > written.get(partition, 0):
                 stats.commit_ahead.append(
                     f"p{partition}: committed {offset} > written {written.get(partition, 0)}"
@@ -725,6 +730,10 @@ async def run(args: argparse.Namespace) -> int:
             Worker(f"worker-{i}", broker, topic, dlq, group, root) for i in range(args.workers)
         ]
         extra = Worker("worker-extra", broker, topic, dlq, group, root)
+        if args.static:  # stable ownership: instance ids and warm standbys
+            for worker in [*workers, extra]:
+                worker.args += ["--instance-id", worker.name, "--standby-replicas", "1"]
+                worker.args += ["--session-timeout-ms", str(args.session_timeout_ms)]
         for worker in workers:
             worker.start()
         producing_done, sampling_done = asyncio.Event(), asyncio.Event()
@@ -816,6 +825,7 @@ async def run(args: argparse.Namespace) -> int:
                 broker, topic, dlq, args, final, root, mismatches
             )
         mismatches.extend(f"commit ahead of store: {c}" for c in stats.commit_ahead[:5])
+        mismatches.extend(f"committed offset went back: {c}" for c in stats.commit_regressions[:5])
         mismatches.extend(stats.unexpected_exits[:5])
         cluster_rows: list[tuple[str, object]] = []
         if isinstance(broker, KafkaCluster):
@@ -882,6 +892,8 @@ async def run(args: argparse.Namespace) -> int:
                 "commit-vs-store samples (ahead)",
                 f"{stats.commit_samples} ({len(stats.commit_ahead)})",
             ),
+            ("committed offsets gone back", len(stats.commit_regressions)),
+            ("instance ids + 1 standby", "yes" if args.static else "no"),
             *cluster_rows,
             ("Deltas applied", deltas_applied),
             *compaction_rows,
@@ -939,6 +951,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--stall-timeout", type=float, default=120.0, help="max wait for a failover to resume"
+    )
+    parser.add_argument(
+        "--static", action="store_true", help="workers with --instance-id and --standby-replicas 1"
+    )
+    parser.add_argument(
+        "--session-timeout-ms", type=int, default=10_000, help="with --static (default 10000)"
     )
     args = parser.parse_args(argv)
     if args.small:

@@ -237,6 +237,14 @@ def test_worker_graceful_stop(services):
     )
 
 
+def test_worker_instance_id_is_its_container_name(services):
+    """Static membership needs an id per replica, stable across redeploys: a literal would be
+    shared by every --scale replica (they would fence each other); the container name is not."""
+    env = env_of(services["worker"])
+    assert env.get("STREAM_REPLICA_INSTANCE_ID") == "@container"
+    assert option_value(command_of(services["worker"]), "--instance-id") is None
+
+
 # --------------------------------------------------------------------------- Dockerfile
 
 

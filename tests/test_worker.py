@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +364,13 @@ async def test_reader_cli_while_worker_runs(
     oracle = await read_oracle(kafka_bootstrap, topic, 2)
     worker = InProcessWorker(kafka_bootstrap, topic, unique("g"), tmp_path / "db").start()
     await wait_until(lambda: worker.caught_up(oracle.end_offsets()), 60, what="catch-up")
+
+    def reported_caught_up() -> bool:
+        with ReplicaReader(tmp_path / "db") as reader:
+            return all(s.caught_up for s in reader.served().values()) and len(reader.served()) == 2
+
+    await wait_until(reported_caught_up, 30, what="the worker to report its partitions caught up")
+    fresh = {"role": "active", "lag": 0, "caught_up": True}
     try:
         got = cli("get", "--db", str(tmp_path / "db"), "cart", "c/1")
         assert got.returncode == 0, got.stderr
@@ -377,6 +385,7 @@ async def test_reader_cli_while_worker_runs(
             "payload": "aGVsbG8=",
             "partition": state.partition,
             "offset": state.offset,
+            "served": fresh,
         }
         absent = cli("get", "--db", str(tmp_path / "db"), "cart", "nope")
         assert absent.returncode == 1 and "not in" in absent.stderr
@@ -387,9 +396,15 @@ async def test_reader_cli_while_worker_runs(
         assert checkpoints == {
             "topic": topic,
             "partitions": {str(p): e for p, e in oracle.end_offsets().items() if e},
+            "served": {str(p): fresh for p, e in oracle.end_offsets().items() if e},
         }
     finally:
         await worker.stop()
+    # Stopped: the copy is still readable, and says nobody keeps it current.
+    stale = json.loads(cli("get", "--db", str(tmp_path / "db"), "cart", "c/1").stdout)
+    assert stale["served"] is None and stale["payload"] == "aGVsbG8="
+    assert cli("dump", "--db", str(tmp_path / "db"), "--served-only").stdout == ""
+    assert len(cli("dump", "--db", str(tmp_path / "db")).stdout.splitlines()) == 2
 
 
 async def test_sigterm_finishes_commits_and_leaves_group(
@@ -435,6 +450,41 @@ def test_sigterm_while_waiting_for_broker_exits_cleanly(tmp_path: Path) -> None:
     _, rest = process.communicate(timeout=30)
     assert process.returncode == 0, rest
     assert "Traceback" not in rest
+
+
+async def test_sigterm_during_a_long_rebalance_exits_promptly(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    """A member killed with a 30 s session holds the next rebalance for 30 s, and aiokafka's
+    getmany waits for the rebalance. A worker stopped meanwhile must not wait as well."""
+    topic = await make_topic(partitions=2)
+    group = unique("g")
+
+    def start(name: str) -> subprocess.Popen[str]:
+        command = worker_command(
+            kafka_bootstrap, topic, group, tmp_path / name, "--session-timeout-ms", "30000"
+        )
+        return subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+
+    dead, member = start("dead"), start("member")
+    joiner: subprocess.Popen[str] | None = None
+    try:
+        read_until(dead, "assigned partitions")
+        read_until(member, "assigned partitions")
+        dead.kill()
+        joiner = start("joiner")  # its join starts a rebalance that waits for the dead member
+        read_until(member, "released partitions")
+        member.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, rest = member.communicate(timeout=60)
+        assert member.returncode == 0, rest
+        assert time.monotonic() - started < 15, rest  # not held until the dead member expires
+        assert "assigned partitions" not in rest  # it stopped while the rebalance went on
+    finally:
+        for process in (dead, member, joiner):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(30)
 
 
 async def test_group_offset_ahead_of_store_is_never_used(

@@ -1,0 +1,125 @@
+"""Positions and commits: where a partition resumes, and which offsets may be committed.
+
+Two rules (README "Partition ownership and recovery"):
+
+* The store is the source of truth for positions: a partition resumes from its checkpoint,
+  or is rebuilt from the log start when the checkpoint cannot be trusted (``resume_from``).
+* The group's committed offset never moves backwards. A worker whose store is behind the
+  group's offset (a new owner, a rebuild) reads from its own checkpoint but commits only once
+  it has written past the group's offset (``CommitBook``); how far behind it is gets logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from stream_replica.store import Checkpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Where to read a partition from. ``wipe``: the stored grains must go first;
+    ``reason``: why it is not the checkpoint (None when it is)."""
+
+    offset: int
+    wipe: bool
+    reason: str | None
+
+
+def resume_from(
+    checkpoint: Checkpoint | None, start: int, end: int, now_ms: int, delete_retention_ms: int
+) -> Resume:
+    if checkpoint is None:
+        return Resume(start, False, "no local state: rebuilding from the beginning")
+    if checkpoint.next_offset < start:
+        return Resume(
+            start,
+            True,
+            f"stored offset {checkpoint.next_offset} is below the log start {start}: "
+            "wiping and rebuilding",
+        )
+    if checkpoint.next_offset > end:
+        return Resume(
+            start,
+            True,
+            f"stored offset {checkpoint.next_offset} is past the end offset {end} "
+            "(topic recreated?): wiping and rebuilding",
+        )
+    if checkpoint.next_offset < end and now_ms - checkpoint.caught_up_at_ms > delete_retention_ms:
+        age_s = (now_ms - checkpoint.caught_up_at_ms) / 1000
+        return Resume(
+            start,
+            True,
+            f"store last caught up {age_s:.0f} s ago, longer than delete.retention.ms="
+            f"{delete_retention_ms} (tombstones may be gone): wiping and rebuilding",
+        )
+    return Resume(checkpoint.next_offset, False, None)
+
+
+def advance(
+    next_offsets: Mapping[int, int],
+    highwater: Callable[[int], int | None],
+    caught_up_at: dict[int, int],
+    now_ms: int,
+) -> dict[int, Checkpoint]:
+    """Checkpoints for a poll's next offsets; ``caught_up_at`` is refreshed for the
+    partitions that reached the high watermark (see store.Checkpoint)."""
+    checkpoints = {}
+    for partition, next_offset in next_offsets.items():
+        mark = highwater(partition)
+        if mark is not None and next_offset >= mark:
+            caught_up_at[partition] = now_ms
+        checkpoints[partition] = Checkpoint(next_offset, caught_up_at.setdefault(partition, now_ms))
+    return checkpoints
+
+
+class CommitBook:
+    """Per owned partition: the group's committed offset (the floor: commits never go below
+    it) and the store's written offset not yet committed.
+
+    The floor is learnt on assignment and raised by every successful commit; an offset at or
+    below it is never offered for commit, so the group's offset only moves forwards."""
+
+    def __init__(self) -> None:
+        self._floor: dict[int, int] = {}  # -1: the group never committed this partition
+        self._pending: dict[int, int] = {}
+
+    def assigned(self, partition: int, committed: int | None) -> None:
+        self._floor[partition] = -1 if committed is None else committed
+        self._pending.pop(partition, None)
+
+    def floor(self, partition: int) -> int:
+        return self._floor.get(partition, -1)
+
+    def written(self, partition: int, next_offset: int) -> None:
+        """The store holds the partition up to ``next_offset``: commit it if it is ahead."""
+        if next_offset > self.floor(partition):
+            self._pending[partition] = next_offset
+        else:
+            self._pending.pop(partition, None)
+
+    def behind(self, partition: int, next_offset: int) -> int:
+        """Records the store must still read to reach the group's committed offset."""
+        return max(0, self.floor(partition) - next_offset)
+
+    def due(self, owned: Iterable[int], partitions: Iterable[int] | None = None) -> dict[int, int]:
+        """Offsets to commit now (of ``partitions``, default all). Partitions no longer owned
+        are forgotten: their new owner commits them."""
+        owned_set = set(owned)
+        for partition in [p for p in self._pending if p not in owned_set]:
+            del self._pending[partition]
+        wanted = owned_set if partitions is None else owned_set & set(partitions)
+        return {p: o for p, o in self._pending.items() if p in wanted}
+
+    def committed(self, offsets: Mapping[int, int]) -> None:
+        for partition, offset in offsets.items():
+            self._floor[partition] = max(self.floor(partition), offset)
+            if self._pending.get(partition) == offset:
+                del self._pending[partition]
+
+    def forget(self, partition: int) -> None:
+        self._pending.pop(partition, None)
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)

@@ -1,0 +1,261 @@
+"""Standby replicas: warm copies of partitions another worker owns.
+
+The group's assignor names, for each partition, ``--standby-replicas`` members besides its
+owner (docs/assignor.md). This follower reads those partitions with its own group-less
+consumer and applies them to the same store by the same rules as the active path (decode,
+fold, one write batch with the checkpoint), so when the owner goes away and the partition is
+assigned here, the active path resumes from a checkpoint close to the end.
+
+What it never does: commit the group's offsets (the group tracks the active owner), send
+refused records to the dead-letter topic or repair shadowed grains (the active owner does).
+Its writes take the worker's batch lock, so a partition moving between the active path and
+the follower is never written by both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Final
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
+
+from stream_replica.fold import FoldCounts
+from stream_replica.offsets import advance, resume_from
+from stream_replica.ownership import now_ms
+from stream_replica.poll import decode_batch, fold_polled
+from stream_replica.settings import WorkerSettings
+from stream_replica.store import Checkpoint, ReplicaStore, StoreError
+
+log = logging.getLogger("stream_replica.standby")
+
+IDLE_WAIT_S: Final = 1.0
+
+
+class StandbyError(Exception):
+    """The follower cannot go on (the store refused a write); one readable line."""
+
+
+class StandbyFollower:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        store: ReplicaStore,
+        lock: asyncio.Lock,
+        delete_retention_ms: int = 0,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.topic = settings.topic
+        self.lock = lock  # the worker's batch lock
+        self.delete_retention_ms = delete_retention_ms
+        self.counts = FoldCounts()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._partitions: frozenset[int] = frozenset()
+        self._positions: dict[int, int] = {}
+        self._caught_up_at: dict[int, int] = {}
+        self._epoch = 0  # bumped by every follow(): a batch fetched before it is stale
+        self._wake = asyncio.Event()
+
+    @property
+    def partitions(self) -> frozenset[int]:
+        return self._partitions
+
+    async def follow(self, partitions: frozenset[int]) -> None:
+        """Follow exactly ``partitions`` from now on, each from the store's checkpoint (or
+        rebuilt, by the same rules as the active path). Call with the batch lock held."""
+        if partitions == self._partitions:
+            return  # positions stand; an in-flight fetch stays valid
+        self._epoch += 1
+        dropped = self._partitions - partitions
+        self._partitions = partitions
+        for partition in dropped:
+            self._positions.pop(partition, None)
+        if not partitions:
+            if self._consumer is not None:
+                self._consumer.unsubscribe()
+            log.info("no standby partitions")
+            return
+        consumer = await self._ensure_consumer()
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        beginnings = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        checkpoints = self.store.checkpoints()
+        now = now_ms()
+        to_wipe = {}
+        for tp in tps:
+            resume = resume_from(
+                checkpoints.get(tp.partition),
+                beginnings[tp],
+                ends[tp],
+                now,
+                self.delete_retention_ms,
+            )
+            if resume.wipe:
+                to_wipe[tp.partition] = resume.reason
+            if resume.reason is not None:
+                self._caught_up_at[tp.partition] = now  # reading from the log start
+                log.info("standby partition %d: %s", tp.partition, resume.reason)
+            else:
+                checkpoint = checkpoints[tp.partition]
+                self._caught_up_at[tp.partition] = checkpoint.caught_up_at_ms
+                log.info(
+                    "standby partition %d: following from stored offset %d (end %d)",
+                    tp.partition,
+                    resume.offset,
+                    ends[tp],
+                )
+            consumer.seek(tp, resume.offset)
+            self._positions[tp.partition] = resume.offset
+        if to_wipe:
+            self.store.wipe_partitions(to_wipe)
+        log.info("standby partitions %s", sorted(partitions))
+        self._wake.set()
+
+    async def _ensure_consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.bootstrap_servers,
+                group_id=None,  # never part of the group, never commits
+                client_id=f"stream-replica-{self.settings.group}-standby",
+                enable_auto_commit=False,
+                auto_offset_reset="none",  # positions come from the store
+                fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            )
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            consumer = self._consumer
+            if consumer is None or not self._partitions:
+                self._wake.clear()
+                stopping = asyncio.ensure_future(stop.wait())
+                woken = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait(
+                    {stopping, woken}, timeout=IDLE_WAIT_S, return_when="FIRST_COMPLETED"
+                )
+                for task in (stopping, woken):
+                    task.cancel()
+                continue
+            epoch = self._epoch
+            try:
+                batch = await consumer.getmany(
+                    timeout_ms=self.settings.poll_timeout_ms,
+                    max_records=self.settings.max_records,
+                )
+            except OffsetOutOfRangeError as exc:
+                await self._rebuild_out_of_range(consumer, exc)
+                continue
+            except NoOffsetForPartitionError:
+                # Fetched while follow() was between assigning and seeking a new partition.
+                await asyncio.sleep(0.05)
+                continue
+            except KafkaError as exc:
+                log.warning("standby fetch failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if batch:
+                async with self.lock:
+                    if epoch == self._epoch:
+                        self._apply(consumer, batch)
+                    else:
+                        # Fetched before follow() or a rebuild moved positions: the consumer
+                        # has moved past this batch, so go back to what the store holds.
+                        self._reseek(consumer)
+
+    def _apply(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
+        polled = decode_batch(
+            batch, lambda tp: tp.topic == self.topic and tp.partition in self._partitions
+        )
+        if not polled:
+            return
+        result = fold_polled(polled, self.store)
+        # Refused records are logged and dead-lettered by the active owner, not twice.
+        if result.rejected:
+            log.debug("standby: %d refused records left to the active owner", len(result.rejected))
+        checkpoints = advance(
+            result.next_offsets,
+            lambda p: self._highwater(consumer, p),
+            self._caught_up_at,
+            now_ms(),
+        )
+        try:
+            self.store.apply(result.changes, checkpoints, result.counts, result.unshadowed)
+        except StoreError as exc:
+            raise StandbyError(f"standby: {exc}") from None
+        self.counts.add(result.counts)
+        self._positions.update(result.next_offsets)
+
+    def _reseek(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            if tp.topic == self.topic and tp.partition in self._positions:
+                consumer.seek(tp, self._positions[tp.partition])
+
+    def _highwater(self, consumer: AIOKafkaConsumer, partition: int) -> int | None:
+        mark: int | None = consumer.highwater(TopicPartition(self.topic, partition))
+        return mark
+
+    def lags(self) -> dict[int, int]:
+        """Records behind the high watermark per standby partition (-1: not known yet)."""
+        if self._consumer is None:
+            return {}
+        result = {}
+        for partition in self._partitions:
+            mark = self._highwater(self._consumer, partition)
+            position = self._positions.get(partition)
+            result[partition] = -1 if mark is None or position is None else max(0, mark - position)
+        return result
+
+    def touch(self) -> None:
+        """Refresh the caught-up time of standby partitions at the high watermark (the
+        tombstone-retention check on takeover uses it). Call with no await in between."""
+        now = now_ms()
+        checkpoints = {
+            p: Checkpoint(self._positions[p], now)
+            for p, lag in self.lags().items()
+            if lag == 0 and p in self._positions
+        }
+        for partition in checkpoints:
+            self._caught_up_at[partition] = now
+        if checkpoints:
+            self.store.set_checkpoints(checkpoints)
+
+    async def _rebuild_out_of_range(
+        self, consumer: AIOKafkaConsumer, exc: OffsetOutOfRangeError
+    ) -> None:
+        failed: dict[TopicPartition, int] = exc.args[0] if exc.args else {}
+        async with self.lock:
+            current = [
+                tp
+                for tp, offset in failed.items()
+                if tp.partition in self._partitions and self._positions.get(tp.partition) == offset
+            ]
+            if not current:
+                return
+            log.warning(
+                "standby offsets %s out of range: wiping and rebuilding those partitions",
+                {tp.partition: failed[tp] for tp in current},
+            )
+            try:
+                beginnings = await consumer.beginning_offsets(current)
+            except KafkaError as error:
+                log.warning("could not handle out-of-range offsets (%s); retrying", error)
+                return
+            self.store.wipe_partitions(tp.partition for tp in current)
+            now = now_ms()
+            for tp, start in beginnings.items():
+                consumer.seek(tp, start)
+                self._positions[tp.partition] = start
+                self._caught_up_at[tp.partition] = now
+            self._epoch += 1
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+            self._consumer = None

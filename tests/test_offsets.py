@@ -1,0 +1,109 @@
+"""offsets.py without a broker: resume rules, caught-up bookkeeping, and the commit book
+(the group's committed offset never moves backwards)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream_replica.offsets import CommitBook, Resume, advance, resume_from
+from stream_replica.store import Checkpoint
+
+HOUR_MS = 3_600_000
+
+
+def test_resume_from_the_checkpoint_or_rebuild() -> None:
+    now = 10 * HOUR_MS
+    fresh = Checkpoint(50, now - 1000)
+    assert resume_from(fresh, 0, 80, now, HOUR_MS) == Resume(50, False, None)
+    missing = resume_from(None, 7, 80, now, HOUR_MS)
+    assert (missing.offset, missing.wipe) == (7, False) and "no local state" in str(missing.reason)
+    below = resume_from(Checkpoint(3, now), 7, 80, now, HOUR_MS)
+    assert (below.offset, below.wipe) == (7, True) and "below the log start" in str(below.reason)
+    past = resume_from(Checkpoint(90, now), 0, 80, now, HOUR_MS)
+    assert past.wipe and "past the end offset" in str(past.reason)
+    old = Checkpoint(50, now - 2 * HOUR_MS)
+    assert resume_from(old, 0, 80, now, HOUR_MS).wipe  # tombstones may be gone
+    assert resume_from(Checkpoint(80, now - 2 * HOUR_MS), 0, 80, now, HOUR_MS).reason is None
+
+
+def test_advance_refreshes_caught_up_time_at_the_high_watermark() -> None:
+    caught_up_at = {0: 5, 1: 5}
+    marks = {0: 100, 1: 300}
+    checkpoints = advance({0: 100, 1: 200, 2: 9}, marks.get, caught_up_at, 1_000)
+    assert checkpoints == {
+        0: Checkpoint(100, 1_000),
+        1: Checkpoint(200, 5),
+        2: Checkpoint(9, 1_000),
+    }
+    assert caught_up_at == {0: 1_000, 1: 5, 2: 1_000}  # 2: first seen, counts from now
+
+
+def test_a_store_behind_the_group_commits_only_once_past_it() -> None:
+    book = CommitBook()
+    book.assigned(0, 500)  # the previous owner committed 500
+    book.written(0, 120)  # this store is at 120: reads from there ...
+    assert book.behind(0, 120) == 380
+    assert book.due([0]) == {} and not book  # ... and does not rewind the group
+    book.written(0, 500)
+    assert book.due([0]) == {}
+    book.written(0, 501)
+    assert book.due([0]) == {0: 501}
+    book.committed({0: 501})
+    assert book.due([0]) == {} and book.floor(0) == 501
+
+
+def test_never_committed_partition_commits_its_first_write() -> None:
+    book = CommitBook()
+    book.assigned(3, None)
+    book.written(3, 0)
+    assert book.due([3]) == {3: 0}
+
+
+def test_partitions_no_longer_owned_are_not_committed() -> None:
+    book = CommitBook()
+    for p in (0, 1):
+        book.assigned(p, None)
+        book.written(p, 10)
+    assert book.due([1]) == {1: 10}
+    assert book.due([0, 1]) == {1: 10}  # 0 was forgotten when it was no longer owned
+    assert book.due([1], partitions=[0]) == {}
+
+
+def test_a_later_write_during_a_commit_stays_pending() -> None:
+    book = CommitBook()
+    book.assigned(0, None)
+    book.written(0, 10)
+    due = book.due([0])
+    book.written(0, 20)  # the next poll, written while the commit of 10 was in flight
+    book.committed(due)
+    assert book.due([0]) == {0: 20}
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("assigned"), st.integers(-1, 1_000)),
+            st.tuples(st.just("written"), st.integers(0, 1_000)),
+            st.tuples(st.just("commit"), st.just(0)),
+        ),
+        max_size=40,
+    )
+)
+def test_committed_offsets_never_go_backwards(ops: list[tuple[str, int]]) -> None:
+    """Whatever the order of assignments (with the group's offset then), writes and commits,
+    the offsets handed out for commit only rise above what the group had."""
+    book = CommitBook()
+    group = -1  # the group's committed offset as the broker holds it
+    for op, value in ops:
+        if op == "assigned":
+            group = max(group, value)  # another owner may have moved it meanwhile
+            book.assigned(0, None if group < 0 else group)
+        elif op == "written":
+            book.written(0, value)
+        else:
+            due = book.due([0])
+            if due:
+                assert due[0] > group, (due, group)
+                group = due[0]
+                book.committed(due)
