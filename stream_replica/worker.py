@@ -26,7 +26,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import (
     KafkaError,
     MessageSizeTooLargeError,
@@ -181,12 +180,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             session_timeout_ms=session_timeout_ms,
             # Frequent enough that a duplicate instance id is noticed within seconds.
             heartbeat_interval_ms=max(1000, min(3000, session_timeout_ms // 5)),
-            # Ours first; round-robin lets a group of older workers be upgraded one by one
-            # (the group switches to ours once every member offers it).
-            partition_assignment_strategy=(
-                self.ownership.binding.strategy,
-                RoundRobinPartitionAssignor,
-            ),
+            # Ours only. Offering round-robin as well (for upgrades member by member) made
+            # aiokafka members rejoin in a loop: groups never settled (docs/assignor.md).
+            partition_assignment_strategy=(self.ownership.binding.strategy,),
             max_poll_interval_ms=300_000,
             # Revocation waits for the in-flight poll and one commit (<= ~31 s): well inside.
             rebalance_timeout_ms=60_000,
