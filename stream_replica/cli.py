@@ -357,7 +357,20 @@ def _sub(
     parser: argparse.ArgumentParser = commands.add_parser(name, help=text, description=text)
     if model is not None:
         add_model_flags(parser, model)
+    # Also after the command (`run --log-format json`); the top-level values are the defaults.
+    parser.add_argument(
+        "--log-level", type=str.upper, choices=_LOG_LEVELS, default=argparse.SUPPRESS,
+        help="as before the command",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-format", choices=_LOG_FORMATS, default=argparse.SUPPRESS,
+        help="as before the command",
+    )  # fmt: skip
     return parser
+
+
+_LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+_LOG_FORMATS = ["human", "json"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -369,13 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default=os.environ.get("STREAM_REPLICA_LOG_LEVEL", "INFO"),
         type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        choices=_LOG_LEVELS,
         help="log verbosity on stderr (env STREAM_REPLICA_LOG_LEVEL; default INFO)",
     )
     parser.add_argument(
         "--log-format",
         default=os.environ.get("STREAM_REPLICA_LOG_FORMAT", "human"),
-        choices=["human", "json"],
+        choices=_LOG_FORMATS,
         help="human lines, or one JSON object per line with grain/partition/offset fields "
         "(env STREAM_REPLICA_LOG_FORMAT; default human)",
     )
@@ -493,6 +506,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StreamReplicaError as exc:
         print(f"stream-replica: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # `stream-replica dump | head`: the reader is done; exit quietly as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

@@ -113,9 +113,13 @@ def test_untrusted_certificate_is_one_line(secure: SecureBroker) -> None:
     one_line_failure(result, "is not trusted")
 
 
-def test_acl_refusal_is_one_line(secure: SecureBroker) -> None:
-    result = cli("topic", "describe", "--topic", TOPIC, env=secure.client_env("limited"))
+@pytest.mark.parametrize("command", ["describe", "run"])
+def test_acl_refusal_is_one_line(secure: SecureBroker, tmp_path: Path, command: str) -> None:
+    started = time.monotonic()
+    args = ["topic", "describe"] if command == "describe" else ["run", "--db", str(tmp_path / "db")]
+    result = cli(*args, "--topic", TOPIC, env=secure.client_env("limited"))
     one_line_failure(result, f"not authorized to describe topic {TOPIC!r}")
+    assert time.monotonic() - started < 30
 
 
 def test_no_client_leaks_when_the_broker_is_unreachable() -> None:
