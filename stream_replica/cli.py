@@ -24,11 +24,14 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from stream_replica import admin, logs
+from stream_replica.cli_flags import add_model_flags, settings_from
 from stream_replica.contract import ContractError, EntryType, GrainId
 from stream_replica.errors import StreamReplicaError
 from stream_replica.fold import GrainState
 from stream_replica.settings import (
     CONTAINER_NAME,
+    AuditSettings,
+    KafkaSettings,
     PublishSettings,
     ReplaySettings,
     StoreSettings,
@@ -78,29 +81,16 @@ def emit(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
 
 
-def settings_from(cls: type[S], args: argparse.Namespace, names: Sequence[str]) -> S:
-    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    return cls(**given)
-
-
 # --- commands ---------------------------------------------------------------------------------
-
-_KAFKA = ("bootstrap_servers", "topic")
 
 
 async def cmd_topic_create(args: argparse.Namespace) -> int:
-    s = settings_from(
-        TopicSettings,
-        args,
-        (*_KAFKA, "partitions", "replication_factor", "segment_ms", "delete_retention_ms"),
-    )
+    s = settings_from(TopicSettings, args)
     configs = admin.replication_topic_configs(
         s.replication_factor, s.segment_ms, s.delete_retention_ms
     )
-    created = await admin.create_topic(
-        s.bootstrap_servers, s.topic, s.partitions, s.replication_factor, configs
-    )
-    info = await admin.describe_topic(s.bootstrap_servers, s.topic)
+    created = await admin.create_topic(s, s.topic, s.partitions, s.replication_factor, configs)
+    info = await admin.describe_topic(s, s.topic)
     assert info is not None
     emit({"created": created, **info.as_json()})
     if not created:
@@ -109,8 +99,8 @@ async def cmd_topic_create(args: argparse.Namespace) -> int:
 
 
 async def cmd_topic_describe(args: argparse.Namespace) -> int:
-    s = settings_from(TopicSettings, args, _KAFKA)
-    info = await admin.describe_topic(s.bootstrap_servers, s.topic)
+    s = settings_from(KafkaSettings, args)
+    info = await admin.describe_topic(s, s.topic)
     if info is None:
         raise UsageError(f"topic {s.topic!r} does not exist on {s.bootstrap_servers}")
     emit(info.as_json())
@@ -133,10 +123,10 @@ async def cmd_publish(args: argparse.Namespace) -> int:
     from stream_replica.publisher import Publisher
     from stream_replica.workload import sample_workload
 
-    s = settings_from(PublishSettings, args, (*_KAFKA, "source_cluster"))
+    s = settings_from(PublishSettings, args)
     bad_lines = 0
     sent = 0
-    async with Publisher(s.bootstrap_servers, s.topic, s.source_cluster) as publisher:
+    async with Publisher(s, s.topic, s.source_cluster) as publisher:
         if args.demo is not None:
             for op in sample_workload(args.demo, seed=args.seed):
                 await publisher.publish_raw(op.key, op.value)
@@ -175,25 +165,10 @@ async def _publish_line(publisher: Any, line: str) -> None:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    from stream_replica.worker import FatalError, ReplicaWorker, Stopped
+    from stream_replica.node import run_node
+    from stream_replica.worker import FatalError, Stopped
 
-    s = settings_from(
-        WorkerSettings,
-        args,
-        (
-            *_KAFKA,
-            "group",
-            "db",
-            "max_records",
-            "dlq_topic",
-            "allow_non_compacted",
-            "repair_shadowed",
-            "instance_id",
-            "session_timeout_ms",
-            "standby_replicas",
-            "lost_partition_grace_ms",
-        ),
-    )
+    s = settings_from(WorkerSettings, args)
     if s.instance_id == CONTAINER_NAME:
         s = s.model_copy(update={"instance_id": container_name()})
     stop = asyncio.Event()
@@ -202,10 +177,13 @@ async def cmd_run(args: argparse.Namespace) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     store = ReplicaStore(s.db, s.topic)
     fatal: str | None = None
+    code = 1
     try:
-        await ReplicaWorker(s, store, stop).run()
+        await run_node(s, store, stop)
     except FatalError as exc:
         fatal = str(exc)
+    except StreamReplicaError as exc:  # credentials, certificates, ACLs, a taken HTTP port
+        fatal, code = str(exc), exc.exit_code
     except Stopped:
         log.info("stopped before the broker was reached")
     finally:
@@ -215,7 +193,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
             log.error("%s", exc)
     if fatal is not None:  # printed last: the one line an operator needs
         print(f"stream-replica: {fatal}", file=sys.stderr)
-        return 1
+        return code
     return 0
 
 
@@ -264,7 +242,7 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    s = settings_from(StoreSettings, args, ("db",))
+    s = settings_from(StoreSettings, args)
     with ReplicaReader(s.db) as reader:
         state = reader.get((args.grain_type, args.grain_key))
         served = reader.served()
@@ -279,7 +257,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    s = settings_from(StoreSettings, args, ("db",))
+    s = settings_from(StoreSettings, args)
     with ReplicaReader(s.db) as reader:
         served = reader.served()
         for grain, state in reader.grains():
@@ -290,7 +268,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    s = settings_from(StoreSettings, args, ("db",))
+    s = settings_from(StoreSettings, args)
     with ReplicaReader(s.db) as reader:
         checkpoints = reader.checkpoints()
         served = reader.served()
@@ -305,7 +283,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    s = settings_from(StoreSettings, args, ("db",))
+    s = settings_from(StoreSettings, args)
     with ReplicaReader(s.db) as reader:
         shadowed_now = sum(1 for _ in reader.shadowed())
         emit({"topic": reader.topic, **reader.counts().as_dict(), "shadowed_now": shadowed_now})
@@ -314,10 +292,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 async def cmd_audit(args: argparse.Namespace) -> int:
     from stream_replica.audit import audit
-    from stream_replica.settings import AuditSettings
 
-    s = settings_from(AuditSettings, args, ("bootstrap_servers", "db"))
-    report = await audit(s.db, s.bootstrap_servers, _partition_list(args.partitions))
+    s = settings_from(AuditSettings, args)
+    report = await audit(s.db, s, _partition_list(args.partitions))
     for line in report.divergent:
         emit(line)
     emit({"summary": report.summary})
@@ -336,7 +313,7 @@ def _partition_list(text: str | None) -> list[int] | None:
 async def cmd_replay(args: argparse.Namespace) -> int:
     from stream_replica.replay import parse_offsets, replay
 
-    s = settings_from(ReplaySettings, args, (*_KAFKA, "group", "db"))
+    s = settings_from(ReplaySettings, args)
     timestamp = None
     if args.from_timestamp is not None:
         try:
@@ -373,9 +350,27 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------
 
 
-def _kafka_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bootstrap-servers", help="env KAFKA_BOOTSTRAP_SERVERS")
-    parser.add_argument("--topic", help="env STREAM_REPLICA_TOPIC (default grain-replication)")
+def _sub(
+    commands: Any, name: str, text: str, model: type[BaseSettings] | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand whose flags are the fields of ``model`` (help and env names included)."""
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=text, description=text)
+    if model is not None:
+        add_model_flags(parser, model)
+    # Also after the command (`run --log-format json`); the top-level values are the defaults.
+    parser.add_argument(
+        "--log-level", type=str.upper, choices=_LOG_LEVELS, default=argparse.SUPPRESS,
+        help="as before the command",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-format", choices=_LOG_FORMATS, default=argparse.SUPPRESS,
+        help="as before the command",
+    )  # fmt: skip
+    return parser
+
+
+_LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+_LOG_FORMATS = ["human", "json"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -387,13 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default=os.environ.get("STREAM_REPLICA_LOG_LEVEL", "INFO"),
         type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        choices=_LOG_LEVELS,
         help="log verbosity on stderr (env STREAM_REPLICA_LOG_LEVEL; default INFO)",
     )
     parser.add_argument(
         "--log-format",
         default=os.environ.get("STREAM_REPLICA_LOG_FORMAT", "human"),
-        choices=["human", "json"],
+        choices=_LOG_FORMATS,
         help="human lines, or one JSON object per line with grain/partition/offset fields "
         "(env STREAM_REPLICA_LOG_FORMAT; default human)",
     )
@@ -401,73 +396,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     topic = commands.add_parser("topic", help="create or describe the replication topic")
     topic_commands = topic.add_subparsers(dest="topic_command", required=True)
-    create = topic_commands.add_parser("create", help="create the topic, compacted")
-    _kafka_flags(create)
-    create.add_argument("--partitions", type=int)
-    create.add_argument("--replication-factor", type=int)
-    create.add_argument("--segment-ms", type=int)
-    create.add_argument("--delete-retention-ms", type=int)
-    create.set_defaults(handler=cmd_topic_create)
-    describe = topic_commands.add_parser("describe", help="show partitions and configs")
-    _kafka_flags(describe)
-    describe.set_defaults(handler=cmd_topic_describe)
-
-    publish = commands.add_parser(
-        "publish", help="publish JSON lines from stdin, or a sample load with --demo N"
+    _sub(topic_commands, "create", "create the topic, compacted", TopicSettings).set_defaults(
+        handler=cmd_topic_create
     )
-    _kafka_flags(publish)
-    publish.add_argument("--source-cluster")
+    _sub(topic_commands, "describe", "show partitions and configs", KafkaSettings).set_defaults(
+        handler=cmd_topic_describe
+    )
+
+    publish = _sub(
+        commands,
+        "publish",
+        "publish JSON lines from stdin, or a sample load with --demo N",
+        PublishSettings,
+    )
     publish.add_argument("--demo", type=int, metavar="N", help="N grains, several updates each")
-    publish.add_argument("--seed", type=int, default=7)
+    publish.add_argument("--seed", type=int, default=7, help="of the --demo load (default 7)")
     publish.set_defaults(handler=cmd_publish)
 
-    run = commands.add_parser("run", help="run a replica worker until signalled")
-    _kafka_flags(run)
-    run.add_argument("--group")
-    run.add_argument("--db")
-    run.add_argument("--max-records", type=int)
-    run.add_argument("--dlq-topic")
-    run.add_argument("--allow-non-compacted", action="store_true", default=None)
-    run.add_argument(
-        "--repair-shadowed",
-        action="store_true",
-        default=None,
-        help="re-publish a grain's state when a refused or stale record shadows it, so "
-        "compaction keeps it (env STREAM_REPLICA_REPAIR_SHADOWED)",
+    _sub(commands, "run", "run a replica worker until signalled", WorkerSettings).set_defaults(
+        handler=cmd_run
     )
-    run.add_argument(
-        "--instance-id",
-        help="static group membership (group.instance.id): a worker restarted within the "
-        "session timeout gets its partitions back with no rebalance; unique per worker, "
-        f"stable across restarts; {CONTAINER_NAME}: the container's name "
-        "(env STREAM_REPLICA_INSTANCE_ID)",
-    )
-    run.add_argument(
-        "--session-timeout-ms",
-        type=int,
-        help="how long the group waits for a silent worker (default 45000 with --instance-id, "
-        "else 10000)",
-    )
-    run.add_argument(
-        "--standby-replicas",
-        type=int,
-        help="warm copies of each partition kept by other workers (default 0; the group "
-        "leader's value applies)",
-    )
-    run.add_argument(
-        "--lost-partition-grace-ms",
-        type=int,
-        help="drop the data of partitions not served here for this long (default 3600000)",
-    )
-    run.set_defaults(handler=cmd_run)
 
-    audit_parser = commands.add_parser(
+    audit_parser = _sub(
+        commands,
         "audit",
-        help="compare the store with what a rebuild from the topic would give "
+        "compare the store with what a rebuild from the topic would give "
         "(exit 1 on any divergence)",
+        AuditSettings,
     )
-    audit_parser.add_argument("--bootstrap-servers", help="env KAFKA_BOOTSTRAP_SERVERS")
-    audit_parser.add_argument("--db")
     audit_parser.add_argument("--partitions", metavar="P,...", help="default: all the store holds")
     audit_parser.set_defaults(handler=cmd_audit)
 
@@ -477,8 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("checkpoints", cmd_checkpoints, "print the store's next offset per partition"),
         ("stats", cmd_stats, "print the store's cumulative counters"),
     ):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("--db")
+        sub = _sub(commands, name, text, StoreSettings)
         if name == "get":
             sub.add_argument("grain_type")
             sub.add_argument("grain_key")
@@ -490,25 +445,30 @@ def build_parser() -> argparse.ArgumentParser:
             )
         sub.set_defaults(handler=handler)
 
-    replay_parser = commands.add_parser(
-        "replay", help="move checkpoints and group offsets (workers stopped)"
+    replay_parser = _sub(
+        commands, "replay", "move checkpoints and group offsets (workers stopped)", ReplaySettings
     )
-    _kafka_flags(replay_parser)
-    replay_parser.add_argument("--group")
-    replay_parser.add_argument("--db")
     start = replay_parser.add_mutually_exclusive_group(required=True)
-    start.add_argument("--from-beginning", action="store_true")
-    start.add_argument("--from-timestamp", metavar="ISO8601")
-    start.add_argument("--offsets", metavar="P:O[,P:O...]")
-    replay_parser.add_argument("--partitions", metavar="P,...")
-    replay_parser.add_argument("--rebuild", action="store_true")
+    start.add_argument("--from-beginning", action="store_true", help="from each log start")
+    start.add_argument(
+        "--from-timestamp", metavar="ISO8601", help="from the first record at or after"
+    )
+    start.add_argument("--offsets", metavar="P:O[,P:O...]", help="from these offsets")
+    replay_parser.add_argument("--partitions", metavar="P,...", help="default: all")
+    replay_parser.add_argument(
+        "--rebuild", action="store_true", help="wipe the partitions' grains first"
+    )
     replay_parser.set_defaults(handler=cmd_replay)
 
-    demo = commands.add_parser("demo", help="the main job end to end on a local broker")
-    demo.add_argument("--bootstrap-servers")
-    demo.add_argument("--grains", type=int, default=5000)
-    demo.add_argument("--workers", type=int, default=3)
-    demo.add_argument("--workdir", default=".demo")
+    demo = _sub(commands, "demo", "the main job end to end on a local broker")
+    demo.add_argument(
+        "--bootstrap-servers", help="default env KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092"
+    )
+    demo.add_argument("--grains", type=int, default=5000, help="grains to publish (default 5000)")
+    demo.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
+    demo.add_argument(
+        "--workdir", default=".demo", help="where the workers' stores go (default .demo)"
+    )
     demo.set_defaults(handler=cmd_demo)
     return parser
 
@@ -546,6 +506,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StreamReplicaError as exc:
         print(f"stream-replica: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # `stream-replica dump | head`: the reader is done; exit quietly as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

@@ -7,44 +7,14 @@ It only reads: a :class:`WorkerView` gives it a snapshot; it never drives the lo
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 
-from stream_replica.fold import FoldCounts
-from stream_replica.metrics import Metrics, PartitionRow
-
-
-@dataclass
-class NodeStatus:
-    name: str
-    topic: str
-    group: str
-    started_at: float  # unix seconds
-    last_poll_age_s: float | None  # None: no poll yet
-    assigned: bool  # the group has given this worker an assignment (maybe empty)
-    partitions: dict[int, PartitionRow] = field(default_factory=dict)
-    counts: FoldCounts = field(default_factory=FoldCounts)
-    repairs: int = 0
-    shadowed_now: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "topic": self.topic,
-            "group": self.group,
-            "started_at": self.started_at,
-            "now": time.time(),
-            "last_poll_age_s": self.last_poll_age_s,
-            "assigned": self.assigned,
-            "partitions": {str(p): row.as_json() for p, row in sorted(self.partitions.items())},
-            "counts": self.counts.as_dict(),
-            "repairs": self.repairs,
-            "shadowed_now": self.shadowed_now,
-        }
+from stream_replica.metrics import Metrics
+from stream_replica.status import NodeStatus
 
 
 class WorkerView(Protocol):

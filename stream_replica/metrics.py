@@ -10,12 +10,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from stream_replica.fold import FoldCounts
+from stream_replica.status import PartitionRow
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+# No *_created series: noise for the scrapers of a long-running worker.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 _LATENCY_BUCKETS: Final = (
     0.0005,
     0.001,
@@ -170,37 +180,3 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class PartitionRow:
-    """What the worker reports about one partition it serves."""
-
-    __slots__ = ("caught_up", "checkpoint", "end_offset", "rebuild_remaining", "role")
-
-    def __init__(
-        self,
-        role: str,
-        checkpoint: int,
-        end_offset: int | None,
-        caught_up: bool,
-        rebuild_remaining: int = 0,
-    ) -> None:
-        self.role = role
-        self.checkpoint = checkpoint
-        self.end_offset = end_offset
-        self.caught_up = caught_up
-        self.rebuild_remaining = rebuild_remaining
-
-    @property
-    def lag(self) -> int:
-        return 0 if self.end_offset is None else max(0, self.end_offset - self.checkpoint)
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "role": self.role,
-            "checkpoint": self.checkpoint,
-            "end_offset": self.end_offset,
-            "lag": self.lag,
-            "caught_up": self.caught_up,
-            "rebuild_remaining": self.rebuild_remaining,
-        }

@@ -23,44 +23,95 @@ class KafkaSettings(ConnectionSettings):
 
 
 class TopicSettings(KafkaSettings):
-    partitions: int = Field(default=6, ge=1)
-    replication_factor: int = Field(default=1, ge=1)
-    segment_ms: int = Field(default=60 * 60 * 1000, ge=1000)
-    delete_retention_ms: int = Field(default=24 * 60 * 60 * 1000, ge=0)
+    partitions: int = Field(default=6, ge=1, description="partitions of a new topic")
+    replication_factor: int = Field(default=1, ge=1, description="copies of each partition")
+    segment_ms: int = Field(
+        default=60 * 60 * 1000,
+        ge=1000,
+        description="roll segments this often (ms): the active one is never compacted",
+    )
+    delete_retention_ms: int = Field(
+        default=24 * 60 * 60 * 1000,
+        ge=0,
+        description="how long tombstones survive compaction (ms)",
+    )
 
 
 class PublishSettings(KafkaSettings):
-    source_cluster: str = Field(default="primary", min_length=1)
+    source_cluster: str = Field(
+        default="primary", min_length=1, description="source_cluster written into entries"
+    )
+
+
+_DB = Field(description="the worker's RocksDB state directory (one per worker)")
 
 
 class StoreSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAM_REPLICA_", extra="ignore")
 
-    db: Path
+    db: Path = _DB
 
 
 class WorkerSettings(KafkaSettings):
-    group: str = Field(default="stream-replica", min_length=1)
-    db: Path
-    max_records: int = Field(default=100, ge=1, le=100_000)
-    dlq_topic: str | None = None
-    allow_non_compacted: bool = False
-    poll_timeout_ms: int = Field(default=500, ge=10)
-    fetch_max_wait_ms: int = Field(default=100, ge=0)
+    group: str = Field(default="stream-replica", min_length=1, description="consumer group")
+    db: Path = _DB
+    max_records: int = Field(
+        default=100, ge=1, le=100_000, description="records fetched per poll at most"
+    )
+    dlq_topic: str | None = Field(
+        default=None, description="dead-letter topic for refused records (cleanup.policy=delete)"
+    )
+    allow_non_compacted: bool = Field(
+        default=False, description="run on a topic that is not compacted"
+    )
+    poll_timeout_ms: int = Field(default=500, ge=10, description="longest wait of one poll (ms)")
+    fetch_max_wait_ms: int = Field(
+        default=100, ge=0, description="how long the broker may hold a fetch for more data (ms)"
+    )
     # None: 45 s with an instance id (a restart within it gets its partitions back with no
     # rebalance), 10 s without (a restarted worker is a new member anyway, so a long session
     # would only delay the takeover of a dead worker's partitions).
-    session_timeout_ms: int | None = Field(default=None, ge=6_000, le=1_800_000)
-    # Re-publish shadowed grain states so compaction converges to the replica (repair.py).
-    repair_shadowed: bool = False
-    # Kafka's group.instance.id (static membership); legal topic-name characters only, or
-    # CONTAINER_NAME: the cli resolves it to the container's name (docker-compose --scale).
-    instance_id: str | None = Field(
-        default=None, min_length=1, max_length=249, pattern=r"^(@container|[A-Za-z0-9._-]+)$"
+    session_timeout_ms: int | None = Field(
+        default=None,
+        ge=6_000,
+        le=1_800_000,
+        description="group session timeout (ms); default 45000 with --instance-id, else 10000",
     )
-    standby_replicas: int = Field(default=0, ge=0, le=10)
-    # Data of partitions not served here (neither active nor standby) for this long is dropped.
-    lost_partition_grace_ms: int = Field(default=3_600_000, ge=0)
+    repair_shadowed: bool = Field(
+        default=False,
+        description="re-publish a grain's state when a refused or stale record shadows it, "
+        "so compaction keeps it",
+    )
+    # Kafka's group.instance.id (static membership); legal topic-name characters only, or
+    # @container: the cli resolves it to the container's name (docker-compose --scale).
+    instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=249,
+        pattern=r"^(@container|[A-Za-z0-9._-]+)$",
+        description="static group membership id (e.g. the pod name; @container: the "
+        "container's name): a restart within the session timeout keeps the partitions",
+    )
+    standby_replicas: int = Field(
+        default=0, ge=0, le=10, description="warm copies of each partition on other workers"
+    )
+    lost_partition_grace_ms: int = Field(
+        default=3_600_000,
+        ge=0,
+        description="drop data of partitions not served here for this long (ms)",
+    )
+    http: str | None = Field(
+        default=None,
+        description="serve /metrics, /healthz, /readyz and a status page on HOST:PORT",
+    )
+    health_max_poll_age_s: float = Field(
+        default=30.0, gt=0, description="/healthz fails when the loop has not polled for this long"
+    )
+    ready_max_lag: int = Field(
+        default=1000,
+        ge=0,
+        description="/readyz passes when every served partition is within this many records",
+    )
 
     @property
     def effective_session_timeout_ms(self) -> int:
@@ -70,9 +121,9 @@ class WorkerSettings(KafkaSettings):
 
 
 class ReplaySettings(KafkaSettings):
-    group: str = Field(default="stream-replica", min_length=1)
-    db: Path
+    group: str = Field(default="stream-replica", min_length=1, description="consumer group")
+    db: Path = _DB
 
 
 class AuditSettings(ConnectionSettings):
-    db: Path
+    db: Path = _DB

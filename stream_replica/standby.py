@@ -22,6 +22,7 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
+from stream_replica.connection import start_client
 from stream_replica.fold import FoldCounts
 from stream_replica.offsets import advance, resume_from
 from stream_replica.ownership import now_ms
@@ -118,14 +119,14 @@ class StandbyFollower:
     async def _ensure_consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.bootstrap_servers,
+                **self.settings.options("consumer"),
                 group_id=None,  # never part of the group, never commits
                 client_id=f"stream-replica-{self.settings.group}-standby",
                 enable_auto_commit=False,
                 auto_offset_reset="none",  # positions come from the store
                 fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             )
-            await consumer.start()
+            await start_client(self.settings, consumer)
             self._consumer = consumer
         return self._consumer
 
@@ -209,6 +210,14 @@ class StandbyFollower:
             mark = self._highwater(self._consumer, partition)
             position = self._positions.get(partition)
             result[partition] = -1 if mark is None or position is None else max(0, mark - position)
+        return result
+
+    def marks(self) -> dict[int, tuple[int | None, int | None]]:
+        """(next offset, high watermark) per standby partition (None: not known yet)."""
+        result: dict[int, tuple[int | None, int | None]] = {}
+        for partition in self._partitions:
+            mark = None if self._consumer is None else self._highwater(self._consumer, partition)
+            result[partition] = (self._positions.get(partition), mark)
         return result
 
     def touch(self) -> None:

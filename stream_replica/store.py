@@ -281,6 +281,9 @@ class _StoreView:
         epoch, active, standby = msgpack.unpackb(raw)
         return LastAssignment(epoch, frozenset(active), frozenset(standby))
 
+    def count_shadowed(self) -> int:
+        return sum(1 for _ in self._scan(_SHADOW_PREFIX))
+
     def shadowed(self) -> Iterator[tuple[GrainId, ShadowMark]]:
         """Every grain whose state is shadowed, sorted by grain."""
         for db_key, raw in self._scan(_SHADOW_PREFIX):

@@ -27,23 +27,38 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import (
+    GroupAuthorizationFailedError,
     KafkaError,
     MessageSizeTooLargeError,
     NoOffsetForPartitionError,
     OffsetOutOfRangeError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
 )
 
 from stream_replica.admin import AdminError, TopicInfo, describe_topic
+from stream_replica.connection import start_client
+from stream_replica.errors import KafkaAccessError, StreamReplicaError
 from stream_replica.fold import FoldCounts, FoldResult, Rejection
+from stream_replica.logs import RateLimitedLog
+from stream_replica.metrics import Metrics
 from stream_replica.offsets import CommitBook, advance, resume_from
 from stream_replica.ownership import Ownership, fenced_line, is_fenced, partitions_of
 from stream_replica.poll import decode_batch, fold_polled
 from stream_replica.repair import ShadowRepairer
 from stream_replica.settings import WorkerSettings
 from stream_replica.standby import StandbyError, StandbyFollower
+from stream_replica.status import NodeStatus, PartitionRow
 from stream_replica.store import Checkpoint, ReplicaStore, StoreError, TopicIdentity
 
 log = logging.getLogger("stream_replica.worker")
+# A flood of bad records must not flood the log: the DLQ and the counters have every one.
+refusals = RateLimitedLog(log, burst=20, interval_s=10.0)
+_REFUSED: Final = (
+    GroupAuthorizationFailedError,
+    TopicAuthorizationFailedError,
+    SaslAuthenticationFailed,
+)
 
 COMMIT_TIMEOUT_S: Final = 15.0
 DLQ_TIMEOUT_S: Final = 60.0
@@ -77,20 +92,14 @@ async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInf
     backoff = 1.0
     while True:
         try:
-            info = await describe_topic(settings.bootstrap_servers, settings.topic)
+            info = await describe_topic(settings, settings.topic)
             break
-        except AdminError:
-            raise
+        except (AdminError, KafkaAccessError):
+            raise  # credentials, certificates, ACLs: retrying cannot fix them
         except Exception as exc:
             if stop.is_set():
                 raise Stopped from None
-            log.warning(
-                "broker %s not reachable (%s: %s); retrying in %.0f s",
-                settings.bootstrap_servers,
-                type(exc).__name__,
-                exc,
-                backoff,
-            )
+            log.warning("%s; retrying in %.0f s", _unreachable(settings, exc), backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, 30.0)
@@ -103,7 +112,7 @@ async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInf
             "pass --allow-non-compacted to run anyway"
         )
     if settings.dlq_topic:
-        dlq = await describe_topic(settings.bootstrap_servers, settings.dlq_topic)
+        dlq = await describe_topic(settings, settings.dlq_topic)
         if dlq is None:
             raise FatalError(
                 f"dead-letter topic {settings.dlq_topic!r} does not exist; create it "
@@ -119,6 +128,12 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.stop = stop
         self.topic = settings.topic
         self.counts = FoldCounts()  # this process's counts (the store keeps the totals)
+        self.metrics = Metrics(self.topic)
+        self.started_at = time.time()
+        self._last_poll: float | None = None  # monotonic time of the last completed poll
+        self._assigned = False
+        # (partition, role) that reached the end offset since they were assigned here
+        self._reached_end: set[tuple[int, str]] = set()
         self._batch_lock = asyncio.Lock()
         self._book = CommitBook()  # written to the store, not yet committed; never backwards
         self._commit_task: asyncio.Task[None] | None = None
@@ -171,7 +186,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         session_timeout_ms = self.settings.effective_session_timeout_ms
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            **self.settings.options("consumer"),
             group_id=self.settings.group,
             client_id=f"stream-replica-{self.settings.group}",
             enable_auto_commit=False,
@@ -190,16 +205,16 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         if self.settings.dlq_topic:
             self._dlq = AIOKafkaProducer(
-                bootstrap_servers=self.settings.bootstrap_servers,
+                **self.settings.options("producer"),
                 acks="all",
                 enable_idempotence=True,
             )
         if self.settings.repair_shadowed:
             self._repairer = ShadowRepairer.create(self.settings, self.topic, self.settings.group)
         try:
-            await self._consumer.start()
+            await start_client(self.settings, self._consumer)
             if self._dlq is not None:
-                await self._dlq.start()
+                await start_client(self.settings, self._dlq)
             if self._repairer is not None:
                 await self._repairer.start()
             self._consumer.subscribe([self.topic], listener=self)
@@ -250,6 +265,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                     await producer.stop()
                 except Exception as exc:
                     log.warning("%s producer stop failed: %s", name, exc)
+        refusals.flush()  # say what the rate limit held back before going quiet
         repairs = f" repairs={self._repairer.repairs}" if self._repairer is not None else ""
         log.info("stopped; this run: %s%s", _format_counts(self.counts), repairs)
 
@@ -271,6 +287,12 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             except KafkaError as exc:
                 if is_fenced(exc):
                     raise FatalError(fenced_line(self.settings)) from None
+                if isinstance(exc, _REFUSED):
+                    raise FatalError(
+                        f"Kafka refused this worker ({type(exc).__name__}: {exc}): check the "
+                        f"credentials and the ACLs of group {self.settings.group!r} and topic "
+                        f"{self.topic!r}"
+                    ) from None
                 log.warning("fetch failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)
                 continue
@@ -310,6 +332,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         if fetch.cancelled():
             return None
         result: dict[TopicPartition, list[Any]] = fetch.result()
+        self._last_poll = time.monotonic()
         return result
 
     async def _sweep_repairs(self, consumer: AIOKafkaConsumer, repairer: ShadowRepairer) -> None:
@@ -321,12 +344,13 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._last_sweep = now
         async with self._batch_lock:
             owned = set(self._owned())
-            await repairer.sweep(
+            repaired = await repairer.sweep(
                 self.store,
                 lambda p: (
                     p in owned and self._is_caught_up(consumer, p, self._positions.get(p, -1))
                 ),
             )
+            self.metrics.repairs.inc(repaired)
 
     def _periodic(self) -> None:
         now = time.monotonic()
@@ -360,6 +384,50 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                     -1 if mark is None or position is None else max(0, mark - position)
                 )
         return lags
+
+    # --- what the HTTP face shows (read-only snapshot) -----------------------------------------
+
+    def partition_rows(self) -> dict[int, PartitionRow]:
+        """Every served partition: role, the store's next offset, the end offset at the last
+        fetch, and how much is left while it has not caught up since it was assigned."""
+        rows: dict[int, PartitionRow] = {}
+        served: list[tuple[int, str, int | None, int | None]] = [
+            (p, "standby", position, mark) for p, (position, mark) in self.standby.marks().items()
+        ]
+        if self._consumer is not None:
+            for partition in self._owned():
+                mark = self._consumer.highwater(TopicPartition(self.topic, partition))
+                served.append((partition, "active", self._positions.get(partition), mark))
+        for partition, role, position, mark in served:
+            checkpoint = position if position is not None else 0
+            caught_up = mark is not None and position is not None and position >= mark
+            if caught_up:
+                self._reached_end.add((partition, role))
+            remaining = 0
+            if (partition, role) not in self._reached_end and mark is not None:
+                remaining = max(0, mark - checkpoint)
+            rows[partition] = PartitionRow(role, checkpoint, mark, caught_up, remaining)
+        return rows
+
+    def status(self) -> NodeStatus:
+        rows = self.partition_rows()
+        self.metrics.set_partitions(rows)
+        shadowed_now = self.store.count_shadowed()
+        self.metrics.shadowed_now.set(shadowed_now)
+        if self._last_poll is not None:
+            self.metrics.last_poll.set(time.time() - (time.monotonic() - self._last_poll))
+        return NodeStatus(
+            name=self.settings.instance_id or f"{self.settings.group}@{self.store.path.name}",
+            topic=self.topic,
+            group=self.settings.group,
+            started_at=self.started_at,
+            last_poll_age_s=None if self._last_poll is None else time.monotonic() - self._last_poll,
+            assigned=self._assigned,
+            partitions=rows,
+            counts=self.counts,
+            repairs=self._repairer.repairs if self._repairer is not None else 0,
+            shadowed_now=shadowed_now,
+        )
 
     def _drop_lost_partitions(self) -> None:
         """Drop the data of partitions not served for longer than the grace period (another
@@ -421,6 +489,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         polled = decode_batch(batch, lambda tp: tp in assigned)
         if not polled:
             return
+        started = time.perf_counter()
         result = fold_polled(polled, self.store)
         for warning in result.warnings:
             log.warning("%s", warning)
@@ -429,17 +498,26 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             for rejection in result.rejected:
                 _log_rejection(self.topic, rejection)
             await self._send_to_dlq(result.rejected)
+            if self._dlq is not None:
+                self.metrics.dlq_sends.inc(len(result.rejected))
         checkpoints = advance(
             result.next_offsets,
             lambda p: consumer.highwater(TopicPartition(self.topic, p)),
             self._caught_up_at,
             now_ms(),
         )
+        write_started = time.perf_counter()
         try:
             self.store.apply(result.changes, checkpoints, result.counts, result.unshadowed)
         except StoreError as exc:
             raise FatalError(f"{exc}; offsets of this poll were not committed") from None
+        done = time.perf_counter()
         self.counts.add(result.counts)
+        self.metrics.add_fold(result.counts)
+        self.metrics.poll_records.observe(len(polled))
+        self.metrics.write_grains.observe(len(result.changes))
+        self.metrics.write_seconds.observe(done - write_started)
+        self.metrics.poll_seconds.observe(done - started)
         for partition, next_offset in result.next_offsets.items():
             self._book.written(partition, next_offset)
         self._positions.update(result.next_offsets)
@@ -465,7 +543,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             ):
                 items.append((grain, state))
         if items:
-            await repairer.repair(sorted(items, key=lambda item: item[0]))
+            self.metrics.repairs.inc(await repairer.repair(sorted(items, key=lambda i: i[0])))
 
     async def _send_to_dlq(self, rejected: list[Rejection]) -> None:
         if self._dlq is None or not self.settings.dlq_topic:
@@ -557,8 +635,10 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _commit_offsets(
         self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
     ) -> bool:
+        started = time.perf_counter()
         try:
             await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_S)
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
         except (KafkaError, TimeoutError) as exc:
             log.warning(
                 "offset commit of %s not done (%s); local checkpoints are written, will retry",
@@ -587,6 +667,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+        self.metrics.rebalances.inc()
+        self._assigned = True
+        self._reached_end.clear()
         async with self._batch_lock:
             try:
                 self._check_replaced()
@@ -719,11 +802,26 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             self._seek_epoch += 1
 
 
+def _unreachable(settings: WorkerSettings, exc: BaseException) -> str:
+    if isinstance(exc, StreamReplicaError):
+        return str(exc)
+    return f"broker {settings.bootstrap_servers} not reachable ({type(exc).__name__}: {exc})"
+
+
 def _log_rejection(topic: str, rejection: Rejection) -> None:
     record = rejection.record
     grain = rejection.grain
     body = record.body
-    log.error(
+    fields: dict[str, object] = {
+        "topic": topic,
+        "partition": record.partition,
+        "offset": record.offset,
+    }
+    if grain is not None:
+        fields |= {"grain_type": grain[0], "grain_key": grain[1]}
+    refusals.log(
+        logging.ERROR,
+        rejection.kind,
         "refused %s record at %s/%d/%d%s%s: %s",
         rejection.kind,
         topic,
@@ -734,6 +832,7 @@ def _log_rejection(topic: str, rejection: Rejection) -> None:
         if rejection.kind == "delta" and hasattr(body, "sequence")
         else "",
         rejection.reason,
+        **fields,
     )
 
 

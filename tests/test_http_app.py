@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from aiohttp.test_utils import TestClient, TestServer
 
 from stream_replica.fold import FoldCounts
-from stream_replica.http_app import HealthRules, NodeStatus, build_app
-from stream_replica.metrics import Metrics, PartitionRow
+from stream_replica.http_app import HealthRules, build_app
+from stream_replica.metrics import Metrics
+from stream_replica.status import NodeStatus, PartitionRow
 
 
 @dataclass

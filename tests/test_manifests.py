@@ -46,3 +46,39 @@ def test_statefulset_gives_stable_ids_volumes_probes_and_metrics() -> None:
 def test_the_examples_cover_a_statefulset_service_and_disruption_budget() -> None:
     kinds = sorted(d["kind"] for d in documents())
     assert kinds == ["ConfigMap", "PodDisruptionBudget", "Service", "StatefulSet"]
+
+
+def test_the_manifest_args_are_flags_the_worker_accepts() -> None:
+    from stream_replica.cli import build_parser
+
+    (statefulset,) = [d for d in documents() if d["kind"] == "StatefulSet"]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    args = build_parser().parse_args(container["args"])
+    assert args.http == "0.0.0.0:8080" and args.log_format == "json"
+    env_names = {e["name"] for e in container["env"]}
+    assert "STREAM_REPLICA_INSTANCE_ID" in env_names
+
+
+def test_dashboard_queries_only_metrics_the_worker_exposes() -> None:
+    import json
+    import re
+
+    from stream_replica.metrics import Metrics
+    from stream_replica.status import PartitionRow
+
+    metrics = Metrics("t")
+    metrics.set_partitions({0: PartitionRow("active", 1, 2, False)})
+    exposed = {
+        line.split("{")[0].split(" ")[0]
+        for line in metrics.exposition().decode().splitlines()
+        if line and not line.startswith("#")
+    }
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/stream-replica.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"stream_replica_[a-z_]+", target["expr"])
+    }
+    assert used, "the dashboard queries nothing"
+    assert used <= exposed, f"not exposed: {sorted(used - exposed)}"

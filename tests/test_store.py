@@ -92,3 +92,23 @@ def test_readers_open_while_a_writer_writes_and_compacts(tmp_path: Path) -> None
         reader_thread.join()
         store.close()
     assert errors == []
+
+
+def test_dump_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from stream_replica.fold import FoldCounts, GrainState
+    from stream_replica.store import Checkpoint, ReplicaStore
+
+    store = ReplicaStore(tmp_path / "db", "t")
+    grains = {("t", f"k{i:05d}"): GrainState(1, 1, "s", b"x" * 200, 0, i) for i in range(5000)}
+    store.apply(grains, {0: Checkpoint(5000, 0)}, FoldCounts())
+    store.close()
+    shell = f"{sys.executable} -m stream_replica dump --db {tmp_path / 'db'} | head -3"
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.count("\n") == 3
+    assert result.returncode == 0, result.stderr
+    assert "BrokenPipeError" not in result.stderr and "Traceback" not in result.stderr

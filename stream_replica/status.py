@@ -1,0 +1,73 @@
+"""What a worker reports about itself: a snapshot the HTTP face and the metrics read (the
+loop fills it; nothing here does I/O)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream_replica.fold import FoldCounts
+
+
+class PartitionRow:
+    """What the worker reports about one partition it serves."""
+
+    __slots__ = ("caught_up", "checkpoint", "end_offset", "rebuild_remaining", "role")
+
+    def __init__(
+        self,
+        role: str,
+        checkpoint: int,
+        end_offset: int | None,
+        caught_up: bool,
+        rebuild_remaining: int = 0,
+    ) -> None:
+        self.role = role
+        self.checkpoint = checkpoint
+        self.end_offset = end_offset
+        self.caught_up = caught_up
+        self.rebuild_remaining = rebuild_remaining
+
+    @property
+    def lag(self) -> int:
+        return 0 if self.end_offset is None else max(0, self.end_offset - self.checkpoint)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "role": self.role,
+            "checkpoint": self.checkpoint,
+            "end_offset": self.end_offset,
+            "lag": self.lag,
+            "caught_up": self.caught_up,
+            "rebuild_remaining": self.rebuild_remaining,
+        }
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    topic: str
+    group: str
+    started_at: float  # unix seconds
+    last_poll_age_s: float | None  # None: no poll yet
+    assigned: bool  # the group has given this worker an assignment (maybe empty)
+    partitions: dict[int, PartitionRow] = field(default_factory=dict)
+    counts: FoldCounts = field(default_factory=FoldCounts)
+    repairs: int = 0
+    shadowed_now: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "topic": self.topic,
+            "group": self.group,
+            "started_at": self.started_at,
+            "now": time.time(),
+            "last_poll_age_s": self.last_poll_age_s,
+            "assigned": self.assigned,
+            "partitions": {str(p): row.as_json() for p, row in sorted(self.partitions.items())},
+            "counts": self.counts.as_dict(),
+            "repairs": self.repairs,
+            "shadowed_now": self.shadowed_now,
+        }

@@ -1,0 +1,145 @@
+"""Every client over SASL_SSL with SCRAM and over mutual TLS, against a broker in secure mode
+(dev/kafka/kafka.sh with KAFKA_SECURE=1); credential, certificate and ACL failures end the
+process within seconds with one line saying which."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stream_replica import admin
+from stream_replica.store import ReplicaReader
+from tests.helpers import cli, read_until, worker_command
+from tests.secure_broker import SecureBroker, free_port_block
+
+pytestmark = pytest.mark.broker
+TOPIC = "secure-grains"
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    broker = SecureBroker(free_port_block(), tmp_path_factory.mktemp("secure") / "run")
+    started = broker.kafka_sh("start")
+    if started.returncode != 0:
+        broker.kafka_sh("stop")
+        pytest.fail(f"secure broker did not start:\n{started.stdout}\n{started.stderr}")
+    try:
+        yield broker
+    finally:
+        broker.kafka_sh("stop", timeout=120)
+
+
+def one_line_failure(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("stream-replica: ") and expected in last, result.stderr[-2000:]
+
+
+def test_every_command_over_sasl_ssl_with_scram(secure: SecureBroker, tmp_path: Path) -> None:
+    env = secure.client_env("replica")
+    created = cli("topic", "create", "--topic", TOPIC, "--partitions", "2", env=env)
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["partitions"] == 2
+    published = cli("publish", "--topic", TOPIC, "--demo", "40", env=env)
+    assert published.returncode == 0, published.stderr
+    count = json.loads(published.stdout)["published"]
+
+    db = tmp_path / "db"
+    command = worker_command(secure.sasl_ssl, TOPIC, "secure-group", db)
+    worker = subprocess.Popen(command, env={**secure.env, **env}, stderr=subprocess.PIPE, text=True)
+    try:
+        read_until(worker, "assigned partitions")
+        deadline = time.monotonic() + 60
+        while True:
+            with ReplicaReader(db) as reader:
+                done = sum(c.next_offset for c in reader.checkpoints().values())
+            if done >= count:
+                break
+            assert time.monotonic() < deadline, f"worker read {done} of {count} records"
+            time.sleep(0.2)  # polling the store: the worker is another process
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 0, stderr[-2000:]
+
+    audited = cli("audit", "--db", str(db), env=env)
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    replayed = cli(
+        "replay", "--topic", TOPIC, "--group", "secure-group", "--db", str(db),
+        "--from-beginning", env=env,
+    )  # fmt: skip
+    assert replayed.returncode == 0, replayed.stderr
+    for output in (created, published, audited, replayed):
+        assert "replica-secret" not in output.stdout + output.stderr
+
+
+def test_mutual_tls(secure: SecureBroker) -> None:
+    tls = secure.tls
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": secure.mutual_tls,
+        "STREAM_REPLICA_SECURITY_PROTOCOL": "SSL",
+        "STREAM_REPLICA_SSL_CAFILE": str(tls / "ca.pem"),
+        "STREAM_REPLICA_SSL_CERTFILE": str(tls / "client.pem"),
+        "STREAM_REPLICA_SSL_KEYFILE": str(tls / "client.key"),
+    }
+    created = cli("topic", "create", "--topic", "mtls-grains", env=env)
+    assert created.returncode == 0, created.stderr
+
+
+@pytest.mark.parametrize("command", [["topic", "describe"], ["publish", "--demo", "1"]])
+def test_wrong_password_is_one_line_within_seconds(
+    secure: SecureBroker, command: list[str]
+) -> None:
+    started = time.monotonic()
+    result = cli(*command, "--topic", TOPIC, env=secure.client_env("replica", "wrong"))
+    one_line_failure(result, "SASL authentication failed")
+    assert "for user 'replica'" in result.stderr and "wrong" not in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_untrusted_certificate_is_one_line(secure: SecureBroker) -> None:
+    env = {
+        **secure.client_env("replica"),
+        "STREAM_REPLICA_SSL_CAFILE": str(secure.tls / "other-ca.pem"),
+    }
+    result = cli("topic", "describe", "--topic", TOPIC, env=env)
+    one_line_failure(result, "is not trusted")
+
+
+@pytest.mark.parametrize("command", ["describe", "run"])
+def test_acl_refusal_is_one_line(secure: SecureBroker, tmp_path: Path, command: str) -> None:
+    started = time.monotonic()
+    args = ["topic", "describe"] if command == "describe" else ["run", "--db", str(tmp_path / "db")]
+    result = cli(*args, "--topic", TOPIC, env=secure.client_env("limited"))
+    one_line_failure(result, f"not authorized to describe topic {TOPIC!r}")
+    assert time.monotonic() - started < 30
+
+
+def test_no_client_leaks_when_the_broker_is_unreachable() -> None:
+    result = cli("publish", "--demo", "1", "--bootstrap-servers", "127.0.0.1:1")
+    one_line_failure(result, "no Kafka broker answered at 127.0.0.1:1")
+    assert "Unclosed" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_admin_functions_take_a_connection(secure: SecureBroker) -> None:
+    from stream_replica.connection import ConnectionSettings
+
+    settings = ConnectionSettings(
+        bootstrap_servers=secure.sasl_ssl,
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-256",
+        sasl_username="admin",
+        sasl_password="admin-secret",  # type: ignore[arg-type]
+        ssl_cafile=secure.tls / "ca.pem",
+    )
+    assert await admin.create_topic(settings, "conn-grains", 1)
+    info = await admin.describe_topic(settings, "conn-grains")
+    assert info is not None and info.topic_id
