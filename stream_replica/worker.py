@@ -803,9 +803,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def _unreachable(settings: WorkerSettings, exc: BaseException) -> str:
-    if isinstance(exc, StreamReplicaError):
-        return str(exc)
-    return f"broker {settings.bootstrap_servers} not reachable ({type(exc).__name__}: {exc})"
+    detail = str(exc) if isinstance(exc, StreamReplicaError) else f"{type(exc).__name__}: {exc}"
+    return f"Kafka not reachable ({detail})"
 
 
 def _log_rejection(topic: str, rejection: Rejection) -> None:
