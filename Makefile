@@ -36,7 +36,7 @@ lint: venv
 	$(VENV)/bin/mypy stream_replica
 
 ## Faults under load on a dedicated broker (port 19092); knobs: CHAOS_ARGS="--records 200000 ..."
-## CHAOS_ARGS="--cluster ..." runs it on a 3-broker cluster (ports 41092/42092/43092) with
+## CHAOS_ARGS="--cluster ..." runs it on a 3-broker cluster (ports 14092/15092/16092) with
 ## leader kill -9, controlled shutdown and two brokers down.
 ## (CHAOS_ARGS="--static": workers with instance ids and one standby replica)
 chaos: venv

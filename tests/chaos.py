@@ -4,7 +4,7 @@ bounces while a producer writes; then every replica is checked against the oracl
 Runs its own broker (default port 19092) so bouncing it disturbs nothing else.
 ``python -m tests.chaos --help`` lists the knobs; ``--small`` is the CI-sized run.
 
-``--cluster`` runs a 3-broker KRaft cluster instead (brokers on ports 41092, 42092, 43092 by
+``--cluster`` runs a 3-broker KRaft cluster instead (brokers on ports 14092, 15092, 16092 by
 default; topic and DLQ with replication factor 3 and min.insync.replicas 2) and, while the
 producer and the workers run: SIGKILL of the broker leading the most partitions, a controlled
 shutdown of another, a restart of each, and one period with two brokers down. It also checks
@@ -944,7 +944,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--brokers", type=int, default=3, help="brokers in --cluster mode")
     parser.add_argument(
-        "--cluster-port", type=int, default=41092, help="broker i on PORT+(i-1)*1000"
+        "--cluster-port", type=int, default=14092, help="broker i on PORT+(i-1)*1000"
     )
     parser.add_argument(
         "--two-down", type=float, default=10.0, help="seconds two brokers stay down"

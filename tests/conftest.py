@@ -104,8 +104,8 @@ async def make_topic(
 @pytest.fixture(scope="session")
 def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
     """A 3-broker KRaft cluster of its own (dev/kafka/kafka.sh cluster), started once per
-    session: brokers on KAFKA_TEST_CLUSTER_PORT (44092), +1000, +2000; controller on +1."""
-    port = int(os.environ.get("KAFKA_TEST_CLUSTER_PORT", "44092"))
+    session: brokers on KAFKA_TEST_CLUSTER_PORT (21092), +1000, +2000; controller on +1."""
+    port = int(os.environ.get("KAFKA_TEST_CLUSTER_PORT", "21092"))
     cluster = KafkaCluster(port, tmp_path_factory.mktemp("cluster") / "run")
     try:
         cluster.start()

@@ -56,7 +56,7 @@ environment:
   KAFKA_STOP_TIMEOUT (60)  JAVA_HOME
   KAFKA_SECURE (0)   1: also SASL_SSL (SCRAM) on PORT+2 and mutual TLS on PORT+3, with a CA and
                      certificates made by dev/kafka/secure.sh in RUN_DIR/tls (see that script)
-  cluster: KAFKA_CLUSTER_BROKERS (3)  KAFKA_CLUSTER_PORT (41092; broker i listens on
+  cluster: KAFKA_CLUSTER_BROKERS (3)  KAFKA_CLUSTER_PORT (14092; broker i listens on
   PORT + (i-1)*KAFKA_CLUSTER_PORT_STEP (1000))  KAFKA_CLUSTER_CONTROLLER_PORT (PORT+1)
   KAFKA_CLUSTER_DIR (dev/kafka/.cache/cluster-PORT)  KAFKA_CLUSTER_HEAP_OPTS (-Xmx384m -Xms128m)
   KAFKA_CLUSTER_CONTROLLER_HEAP_OPTS (-Xmx192m -Xms64m)
@@ -515,7 +515,7 @@ CL_BASE="" CL_N="" CL_STEP="" CL_CPORT="" CL_DIR="" CL_RF="" CL_MIN_ISR=""
 NODE_ROLE="" NODE_ID=""
 
 cluster_init() {
-  CL_BASE=${KAFKA_CLUSTER_PORT:-41092}
+  CL_BASE=${KAFKA_CLUSTER_PORT:-14092}
   is_uint "$CL_BASE" || die "KAFKA_CLUSTER_PORT must be a port number, got '$CL_BASE'"
   CL_N=${KAFKA_CLUSTER_BROKERS:-3}
   [[ "$CL_N" =~ ^[1-9]$ ]] || die "KAFKA_CLUSTER_BROKERS must be 1..9, got '$CL_N'"
