@@ -5,6 +5,7 @@ a summary, a check of every replica against the log, and a sample ``get``."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import subprocess
@@ -101,7 +102,12 @@ async def run_demo(bootstrap_servers: str, grains: int, workers: int, workdir: s
     )
     if sample is not None:
         (grain_type, grain_key), db = sample
-        command = ["stream-replica", "get", "--db", str(db), grain_type, grain_key]
+        # The command as the user can type it: the virtualenv's script by its path when
+        # `stream-replica` is not on PATH (README: "Two commands").
+        script = Path(sys.executable).with_name("stream-replica")
+        on_path = shutil.which("stream-replica") == str(script)
+        program = "stream-replica" if on_path or not script.exists() else os.path.relpath(script)
+        command = [program, "get", "--db", str(db), grain_type, grain_key]
         console.print(f"[bold]sample:[/] {' '.join(command)}")
         result = subprocess.run(
             [sys.executable, "-m", "stream_replica", *command[1:]],
