@@ -26,7 +26,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
     KafkaError,
@@ -42,6 +41,7 @@ from stream_replica.connection import start_client
 from stream_replica.errors import KafkaAccessError, StreamReplicaError
 from stream_replica.fold import FoldCounts, FoldResult, Rejection
 from stream_replica.logs import RateLimitedLog
+from stream_replica.membership import GroupAssignment
 from stream_replica.metrics import Metrics
 from stream_replica.offsets import CommitBook, advance, resume_from
 from stream_replica.ownership import Ownership, fenced_line, is_fenced, partitions_of
@@ -196,12 +196,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             session_timeout_ms=session_timeout_ms,
             # Frequent enough that a duplicate instance id is noticed within seconds.
             heartbeat_interval_ms=max(1000, min(3000, session_timeout_ms // 5)),
-            # Ours first; round-robin lets a group of older workers be upgraded one by one
-            # (the group switches to ours once every member offers it).
-            partition_assignment_strategy=(
-                self.ownership.binding.strategy,
-                RoundRobinPartitionAssignor,
-            ),
+            # Ours only. Offering round-robin as well (for upgrades member by member) made
+            # aiokafka members rejoin in a loop: groups never settled (docs/assignor.md).
+            partition_assignment_strategy=(self.ownership.binding.strategy,),
             max_poll_interval_ms=300_000,
             # Revocation waits for the in-flight poll and one commit (<= ~31 s): well inside.
             rebalance_timeout_ms=60_000,
@@ -412,6 +409,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 remaining = max(0, mark - checkpoint)
             rows[partition] = PartitionRow(role, checkpoint, mark, caught_up, remaining)
         return rows
+
+    def group_assignment(self) -> GroupAssignment | None:
+        """The last assignment of our protocol: who serves every partition (the read API's
+        routing table)."""
+        return self.ownership.binding.last
 
     def status(self) -> NodeStatus:
         rows = self.partition_rows()
