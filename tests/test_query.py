@@ -121,7 +121,11 @@ async def settled(
             return False
         for p, entry in found["partitions"].items():
             for replica in entry["replicas"]:
-                if not replica["reachable"] or replica.get("checkpoint", -1) < ends[int(p)]:
+                if (
+                    not replica["reachable"]
+                    or not replica.get("caught_up")
+                    or replica["checkpoint"] < ends[int(p)]
+                ):
                     return False
     return True
 
