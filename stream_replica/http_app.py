@@ -101,7 +101,11 @@ class HttpServer:
         site = web.TCPSite(
             self._runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError:
+            await self._runner.cleanup()  # runs the app's cleanup (e.g. closes client sessions)
+            raise
         # port 0: learn the one the OS chose
         for server in self._runner.addresses:
             if isinstance(server, tuple) and len(server) >= 2:

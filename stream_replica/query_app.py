@@ -454,17 +454,17 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
                 return await forward(request, partition, stale, wait_ms, fresh_only=stale)
             except ReadError as exc:
                 failure = exc
-            if stale:  # no copy that is not being rebuilt answered: any copy will do
-                if row is not None:
-                    answer = serve_local(request, grain, row, True)
-                    if answer is not None:
-                        return answer
-                else:
-                    try:
-                        return await forward(request, partition, stale, wait_ms, fresh_only=False)
-                    except ReadError as exc:
-                        failure = exc
             if time.monotonic() >= retry_deadline:
+                if stale:  # no copy that is not being rebuilt answered in time: any copy will do
+                    if row is not None and here:
+                        answer = serve_local(request, grain, row, True)
+                        if answer is not None:
+                            return answer
+                    elif row is None:
+                        try:
+                            return await forward(request, partition, True, wait_ms, False)
+                        except ReadError as exc:
+                            failure = exc
                 raise failure
             await asyncio.sleep(0.1)
 
