@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import re
 import statistics
@@ -174,6 +175,7 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="per read scenario")
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)  # the in-process workers' progress lines
     bootstrap = os.environ.get(
         "KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
     )
