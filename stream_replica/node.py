@@ -37,7 +37,11 @@ def _store_bytes(store: ReplicaStore) -> int:
 def advertised(settings: WorkerSettings, host: str, port: int) -> str:
     """``--advertise``, else the listening address (0.0.0.0/::: this machine's host name)."""
     if settings.advertise:
-        parse_listen(settings.advertise)  # same shape as --http
+        name, sep, number = settings.advertise.rpartition(":")
+        if not name or not sep or not number.isdigit() or not 0 < int(number) <= 65535:
+            raise ConfigurationError(
+                f"--advertise {settings.advertise!r}: expected HOST:PORT, e.g. worker-1:8080"
+            )
         return settings.advertise
     if host in ("0.0.0.0", "::", ""):
         host = socket.gethostname()
