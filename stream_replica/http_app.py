@@ -7,6 +7,7 @@ It only reads: a :class:`WorkerView` gives it a snapshot; it never drives the lo
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from importlib import resources
 from typing import Protocol
@@ -87,15 +88,24 @@ def build_app(view: WorkerView, rules: HealthRules) -> web.Application:
 class HttpServer:
     """Runs the app on ``host:port`` inside the current event loop."""
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
+    def __init__(
+        self, app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
+        site = web.TCPSite(
+            self._runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context
+        )
+        try:
+            await site.start()
+        except OSError:
+            await self._runner.cleanup()  # runs the app's cleanup (e.g. closes client sessions)
+            raise
         # port 0: learn the one the OS chose
         for server in self._runner.addresses:
             if isinstance(server, tuple) and len(server) >= 2:

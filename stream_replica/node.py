@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 import time
+from pathlib import Path
 
 from stream_replica.errors import ConfigurationError
 from stream_replica.http_app import HealthRules, HttpServer, build_app
+from stream_replica.query_app import QueryConfig, add_query_routes
 from stream_replica.settings import WorkerSettings
 from stream_replica.store import ReplicaStore
 from stream_replica.worker import ReplicaWorker
@@ -30,6 +34,55 @@ def _store_bytes(store: ReplicaStore) -> int:
     return sum(p.stat().st_size for p in store.path.iterdir() if p.is_file())
 
 
+def advertised(settings: WorkerSettings, host: str, port: int) -> str:
+    """``--advertise``, else the listening address (0.0.0.0/::: this machine's host name)."""
+    if settings.advertise:
+        name, sep, number = settings.advertise.rpartition(":")
+        if not name or not sep or not number.isdigit() or not 0 < int(number) <= 65535:
+            raise ConfigurationError(
+                f"--advertise {settings.advertise!r}: expected HOST:PORT, e.g. worker-1:8080"
+            )
+        return settings.advertise
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def read_token(path: Path) -> str:
+    try:
+        token = path.read_text("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"--http-token-file {path}: cannot read it ({exc})") from None
+    if not token:
+        raise ConfigurationError(f"--http-token-file {path}: the file is empty")
+    return token
+
+
+def tls_contexts(settings: WorkerSettings) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """(server context, client context for forwarding); (None, None) without TLS."""
+    cert, key = settings.http_tls_cert, settings.http_tls_key
+    if cert is None and key is None:
+        return None, None
+    if cert is None or key is None:
+        raise ConfigurationError("--http-tls-cert and --http-tls-key go together")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        server.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(
+            f"--http-tls-cert {cert} / --http-tls-key {key}: cannot load them ({exc})"
+        ) from None
+    try:
+        client = ssl.create_default_context(
+            cafile=None if settings.http_tls_cafile is None else str(settings.http_tls_cafile)
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(
+            f"--http-tls-cafile {settings.http_tls_cafile}: cannot load it ({exc})"
+        ) from None
+    return server, client
+
+
 async def run_node(settings: WorkerSettings, store: ReplicaStore, stop: asyncio.Event) -> None:
     worker = ReplicaWorker(settings, store, stop)
     server: HttpServer | None = None
@@ -37,14 +90,34 @@ async def run_node(settings: WorkerSettings, store: ReplicaStore, stop: asyncio.
     if settings.http:
         host, port = parse_listen(settings.http)
         rules = HealthRules(settings.health_max_poll_age_s, settings.ready_max_lag)
-        server = HttpServer(build_app(worker, rules), host, port)
+        server_ssl, client_ssl = tls_contexts(settings)
+        query = QueryConfig(
+            token=None
+            if settings.http_token_file is None
+            else read_token(settings.http_token_file),
+            scheme="https" if server_ssl is not None else "http",
+            client_ssl=client_ssl,
+            forward_timeout_s=settings.read_forward_timeout_s,
+        )
+        app = build_app(worker, rules)
+        add_query_routes(app, worker, query)
+        server = HttpServer(app, host, port, server_ssl)
         try:
             await server.start()
         except OSError as exc:
             raise ConfigurationError(
                 f"--http {settings.http}: cannot listen ({exc.strerror})"
             ) from None
-        log.info("HTTP on %s:%d (/metrics, /healthz, /readyz, /)", host, server.port)
+        query.endpoint = advertised(settings, host, server.port)
+        worker.ownership.endpoint = query.endpoint
+        log.info(
+            "HTTP on %s:%d (%s; /grains, /partitions, /openapi.json, /metrics, /healthz, "
+            "/readyz, /), advertised as %s",
+            host,
+            server.port,
+            query.scheme,
+            query.endpoint,
+        )
 
         async def measure_store() -> None:
             while True:

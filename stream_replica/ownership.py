@@ -78,6 +78,9 @@ class Ownership:
         # Claimed at the next join: the last assignment received (from the store after a
         # restart). Not cleared on revocation: the eager protocol revokes everything before
         # each join, and the claim must survive that.
+        # This worker's advertised HTTP endpoint ("host:port", None: no HTTP), sent in the
+        # subscription so every member learns partition -> endpoints (node.py sets it).
+        self.endpoint: str | None = None
         self.claims: LastAssignment = store.last_assignment()
         self._fresh: GroupAssignment | None = None
         self._served: dict[int, Served] = store.served()
@@ -94,6 +97,7 @@ class Ownership:
         return LocalState(
             self.topic,
             instance_id=self.instance_id,
+            endpoint=self.endpoint,
             stores=stores,
             active=self.claims.active,
             standby=self.claims.standby,

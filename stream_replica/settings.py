@@ -104,6 +104,30 @@ class WorkerSettings(KafkaSettings):
         default=None,
         description="serve /metrics, /healthz, /readyz and a status page on HOST:PORT",
     )
+    advertise: str | None = Field(
+        default=None,
+        description="HOST:PORT other workers and clients reach this worker's --http on "
+        "(default: from --http; 0.0.0.0 or no host: this machine's host name)",
+    )
+    http_token_file: Path | None = Field(
+        default=None,
+        description="require 'Authorization: Bearer <the file's content>' on the data routes "
+        "(/grains, /partitions); forwarding between workers sends it",
+    )
+    http_tls_cert: Path | None = Field(
+        default=None, description="serve HTTPS with this certificate chain (PEM)"
+    )
+    http_tls_key: Path | None = Field(
+        default=None, description="the private key (PEM) of --http-tls-cert"
+    )
+    http_tls_cafile: Path | None = Field(
+        default=None,
+        description="CA bundle (PEM) that forwarding between workers verifies peers with "
+        "(default: the system's)",
+    )
+    read_forward_timeout_s: float = Field(
+        default=5.0, gt=0, description="longest wait for another worker's answer to a read (s)"
+    )
     health_max_poll_age_s: float = Field(
         default=30.0, gt=0, description="/healthz fails when the loop has not polled for this long"
     )

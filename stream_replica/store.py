@@ -554,3 +554,26 @@ class ReplicaStore(_StoreView):
             self._db.write(batch, self._write_options)
         except Exception as exc:
             raise StoreError(f"write to state directory {self.path} failed: {exc}") from None
+
+    def grains_of_type(
+        self, grain_type: str, prefix: str = "", after: str | None = None
+    ) -> Iterator[tuple[str, GrainState]]:
+        """Grains of ``grain_type`` whose key starts with ``prefix`` and sorts after ``after``
+        (when given), in key order: the HTTP scan's local step."""
+        type_prefix = grain_db_key((grain_type, ""))
+        start = prefix if after is None or after < prefix else after
+        iterator = self._db.iter()
+        try:
+            iterator.seek(grain_db_key((grain_type, start)))
+            while iterator.valid():
+                db_key = iterator.key()
+                if not db_key.startswith(type_prefix):
+                    break
+                _, grain_key = parse_grain_db_key(db_key)
+                if not grain_key.startswith(prefix):
+                    break  # sorted: every later key is past the prefix too
+                if after is None or grain_key > after:
+                    yield grain_key, _unpack_state(iterator.value())
+                iterator.next()
+        finally:
+            del iterator

@@ -41,6 +41,7 @@ from stream_replica.connection import start_client
 from stream_replica.errors import KafkaAccessError, StreamReplicaError
 from stream_replica.fold import FoldCounts, FoldResult, Rejection
 from stream_replica.logs import RateLimitedLog
+from stream_replica.membership import GroupAssignment
 from stream_replica.metrics import Metrics
 from stream_replica.offsets import CommitBook, advance, resume_from
 from stream_replica.ownership import Ownership, fenced_line, is_fenced, partitions_of
@@ -408,6 +409,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 remaining = max(0, mark - checkpoint)
             rows[partition] = PartitionRow(role, checkpoint, mark, caught_up, remaining)
         return rows
+
+    def group_assignment(self) -> GroupAssignment | None:
+        """The last assignment of our protocol: who serves every partition (the read API's
+        routing table)."""
+        return self.ownership.binding.last
 
     def status(self) -> NodeStatus:
         rows = self.partition_rows()

@@ -1,0 +1,428 @@
+"""A Python client of the workers' read API: learns the ownership map (``/partitions``),
+sends each read straight to the partition's owner, follows ownership changes, and retries on
+another worker when one is down or answers 503.
+
+    with ReplicaClient(["http://10.0.0.1:8080", "http://10.0.0.2:8080"]) as client:
+        grain = client.get("account", "42")          # None: not found
+    async with AsyncReplicaClient(endpoints) as client:
+        grain = await client.get("account", "42", min_sequence=7, wait_ms=2000)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import quote
+
+import httpx
+
+from stream_replica.routing import partition_for
+
+DOWN_FOR_S: Final = 2.0  # an endpoint that refused a connection is tried last for this long
+
+
+class ReplicaClientError(Exception):
+    """A read the workers refused for good (bad request, wrong token) or could not answer
+    within the client's deadline; the message is the worker's one line."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SequenceTimeout(ReplicaClientError):
+    """``min_sequence`` was not reached within ``wait_ms`` (HTTP 504)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GrainRead:
+    grain_type: str
+    grain_key: str
+    sequence: int
+    timestamp_millis: int
+    source_cluster: str
+    payload: bytes
+    partition: int
+    offset: int
+    served_by: str
+    role: str
+    replica_lag: int
+    caught_up: bool
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> GrainRead:
+        return cls(
+            obj["grain_type"],
+            obj["grain_key"],
+            obj["sequence"],
+            obj["timestamp_millis"],
+            obj["source_cluster"],
+            base64.b64decode(obj["payload"]),
+            obj["partition"],
+            obj["offset"],
+            obj["served_by"],
+            obj["role"],
+            obj["replica_lag"],
+            obj["caught_up"],
+        )
+
+
+def _base(endpoint: str, scheme: str) -> str:
+    return endpoint.rstrip("/") if "://" in endpoint else f"{scheme}://{endpoint}"
+
+
+class _Router:
+    """The client's view of the group (no I/O): known workers, the ownership map, and the
+    order to try workers in for a grain."""
+
+    def __init__(self, endpoints: Sequence[str]) -> None:
+        if not endpoints:
+            raise ValueError("ReplicaClient needs at least one worker endpoint")
+        self.scheme = "https" if endpoints[0].startswith("https://") else "http"
+        self.bases = [_base(e, self.scheme) for e in endpoints]
+        self.partitions: int | None = None
+        self.replicas: dict[int, list[tuple[str, str]]] = {}  # partition -> [(base, role)]
+        self.down: dict[str, float] = {}
+        self.stale_map = True
+
+    def learn(self, obj: dict[str, Any]) -> None:
+        self.partitions = obj.get("partition_count") or self.partitions
+        replicas: dict[int, list[tuple[str, str]]] = {}
+        for p, entry in obj.get("partitions", {}).items():
+            replicas[int(p)] = [
+                (_base(r["endpoint"], self.scheme), r["role"])
+                for r in entry["replicas"]
+                if r.get("endpoint")
+            ]
+        self.replicas = replicas
+        for rs in replicas.values():
+            for base, _ in rs:
+                if base not in self.bases:
+                    self.bases.append(base)
+        self.stale_map = False
+
+    def order(self, grain: tuple[str, str], stale: bool) -> list[str]:
+        """Owner first (then standbys with ``stale``), then every other worker (any worker
+        forwards); endpoints seen down recently go last."""
+        first: list[str] = []
+        if self.partitions:
+            partition = partition_for(grain, self.partitions)
+            first = [b for b, role in self.replicas.get(partition, []) if role == "active" or stale]
+        rest = [b for b in self.bases if b not in first]
+        random.shuffle(rest)
+        now = time.monotonic()
+        ordered = first + rest
+        return sorted(ordered, key=lambda b: self.down.get(b, 0.0) > now)
+
+    def owner(self, grain: tuple[str, str]) -> str | None:
+        if not self.partitions:
+            return None
+        for base, role in self.replicas.get(partition_for(grain, self.partitions), []):
+            if role == "active":
+                return base
+        return None
+
+    def mark_down(self, base: str) -> None:
+        self.down[base] = time.monotonic() + DOWN_FOR_S
+        self.stale_map = True
+
+    def refresh_order(self) -> list[str]:
+        now = time.monotonic()
+        return sorted(self.bases, key=lambda b: self.down.get(b, 0.0) > now)
+
+
+def _path(grain_type: str, grain_key: str) -> str:
+    return f"/grains/{quote(grain_type, safe='')}/{quote(grain_key, safe='')}"
+
+
+def _params(stale: bool, min_sequence: int | None, wait_ms: int | None) -> dict[str, str]:
+    params = {}
+    if stale:
+        params["stale"] = "ok"
+    if min_sequence is not None:
+        params["min_sequence"] = str(min_sequence)
+    if wait_ms is not None:
+        params["wait_ms"] = str(wait_ms)
+    return params
+
+
+def _error_line(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", response.text[:200]))
+    except ValueError:
+        return response.text[:200]
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(1.0, max(0.05, float(response.headers.get("Retry-After", "0.2"))))
+    except ValueError:
+        return 0.2
+
+
+class _Outcome:
+    """What one answer means: done (value), give up (error), or retry after a pause."""
+
+    def __init__(self, done: bool, value: GrainRead | None = None, pause: float = 0.0) -> None:
+        self.done = done
+        self.value = value
+        self.pause = pause
+
+
+def _judge(
+    router: _Router, grain: tuple[str, str], base: str, response: httpx.Response
+) -> _Outcome:
+    status = response.status_code
+    if status == 200:
+        read = GrainRead.from_json(response.json())
+        if _base(read.served_by, router.scheme) != router.owner(grain) and read.role == "active":
+            router.stale_map = True  # it moved: learn the new owner before the next read
+        return _Outcome(True, read)
+    if status == 404:
+        return _Outcome(True, None)
+    if status == 504:
+        raise SequenceTimeout(_error_line(response), status)
+    if status == 503:
+        router.stale_map = True
+        return _Outcome(False, pause=_retry_after(response))
+    raise ReplicaClientError(f"{base}: {_error_line(response)}", status)
+
+
+class ReplicaClient:
+    """Synchronous client (httpx). ``verify``: True, False, or a CA bundle path / SSLContext
+    for HTTPS workers; ``token``: the workers' bearer token; ``deadline_s``: how long one
+    read keeps retrying other workers."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        token: str | None = None,
+        verify: bool | str | ssl.SSLContext = True,
+        timeout_s: float = 5.0,
+        deadline_s: float = 15.0,
+    ) -> None:
+        self.router = _Router(endpoints)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if isinstance(verify, str):
+            verify = ssl.create_default_context(cafile=verify)
+        self.http = httpx.Client(headers=headers, verify=verify, timeout=timeout_s)
+        self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
+
+    def __enter__(self) -> ReplicaClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def refresh(self) -> None:
+        """Learn the ownership map from the first worker that answers."""
+        for base in self.router.refresh_order():
+            try:
+                response = self.http.get(base + "/partitions")
+            except httpx.TransportError:
+                self.router.mark_down(base)
+                continue
+            if response.status_code == 200:
+                self.router.learn(response.json())
+                return
+            if response.status_code == 401:
+                raise ReplicaClientError(f"{base}: {_error_line(response)}", 401)
+
+    def get(
+        self,
+        grain_type: str,
+        grain_key: str,
+        *,
+        stale: bool = False,
+        min_sequence: int | None = None,
+        wait_ms: int | None = None,
+    ) -> GrainRead | None:
+        """The grain (None: not found). Raises SequenceTimeout, or ReplicaClientError when
+        no worker answered within the deadline."""
+        grain = (grain_type, grain_key)
+        deadline = time.monotonic() + self.deadline_s
+        last = "no worker answered"
+        while True:
+            if self.router.stale_map:
+                self.refresh()
+            pause = 0.1
+            for base in self.router.order(grain, stale):
+                try:
+                    response = self.http.get(
+                        base + _path(grain_type, grain_key),
+                        params=_params(stale, min_sequence, wait_ms),
+                        timeout=self.timeout_s + (wait_ms or 0) / 1000,
+                    )
+                except httpx.TransportError as exc:
+                    self.router.mark_down(base)
+                    last = f"{base}: {type(exc).__name__}"
+                    continue
+                outcome = _judge(self.router, grain, base, response)
+                if outcome.done:
+                    return outcome.value
+                last, pause = f"{base}: {_error_line(response)}", outcome.pause
+                break
+            if time.monotonic() + pause > deadline:
+                raise ReplicaClientError(f"no answer within {self.deadline_s:.0f} s ({last})")
+            time.sleep(pause)
+
+    def scan(self, grain_type: str, prefix: str = "", limit: int = 100) -> Iterator[dict[str, Any]]:
+        """Every grain of a type (whose key starts with ``prefix``), in key order, page by page."""
+        cursor: str | None = None
+        while True:
+            params = {
+                "prefix": prefix,
+                "limit": str(limit),
+                **({"cursor": cursor} if cursor else {}),
+            }
+            response = self._any(f"/grains/{quote(grain_type, safe='')}", params)
+            page = response.json()
+            yield from page["items"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return
+
+    def _any(self, path: str, params: dict[str, str]) -> httpx.Response:
+        deadline = time.monotonic() + self.deadline_s
+        last = "no worker answered"
+        while True:
+            for base in self.router.refresh_order():
+                try:
+                    response = self.http.get(base + path, params=params)
+                except httpx.TransportError as exc:
+                    self.router.mark_down(base)
+                    last = f"{base}: {type(exc).__name__}"
+                    continue
+                if response.status_code == 200:
+                    return response
+                last = f"{base}: {_error_line(response)}"
+                if response.status_code != 503:
+                    raise ReplicaClientError(last, response.status_code)
+            if time.monotonic() > deadline:
+                raise ReplicaClientError(f"no answer within {self.deadline_s:.0f} s ({last})")
+            time.sleep(0.2)
+
+
+class AsyncReplicaClient:
+    """The asyncio twin of :class:`ReplicaClient` (same arguments and behaviour)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        token: str | None = None,
+        verify: bool | str | ssl.SSLContext = True,
+        timeout_s: float = 5.0,
+        deadline_s: float = 15.0,
+    ) -> None:
+        self.router = _Router(endpoints)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if isinstance(verify, str):
+            verify = ssl.create_default_context(cafile=verify)
+        self.http = httpx.AsyncClient(headers=headers, verify=verify, timeout=timeout_s)
+        self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
+        self._refreshing = asyncio.Lock()
+
+    async def __aenter__(self) -> AsyncReplicaClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def refresh(self) -> None:
+        async with self._refreshing:
+            if not self.router.stale_map:
+                return  # another task just did it
+            for base in self.router.refresh_order():
+                try:
+                    response = await self.http.get(base + "/partitions")
+                except httpx.TransportError:
+                    self.router.mark_down(base)
+                    continue
+                if response.status_code == 200:
+                    self.router.learn(response.json())
+                    return
+                if response.status_code == 401:
+                    raise ReplicaClientError(f"{base}: {_error_line(response)}", 401)
+
+    async def get(
+        self,
+        grain_type: str,
+        grain_key: str,
+        *,
+        stale: bool = False,
+        min_sequence: int | None = None,
+        wait_ms: int | None = None,
+    ) -> GrainRead | None:
+        grain = (grain_type, grain_key)
+        deadline = time.monotonic() + self.deadline_s
+        last = "no worker answered"
+        while True:
+            if self.router.stale_map:
+                await self.refresh()
+            pause = 0.1
+            for base in self.router.order(grain, stale):
+                try:
+                    response = await self.http.get(
+                        base + _path(grain_type, grain_key),
+                        params=_params(stale, min_sequence, wait_ms),
+                        timeout=self.timeout_s + (wait_ms or 0) / 1000,
+                    )
+                except httpx.TransportError as exc:
+                    self.router.mark_down(base)
+                    last = f"{base}: {type(exc).__name__}"
+                    continue
+                outcome = _judge(self.router, grain, base, response)
+                if outcome.done:
+                    return outcome.value
+                last, pause = f"{base}: {_error_line(response)}", outcome.pause
+                break
+            if time.monotonic() + pause > deadline:
+                raise ReplicaClientError(f"no answer within {self.deadline_s:.0f} s ({last})")
+            await asyncio.sleep(pause)
+
+    async def scan(
+        self, grain_type: str, prefix: str = "", limit: int = 100
+    ) -> AsyncIterator[dict[str, Any]]:
+        cursor: str | None = None
+        while True:
+            params = {
+                "prefix": prefix,
+                "limit": str(limit),
+                **({"cursor": cursor} if cursor else {}),
+            }
+            response = None
+            for base in self.router.refresh_order():
+                try:
+                    response = await self.http.get(
+                        base + f"/grains/{quote(grain_type, safe='')}", params=params
+                    )
+                except httpx.TransportError:
+                    self.router.mark_down(base)
+                    continue
+                if response.status_code == 200:
+                    break
+            if response is None or response.status_code != 200:
+                line = "no worker answered" if response is None else _error_line(response)
+                raise ReplicaClientError(f"scan {grain_type}: {line}")
+            page = response.json()
+            for item in page["items"]:
+                yield item
+            cursor = page["next_cursor"]
+            if not cursor:
+                return

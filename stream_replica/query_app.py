@@ -1,0 +1,650 @@
+"""The read API, mounted on the worker's HTTP app (aiohttp, the worker's own event loop and
+RocksDB handle): any worker answers any grain by forwarding to the partition's owner.
+
+Routes (README "Reading over HTTP"; ``/openapi.json`` describes them):
+
+* ``GET /grains/{grain_type}/{grain_key}``: the grain with its freshness. Served here when
+  this worker serves the grain's partition, else forwarded to the active owner (then, with
+  ``?stale=ok``, to the standbys). ``?min_sequence=N&wait_ms=T`` waits for the replica to
+  hold at least sequence N (504 when it does not within T ms).
+* ``GET /grains/{grain_type}?prefix=&limit=&cursor=``: a paged scan over every partition
+  (one request per owner, merged in key order; the cursor is the last key returned, so it
+  stays valid across rebalances).
+* ``GET /partitions``: who serves each partition, with checkpoints and lag per replica.
+
+Every error is JSON ``{"error": "<one line>"}``; 503 and 504 carry ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import aiohttp
+from aiohttp import web
+
+from stream_replica.contract import GrainId
+from stream_replica.membership import GroupAssignment
+from stream_replica.routing import (
+    OwnershipMap,
+    ReplicaRef,
+    decode_cursor,
+    encode_cursor,
+    partition_for,
+)
+from stream_replica.status import PartitionRow
+from stream_replica.store import ReplicaStore
+
+log = logging.getLogger("stream_replica.query")
+
+FORWARDED_HEADER: Final = "X-Stream-Replica-Forwarded-By"
+FRESH_HEADER: Final = "X-Stream-Replica-Fresh-Only"
+RETRY_AFTER_S: Final = 1
+MAX_WAIT_MS: Final = 60_000
+MAX_LIMIT: Final = 1000
+DEFAULT_LIMIT: Final = 100
+# With ?stale=ok a read keeps trying the replicas this long (a rebalance moves them).
+STALE_RETRY_S: Final = 5.0
+WAIT_STEP_S: Final = 0.01
+OPEN_PATHS: Final = frozenset({"/healthz", "/readyz"})
+PROTECTED_PREFIXES: Final = ("/grains", "/partitions")
+
+
+class QueryView(Protocol):
+    """What the read API needs from the worker (ReplicaWorker has it)."""
+
+    topic: str
+    store: ReplicaStore
+
+    def partition_rows(self) -> dict[int, PartitionRow]: ...
+
+    def group_assignment(self) -> GroupAssignment | None: ...
+
+
+@dataclass
+class QueryConfig:
+    endpoint: str | None = None  # this worker's advertised host:port (set once listening)
+    token: str | None = None
+    scheme: str = "http"
+    client_ssl: ssl.SSLContext | None = None
+    forward_timeout_s: float = 5.0
+    _partitions: int | None = field(default=None, repr=False)
+
+
+class ReadError(Exception):
+    def __init__(
+        self, status: int, message: str, retry: bool = False, extra: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry = retry
+        self.extra = extra or {}
+
+    def response(self) -> web.Response:
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if self.retry else {}
+        return web.json_response(
+            {"error": str(self), **self.extra}, status=self.status, headers=headers
+        )
+
+
+def ownership_map(assignment: GroupAssignment | None, topic: str) -> OwnershipMap:
+    if assignment is None:
+        return OwnershipMap()
+    replicas: dict[int, list[ReplicaRef]] = {}
+    for tp, owners in assignment.owners.items():
+        if tp.topic != topic:
+            continue
+        replicas[tp.partition] = [
+            ReplicaRef(owners.active.name, owners.active.endpoint, "active"),
+            *(ReplicaRef(s.name, s.endpoint, "standby") for s in owners.standbys),
+        ]
+    return OwnershipMap(assignment.epoch, replicas)
+
+
+def state_json(grain: GrainId, state: Any) -> dict[str, Any]:
+    return {
+        "grain_type": grain[0],
+        "grain_key": grain[1],
+        "sequence": state.sequence,
+        "timestamp_millis": state.timestamp_millis,
+        "source_cluster": state.source_cluster,
+        "payload": base64.b64encode(state.payload).decode(),
+        "partition": state.partition,
+        "offset": state.offset,
+        **({"shadowed_by_offset": state.shadowed_by} if state.shadowed else {}),
+    }
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ReadError(400, f"query parameter {name}={raw!r}: expected an integer {low}..{high}")
+    return int(raw)
+
+
+def _rebuilding(row: PartitionRow) -> bool:
+    """Not caught up with the log since it was assigned here (or its end not known yet)."""
+    return row.end_offset is None or row.rebuild_remaining > 0
+
+
+def openapi() -> dict[str, Any]:
+    grain = {
+        "type": "object",
+        "properties": {
+            "grain_type": {"type": "string"},
+            "grain_key": {"type": "string"},
+            "sequence": {"type": "integer"},
+            "timestamp_millis": {"type": "integer"},
+            "source_cluster": {"type": "string"},
+            "payload": {"type": "string", "format": "byte"},
+            "partition": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "served_by": {"type": "string"},
+            "role": {"type": "string", "enum": ["active", "standby"]},
+            "replica_lag": {"type": "integer"},
+            "caught_up": {"type": "boolean"},
+        },
+    }
+    err = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}  # fmt: skip
+    stale = {"name": "stale", "in": "query", "schema": {"type": "string", "enum": ["ok"]}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "stream-replica read API", "version": "1"},
+        "components": {
+            "schemas": {
+                "Grain": grain,
+                "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
+            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/grains/{grain_type}/{grain_key}": {
+                "get": {
+                    "summary": "One grain's state with its freshness, from the partition's "
+                    "owner (any worker forwards)",
+                    "parameters": [
+                        {"name": "grain_type", "in": "path", "required": True},
+                        {
+                            "name": "grain_key",
+                            "in": "path",
+                            "required": True,
+                            "description": "URL-encoded; may contain '/'",
+                        },
+                        stale,
+                        {"name": "min_sequence", "in": "query", "schema": {"type": "integer"}},
+                        {"name": "wait_ms", "in": "query", "schema": {"type": "integer"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the grain (application/octet-stream: the raw "
+                            "payload, metadata in X-Grain-* and X-Replica-* headers)",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Grain"}
+                                },
+                                "application/octet-stream": {},
+                            },
+                        },
+                        "401": err,
+                        "404": err,
+                        "503": err,
+                        "504": err,
+                    },
+                }
+            },
+            "/grains/{grain_type}": {
+                "get": {
+                    "summary": "A page of grains of one type in key order across partitions",
+                    "parameters": [
+                        {"name": "grain_type", "in": "path", "required": True},
+                        {"name": "prefix", "in": "query", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        stale,
+                    ],
+                    "responses": {"200": {"description": "items and next_cursor"}, "503": err},
+                }
+            },
+            "/partitions": {
+                "get": {
+                    "summary": "The ownership map: replicas of each partition with their "
+                    "checkpoints and lag",
+                    "responses": {"200": {"description": "the map"}},
+                }
+            },
+            "/healthz": {"get": {"security": [], "responses": {"200": {"description": "ok"}}}},
+            "/readyz": {"get": {"security": [], "responses": {"200": {"description": "ok"}}}},
+        },
+    }
+
+
+def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig) -> None:
+    session_holder: dict[str, aiohttp.ClientSession] = {}
+
+    async def open_session(_: web.Application) -> None:
+        connector = aiohttp.TCPConnector(ssl=config.client_ssl or False, limit=256)
+        session_holder["s"] = aiohttp.ClientSession(connector=connector)
+
+    async def close_session(_: web.Application) -> None:
+        session = session_holder.pop("s", None)
+        if session is not None:
+            await session.close()
+
+    app.on_startup.append(open_session)
+    app.on_cleanup.append(close_session)
+
+    @web.middleware
+    async def guard(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        path = request.path
+        if (
+            config.token is not None
+            and path not in OPEN_PATHS
+            and path.startswith(PROTECTED_PREFIXES)
+        ):
+            given = request.headers.get("Authorization", "")
+            expected = f"Bearer {config.token}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return web.json_response(
+                    {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                    status=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        try:
+            return await handler(request)
+        except ReadError as exc:
+            return exc.response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return web.json_response(
+                {"error": f"{exc.reason}: {request.method} {request.path}"}, status=exc.status
+            )
+
+    app.middlewares.append(guard)
+
+    def partition_count() -> int:
+        if config._partitions is None:
+            identity = view.store.topic_identity()
+            if identity is None:
+                raise ReadError(503, "this worker has not reached the topic yet", retry=True)
+            config._partitions = identity.partitions
+        return config._partitions
+
+    def forward_headers(request: web.Request) -> dict[str, str]:
+        headers = {FORWARDED_HEADER: config.endpoint or "?"}
+        if config.token is not None:
+            headers["Authorization"] = f"Bearer {config.token}"
+        accept = request.headers.get("Accept")
+        if accept:
+            headers["Accept"] = accept
+        return headers
+
+    async def call(
+        endpoint: str, path_qs: str, headers: Mapping[str, str], timeout_s: float
+    ) -> tuple[int, bytes, dict[str, str]]:
+        session = session_holder["s"]
+        url = f"{config.scheme}://{endpoint}{path_qs}"
+        async with session.get(
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as response:
+            body = await response.read()
+            return response.status, body, dict(response.headers)
+
+    def serve_local(
+        request: web.Request, grain: GrainId, row: PartitionRow, stale: bool
+    ) -> web.Response | None:
+        """The answer from this store, or None when min_sequence is not reached yet."""
+        partition = partition_for(grain, partition_count())
+        if _rebuilding(row) and not stale:
+            left = f" ({row.rebuild_remaining} records left)" if row.rebuild_remaining else ""
+            raise ReadError(
+                503,
+                f"partition {partition} is being rebuilt on {config.endpoint}{left}; retry, or "
+                "pass ?stale=ok for a possibly stale answer",
+                retry=True,
+            )
+        state = view.store.get(grain)
+        min_sequence = _int_param(request, "min_sequence", 0, 0, 2**64 - 1)
+        if min_sequence and (state is None or state.sequence < min_sequence):
+            return None
+        fresh = {
+            "served_by": config.endpoint,
+            "role": row.role,
+            "replica_lag": row.lag,
+            "caught_up": row.caught_up,
+        }
+        if state is None:
+            if not row.caught_up and not stale:
+                raise ReadError(
+                    503,
+                    f"grain {grain[0]}/{grain[1]} not found, but partition {partition} is "
+                    f"{row.lag} records behind on {config.endpoint}; retry, or pass ?stale=ok",
+                    retry=True,
+                )
+            raise ReadError(404, f"grain {grain[0]}/{grain[1]} not found", extra=fresh)
+        if "application/octet-stream" in request.headers.get("Accept", ""):
+            headers = {
+                "X-Grain-Type": grain[0],
+                "X-Grain-Key": grain[1],
+                "X-Grain-Sequence": str(state.sequence),
+                "X-Grain-Timestamp-Millis": str(state.timestamp_millis),
+                "X-Grain-Source-Cluster": state.source_cluster,
+                "X-Grain-Partition": str(state.partition),
+                "X-Grain-Offset": str(state.offset),
+                "X-Served-By": str(config.endpoint),
+                "X-Replica-Role": row.role,
+                "X-Replica-Lag": str(row.lag),
+                "X-Caught-Up": "true" if row.caught_up else "false",
+            }
+            return web.Response(
+                body=state.payload, headers=headers, content_type="application/octet-stream"
+            )
+        return web.json_response({**state_json(grain, state), **fresh})
+
+    async def forward(
+        request: web.Request, partition: int, stale: bool, wait_ms: int, fresh_only: bool
+    ) -> web.Response:
+        """The first answer of the partition's replicas (active first, then the standbys when
+        ``stale``) other than 503; raises the last refusal when none answered."""
+        owners = ownership_map(view.group_assignment(), view.topic)
+        candidates = [
+            r
+            for r in owners.endpoints(partition, allow_standby=stale)
+            if r.endpoint != config.endpoint
+        ]
+        if not candidates:
+            raise ReadError(
+                503,
+                f"no worker serves partition {partition} with an endpoint right now "
+                "(the group is rebalancing or the owner is down); retry"
+                + ("" if stale else ", or pass ?stale=ok to read a standby"),
+                retry=True,
+            )
+        last: ReadError | None = None
+        for replica in candidates:
+            assert replica.endpoint is not None
+            try:
+                status, body, headers = await call(
+                    replica.endpoint,
+                    request.path_qs,
+                    forward_headers(request) | ({FRESH_HEADER: "1"} if fresh_only else {}),
+                    config.forward_timeout_s + wait_ms / 1000,
+                )
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                last = ReadError(
+                    503,
+                    f"the {replica.role} replica of partition {partition} at "
+                    f"{replica.endpoint} did not answer ({type(exc).__name__}); retry"
+                    + ("" if stale else ", or pass ?stale=ok to read a standby"),
+                    retry=True,
+                )
+                continue
+            if status == 503:
+                last = ReadError(503, _message(body), retry=True)
+                continue
+            keep = {
+                k: v
+                for k, v in headers.items()
+                if k.startswith(("X-Grain-", "X-Served-", "X-Replica-", "X-Caught-"))
+                or k in ("Retry-After", "WWW-Authenticate")
+            }
+            return web.Response(
+                body=body,
+                status=status,
+                headers=keep,
+                content_type=headers.get("Content-Type", "application/json").split(";")[0],
+            )
+        assert last is not None
+        raise last
+
+    async def get_grain(request: web.Request) -> web.Response:
+        grain = (request.match_info["grain_type"], request.match_info["grain_key"])
+        stale = request.query.get("stale") == "ok"
+        wait_ms = _int_param(request, "wait_ms", 0, 0, MAX_WAIT_MS)
+        min_sequence = _int_param(request, "min_sequence", 0, 0, 2**64 - 1)
+        partition = partition_for(grain, partition_count())
+        forwarded = FORWARDED_HEADER in request.headers
+        started = time.monotonic()
+        wait_deadline = started + wait_ms / 1000
+        retry_deadline = started + (STALE_RETRY_S if stale and not forwarded else 0.0)
+        # Set by a worker forwarding a ?stale=ok read on its first pass: answer only from a
+        # copy that is not being rebuilt (a rebuilding copy is the last resort).
+        fresh_only = FRESH_HEADER in request.headers
+        while True:
+            row = view.partition_rows().get(partition)
+            # A standby copy here answers only callers that accept staleness (or a forward
+            # whose sender chose this standby); others go to the active owner.
+            here = row is not None and (row.role == "active" or stale or forwarded)
+            if row is not None and here and not (stale and not forwarded and _rebuilding(row)):
+                answer = serve_local(request, grain, row, stale and not fresh_only)
+                if answer is not None:
+                    return answer
+                if time.monotonic() >= wait_deadline:
+                    state = view.store.get(grain)
+                    raise ReadError(
+                        504,
+                        f"grain {grain[0]}/{grain[1]} did not reach sequence {min_sequence} "
+                        f"within {wait_ms} ms on {config.endpoint}",
+                        retry=True,
+                        extra={"sequence": None if state is None else state.sequence},
+                    )
+                await asyncio.sleep(WAIT_STEP_S)
+                continue
+            if forwarded:  # never forward twice: the sender's map is out of date
+                raise ReadError(
+                    503,
+                    f"partition {partition} is not served by {config.endpoint} (ownership is "
+                    "changing); retry",
+                    retry=True,
+                )
+            try:
+                return await forward(request, partition, stale, wait_ms, fresh_only=stale)
+            except ReadError as exc:
+                failure = exc
+            if time.monotonic() >= retry_deadline:
+                if stale:  # no copy that is not being rebuilt answered in time: any copy will do
+                    if row is not None and here:
+                        answer = serve_local(request, grain, row, True)
+                        if answer is not None:
+                            return answer
+                    elif row is None:
+                        try:
+                            return await forward(request, partition, True, wait_ms, False)
+                        except ReadError as exc:
+                            failure = exc
+                raise failure
+            await asyncio.sleep(0.1)
+
+    async def scan(request: web.Request) -> web.Response:
+        grain_type = request.match_info["grain_type"]
+        prefix = request.query.get("prefix", "")
+        limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        cursor = request.query.get("cursor")
+        try:
+            after = None if not cursor else decode_cursor(cursor)
+        except ValueError as exc:
+            raise ReadError(400, str(exc)) from None
+        stale = request.query.get("stale") == "ok"
+        rows = view.partition_rows()
+        wanted = request.query.get("partitions")
+        if wanted is not None:  # a fan-out's local step
+            try:
+                partitions = {int(p) for p in wanted.split(",") if p}
+            except ValueError:
+                raise ReadError(400, f"partitions={wanted!r}: expected 0,1,...") from None
+            return web.json_response(
+                {"items": local_scan(grain_type, prefix, after, limit, partitions, rows, stale)}
+            )
+        count = partition_count()
+        local = {p for p in range(count) if p in rows}
+        owners = ownership_map(view.group_assignment(), view.topic)
+        remote: dict[str, list[int]] = {}
+        for p in range(count):
+            if p in local:
+                continue
+            replicas = owners.endpoints(p, allow_standby=stale)
+            if not replicas or replicas[0].endpoint is None:
+                raise ReadError(
+                    503, f"no worker serves partition {p} right now; retry the page", retry=True
+                )
+            remote.setdefault(replicas[0].endpoint, []).append(p)
+        items = local_scan(grain_type, prefix, after, limit, local, rows, stale) if local else []
+        sources = [len(items)]
+
+        async def fetch(endpoint: str, parts: list[int]) -> list[dict[str, Any]]:
+            query = {"prefix": prefix, "limit": str(limit), "partitions": ",".join(map(str, parts))}
+            if cursor:
+                query["cursor"] = cursor
+            if stale:
+                query["stale"] = "ok"
+            path = request.app.router["scan"].url_for(grain_type=grain_type).with_query(query)
+            try:
+                status, body, _ = await call(
+                    endpoint, str(path), forward_headers(request), config.forward_timeout_s
+                )
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise ReadError(
+                    503, f"{endpoint} did not answer ({type(exc).__name__}); retry", retry=True
+                ) from None
+            if status != 200:
+                raise ReadError(status if status in (401, 503) else 502, _message(body), retry=True)
+            got: list[dict[str, Any]] = json.loads(body)["items"]
+            return got
+
+        for got in await asyncio.gather(*(fetch(e, ps) for e, ps in sorted(remote.items()))):
+            items.extend(got)
+            sources.append(len(got))
+        items.sort(key=lambda item: str(item["grain_key"]))
+        page = items[:limit]
+        more = len(items) > limit or any(n >= limit for n in sources)
+        next_cursor = encode_cursor(page[-1]["grain_key"]) if more and page else None
+        return web.json_response({"items": page, "next_cursor": next_cursor})
+
+    def local_scan(
+        grain_type: str,
+        prefix: str,
+        after: str | None,
+        limit: int,
+        partitions: set[int],
+        rows: Mapping[int, PartitionRow],
+        stale: bool,
+    ) -> list[dict[str, Any]]:
+        for p in sorted(partitions):
+            row = rows.get(p)
+            if row is None:
+                raise ReadError(
+                    503, f"partition {p} is not served by {config.endpoint}", retry=True
+                )
+            if _rebuilding(row) and not stale:
+                raise ReadError(
+                    503, f"partition {p} is being rebuilt on {config.endpoint}", retry=True
+                )
+        items = []
+        for grain_key, state in view.store.grains_of_type(grain_type, prefix, after):
+            if state.partition not in partitions:
+                continue
+            row = rows[state.partition]
+            items.append(
+                {
+                    **state_json((grain_type, grain_key), state),
+                    "served_by": config.endpoint,
+                    "role": row.role,
+                    "replica_lag": row.lag,
+                    "caught_up": row.caught_up,
+                }
+            )
+            if len(items) >= limit:
+                break
+        return items
+
+    def local_rows() -> dict[str, Any]:
+        return {
+            "endpoint": config.endpoint,
+            "partitions": {str(p): r.as_json() for p, r in sorted(view.partition_rows().items())},
+        }
+
+    async def partitions(request: web.Request) -> web.Response:
+        if request.query.get("local") == "1":
+            return web.json_response(local_rows())
+        owners = ownership_map(view.group_assignment(), view.topic)
+        endpoints = sorted(
+            {r.endpoint for rs in owners.replicas.values() for r in rs if r.endpoint}
+        )
+
+        async def report(endpoint: str) -> dict[str, Any] | None:
+            if endpoint == config.endpoint:
+                return local_rows()
+            try:
+                status, body, _ = await call(
+                    endpoint, "/partitions?local=1", forward_headers(request), 2.0
+                )
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                return None
+            if status != 200:
+                return None
+            found: dict[str, Any] = json.loads(body)
+            return found
+
+        reports = dict(zip(endpoints, await asyncio.gather(*map(report, endpoints)), strict=True))
+        result: dict[str, Any] = {}
+        for p, replicas in sorted(owners.replicas.items()):
+            entries = []
+            ends = []
+            for replica in replicas:
+                got = reports.get(replica.endpoint or "")
+                row = None if got is None else got["partitions"].get(str(p))
+                entry: dict[str, Any] = {
+                    "name": replica.name,
+                    "endpoint": replica.endpoint,
+                    "role": replica.role,
+                    "reachable": got is not None,
+                }
+                if row is not None:
+                    entry |= {k: row[k] for k in ("checkpoint", "lag", "caught_up")}
+                    if row["end_offset"] is not None:
+                        ends.append(row["end_offset"])
+                entries.append(entry)
+            result[str(p)] = {"end_offset": max(ends, default=None), "replicas": entries}
+        return web.json_response(
+            {
+                "topic": view.topic,
+                "partition_count": config._partitions or _count_or_none(view),
+                "epoch": owners.epoch,
+                "scheme": config.scheme,
+                "partitions": result,
+            }
+        )
+
+    async def openapi_json(_: web.Request) -> web.Response:
+        return web.json_response(openapi())
+
+    app.router.add_get("/grains/{grain_type}/{grain_key:.+}", get_grain, name="grain")
+    app.router.add_get("/grains/{grain_type}", scan, name="scan")
+    app.router.add_get("/partitions", partitions)
+    app.router.add_get("/openapi.json", openapi_json)
+
+
+def _count_or_none(view: QueryView) -> int | None:
+    identity = view.store.topic_identity()
+    return None if identity is None else identity.partitions
+
+
+def _message(body: bytes) -> str:
+    try:
+        found = json.loads(body)
+        return str(found.get("error", body[:200].decode(errors="replace")))
+    except ValueError:
+        return body[:200].decode(errors="replace")
