@@ -146,11 +146,14 @@ async def test_json_logs_and_rate_limited_refusals(
     lines: list[dict[str, Any]] = [json.loads(line) for line in rest.splitlines() if line.strip()]
     refused = [line for line in lines if line["message"].startswith("refused invalid record")]
     summary = [line for line in lines if "suppressed" in line["message"]]
-    # one line was consumed by read_until; at most the burst (20) in all
-    assert 1 + len(refused) <= 20
-    assert refused and {"partition", "offset", "grain_type", "grain_key"} <= refused[0].keys()
+    # One line was consumed by read_until. At most the burst (20) per 10 s window, and every
+    # record is either logged or counted in a summary (a re-read after a rebalance may add).
+    shown = 1 + len(refused)
+    held_back = sum(line["suppressed"]["invalid"] for line in summary)
     assert summary, "no summary of the suppressed lines"
-    assert summary[0]["suppressed"] == {"invalid": bad - 1 - len(refused)}
+    assert shown <= 20 * len(summary)
+    assert shown + held_back >= bad
+    assert refused and {"partition", "offset", "grain_type", "grain_key"} <= refused[0].keys()
 
 
 async def test_a_taken_http_port_is_one_line(
