@@ -151,7 +151,7 @@ async def test_json_logs_and_rate_limited_refusals(
     shown = 1 + len(refused)
     held_back = sum(line["suppressed"]["invalid"] for line in summary)
     assert summary, "no summary of the suppressed lines"
-    assert shown <= 20 * len(summary)
+    assert shown <= 20 * (len(summary) + 1)  # a last window may hold nothing back
     assert shown + held_back >= bad
     assert refused and {"partition", "offset", "grain_type", "grain_key"} <= refused[0].keys()
 
