@@ -515,3 +515,80 @@ async def test_auth_and_tls_refusals(
         pytest.raises(ReplicaClientError, match="bearer token"),
     ):
         client.get(*grain)
+
+
+async def test_rolling_restart_during_a_read_loop(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, nodes_cleanup: list[Node]
+) -> None:
+    """Each of 3 static members is stopped and started again (same store, instance id and
+    port) while readers go on: no read returns a wrong state, and failures are only 503/504
+    with Retry-After (the restarting owner's partitions wait for it: no rebalance)."""
+    import socket
+
+    topic = await make_topic(partitions=PARTITIONS)
+    await publish_scenario(kafka_bootstrap, topic)
+    oracle = await read_oracle(kafka_bootstrap, topic, PARTITIONS)
+    expected = sorted(oracle.expected().items())
+    ends = oracle.end_offsets()
+    ports = []
+    for _ in range(3):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+
+    def command(index: int) -> list[str]:
+        return worker_command(
+            kafka_bootstrap, topic, f"q-{topic}", tmp_path / f"db{index}",
+            "--http", f"127.0.0.1:{ports[index]}", "--instance-id", f"reader-{index}",
+            "--session-timeout-ms", "20000",
+        )  # fmt: skip
+
+    nodes = [Node(command(i)) for i in range(3)]
+    nodes_cleanup.extend(nodes)
+    up = list(nodes)
+    ok, refused, wrong = 0, 0, []
+    rng = random.Random(5)
+    async with aiohttp.ClientSession() as session:
+        await wait_until(lambda: settled(session, nodes, ends), 60, what="3 workers to settle")
+
+        async def reader() -> None:
+            nonlocal ok, refused
+            while not done.is_set():
+                grain, state = rng.choice(expected)
+                node = rng.choice(up)
+                try:
+                    status, body, headers = await http_get(session, url(node, grain))
+                except aiohttp.ClientError:
+                    continue  # the node went down between the choice and the request
+                if status == 200:
+                    got = json.loads(body)
+                    want = expected_json(grain, state)
+                    if {k: got[k] for k in want} != want:
+                        wrong.append(f"{grain}: {body[:200]!r}")
+                    ok += 1
+                elif status in (503, 504) and "Retry-After" in headers:
+                    refused += 1
+                else:
+                    wrong.append(f"{grain}: {status} {body[:200]!r}")
+
+        done = asyncio.Event()
+        readers = [asyncio.create_task(reader()) for _ in range(6)]
+        try:
+            for index in range(3):
+                up.remove(nodes[index])
+                nodes[index].stop()
+                nodes[index] = Node(command(index))
+                nodes_cleanup.append(nodes[index])
+                up.append(nodes[index])
+                await wait_until(
+                    lambda: settled(session, nodes, ends), 60, what=f"worker {index} back"
+                )
+            before = ok
+            await wait_until(
+                lambda: ok - before >= 300 and ok + refused >= 2000, 60, what="2,000 reads"
+            )
+        finally:
+            done.set()
+            await asyncio.gather(*readers, return_exceptions=True)
+    assert not wrong, wrong[:5]
+    assert ok + refused >= 2000 and ok >= 1000, (ok, refused)
