@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 KAFKA   := dev/kafka/kafka.sh
 PYTEST_ARGS ?=
 
-.PHONY: all venv broker broker-stop demo test lint chaos chaos-small chaos-cluster fuzz bench bench-audit rolling clean
+.PHONY: all venv broker broker-stop demo test lint chaos chaos-small chaos-cluster fuzz bench bench-audit bench-read rolling clean
 
 all: test
 
@@ -59,6 +59,10 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 ## Throughput side by side (ours, raw aiokafka, Kafka's perf tool, Quix); knobs: BENCH_ARGS="--records N --small ..."
 bench: $(VENV)/.bench-installed broker
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)
+
+## Reads over HTTP: local hits, forwarded reads, the Python client, fetch loop with/without the server
+bench-read: venv broker
+	$(PY) -m benchmarks.read_bench $(READ_ARGS)
 
 ## Time of `stream-replica audit` on a store of 100k grains; knobs: AUDIT_ARGS="--grains N"
 bench-audit: venv broker
