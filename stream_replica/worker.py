@@ -26,7 +26,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
     KafkaError,
@@ -196,12 +195,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             session_timeout_ms=session_timeout_ms,
             # Frequent enough that a duplicate instance id is noticed within seconds.
             heartbeat_interval_ms=max(1000, min(3000, session_timeout_ms // 5)),
-            # Ours first; round-robin lets a group of older workers be upgraded one by one
-            # (the group switches to ours once every member offers it).
-            partition_assignment_strategy=(
-                self.ownership.binding.strategy,
-                RoundRobinPartitionAssignor,
-            ),
+            # Ours only. Offering round-robin as well (for upgrades member by member) made
+            # aiokafka members rejoin in a loop: groups never settled (docs/assignor.md).
+            partition_assignment_strategy=(self.ownership.binding.strategy,),
             max_poll_interval_ms=300_000,
             # Revocation waits for the in-flight poll and one commit (<= ~31 s): well inside.
             rebalance_timeout_ms=60_000,
@@ -440,11 +436,10 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             return  # the group has not told us what we own yet
         expired = self.ownership.expired(self.store.checkpoints())
         if expired:
-            deleted = self.store.drop_partitions(expired)
+            self.store.drop_partitions(expired)
             self.ownership.dropped(expired)
             log.info(
-                "dropped %d grains of partitions %s: not served here for over %d ms",
-                deleted,
+                "dropped the grains of partitions %s: not served here for over %d ms",
                 expired,
                 self.settings.lost_partition_grace_ms,
             )
@@ -771,8 +766,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             # Reading from the log start now sees every tombstone the log holds now.
             self._caught_up_at[tp.partition] = now
         if to_wipe:
-            deleted = self.store.wipe_partitions(to_wipe)
-            log.info("wiped %d grains of partitions %s", deleted, sorted(to_wipe))
+            self.store.wipe_partitions(to_wipe)
+            log.info("wiped the grains of partitions %s", sorted(to_wipe))
 
     async def _handle_out_of_range(
         self, consumer: AIOKafkaConsumer, exc: OffsetOutOfRangeError
