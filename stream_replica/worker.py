@@ -50,6 +50,7 @@ from stream_replica.settings import WorkerSettings
 from stream_replica.standby import StandbyError, StandbyFollower
 from stream_replica.status import NodeStatus, PartitionRow
 from stream_replica.store import Checkpoint, ReplicaStore, StoreError, TopicIdentity
+from stream_replica.watchdog import LoopWatchdog
 
 log = logging.getLogger("stream_replica.worker")
 # A flood of bad records must not flood the log: the DLQ and the counters have every one.
@@ -163,6 +164,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         # process first joined (see _check_replaced).
         self._member_id: str | None = None
         self._first_join: float | None = None
+        self.watchdog = LoopWatchdog(self.metrics.loop_stall_max.set)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -211,6 +213,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             )
         if self.settings.repair_shadowed:
             self._repairer = ShadowRepairer.create(self.settings, self.topic, self.settings.group)
+        self.watchdog.start()
         try:
             await start_client(self.settings, self._consumer)
             if self._dlq is not None:
@@ -229,6 +232,13 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         finally:
             await self._stop_standby()
             await self._shutdown()
+            await self.watchdog.stop()
+            log.info(
+                "longest event-loop stall: %.0f ms (%d over %.0f ms)",
+                self.watchdog.longest_s * 1000,
+                self.watchdog.stalls_reported,
+                self.watchdog.report_over_s * 1000,
+            )
 
     async def _run_standby(self) -> None:
         try:

@@ -138,7 +138,7 @@ def test_states_are_partition_major_and_grains_merge_in_grain_order(tmp_path: Pa
         }
     raw = Rdict(str(tmp_path / "db"), Options(raw_mode=True))
     try:
-        keys = [bytes(k) for k in raw.keys()]
+        keys = list(map(bytes, raw.keys()))
     finally:
         raw.close()
     assert state_db_key(1, ("a", "z")) in keys and index_db_key(("a", "z")) in keys
