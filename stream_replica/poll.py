@@ -59,7 +59,7 @@ def fold_polled(polled: list[Polled], store: ReplicaStore) -> FoldResult:
                 and body.entry_type is EntryType.FULL_STATE
                 and body.sequence > head[0]
             ):
-                sequence, partition, offset, shadowed_by = head
+                sequence, partition, offset, shadowed_by, _ = head
                 stored[grain] = GrainState(sequence, 0, "", b"", partition, offset, shadowed_by)
                 continue
         to_read[grain] = record.partition

@@ -94,11 +94,19 @@ class Checkpoint:
 # --- key/value codecs -------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4096)  # a poll looks a grain up and then writes it
-def grain_db_key(grain: GrainId) -> bytes:
+def _grain_body(grain: GrainId) -> bytes:
+    """The grain part of its keys: escaped type, NUL, key (byte order = grain order)."""
     grain_type, grain_key = grain
-    escaped = grain_type.encode().replace(b"\x00", b"\x00\xff")
-    return _GRAIN_PREFIX + escaped + b"\x00" + grain_key.encode()
+    return grain_type.encode().replace(b"\x00", b"\x00\xff") + b"\x00" + grain_key.encode()
+
+
+@functools.lru_cache(maxsize=4096)
+def grain_db_key(grain: GrainId) -> bytes:
+    return _GRAIN_PREFIX + _grain_body(grain)
+
+
+# The writer's cached head of a grain: sequence, partition, offset, shadowed_by, key body.
+Head = tuple[int, int, int, int, bytes]
 
 
 def parse_grain_db_key(db_key: bytes) -> GrainId:
@@ -466,7 +474,7 @@ class ReplicaStore(_StoreView):
         self.path = Path(path)
         # grain → (sequence, partition, offset, shadowed_by) of its stored state, or None: no
         # state. Exact: filled from this writer's reads and writes, cleared by every wipe.
-        self._heads: dict[GrainId, tuple[int, int, int, int] | None] = {}
+        self._heads: dict[GrainId, Head | None] = {}
         self._head_limit = max(0, head_cache_entries)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -521,13 +529,13 @@ class ReplicaStore(_StoreView):
 
     # --- the head cache (the fold's view of the current states) -------------------------------
 
-    def heads(self, grains: Iterable[GrainId]) -> dict[GrainId, tuple[int, int, int, int] | None]:
+    def heads(self, grains: Iterable[GrainId]) -> dict[GrainId, Head | None]:
         """The cached heads among ``grains`` (absent: not cached): (sequence, partition,
-        offset, shadowed_by) of the stored state, or None when the grain has no state."""
+        offset, shadowed_by, key body) of the stored state, or None: the grain has no state."""
         cache = self._heads
         return {g: cache[g] for g in grains if g in cache}
 
-    def _remember(self, grain: GrainId, state: GrainState | None) -> None:
+    def _remember(self, grain: GrainId, state: GrainState | None, body: bytes) -> None:
         cache = self._heads
         if grain not in cache and len(cache) >= self._head_limit:
             if not self._head_limit:
@@ -536,7 +544,7 @@ class ReplicaStore(_StoreView):
         cache[grain] = (
             None
             if state is None
-            else (state.sequence, state.partition, state.offset, state.shadowed_by)
+            else (state.sequence, state.partition, state.offset, state.shadowed_by, body)
         )
 
     def read_states(self, hints: Mapping[GrainId, int]) -> dict[GrainId, GrainState | None]:
@@ -546,8 +554,12 @@ class ReplicaStore(_StoreView):
         result: dict[GrainId, GrainState | None] = dict.fromkeys(grain_list)
         if not grain_list:
             return result
+        bodies = [_grain_body(g) for g in grain_list]
         raws: list[bytes | None] = self._db.get(  # type: ignore[assignment]
-            [state_db_key(hints[g], g) for g in grain_list]
+            [
+                _STATE_PREFIX + _PARTITION.pack(hints[g]) + body
+                for g, body in zip(grain_list, bodies, strict=True)
+            ]
         )
         missed = []
         for grain, raw in zip(grain_list, raws, strict=True):
@@ -557,26 +569,19 @@ class ReplicaStore(_StoreView):
                 result[grain] = _unpack_state(raw)
         if missed:
             result.update(self.get_many(missed))
-        for grain, state in result.items():
-            self._remember(grain, state)
+        for grain, body in zip(grain_list, bodies, strict=True):
+            self._remember(grain, result[grain], body)
         return result
 
-    def _locations(self, grains: list[GrainId]) -> dict[GrainId, int | None]:
-        """Where each grain's state is (None: nowhere), from the head cache or the index."""
-        cache = self._heads
-        where: dict[GrainId, int | None] = {}
-        unknown = []
-        for grain in grains:
-            if grain in cache:
-                head = cache[grain]
-                where[grain] = None if head is None else head[1]
-            else:
-                unknown.append(grain)
-        if unknown:
-            spots: list[bytes | None] = self._db.get([index_db_key(g) for g in unknown])  # type: ignore[assignment]
-            for grain, spot in zip(unknown, spots, strict=True):
-                where[grain] = None if spot is None else _PARTITION.unpack(bytes(spot))[0]
-        return where
+    def _locations(self, grains: list[GrainId]) -> dict[GrainId, tuple[int | None, bytes]]:
+        """Where each grain's state is (None: nowhere) according to the index, with the
+        grain's key body (for grains the head cache does not know)."""
+        bodies = [_grain_body(g) for g in grains]
+        spots: list[bytes | None] = self._db.get([_INDEX_PREFIX + b for b in bodies])  # type: ignore[assignment]
+        return {
+            grain: (None if spot is None else _PARTITION.unpack(spot)[0], body)
+            for grain, body, spot in zip(grains, bodies, spots, strict=True)
+        }
 
     def apply(
         self,
@@ -588,25 +593,41 @@ class ReplicaStore(_StoreView):
         """Write a poll's result atomically: grain changes, the shadow index (``unshadowed``:
         grains no longer shadowed), checkpoints, counters."""
         batch = WriteBatch(raw_mode=True)
-        where = self._locations(list(changes))
+        cache = self._heads
+        unknown = [g for g in changes if g not in cache]
+        located = self._locations(unknown) if unknown else {}
+        heads: list[tuple[GrainId, Head | None]] = []
         try:
             for grain, state in changes.items():
-                held = where[grain]
-                if state is None:
-                    if held is not None:
-                        batch.delete(state_db_key(held, grain))
-                        batch.delete(index_db_key(grain))
+                head = cache.get(grain)
+                if head is not None:
+                    held: int | None = head[1]
+                    body = head[4]
+                elif grain in cache:
+                    held, body = None, _grain_body(grain)
                 else:
-                    if held is not None and held != state.partition:
-                        batch.delete(state_db_key(held, grain))
-                    batch.put(state_db_key(state.partition, grain), _pack_state(state))
-                    if held != state.partition:
-                        batch.put(index_db_key(grain), _PARTITION.pack(state.partition))
-                    if state.shadowed_by >= 0:
-                        batch.put(
-                            shadow_db_key(grain),
-                            _SHADOW.pack(state.partition, state.offset, state.shadowed_by),
-                        )
+                    held, body = located[grain]
+                if state is None:
+                    heads.append((grain, None))
+                    if held is not None:
+                        batch.delete(_STATE_PREFIX + _PARTITION.pack(held) + body)
+                        batch.delete(_INDEX_PREFIX + body)
+                    continue
+                partition = state.partition
+                spot = _PARTITION.pack(partition)
+                if held != partition:
+                    if held is not None:
+                        batch.delete(_STATE_PREFIX + _PARTITION.pack(held) + body)
+                    batch.put(_INDEX_PREFIX + body, spot)
+                batch.put(_STATE_PREFIX + spot + body, _pack_state(state))
+                heads.append(
+                    (grain, (state.sequence, partition, state.offset, state.shadowed_by, body))
+                )
+                if state.shadowed_by >= 0:
+                    batch.put(
+                        _SHADOW_PREFIX + body,
+                        _SHADOW.pack(partition, state.offset, state.shadowed_by),
+                    )
         except (struct.error, UnicodeError, OverflowError) as exc:
             raise StoreError(f"cannot encode a grain state for {self.path}: {exc}") from None
         for grain in unshadowed:
@@ -622,8 +643,13 @@ class ReplicaStore(_StoreView):
             self._heads.clear()
             raise
         self._counts = merged
-        for grain, state in changes.items():
-            self._remember(grain, state)
+        limit = self._head_limit
+        for grain, new_head in heads:
+            if grain not in cache and len(cache) >= limit:
+                if not limit:
+                    break
+                del cache[next(iter(cache))]  # oldest first: cheap, and exact either way
+            cache[grain] = new_head
 
     def set_checkpoints(self, checkpoints: Mapping[int, Checkpoint]) -> None:
         batch = WriteBatch(raw_mode=True)

@@ -200,7 +200,7 @@ def test_head_cache_follows_writes_and_is_cleared_by_wipes(tmp_path: Path) -> No
     with ReplicaStore(tmp_path / "db", "t", head_cache_entries=2) as store:
         store.apply({("t", "a"): state(1, 0), ("t", "b"): None}, {}, FoldCounts())
         assert store.heads([("t", "a"), ("t", "b"), ("t", "c")]) == {
-            ("t", "a"): (1, 0, 10, -1),
+            ("t", "a"): (1, 0, 10, -1, b"t\x00a"),
             ("t", "b"): None,
         }
         store.read_states({("t", "c"): 1})  # a third grain evicts the oldest
