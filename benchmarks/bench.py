@@ -199,6 +199,7 @@ class Breakdown:
     wall_s: float = 0.0
     cpu_s: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
+    longest_stall_ms: float | None = None  # the worker's loop-stall watchdog, whole run
     failed: str | None = None
 
     def table(self) -> str:
@@ -224,6 +225,11 @@ class Breakdown:
             f"{self.cpu_s:.2f} s = {self.cpu_s * per:.1f} µs/record incl. RocksDB threads) "
             f"| {self.wall_s:.2f} | {self.wall_s * per:.2f} | 100 % |"
         )
+        if self.longest_stall_ms is not None:
+            lines.append(
+                f"\nLongest event-loop stall (the worker's watchdog, start to stop): "
+                f"{self.longest_stall_ms:.0f} ms"
+            )
         return "\n".join(lines)
 
 
@@ -858,7 +864,8 @@ class Bench:
         result = Breakdown(max_records, data.records)
         try:
             with worker_logs(self.logs / "breakdown-worker.log"):
-                task = asyncio.create_task(ReplicaWorker(settings, store, stop).run())
+                worker = ReplicaWorker(settings, store, stop)
+                task = asyncio.create_task(worker.run())
                 try:
                     deadline = time.monotonic() + self.timeout_for(data.records)
                     # Time from the first written poll on (group join and start-up excluded).
@@ -886,6 +893,9 @@ class Bench:
                     stop.set()
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(task, 60)
+                    watchdog = getattr(worker, "watchdog", None)
+                    if watchdog is not None:
+                        result.longest_stall_ms = watchdog.longest_s * 1000
         finally:
             for owner, attr, original in restore:
                 setattr(owner, attr, original)
