@@ -1158,9 +1158,9 @@ def ratio_lines(report: Report) -> list[str]:
 
     quix_missing = "--skip-quix" if report.args.skip_quix else "Quix run failed"
     return [
+        *floor_lines(report, ours),
         f"ours(100)/raw-aiokafka = {ratio(ours, raw, 'a run failed')}",
         f"ours(100)/quix = {ratio(ours, quix, quix_missing)}",
-        *floor_lines(report, ours),
     ]
 
 
