@@ -230,9 +230,10 @@ def _next_prefix(prefix: bytes) -> bytes:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
-# Heads (sequence, partition, offset, shadowed_by) the writer keeps in memory so that the fold
-# skips the RocksDB read of grains it saw lately: ~150 bytes each, so ~30 MiB at most.
-HEAD_CACHE_ENTRIES: Final = 200_000
+# Heads (sequence, partition, offset, shadowed_by, key body) the writer keeps in memory so that
+# the fold skips the RocksDB read of grains it saw lately: ~360 bytes each with the grain, so
+# ~35 MiB at the default (settings.WorkerSettings.head_cache_entries, --head-cache-entries).
+HEAD_CACHE_ENTRIES: Final = 100_000
 
 # Memory is bounded, not proportional to the backlog or the number of grains: two 16 MiB
 # memtables, an 8 MiB block cache (index and filter blocks inside it), bloom filters so that
