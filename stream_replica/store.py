@@ -13,9 +13,11 @@ Key layout (one column family, ordered so that a prefix scan is a range):
   and terminated by NUL, so within a partition byte order is (grain_type, grain_key) order;
   ``grains()`` merges the partitions in that order. Partition-major so that wiping or dropping
   a partition is one range delete (O(1), no scan), whatever the number of grains.
-* ``i`` + type + key   → u32 BE partition: where the grain's state is. Written with every
-  state; a wipe leaves the entries of the wiped partition behind (an entry whose partition
-  holds no state for the grain means "no state"), so lookups by grain check both.
+* ``i`` + type + key   → u32 BE partition: where the grain's state is. Written when a state
+  lands in another partition than the entry says (or there is none), deleted with the state.
+  A wipe leaves the entries of the wiped partition behind (an entry whose partition holds no
+  state for the grain means "no state"), so lookups by grain check both; such leftovers are
+  at most one per grain of the topic and are overwritten when the grain is written again.
 * ``s`` + type + key   → index of the grains whose state is shadowed (see fold.py): a struct
   (partition, state offset, shadowed-by offset). Small; written only when shadowing happens.
 * ``o`` + u32 BE part. → served record: msgpack ``[role, lag, since_ms, updated_ms]``; role is
