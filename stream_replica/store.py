@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import os
 import shutil
 import struct
@@ -538,42 +539,56 @@ class ReplicaStore(_StoreView):
         cache = self._heads
         return {g: cache[g] for g in grains if g in cache}
 
-    def _remember(self, grain: GrainId, state: GrainState | None, body: bytes) -> None:
+    def _store_heads(self, heads: Iterable[tuple[GrainId, Head | None]]) -> None:
+        """Cache ``heads`` (newest last). Over the limit, the oldest entries go in bulk: the
+        newest half is copied into a fresh dict (amortised O(1) per entry; deleting one entry
+        at a time from the front of a dict makes each next(iter()) skip the holes: O(n))."""
+        limit = self._head_limit
+        if not limit:
+            return
         cache = self._heads
-        if grain not in cache and len(cache) >= self._head_limit:
-            if not self._head_limit:
-                return
-            del cache[next(iter(cache))]  # oldest first: cheap, and exact either way
-        cache[grain] = (
-            None
-            if state is None
-            else (state.sequence, state.partition, state.offset, state.shadowed_by, body)
-        )
+        cache.update(heads)
+        if len(cache) > limit:
+            self._heads = dict(itertools.islice(cache.items(), len(cache) - limit // 2, None))
 
     def read_states(self, hints: Mapping[GrainId, int]) -> dict[GrainId, GrainState | None]:
         """Current states of ``hints``' grains; each hint is the partition a record of the
-        grain came from, where its state most likely is (one RocksDB read then)."""
+        grain came from, where its state most likely is. One RocksDB multi-get asks for the
+        state there and the grain's index entry together; only a grain whose entry names
+        another partition costs a second read."""
         grain_list = list(hints)
         result: dict[GrainId, GrainState | None] = dict.fromkeys(grain_list)
         if not grain_list:
             return result
         bodies = [_grain_body(g) for g in grain_list]
-        raws: list[bytes | None] = self._db.get(  # type: ignore[assignment]
-            [
-                _STATE_PREFIX + _PARTITION.pack(hints[g]) + body
-                for g, body in zip(grain_list, bodies, strict=True)
-            ]
-        )
-        missed = []
-        for grain, raw in zip(grain_list, raws, strict=True):
-            if raw is None:
-                missed.append(grain)
-            else:
-                result[grain] = _unpack_state(raw)
-        if missed:
-            result.update(self.get_many(missed))
+        keys: list[str | int | float | bytes | bool] = []
         for grain, body in zip(grain_list, bodies, strict=True):
-            self._remember(grain, result[grain], body)
+            keys.append(_STATE_PREFIX + _PARTITION.pack(hints[grain]) + body)
+            keys.append(_INDEX_PREFIX + body)
+        raws: list[bytes | None] = self._db.get(keys)  # type: ignore[assignment]
+        elsewhere: list[tuple[GrainId, bytes]] = []
+        for n, grain in enumerate(grain_list):
+            raw = raws[2 * n]
+            if raw is not None:
+                result[grain] = _unpack_state(raw)
+                continue
+            spot = raws[2 * n + 1]
+            if spot is not None and _PARTITION.unpack(spot)[0] != hints[grain]:
+                elsewhere.append((grain, _STATE_PREFIX + spot + bodies[n]))
+        if elsewhere:
+            found: list[bytes | None] = self._db.get([key for _, key in elsewhere])  # type: ignore[assignment]
+            for (grain, _), raw in zip(elsewhere, found, strict=True):
+                if raw is not None:
+                    result[grain] = _unpack_state(raw)
+        self._store_heads(
+            (
+                grain,
+                None
+                if (state := result[grain]) is None
+                else (state.sequence, state.partition, state.offset, state.shadowed_by, body),
+            )
+            for grain, body in zip(grain_list, bodies, strict=True)
+        )
         return result
 
     def _locations(self, grains: list[GrainId]) -> dict[GrainId, tuple[int | None, bytes]]:
@@ -646,13 +661,7 @@ class ReplicaStore(_StoreView):
             self._heads.clear()
             raise
         self._counts = merged
-        limit = self._head_limit
-        for grain, new_head in heads:
-            if grain not in cache and len(cache) >= limit:
-                if not limit:
-                    break
-                del cache[next(iter(cache))]  # oldest first: cheap, and exact either way
-            cache[grain] = new_head
+        self._store_heads(heads)
 
     def set_checkpoints(self, checkpoints: Mapping[int, Checkpoint]) -> None:
         batch = WriteBatch(raw_mode=True)
