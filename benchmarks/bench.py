@@ -15,6 +15,8 @@
    end-to-end delay (state visible in RocksDB minus the record's ``timestamp_millis``).
 4. Growth: grains, payload size, updates per grain per poll, 1-3 workers.
 5. Backlog memory: peak RSS catching up on a small and a 10x larger backlog.
+(After 2: the floor of the stack per record: the fetch alone, a typed decode, a head lookup,
+a write-batch put; ``--skip-floor`` leaves it out.)
 6. Writes ``bench.md`` and ``bench.png`` to ``--out``; the ratio lines are printed last.
 
 Topics and groups are unique per run (``bench-<id>-...``); topics are deleted at the end.
@@ -197,6 +199,7 @@ class Breakdown:
     wall_s: float = 0.0
     cpu_s: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
+    longest_stall_ms: float | None = None  # the worker's loop-stall watchdog, whole run
     failed: str | None = None
 
     def table(self) -> str:
@@ -222,7 +225,180 @@ class Breakdown:
             f"{self.cpu_s:.2f} s = {self.cpu_s * per:.1f} µs/record incl. RocksDB threads) "
             f"| {self.wall_s:.2f} | {self.wall_s * per:.2f} | 100 % |"
         )
+        if self.longest_stall_ms is not None:
+            lines.append(
+                f"\nLongest event-loop stall (the worker's watchdog, start to stop): "
+                f"{self.longest_stall_ms:.0f} ms"
+            )
         return "\n".join(lines)
+
+
+@dataclass
+class Floor:
+    """The floor of this stack, per record: what each step the worker cannot skip costs on
+    its own on this machine (in this process, no broker involved except for the fetch)."""
+
+    records: int
+    grains: int
+    fetch_us: float | None = None  # raw aiokafka getmany(100), counting (from its row)
+    fetch_cpu_us: float | None = None
+    steps: dict[str, float] = field(default_factory=dict)  # label -> µs/record
+    failed: str | None = None
+
+    def total_us(self) -> float:
+        return (self.fetch_us or 0.0) + sum(
+            us for label, us in self.steps.items() if not label.startswith("(")
+        )
+
+    def table(self) -> str:
+        if self.failed:
+            return f"floor failed: {self.failed}"
+        lines = ["| step (per record) | µs/record |", "|---|---:|"]
+        if self.fetch_us is not None:
+            cpu = f"; CPU {self.fetch_cpu_us:.2f} µs" if self.fetch_cpu_us is not None else ""
+            lines.append(
+                f"| fetch alone: raw aiokafka getmany(100) counting, after join{cpu} "
+                f"| {self.fetch_us:.2f} |"
+            )
+        for label, us in self.steps.items():
+            lines.append(f"| {label} | {us:.2f} |")
+        total = self.total_us()
+        lines.append(
+            f"| **floor** (sum of the unbracketed steps; at most {1e6 / total:,.0f} records/s "
+            f"on one core) | {total:.2f} |"
+        )
+        return "\n".join(lines)
+
+
+def _per_call_us(fn: Callable[[], int], min_s: float = 0.3) -> float:
+    """µs per item of ``fn`` (which processes some items and returns how many), best of 3."""
+    best = float("inf")
+    for _ in range(3):
+        items, started = 0, time.perf_counter()
+        while True:
+            items += fn()
+            elapsed = time.perf_counter() - started
+            if elapsed >= min_s / 3:
+                break
+        best = min(best, elapsed / items * 1e6)
+    return best
+
+
+def measure_floor(workload: Workload, workdir: Path) -> Floor:
+    """Time, in this process, a typed decode of the workload's values, a head lookup (a
+    RocksDB get of a stored grain) and a write-batch put of a typical value."""
+    import msgpack
+    from rocksdict import Rdict, WriteBatch
+
+    from benchmarks.common import generate
+    from stream_replica.contract import decode
+    from stream_replica.fold import FoldCounts, GrainState
+    from stream_replica.store import ReplicaStore
+
+    sample = Workload(
+        min(workload.records, 50_000),
+        min(workload.grains, 50_000),
+        workload.payload,
+        workload.delta_rate,
+        workload.tombstone_rate,
+        workload.order,
+        workload.seed,
+    )
+    pairs = [(k, v) for k, v in generate(sample, lambda: 1_700_000_000_000) if v is not None]
+    values = [v for _, v in pairs]
+    floor = Floor(len(pairs), sample.grains)
+
+    def unpack_only() -> int:
+        unpackb = msgpack.unpackb
+        for value in values:
+            unpackb(value, raw=False)
+        return len(values)
+
+    def typed_decode() -> int:
+        for key, value in pairs:
+            decode(key, value)
+        return len(pairs)
+
+    floor.steps["(msgpack.unpackb of the value alone)"] = _per_call_us(unpack_only)
+    floor.steps["typed decode of the canonical value (contract.decode)"] = _per_call_us(
+        typed_decode
+    )
+
+    entries = [decode(k, v) for k, v in pairs]
+    last = {}
+    for entry in entries:
+        last[entry.grain] = entry
+    typical = sorted(len(e.payload) for e in entries)[len(entries) // 2]
+    db_dir = workdir / "floor-db"
+    shutil.rmtree(db_dir, ignore_errors=True)
+    store = ReplicaStore(db_dir, "floor")
+    try:
+        changes: dict[Any, GrainState | None] = {
+            g: GrainState(
+                e.sequence, e.timestamp_millis, e.source_cluster, e.payload, hash(g) % 6, 1
+            )
+            for g, e in last.items()
+        }
+        items = list(changes.items())
+        for start in range(0, len(items), 1000):
+            store.apply(dict(items[start : start + 1000]), {}, FoldCounts())
+        grains = list(last)
+        random.Random(5).shuffle(grains)
+
+        def head_lookup() -> int:
+            get = store.get
+            for grain in grains:
+                get(grain)
+            return len(grains)
+
+        def head_lookup_batched() -> int:
+            for start in range(0, len(grains), 100):
+                store.get_many(grains[start : start + 100])
+            return len(grains)
+
+        floor.steps["(store.get of a stored grain, one at a time)"] = _per_call_us(head_lookup)
+        floor.steps["(store.get_many of stored grains, 100 per call: decoded states)"] = (
+            _per_call_us(head_lookup_batched)
+        )
+    finally:
+        store.close()
+        shutil.rmtree(db_dir, ignore_errors=True)
+
+    raw_dir = workdir / "floor-raw-db"
+    shutil.rmtree(raw_dir, ignore_errors=True)
+    from stream_replica.store import _options
+
+    db = Rdict(str(raw_dir), _options())
+    try:
+        value = bytes(typical + 40)  # the state header + source + a median payload
+        keys = [f"g{i:09d}".encode() for i in range(sample.grains)]
+
+        def batch_put() -> int:
+            for start in range(0, len(keys), 100):
+                batch = WriteBatch(raw_mode=True)
+                for key in keys[start : start + 100]:
+                    batch.put(key, value)
+                db.write(batch)
+            return len(keys)
+
+        floor.steps[
+            f"write-batch put of a typical value ({len(value)} B), 100 per batch + write"
+        ] = _per_call_us(batch_put)
+        shuffled = keys[:]
+        random.Random(5).shuffle(shuffled)
+
+        def raw_lookup() -> int:
+            for start in range(0, len(shuffled), 100):
+                db.get(shuffled[start : start + 100])
+            return len(shuffled)
+
+        floor.steps["head lookup: RocksDB multi-get of stored keys, 100 per call"] = _per_call_us(
+            raw_lookup
+        )
+    finally:
+        db.close()
+        shutil.rmtree(raw_dir, ignore_errors=True)
+    return floor
 
 
 @dataclass
@@ -237,6 +413,7 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     steady: Steady | None = None
     breakdown: Breakdown | None = None
+    floor: Floor | None = None
     growth: list[tuple[str, Row]] = field(default_factory=list)  # (group, row)
     backlog: list[Row] = field(default_factory=list)
     prefills: list[Prefill] = field(default_factory=list)
@@ -630,7 +807,7 @@ class Bench:
         """Run the worker in this process on ``data`` with its stages timed (wrappers around
         the worker module's ``decode``/``fold``, the store's ``get_many``/``apply`` and
         aiokafka's ``getmany``; whatever of these is missing is left out)."""
-        import stream_replica.worker as worker_module
+        import stream_replica.poll as poll_module
         from stream_replica.settings import WorkerSettings
         from stream_replica.store import ReplicaStore
         from stream_replica.worker import ReplicaWorker
@@ -666,9 +843,12 @@ class Bench:
             restore.append((owner, attr, original))
 
         wrap(AIOKafkaConsumer, "getmany", "aiokafka getmany (fetch, parse records)")
-        wrap(worker_module, "decode", "contract.decode (msgpack + validation)")
-        wrap(ReplicaStore, "get_many", "store.get_many (read current states)")
-        wrap(worker_module, "fold", "fold")
+        wrap(poll_module, "decode", "contract.decode (msgpack + validation)")
+        # With the head cache the worker reads through read_states (which calls get_many for
+        # grains not where their record says): time the outer one only.
+        reads = "read_states" if hasattr(ReplicaStore, "read_states") else "get_many"
+        wrap(ReplicaStore, reads, f"store.{reads} (read current states)")
+        wrap(poll_module, "fold", "fold")
         wrap(ReplicaStore, "apply", "store.apply (pack + RocksDB write batch)")
         group = self.group("breakdown")
         db = self.workdir / "breakdown-db"
@@ -684,7 +864,8 @@ class Bench:
         result = Breakdown(max_records, data.records)
         try:
             with worker_logs(self.logs / "breakdown-worker.log"):
-                task = asyncio.create_task(ReplicaWorker(settings, store, stop).run())
+                worker = ReplicaWorker(settings, store, stop)
+                task = asyncio.create_task(worker.run())
                 try:
                     deadline = time.monotonic() + self.timeout_for(data.records)
                     # Time from the first written poll on (group join and start-up excluded).
@@ -712,6 +893,9 @@ class Bench:
                     stop.set()
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(task, 60)
+                    watchdog = getattr(worker, "watchdog", None)
+                    if watchdog is not None:
+                        result.longest_stall_ms = watchdog.longest_s * 1000
         finally:
             for owner, attr, original in restore:
                 setattr(owner, attr, original)
@@ -974,8 +1158,20 @@ def ratio_lines(report: Report) -> list[str]:
 
     quix_missing = "--skip-quix" if report.args.skip_quix else "Quix run failed"
     return [
+        *floor_lines(report, ours),
         f"ours(100)/raw-aiokafka = {ratio(ours, raw, 'a run failed')}",
         f"ours(100)/quix = {ratio(ours, quix, quix_missing)}",
+    ]
+
+
+def floor_lines(report: Report, ours: Row | None) -> list[str]:
+    floor = report.floor
+    if floor is None or floor.failed or ours is None or floor.fetch_us is None:
+        return []
+    ours_us = 1e6 / ours.best_rate
+    return [
+        f"ours(100) {ours_us:.2f} µs/record vs floor {floor.total_us():.2f} µs/record: "
+        f"floor/ours = {floor.total_us() / ours_us:.2f}"
     ]
 
 
@@ -1036,6 +1232,20 @@ def write_markdown(report: Report, path: Path) -> None:
             "The Quix app decodes with the same validator and keeps state in Quix's RocksDB "
             "store (changelog topic off; Quix writes its state and commits every "
             f"{args.quix_commit_interval:g} s instead of every poll).",
+            "",
+        ]
+    if report.floor is not None:
+        lines += [
+            "## The floor of this stack",
+            "",
+            "Per record, each step the worker cannot skip, alone: the fetch (the raw aiokafka "
+            "row above: its time after the join / records), and in the bench process a typed "
+            "decode of the workload's values, a head lookup in a store holding the workload's "
+            "grains, and a write-batch put of a median-sized value into a RocksDB with the "
+            "store's options (best of 3). Bracketed rows are for comparison and not summed. "
+            "A worker doing all four on one event loop cannot beat the sum.",
+            "",
+            report.floor.table(),
             "",
         ]
     if report.breakdown is not None:
@@ -1284,6 +1494,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--skip-breakdown", action="store_true", help="skip the per-stage timing of our worker"
     )
+    parser.add_argument(
+        "--skip-floor", action="store_true", help="skip the per-record floor of the stack"
+    )
     parser.add_argument("--steady-rate", type=int, default=5000, help="records/s (5000)")
     parser.add_argument("--steady-seconds", type=float, default=None, help="60 (--small: 10)")
     parser.add_argument(
@@ -1353,6 +1566,19 @@ async def run(args: argparse.Namespace, command: str) -> int:
                 print_row(row)
             print("\n" + rows_table(report.rows) + "\n", flush=True)
 
+            if not args.skip_floor:
+                print("the floor of this stack (per record):", flush=True)
+                try:
+                    report.floor = measure_floor(workload, bench.workdir)
+                except Exception as exc:  # a broken floor must not lose the rest
+                    report.floor = Floor(0, 0, failed=f"{type(exc).__name__}: {exc}")
+                raw_row = report.row("raw aiokafka getmany(100)")
+                if raw_row is not None and raw_row.consume_s:
+                    report.floor.fetch_us = raw_row.consume_s / raw_row.records * 1e6
+                    if raw_row.cpu_s is not None:
+                        report.floor.fetch_cpu_us = raw_row.cpu_s / raw_row.records * 1e6
+                print(report.floor.table() + "\n", flush=True)
+
             if not args.skip_breakdown:
                 print("where our worker's time goes (in this process, stages timed):", flush=True)
                 report.breakdown = await bench.breakdown(main)
@@ -1399,6 +1625,7 @@ async def run(args: argparse.Namespace, command: str) -> int:
                 "backlog": [r.as_json() for r in report.backlog],
                 "steady": report.steady.__dict__ if report.steady else None,
                 "breakdown": report.breakdown.__dict__ if report.breakdown else None,
+                "floor": report.floor.__dict__ if report.floor else None,
             },
             indent=2,
         )

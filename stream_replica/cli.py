@@ -175,7 +175,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     _install_signal_handlers(stop)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck worker.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    store = ReplicaStore(s.db, s.topic)
+    store = ReplicaStore(s.db, s.topic, head_cache_entries=s.head_cache_entries)
     fatal: str | None = None
     code = 1
     try:

@@ -117,6 +117,11 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.loop_stall_max = Gauge(
+            "stream_replica_loop_stall_max_seconds",
+            "Longest event-loop stall since start (how late a 50 ms timer woke up)",
+            registry=r,
+        )
         labels = ["partition", "role"]
         self.end_offset = Gauge(
             "stream_replica_partition_end_offset",

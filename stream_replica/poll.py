@@ -9,8 +9,8 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from stream_replica.contract import ContractError, decode
-from stream_replica.fold import FoldResult, Polled, fold
+from stream_replica.contract import ContractError, Entry, EntryType, GrainId, Tombstone, decode
+from stream_replica.fold import FoldResult, GrainState, Polled, fold
 from stream_replica.store import ReplicaStore
 
 
@@ -33,8 +33,36 @@ def decode_batch(
 
 
 def fold_polled(polled: list[Polled], store: ReplicaStore) -> FoldResult:
-    grains = {p.body.grain for p in polled if not isinstance(p.body, ContractError)}
-    grains.update(
-        p.body.grain for p in polled if isinstance(p.body, ContractError) and p.body.grain
-    )
-    return fold(polled, store.get_many(grains))
+    """Fold against the store's current states. A grain whose head the store has cached and
+    whose first record in the poll needs no more than the head (a tombstone, or a FullState
+    above the held sequence) is folded against a stand-in carrying only the head; any other
+    (a refusal or a stale or equal sequence may shadow the state or compare its payload) is
+    read from RocksDB, from the partition its first record came from first."""
+    first: dict[GrainId, Polled] = {}
+    for p in polled:
+        body = p.body
+        grain = body.grain
+        if grain is not None and grain not in first:
+            first[grain] = p
+    heads = store.heads(first)
+    stored: dict[GrainId, GrainState | None] = {}
+    to_read: dict[GrainId, int] = {}
+    for grain, record in first.items():
+        if grain in heads:
+            head = heads[grain]
+            body = record.body
+            if head is None:
+                stored[grain] = None
+                continue
+            if isinstance(body, Tombstone) or (
+                isinstance(body, Entry)
+                and body.entry_type is EntryType.FULL_STATE
+                and body.sequence > head[0]
+            ):
+                sequence, partition, offset, shadowed_by, _ = head
+                stored[grain] = GrainState(sequence, 0, "", b"", partition, offset, shadowed_by)
+                continue
+        to_read[grain] = record.partition
+    if to_read:
+        stored.update(store.read_states(to_read))
+    return fold(polled, stored)

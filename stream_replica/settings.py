@@ -95,6 +95,12 @@ class WorkerSettings(KafkaSettings):
     standby_replicas: int = Field(
         default=0, ge=0, le=10, description="warm copies of each partition on other workers"
     )
+    head_cache_entries: int = Field(
+        default=100_000,
+        ge=0,
+        le=100_000_000,
+        description="grain heads kept in memory to skip RocksDB reads (~360 B each; 0: off)",
+    )
     lost_partition_grace_ms: int = Field(
         default=3_600_000,
         ge=0,

@@ -7,10 +7,17 @@ Key layout (one column family, ordered so that a prefix scan is a range):
 * ``c`` + u32 BE part. → checkpoint: msgpack ``[next_offset, caught_up_at_ms]``
 * ``m:topic_id``       → Kafka's topic ID (KIP-516) and ``m:partitions`` its partition count,
   so a store is never resumed against a topic deleted and recreated under the same name
-* ``g`` + type + key   → grain state: a struct header (sequence, timestamp, partition,
-  offset, shadowed-by offset, source length), the source cluster and the payload. ``type`` is
-  escaped (NUL → NUL 0xFF) and terminated by NUL, so byte order is (grain_type, grain_key)
-  order and ``dump`` needs no sort.
+* ``p`` + u32 BE partition + type + key → grain state, under the partition of the record
+  that set it: a struct header (sequence, timestamp, partition, offset, shadowed-by offset,
+  source length), the source cluster and the payload. ``type`` is escaped (NUL → NUL 0xFF)
+  and terminated by NUL, so within a partition byte order is (grain_type, grain_key) order;
+  ``grains()`` merges the partitions in that order. Partition-major so that wiping or dropping
+  a partition is one range delete (O(1), no scan), whatever the number of grains.
+* ``i`` + type + key   → u32 BE partition: where the grain's state is. Written when a state
+  lands in another partition than the entry says (or there is none), deleted with the state.
+  A wipe leaves the entries of the wiped partition behind (an entry whose partition holds no
+  state for the grain means "no state"), so lookups by grain check both; such leftovers are
+  at most one per grain of the topic and are overwritten when the grain is written again.
 * ``s`` + type + key   → index of the grains whose state is shadowed (see fold.py): a struct
   (partition, state offset, shadowed-by offset). Small; written only when shadowing happens.
 * ``o`` + u32 BE part. → served record: msgpack ``[role, lag, since_ms, updated_ms]``; role is
@@ -26,6 +33,8 @@ store holds exactly the result of the records before each partition's checkpoint
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 import os
 import shutil
 import struct
@@ -49,14 +58,20 @@ from rocksdict import (
 from stream_replica.contract import GrainId
 from stream_replica.fold import FoldCounts, GrainState
 
-STORE_FORMAT: Final = b"4"  # 4: shadowed-by offset in grain values, shadow index, topic ID
+# 4: shadowed-by offset in grain values, shadow index, topic ID. 5: partition-major states
+# (``p``) + grain index (``i``); a format-4 store is migrated in place when the writer opens it.
+STORE_FORMAT: Final = b"5"
+_MIGRATABLE: Final = b"4"
+_MIGRATE_BATCH: Final = 20_000
 _TOPIC_KEY: Final = b"m:topic"
 _FORMAT_KEY: Final = b"m:format"
 _COUNTS_KEY: Final = b"m:counts"
 _TOPIC_ID_KEY: Final = b"m:topic_id"
 _PARTITIONS_KEY: Final = b"m:partitions"
 _CHECKPOINT_PREFIX: Final = b"c"
-_GRAIN_PREFIX: Final = b"g"
+_GRAIN_PREFIX: Final = b"g"  # the grain-ordered key form (format 4 stored states under it)
+_STATE_PREFIX: Final = b"p"
+_INDEX_PREFIX: Final = b"i"
 _SHADOW_PREFIX: Final = b"s"
 _SERVED_PREFIX: Final = b"o"
 _ASSIGNMENT_KEY: Final = b"m:assignment"
@@ -82,11 +97,19 @@ class Checkpoint:
 # --- key/value codecs -------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4096)  # a poll looks a grain up and then writes it
-def grain_db_key(grain: GrainId) -> bytes:
+def _grain_body(grain: GrainId) -> bytes:
+    """The grain part of its keys: escaped type, NUL, key (byte order = grain order)."""
     grain_type, grain_key = grain
-    escaped = grain_type.encode().replace(b"\x00", b"\x00\xff")
-    return _GRAIN_PREFIX + escaped + b"\x00" + grain_key.encode()
+    return grain_type.encode().replace(b"\x00", b"\x00\xff") + b"\x00" + grain_key.encode()
+
+
+@functools.lru_cache(maxsize=4096)
+def grain_db_key(grain: GrainId) -> bytes:
+    return _GRAIN_PREFIX + _grain_body(grain)
+
+
+# The writer's cached head of a grain: sequence, partition, offset, shadowed_by, key body.
+Head = tuple[int, int, int, int, bytes]
 
 
 def parse_grain_db_key(db_key: bytes) -> GrainId:
@@ -103,6 +126,21 @@ def parse_grain_db_key(db_key: bytes) -> GrainId:
 
 def shadow_db_key(grain: GrainId) -> bytes:
     return _SHADOW_PREFIX + grain_db_key(grain)[len(_GRAIN_PREFIX) :]
+
+
+def _partition_prefix(partition: int) -> bytes:
+    return _STATE_PREFIX + _PARTITION.pack(partition)
+
+
+def state_db_key(partition: int, grain: GrainId) -> bytes:
+    return _partition_prefix(partition) + grain_db_key(grain)[len(_GRAIN_PREFIX) :]
+
+
+def index_db_key(grain: GrainId) -> bytes:
+    return _INDEX_PREFIX + grain_db_key(grain)[len(_GRAIN_PREFIX) :]
+
+
+_STATE_KEY_HEAD: Final = len(_STATE_PREFIX) + _PARTITION.size
 
 
 # Grain value: fixed header (sequence, timestamp, partition, offset, shadowed-by offset,
@@ -189,6 +227,17 @@ def _served_key(partition: int) -> bytes:
     return _SERVED_PREFIX + _PARTITION.pack(partition)
 
 
+def _next_prefix(prefix: bytes) -> bytes:
+    """The smallest key above every key starting with ``prefix`` (prefix not all 0xFF)."""
+    stripped = prefix.rstrip(b"\xff")
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+# Heads (sequence, partition, offset, shadowed_by, key body) the writer keeps in memory so that
+# the fold skips the RocksDB read of grains it saw lately: ~360 bytes each with the grain, so
+# ~35 MiB at the default (settings.WorkerSettings.head_cache_entries, --head-cache-entries).
+HEAD_CACHE_ENTRIES: Final = 100_000
+
 # Memory is bounded, not proportional to the backlog or the number of grains: two 16 MiB
 # memtables, an 8 MiB block cache (index and filter blocks inside it), bloom filters so that
 # looking up a grain that is not stored yet rarely touches a data block.
@@ -232,23 +281,53 @@ class _StoreView:
         return None if raw is None else bytes(raw).decode()
 
     def get(self, grain: GrainId) -> GrainState | None:
-        raw = self._db.get(grain_db_key(grain))
-        return None if raw is None else _unpack_state(raw)
+        return self.get_many((grain,))[grain]
 
     def get_many(self, grains: Iterable[GrainId]) -> dict[GrainId, GrainState | None]:
-        grain_list = list(grains)
+        grain_list = list(dict.fromkeys(grains))
         if not grain_list:
             return {}
-        raws: list[bytes | None] = self._db.get([grain_db_key(g) for g in grain_list])  # type: ignore[assignment]
-        return {
-            g: (None if raw is None else _unpack_state(raw))
-            for g, raw in zip(grain_list, raws, strict=True)
-        }
+        result: dict[GrainId, GrainState | None] = dict.fromkeys(grain_list)
+        spots: list[bytes | None] = self._db.get([index_db_key(g) for g in grain_list])  # type: ignore[assignment]
+        located = [(g, spot) for g, spot in zip(grain_list, spots, strict=True) if spot]
+        if located:
+            raws: list[bytes | None] = self._db.get(  # type: ignore[assignment]
+                [_STATE_PREFIX + bytes(spot) + index_db_key(g)[1:] for g, spot in located]
+            )
+            for (grain, _), raw in zip(located, raws, strict=True):
+                if raw is not None:
+                    result[grain] = _unpack_state(raw)
+        return result
 
     def grains(self) -> Iterator[tuple[GrainId, GrainState]]:
-        """Every grain, sorted by (grain_type, grain_key)."""
-        for db_key, raw in self._scan(_GRAIN_PREFIX):
-            yield parse_grain_db_key(db_key), _unpack_state(raw)
+        """Every grain, sorted by (grain_type, grain_key): the partitions' ranges merged."""
+        ranges = [self._scan(_partition_prefix(p)) for p in self._state_partitions()]
+        for db_key, raw in heapq.merge(*ranges, key=lambda item: item[0][_STATE_KEY_HEAD:]):
+            yield parse_grain_db_key(_GRAIN_PREFIX + db_key[_STATE_KEY_HEAD:]), _unpack_state(raw)
+
+    def _state_partitions(self) -> list[int]:
+        """The partitions holding at least one state (one seek per partition)."""
+        found = []
+        iterator = self._db.iter()
+        try:
+            iterator.seek(_STATE_PREFIX)
+            while iterator.valid():
+                key = iterator.key()
+                if not key.startswith(_STATE_PREFIX):
+                    break
+                (partition,) = _PARTITION.unpack_from(key, len(_STATE_PREFIX))
+                found.append(partition)
+                if partition == 0xFFFFFFFF:
+                    break
+                iterator.seek(_partition_prefix(partition + 1))
+        finally:
+            del iterator
+        return found
+
+    def count_grains(self, partitions: Iterable[int] | None = None) -> int:
+        """Grains held (of ``partitions``: all when None). A key scan: for tools, not the loop."""
+        wanted = self._state_partitions() if partitions is None else sorted(set(partitions))
+        return sum(1 for p in wanted for _ in self._scan(_partition_prefix(p)))
 
     def checkpoints(self) -> dict[int, Checkpoint]:
         result = {}
@@ -321,9 +400,16 @@ class _StoreView:
         finally:
             del iterator  # iterators pin the DB; drop before close (see LESSONS.md)
 
-    def _check_format(self) -> None:
+    def _check_format(self, migrate: bool = False) -> None:
         stored = self._db.get(_FORMAT_KEY)
-        if stored != STORE_FORMAT:
+        if stored == _MIGRATABLE and not migrate:
+            self._db.close()
+            raise StoreError(
+                f"state directory {self.path} uses store format {_MIGRATABLE.decode()}; this "
+                f"version reads format {STORE_FORMAT.decode()}: start the worker on it once "
+                "(`stream-replica run`) to migrate it in place"
+            )
+        if stored != STORE_FORMAT and not (migrate and stored == _MIGRATABLE):
             self._db.close()
             found = "unknown" if stored is None else bytes(stored).decode(errors="replace")
             raise StoreError(
@@ -383,8 +469,17 @@ class ReplicaReader(_StoreView):
 class ReplicaStore(_StoreView):
     """The single writer of a state directory. ``topic`` binds the store on first open."""
 
-    def __init__(self, path: str | os.PathLike[str], topic: str) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        topic: str,
+        head_cache_entries: int = HEAD_CACHE_ENTRIES,
+    ) -> None:
         self.path = Path(path)
+        # grain → (sequence, partition, offset, shadowed_by) of its stored state, or None: no
+        # state. Exact: filled from this writer's reads and writes, cleared by every wipe.
+        self._heads: dict[GrainId, Head | None] = {}
+        self._head_limit = max(0, head_cache_entries)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -411,8 +506,100 @@ class ReplicaStore(_StoreView):
                 f"not {topic!r}; use another --db"
             )
         else:
-            self._check_format()
+            self._check_format(migrate=True)
+            if self._db.get(_FORMAT_KEY) == _MIGRATABLE:
+                self._migrate_from_4()
         self._counts = self.counts()
+
+    def _migrate_from_4(self) -> None:
+        """Format 4 → 5: every state moves from ``g`` + grain to ``p`` + partition + grain,
+        with its index entry. Restartable: the old keys and the format marker change only in
+        the last batch, so a crash midway leaves a format-4 store that migrates again."""
+        batch = WriteBatch(raw_mode=True)
+        pending = 0
+        for db_key, raw in self._scan(_GRAIN_PREFIX):
+            partition = _STATE_HEADER.unpack_from(raw)[2]
+            body = db_key[len(_GRAIN_PREFIX) :]
+            spot = _PARTITION.pack(partition)
+            batch.put(_STATE_PREFIX + spot + body, raw)
+            batch.put(_INDEX_PREFIX + body, spot)
+            pending += 1
+            if pending >= _MIGRATE_BATCH:
+                self._write(batch)
+                batch, pending = WriteBatch(raw_mode=True), 0
+        batch.delete_range(_GRAIN_PREFIX, _next_prefix(_GRAIN_PREFIX))
+        batch.put(_FORMAT_KEY, STORE_FORMAT)
+        self._write(batch)
+
+    # --- the head cache (the fold's view of the current states) -------------------------------
+
+    def heads(self, grains: Iterable[GrainId]) -> dict[GrainId, Head | None]:
+        """The cached heads among ``grains`` (absent: not cached): (sequence, partition,
+        offset, shadowed_by, key body) of the stored state, or None: the grain has no state."""
+        cache = self._heads
+        return {g: cache[g] for g in grains if g in cache}
+
+    def _store_heads(self, heads: Iterable[tuple[GrainId, Head | None]]) -> None:
+        """Cache ``heads`` (newest last). Over the limit, the oldest entries go in bulk: the
+        newest half is copied into a fresh dict (amortised O(1) per entry; deleting one entry
+        at a time from the front of a dict makes each next(iter()) skip the holes: O(n))."""
+        limit = self._head_limit
+        if not limit:
+            return
+        cache = self._heads
+        cache.update(heads)
+        if len(cache) > limit:
+            self._heads = dict(itertools.islice(cache.items(), len(cache) - limit // 2, None))
+
+    def read_states(self, hints: Mapping[GrainId, int]) -> dict[GrainId, GrainState | None]:
+        """Current states of ``hints``' grains; each hint is the partition a record of the
+        grain came from, where its state most likely is. One RocksDB multi-get asks for the
+        state there and the grain's index entry together; only a grain whose entry names
+        another partition costs a second read."""
+        grain_list = list(hints)
+        result: dict[GrainId, GrainState | None] = dict.fromkeys(grain_list)
+        if not grain_list:
+            return result
+        bodies = [_grain_body(g) for g in grain_list]
+        keys: list[str | int | float | bytes | bool] = []
+        for grain, body in zip(grain_list, bodies, strict=True):
+            keys.append(_STATE_PREFIX + _PARTITION.pack(hints[grain]) + body)
+            keys.append(_INDEX_PREFIX + body)
+        raws: list[bytes | None] = self._db.get(keys)  # type: ignore[assignment]
+        elsewhere: list[tuple[GrainId, bytes]] = []
+        for n, grain in enumerate(grain_list):
+            raw = raws[2 * n]
+            if raw is not None:
+                result[grain] = _unpack_state(raw)
+                continue
+            spot = raws[2 * n + 1]
+            if spot is not None and _PARTITION.unpack(spot)[0] != hints[grain]:
+                elsewhere.append((grain, _STATE_PREFIX + spot + bodies[n]))
+        if elsewhere:
+            found: list[bytes | None] = self._db.get([key for _, key in elsewhere])  # type: ignore[assignment]
+            for (grain, _), raw in zip(elsewhere, found, strict=True):
+                if raw is not None:
+                    result[grain] = _unpack_state(raw)
+        self._store_heads(
+            (
+                grain,
+                None
+                if (state := result[grain]) is None
+                else (state.sequence, state.partition, state.offset, state.shadowed_by, body),
+            )
+            for grain, body in zip(grain_list, bodies, strict=True)
+        )
+        return result
+
+    def _locations(self, grains: list[GrainId]) -> dict[GrainId, tuple[int | None, bytes]]:
+        """Where each grain's state is (None: nowhere) according to the index, with the
+        grain's key body (for grains the head cache does not know)."""
+        bodies = [_grain_body(g) for g in grains]
+        spots: list[bytes | None] = self._db.get([_INDEX_PREFIX + b for b in bodies])  # type: ignore[assignment]
+        return {
+            grain: (None if spot is None else _PARTITION.unpack(spot)[0], body)
+            for grain, body, spot in zip(grains, bodies, spots, strict=True)
+        }
 
     def apply(
         self,
@@ -424,17 +611,41 @@ class ReplicaStore(_StoreView):
         """Write a poll's result atomically: grain changes, the shadow index (``unshadowed``:
         grains no longer shadowed), checkpoints, counters."""
         batch = WriteBatch(raw_mode=True)
+        cache = self._heads
+        unknown = [g for g in changes if g not in cache]
+        located = self._locations(unknown) if unknown else {}
+        heads: list[tuple[GrainId, Head | None]] = []
         try:
             for grain, state in changes.items():
-                if state is None:
-                    batch.delete(grain_db_key(grain))
+                head = cache.get(grain)
+                if head is not None:
+                    held: int | None = head[1]
+                    body = head[4]
+                elif grain in cache:
+                    held, body = None, _grain_body(grain)
                 else:
-                    batch.put(grain_db_key(grain), _pack_state(state))
-                    if state.shadowed_by >= 0:
-                        batch.put(
-                            shadow_db_key(grain),
-                            _SHADOW.pack(state.partition, state.offset, state.shadowed_by),
-                        )
+                    held, body = located[grain]
+                if state is None:
+                    heads.append((grain, None))
+                    if held is not None:
+                        batch.delete(_STATE_PREFIX + _PARTITION.pack(held) + body)
+                        batch.delete(_INDEX_PREFIX + body)
+                    continue
+                partition = state.partition
+                spot = _PARTITION.pack(partition)
+                if held != partition:
+                    if held is not None:
+                        batch.delete(_STATE_PREFIX + _PARTITION.pack(held) + body)
+                    batch.put(_INDEX_PREFIX + body, spot)
+                batch.put(_STATE_PREFIX + spot + body, _pack_state(state))
+                heads.append(
+                    (grain, (state.sequence, partition, state.offset, state.shadowed_by, body))
+                )
+                if state.shadowed_by >= 0:
+                    batch.put(
+                        _SHADOW_PREFIX + body,
+                        _SHADOW.pack(partition, state.offset, state.shadowed_by),
+                    )
         except (struct.error, UnicodeError, OverflowError) as exc:
             raise StoreError(f"cannot encode a grain state for {self.path}: {exc}") from None
         for grain in unshadowed:
@@ -444,8 +655,13 @@ class ReplicaStore(_StoreView):
         merged.add(self._counts)
         merged.add(counts)
         batch.put(_COUNTS_KEY, msgpack.packb(merged.as_dict()))
-        self._write(batch)
+        try:
+            self._write(batch)
+        except StoreError:
+            self._heads.clear()
+            raise
         self._counts = merged
+        self._store_heads(heads)
 
     def set_checkpoints(self, checkpoints: Mapping[int, Checkpoint]) -> None:
         batch = WriteBatch(raw_mode=True)
@@ -475,34 +691,34 @@ class ReplicaStore(_StoreView):
         batch.put(_ASSIGNMENT_KEY, msgpack.packb(value))
         self._write(batch)
 
-    def drop_partitions(self, partitions: Iterable[int]) -> int:
+    def drop_partitions(self, partitions: Iterable[int]) -> None:
         """Forget partitions this worker no longer serves: their grains, checkpoints and
-        served records."""
+        served records (O(1): range deletes, see wipe_partitions)."""
         wanted = set(partitions)
-        deleted = self.wipe_partitions(wanted)
+        self.wipe_partitions(wanted)
         batch = WriteBatch(raw_mode=True)
         for partition in wanted:
             batch.delete(_served_key(partition))
         self._write(batch)
-        return deleted
 
-    def wipe_partitions(self, partitions: Iterable[int]) -> int:
+    def wipe_partitions(self, partitions: Iterable[int]) -> None:
         """Delete the grains last set from ``partitions``, their shadow marks and
-        checkpoints (one batch)."""
+        checkpoints (one batch). The states go with one range delete per partition, whatever
+        their number; only the shadow index (small: shadowed grains) is scanned. Their index
+        entries stay: they point at a partition that no longer holds the grain."""
         wanted = set(partitions)
         batch = WriteBatch(raw_mode=True)
-        deleted = 0
-        for db_key, raw in self._scan(_GRAIN_PREFIX):
-            if _STATE_HEADER.unpack_from(raw)[2] in wanted:  # partition, without decoding
-                batch.delete(db_key)
-                deleted += 1
+        for partition in wanted:
+            batch.delete_range(
+                _partition_prefix(partition), _next_prefix(_partition_prefix(partition))
+            )
         for db_key, raw in self._scan(_SHADOW_PREFIX):
             if _SHADOW.unpack(raw)[0] in wanted:
                 batch.delete(db_key)
         for partition in wanted:
             batch.delete(_checkpoint_key(partition))
+        self._heads.clear()
         self._write(batch)
-        return deleted
 
     def bind_topic(self, identity: TopicIdentity) -> str | None:
         """Record the topic's identity. When the store already holds another one (the topic
@@ -536,18 +752,21 @@ class ReplicaStore(_StoreView):
         self._write(batch)
         return reason
 
-    def wipe_all(self) -> int:
-        """Delete every grain, shadow mark, checkpoint, served record and the last assignment
-        (one batch); counters stay."""
+    def wipe_all(self) -> None:
+        """Delete every grain, index entry, shadow mark, checkpoint, served record and the
+        last assignment (one batch of range deletes); counters stay."""
         batch = WriteBatch(raw_mode=True)
         batch.delete(_ASSIGNMENT_KEY)
-        deleted = 0
-        for prefix in (_GRAIN_PREFIX, _SHADOW_PREFIX, _CHECKPOINT_PREFIX, _SERVED_PREFIX):
-            for db_key, _ in self._scan(prefix):
-                batch.delete(db_key)
-                deleted += prefix == _GRAIN_PREFIX
+        for prefix in (
+            _STATE_PREFIX,
+            _INDEX_PREFIX,
+            _SHADOW_PREFIX,
+            _CHECKPOINT_PREFIX,
+            _SERVED_PREFIX,
+        ):
+            batch.delete_range(prefix, _next_prefix(prefix))
+        self._heads.clear()
         self._write(batch)
-        return deleted
 
     def _write(self, batch: WriteBatch) -> None:
         try:
@@ -559,21 +778,25 @@ class ReplicaStore(_StoreView):
         self, grain_type: str, prefix: str = "", after: str | None = None
     ) -> Iterator[tuple[str, GrainState]]:
         """Grains of ``grain_type`` whose key starts with ``prefix`` and sorts after ``after``
-        (when given), in key order: the HTTP scan's local step."""
-        type_prefix = grain_db_key((grain_type, ""))
+        (when given), in key order: the HTTP scan's local step. Walks the grain index (grain
+        order) and reads each state from its partition; index entries left by a wipe are
+        skipped."""
+        type_prefix = index_db_key((grain_type, ""))
         start = prefix if after is None or after < prefix else after
         iterator = self._db.iter()
         try:
-            iterator.seek(grain_db_key((grain_type, start)))
+            iterator.seek(index_db_key((grain_type, start)))
             while iterator.valid():
                 db_key = iterator.key()
                 if not db_key.startswith(type_prefix):
                     break
-                _, grain_key = parse_grain_db_key(db_key)
+                _, grain_key = parse_grain_db_key(_GRAIN_PREFIX + db_key[len(_INDEX_PREFIX) :])
                 if not grain_key.startswith(prefix):
                     break  # sorted: every later key is past the prefix too
                 if after is None or grain_key > after:
-                    yield grain_key, _unpack_state(iterator.value())
+                    raw = self._db.get(_STATE_PREFIX + bytes(iterator.value()) + db_key[1:])
+                    if raw is not None:
+                        yield grain_key, _unpack_state(raw)
                 iterator.next()
         finally:
             del iterator

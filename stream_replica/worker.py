@@ -51,6 +51,7 @@ from stream_replica.settings import WorkerSettings
 from stream_replica.standby import StandbyError, StandbyFollower
 from stream_replica.status import NodeStatus, PartitionRow
 from stream_replica.store import Checkpoint, ReplicaStore, StoreError, TopicIdentity
+from stream_replica.watchdog import LoopWatchdog
 
 log = logging.getLogger("stream_replica.worker")
 # A flood of bad records must not flood the log: the DLQ and the counters have every one.
@@ -164,6 +165,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         # process first joined (see _check_replaced).
         self._member_id: str | None = None
         self._first_join: float | None = None
+        self.watchdog = LoopWatchdog(self.metrics.loop_stall_max.set)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -212,6 +214,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             )
         if self.settings.repair_shadowed:
             self._repairer = ShadowRepairer.create(self.settings, self.topic, self.settings.group)
+        self.watchdog.start()
         try:
             await start_client(self.settings, self._consumer)
             if self._dlq is not None:
@@ -230,6 +233,13 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         finally:
             await self._stop_standby()
             await self._shutdown()
+            await self.watchdog.stop()
+            log.info(
+                "longest event-loop stall: %.0f ms (%d over %.0f ms)",
+                self.watchdog.longest_s * 1000,
+                self.watchdog.stalls_reported,
+                self.watchdog.report_over_s * 1000,
+            )
 
     async def _run_standby(self) -> None:
         try:
@@ -442,11 +452,10 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             return  # the group has not told us what we own yet
         expired = self.ownership.expired(self.store.checkpoints())
         if expired:
-            deleted = self.store.drop_partitions(expired)
+            self.store.drop_partitions(expired)
             self.ownership.dropped(expired)
             log.info(
-                "dropped %d grains of partitions %s: not served here for over %d ms",
-                deleted,
+                "dropped the grains of partitions %s: not served here for over %d ms",
                 expired,
                 self.settings.lost_partition_grace_ms,
             )
@@ -773,8 +782,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             # Reading from the log start now sees every tombstone the log holds now.
             self._caught_up_at[tp.partition] = now
         if to_wipe:
-            deleted = self.store.wipe_partitions(to_wipe)
-            log.info("wiped %d grains of partitions %s", deleted, sorted(to_wipe))
+            self.store.wipe_partitions(to_wipe)
+            log.info("wiped the grains of partitions %s", sorted(to_wipe))
 
     async def _handle_out_of_range(
         self, consumer: AIOKafkaConsumer, exc: OffsetOutOfRangeError

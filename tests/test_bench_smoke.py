@@ -58,3 +58,5 @@ def test_small_bench_run(kafka_bootstrap: str, tmp_path: Path) -> None:
     text = markdown.read_text()
     assert "stream-replica run (max_records 100)" in text
     assert "raw aiokafka" in text
+    assert "## The floor of this stack" in text and "head lookup" in text
+    assert any(line.startswith("ours(100) ") and "floor/ours = " in line for line in lines)

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from rocksdict import Options, Rdict
 
 from stream_replica.fold import FoldCounts, GrainState
 from stream_replica.store import (
@@ -13,8 +14,11 @@ from stream_replica.store import (
     ReplicaReader,
     ReplicaStore,
     StoreError,
+    _pack_state,
     grain_db_key,
+    index_db_key,
     parse_grain_db_key,
+    state_db_key,
 )
 
 
@@ -53,7 +57,7 @@ def test_wipe_removes_only_that_partitions_grains(tmp_path: Path) -> None:
             {0: Checkpoint(5, 1), 1: Checkpoint(7, 1)},
             FoldCounts(),
         )
-        assert store.wipe_partitions([0]) == 2
+        store.wipe_partitions([0])
         assert dict(store.grains()) == {("t", "b"): state(1, 1)}
         assert store.checkpoints() == {1: Checkpoint(7, 1)}
 
@@ -112,3 +116,97 @@ def test_dump_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     assert result.stdout.count("\n") == 3
     assert result.returncode == 0, result.stderr
     assert "BrokenPipeError" not in result.stderr and "Traceback" not in result.stderr
+
+
+# --- format 5: partition-major states, grain index, range wipes, head cache -----------------
+
+
+def test_states_are_partition_major_and_grains_merge_in_grain_order(tmp_path: Path) -> None:
+    grains = [("b", "1"), ("a", "z"), ("a\x00b", "y"), ("a", "x/y"), ("ab", ""), ("c", "0")]
+    with ReplicaStore(tmp_path / "db", "t") as store:
+        store.apply(
+            {g: state(i + 1, partition=(5 - i) % 3) for i, g in enumerate(grains)},
+            {},
+            FoldCounts(),
+        )
+        assert [g for g, _ in store.grains()] == sorted(grains)
+        assert store.count_grains() == 6 and store.count_grains([2]) == 2
+        assert store.get(("a", "z")) == state(2, partition=1)
+        assert store.get_many([("c", "0"), ("nope", "x")]) == {
+            ("c", "0"): state(6, partition=0),
+            ("nope", "x"): None,
+        }
+    raw = Rdict(str(tmp_path / "db"), Options(raw_mode=True))
+    try:
+        keys = list(map(bytes, raw.keys()))
+    finally:
+        raw.close()
+    assert state_db_key(1, ("a", "z")) in keys and index_db_key(("a", "z")) in keys
+    assert not any(k.startswith(b"g") for k in keys)
+
+
+def test_range_wipe_then_rebuild_and_a_grain_that_moves_partition(tmp_path: Path) -> None:
+    with ReplicaStore(tmp_path / "db", "t") as store:
+        store.apply({("t", "a"): state(1, 0), ("t", "b"): state(1, 1)}, {}, FoldCounts())
+        store.apply({("t", "a"): state(2, 1)}, {}, FoldCounts())  # now set from partition 1
+        store.wipe_partitions([0])
+        assert dict(store.grains()) == {("t", "a"): state(2, 1), ("t", "b"): state(1, 1)}
+        store.wipe_partitions([1])
+        assert list(store.grains()) == [] and store.get(("t", "a")) is None
+        # the index entries left by the wipe point at an empty partition: no state
+        assert store.get_many([("t", "a"), ("t", "b")]) == {("t", "a"): None, ("t", "b"): None}
+        store.apply({("t", "a"): state(3, 2)}, {}, FoldCounts())
+        store.apply({("t", "b"): None}, {}, FoldCounts())  # delete of a wiped grain: no-op
+        assert dict(store.grains()) == {("t", "a"): state(3, 2)}
+    with ReplicaReader(tmp_path / "db") as reader:
+        assert reader.get(("t", "a")) == state(3, 2) and reader.get(("t", "b")) is None
+
+
+def _write_format_4(path: Path, states: dict[tuple[str, str], GrainState]) -> None:
+    db = Rdict(str(path), Options(raw_mode=True))
+    try:
+        db[b"m:topic"] = b"t"
+        db[b"m:format"] = b"4"
+        db[b"m:partitions"] = b"3"
+        for grain, value in states.items():
+            db[grain_db_key(grain)] = _pack_state(value)
+    finally:
+        db.close()
+
+
+def test_format_4_is_refused_by_readers_and_migrated_by_the_writer(tmp_path: Path) -> None:
+    states = {("t", f"k{i:03d}"): state(i + 1, partition=i % 3) for i in range(50)}
+    _write_format_4(tmp_path / "db", states)
+    with pytest.raises(StoreError, match="start the worker on it once"):
+        ReplicaReader(tmp_path / "db")
+    with ReplicaStore(tmp_path / "db", "t") as store:
+        assert dict(store.grains()) == states
+        store.wipe_partitions([0])
+        assert dict(store.grains()) == {g: s for g, s in states.items() if s.partition != 0}
+    with ReplicaReader(tmp_path / "db") as reader:
+        assert reader.get(("t", "k001")) == states[("t", "k001")]
+        assert reader.get(("t", "k000")) is None
+
+
+def test_wipe_all_is_range_deletes(tmp_path: Path) -> None:
+    with ReplicaStore(tmp_path / "db", "t") as store:
+        store.apply({("t", "a"): state(1, 4)}, {4: Checkpoint(2, 1)}, FoldCounts(records=1))
+        store.wipe_all()
+        assert list(store.grains()) == [] and store.checkpoints() == {}
+        assert store.get(("t", "a")) is None and store.counts().records == 1
+
+
+def test_head_cache_follows_writes_and_is_cleared_by_wipes(tmp_path: Path) -> None:
+    with ReplicaStore(tmp_path / "db", "t", head_cache_entries=2) as store:
+        store.apply({("t", "a"): state(1, 0), ("t", "b"): None}, {}, FoldCounts())
+        assert store.heads([("t", "a"), ("t", "b"), ("t", "c")]) == {
+            ("t", "a"): (1, 0, 10, -1, b"t\x00a"),
+            ("t", "b"): None,
+        }
+        store.read_states({("t", "c"): 1})  # a third grain: the oldest go, in bulk
+        assert store.heads([("t", "a"), ("t", "b"), ("t", "c")]) == {("t", "c"): None}
+        store.read_states({("t", "a"): 0})
+        assert set(store.heads([("t", "a"), ("t", "b"), ("t", "c")])) == {("t", "a"), ("t", "c")}
+        store.wipe_partitions([5])
+        assert store.heads([("t", "a"), ("t", "c")]) == {}
+        assert store.read_states({("t", "a"): 3}) == {("t", "a"): state(1, 0)}  # wrong hint
