@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from stream_replica import admin, logs
+from stream_replica import admin, fold, logs
 from stream_replica.cli_flags import add_model_flags, settings_from
 from stream_replica.contract import ContractError, EntryType, GrainId
 from stream_replica.errors import StreamReplicaError
@@ -63,18 +63,7 @@ def grain_json(
     grain: GrainId, state: GrainState, served: Mapping[int, Served] | None = None
 ) -> dict[str, Any]:
     extra = {} if served is None else {"served": served_json(served.get(state.partition))}
-    return {
-        "grain_type": grain[0],
-        "grain_key": grain[1],
-        "sequence": state.sequence,
-        "timestamp_millis": state.timestamp_millis,
-        "source_cluster": state.source_cluster,
-        "payload": base64.b64encode(state.payload).decode(),
-        "partition": state.partition,
-        "offset": state.offset,
-        **({"shadowed_by_offset": state.shadowed_by} if state.shadowed else {}),
-        **extra,
-    }
+    return {**fold.grain_json(grain, state), **extra}
 
 
 def emit(obj: Any) -> None:

@@ -23,9 +23,10 @@ equals applying the records one by one (tests/test_fold.py proves it with hypoth
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from stream_replica.contract import ContractError, Entry, EntryType, GrainId, Tombstone
 
@@ -48,6 +49,21 @@ class GrainState:
     @property
     def shadowed(self) -> bool:
         return self.shadowed_by >= 0
+
+
+def grain_json(grain: GrainId, state: GrainState) -> dict[str, Any]:
+    """The JSON form of a grain's state, as ``get``, ``dump`` and the HTTP API show it."""
+    return {
+        "grain_type": grain[0],
+        "grain_key": grain[1],
+        "sequence": state.sequence,
+        "timestamp_millis": state.timestamp_millis,
+        "source_cluster": state.source_cluster,
+        "payload": base64.b64encode(state.payload).decode(),
+        "partition": state.partition,
+        "offset": state.offset,
+        **({"shadowed_by_offset": state.shadowed_by} if state.shadowed else {}),
+    }
 
 
 @dataclass(slots=True)  # not frozen: frozen __init__ costs ~3x on the hot path

@@ -18,7 +18,6 @@ Every error is JSON ``{"error": "<one line>"}``; 503 and 504 carry ``Retry-After
 from __future__ import annotations
 
 import asyncio
-import base64
 import hmac
 import json
 import logging
@@ -32,6 +31,7 @@ import aiohttp
 from aiohttp import web
 
 from stream_replica.contract import GrainId
+from stream_replica.fold import grain_json
 from stream_replica.membership import GroupAssignment
 from stream_replica.routing import (
     OwnershipMap,
@@ -110,17 +110,7 @@ def ownership_map(assignment: GroupAssignment | None, topic: str) -> OwnershipMa
 
 
 def state_json(grain: GrainId, state: Any) -> dict[str, Any]:
-    return {
-        "grain_type": grain[0],
-        "grain_key": grain[1],
-        "sequence": state.sequence,
-        "timestamp_millis": state.timestamp_millis,
-        "source_cluster": state.source_cluster,
-        "payload": base64.b64encode(state.payload).decode(),
-        "partition": state.partition,
-        "offset": state.offset,
-        **({"shadowed_by_offset": state.shadowed_by} if state.shadowed else {}),
-    }
+    return grain_json(grain, state)
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:

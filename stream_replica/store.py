@@ -246,7 +246,9 @@ BLOCK_CACHE_BYTES: Final = 8 << 20
 
 
 def _options() -> Options:
-    options = Options(raw_mode=True)  # raw from the very first open (see LESSONS.md)
+    options = Options(
+        raw_mode=True
+    )  # raw from the very first open: a default-mode DB reopened raw breaks
     options.create_if_missing(True)
     options.set_write_buffer_size(WRITE_BUFFER_BYTES)
     options.set_max_write_buffer_number(2)
@@ -398,7 +400,7 @@ class _StoreView:
                 yield key, iterator.value()
                 iterator.next()
         finally:
-            del iterator  # iterators pin the DB; drop before close (see LESSONS.md)
+            del iterator  # iterators pin the DB: drop them before close, or the lock stays
 
     def _check_format(self, migrate: bool = False) -> None:
         stored = self._db.get(_FORMAT_KEY)
