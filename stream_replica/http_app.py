@@ -34,6 +34,7 @@ def build_app(view: WorkerView, rules: HealthRules) -> web.Application:
     app = web.Application()
 
     async def metrics(_: web.Request) -> web.Response:
+        view.status()  # refreshes the per-partition gauges a scrape reads
         body = view.metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 

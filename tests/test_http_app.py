@@ -19,7 +19,10 @@ class FakeWorker:
         default_factory=lambda: NodeStatus("w1", "t", "g", 0.0, None, False)
     )
 
+    status_calls: int = 0
+
     def status(self) -> NodeStatus:
+        self.status_calls += 1
         return self.snapshot
 
 
@@ -64,6 +67,8 @@ async def test_metrics_exposition_and_status() -> None:
     client = await client_for(worker)
     try:
         text = await (await client.get("/metrics")).text()
+        # A scrape alone (as Prometheus does) refreshes the snapshot behind the gauges.
+        assert worker.status_calls == 1
         assert "stream_replica_records_read_total 10.0" in text
         assert 'stream_replica_records_refused_total{kind="delta"} 2.0' in text
         assert 'stream_replica_partition_lag_records{partition="3",role="standby"} 2.0' in text
