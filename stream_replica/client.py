@@ -194,6 +194,16 @@ def _judge(
     raise ReplicaClientError(f"{base}: {_error_line(response)}", status)
 
 
+def _http_options(
+    token: str | None, verify: bool | str | ssl.SSLContext, timeout_s: float
+) -> dict[str, Any]:
+    """What both clients give httpx: the bearer token, the CA to trust, the timeout."""
+    if isinstance(verify, str):
+        verify = ssl.create_default_context(cafile=verify)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return {"headers": headers, "verify": verify, "timeout": timeout_s}
+
+
 class ReplicaClient:
     """Synchronous client (httpx). ``verify``: True, False, or a CA bundle path / SSLContext
     for HTTPS workers; ``token``: the workers' bearer token; ``deadline_s``: how long one
@@ -209,10 +219,7 @@ class ReplicaClient:
         deadline_s: float = 15.0,
     ) -> None:
         self.router = _Router(endpoints)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        if isinstance(verify, str):
-            verify = ssl.create_default_context(cafile=verify)
-        self.http = httpx.Client(headers=headers, verify=verify, timeout=timeout_s)
+        self.http = httpx.Client(**_http_options(token, verify, timeout_s))
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
 
@@ -327,10 +334,7 @@ class AsyncReplicaClient:
         deadline_s: float = 15.0,
     ) -> None:
         self.router = _Router(endpoints)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        if isinstance(verify, str):
-            verify = ssl.create_default_context(cafile=verify)
-        self.http = httpx.AsyncClient(headers=headers, verify=verify, timeout=timeout_s)
+        self.http = httpx.AsyncClient(**_http_options(token, verify, timeout_s))
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
         self._refreshing = asyncio.Lock()
