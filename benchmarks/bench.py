@@ -48,6 +48,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
+from benchmarks import kstreams_bench
 from benchmarks.common import (
     MIB,
     GroupWatcher,
@@ -595,6 +596,7 @@ class Bench:
             cwd=ROOT,
         )
         row = self._worker_row(name, data, results, dbs)
+        await kstreams_bench.check_worker(self, row, data, dbs)
         for db in dbs:
             shutil.rmtree(db, ignore_errors=True)
         return row
@@ -1159,6 +1161,7 @@ def ratio_lines(report: Report) -> list[str]:
     quix_missing = "--skip-quix" if report.args.skip_quix else "Quix run failed"
     return [
         *floor_lines(report, ours),
+        *kstreams_bench.ratio_lines(report),  # before the two lines the smoke test reads last
         f"ours(100)/raw-aiokafka = {ratio(ours, raw, 'a run failed')}",
         f"ours(100)/quix = {ratio(ours, quix, quix_missing)}",
     ]
@@ -1232,6 +1235,7 @@ def write_markdown(report: Report, path: Path) -> None:
             "The Quix app decodes with the same validator and keeps state in Quix's RocksDB "
             "store (changelog topic off; Quix writes its state and commits every "
             f"{args.quix_commit_interval:g} s instead of every poll).",
+            *kstreams_bench.markdown_notes(report),
             "",
         ]
     if report.floor is not None:
@@ -1488,6 +1492,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
     )
     parser.add_argument("--skip-quix", action="store_true")
+    kstreams_bench.add_arguments(parser)
     parser.add_argument("--skip-growth", action="store_true")
     parser.add_argument("--skip-steady", action="store_true")
     parser.add_argument("--skip-backlog", action="store_true")
@@ -1560,6 +1565,8 @@ async def run(args: argparse.Namespace, command: str) -> int:
             ]
             if not args.skip_quix:
                 contenders.append(lambda: bench.quix(main))
+            if kstreams_bench.wanted(args):
+                contenders.append(lambda: kstreams_bench.run(bench, main, Row))
             for contender in contenders:
                 row = await contender()
                 report.rows.append(row)
