@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,14 +142,15 @@ async def run(bench: Bench, data: Prefill, row_type: type[Row]) -> Row:
     problem = await build(bench.logs)
     if problem is not None:
         return row_type(NAME, data.records, data.bytes, 0.0, failed=problem)
-    app_id = bench.group("kstreams")  # application.id = the app's consumer group
-    workdir = bench.workdir / "kstreams"
+    label = f"kstreams-{uuid.uuid4().hex[:4]}"  # fresh per run, even on one topic
+    app_id = bench.group(label)  # application.id = the app's consumer group
+    workdir = bench.workdir / label
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     dump = workdir / "dump.jsonl"
     assert bench.watcher is not None
     result = await run_measured(
-        NAME,
+        label,
         command(bench, data, app_id, workdir / "state", dump),
         bench.logs,
         done=bench.watcher.caught_up(app_id, data),
