@@ -715,8 +715,8 @@ class Bench:
         latencies: list[float] = []
         original_apply = store.apply
 
-        def timed_apply(changes: Any, checkpoints: Any, counts: Any) -> None:
-            original_apply(changes, checkpoints, counts)
+        def timed_apply(changes: Any, checkpoints: Any, counts: Any, *rest: Any) -> None:
+            original_apply(changes, checkpoints, counts, *rest)  # rest: apply's later params
             visible_ms = time.time_ns() / 1e6
             for state in changes.values():
                 if state is not None:
