@@ -56,7 +56,8 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	touch $@
 
-## Throughput side by side (ours, raw aiokafka, Kafka's perf tool, Quix); knobs: BENCH_ARGS="--records N --small ..."
+## Throughput side by side (ours, raw aiokafka, Kafka's perf tool, Quix, a Kafka Streams app built
+## with Maven: --skip-kstreams), final states verified against the fold of the log; knobs: BENCH_ARGS="--records N --small ..."
 bench: $(VENV)/.bench-installed broker
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)
 

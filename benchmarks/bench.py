@@ -8,8 +8,9 @@
    wall time (launch to done, and after the group join), CPU seconds (``wait4`` rusage) and
    peak RSS (``VmHWM``) of that process: raw aiokafka ``getmany`` counting records (the ceiling for our
    client), Kafka's ConsumerPerformance (JVM; the broker-to-client limit), our worker
-   (``stream-replica run``) at max_records 100 and 1000, and a Quix Streams app doing the same
-   job (``benchmarks/quix_app.py``).
+   (``stream-replica run``) at max_records 100 and 1000, a Quix Streams app doing the same
+   job (``benchmarks/quix_app.py``) and a Kafka Streams app (``benchmarks/kstreams_bench.py``);
+   final states are checked against the fold of the log (``benchmarks/verify.py``).
 3. Steady state: a worker (in this process, its store's ``apply`` wrapped to time each written
    state) follows a fresh topic while a producer process writes at a fixed rate; reports the
    end-to-end delay (state visible in RocksDB minus the record's ``timestamp_millis``).

@@ -79,6 +79,8 @@ def _built() -> bool:
 
 async def build(log_dir: Path) -> str | None:
     """Build the app unless it is up to date; None when ready, else why not (one line)."""
+    if shutil.which(_java()) is None:
+        return "java not found (JAVA_HOME or PATH; Java 17+ runs the Kafka Streams app)"
     if _built():
         return None
     mvn = shutil.which("mvn")
