@@ -28,11 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import aiohttp
+import msgspec
 from aiohttp import web
 
 from stream_replica.contract import GrainId
 from stream_replica.fold import grain_json
 from stream_replica.membership import GroupAssignment
+from stream_replica.openapi import openapi
 from stream_replica.routing import (
     OwnershipMap,
     ReplicaRef,
@@ -54,6 +56,8 @@ DEFAULT_LIMIT: Final = 100
 # With ?stale=ok a read keeps trying the replicas this long (a rebalance moves them).
 STALE_RETRY_S: Final = 5.0
 WAIT_STEP_S: Final = 0.01
+_ENCODE: Final = msgspec.json.Encoder().encode
+_NO_QUERY: Final[Mapping[str, str]] = {}
 OPEN_PATHS: Final = frozenset({"/healthz", "/readyz"})
 PROTECTED_PREFIXES: Final = ("/grains", "/partitions")
 
@@ -90,9 +94,7 @@ class ReadError(Exception):
 
     def response(self) -> web.Response:
         headers = {"Retry-After": str(RETRY_AFTER_S)} if self.retry else {}
-        return web.json_response(
-            {"error": str(self), **self.extra}, status=self.status, headers=headers
-        )
+        return json_body({"error": str(self), **self.extra}, self.status, headers)
 
 
 def ownership_map(assignment: GroupAssignment | None, topic: str) -> OwnershipMap:
@@ -113,8 +115,22 @@ def state_json(grain: GrainId, state: Any) -> dict[str, Any]:
     return grain_json(grain, state)
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
+def json_body(
+    obj: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A JSON response encoded by msgspec (C; ~4x cheaper than ``json.dumps`` per read)."""
+    return web.Response(
+        body=_ENCODE(obj), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def _query(request: web.Request) -> Mapping[str, str]:
+    """The query parameters; a plain GET has none and skips building the MultiDict."""
+    return request.query if request.query_string else _NO_QUERY
+
+
+def _int_param(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name)
     if raw is None or raw == "":
         return default
     if not raw.isdigit() or not low <= int(raw) <= high:
@@ -125,98 +141,6 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 def _rebuilding(row: PartitionRow) -> bool:
     """Not caught up with the log since it was assigned here (or its end not known yet)."""
     return row.end_offset is None or row.rebuild_remaining > 0
-
-
-def openapi() -> dict[str, Any]:
-    grain = {
-        "type": "object",
-        "properties": {
-            "grain_type": {"type": "string"},
-            "grain_key": {"type": "string"},
-            "sequence": {"type": "integer"},
-            "timestamp_millis": {"type": "integer"},
-            "source_cluster": {"type": "string"},
-            "payload": {"type": "string", "format": "byte"},
-            "partition": {"type": "integer"},
-            "offset": {"type": "integer"},
-            "served_by": {"type": "string"},
-            "role": {"type": "string", "enum": ["active", "standby"]},
-            "replica_lag": {"type": "integer"},
-            "caught_up": {"type": "boolean"},
-        },
-    }
-    err = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}  # fmt: skip
-    stale = {"name": "stale", "in": "query", "schema": {"type": "string", "enum": ["ok"]}}
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "stream-replica read API", "version": "1"},
-        "components": {
-            "schemas": {
-                "Grain": grain,
-                "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
-            },
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-        "security": [{"bearer": []}],
-        "paths": {
-            "/grains/{grain_type}/{grain_key}": {
-                "get": {
-                    "summary": "One grain's state with its freshness, from the partition's "
-                    "owner (any worker forwards)",
-                    "parameters": [
-                        {"name": "grain_type", "in": "path", "required": True},
-                        {
-                            "name": "grain_key",
-                            "in": "path",
-                            "required": True,
-                            "description": "URL-encoded; may contain '/'",
-                        },
-                        stale,
-                        {"name": "min_sequence", "in": "query", "schema": {"type": "integer"}},
-                        {"name": "wait_ms", "in": "query", "schema": {"type": "integer"}},
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "the grain (application/octet-stream: the raw "
-                            "payload, metadata in X-Grain-* and X-Replica-* headers)",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/Grain"}
-                                },
-                                "application/octet-stream": {},
-                            },
-                        },
-                        "401": err,
-                        "404": err,
-                        "503": err,
-                        "504": err,
-                    },
-                }
-            },
-            "/grains/{grain_type}": {
-                "get": {
-                    "summary": "A page of grains of one type in key order across partitions",
-                    "parameters": [
-                        {"name": "grain_type", "in": "path", "required": True},
-                        {"name": "prefix", "in": "query", "schema": {"type": "string"}},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer"}},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                        stale,
-                    ],
-                    "responses": {"200": {"description": "items and next_cursor"}, "503": err},
-                }
-            },
-            "/partitions": {
-                "get": {
-                    "summary": "The ownership map: replicas of each partition with their "
-                    "checkpoints and lag",
-                    "responses": {"200": {"description": "the map"}},
-                }
-            },
-            "/healthz": {"get": {"security": [], "responses": {"200": {"description": "ok"}}}},
-            "/readyz": {"get": {"security": [], "responses": {"200": {"description": "ok"}}}},
-        },
-    }
 
 
 def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig) -> None:
@@ -294,10 +218,14 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             return response.status, body, dict(response.headers)
 
     def serve_local(
-        request: web.Request, grain: GrainId, row: PartitionRow, stale: bool
+        request: web.Request,
+        grain: GrainId,
+        partition: int,
+        row: PartitionRow,
+        stale: bool,
+        min_sequence: int,
     ) -> web.Response | None:
         """The answer from this store, or None when min_sequence is not reached yet."""
-        partition = partition_for(grain, partition_count())
         if _rebuilding(row) and not stale:
             left = f" ({row.rebuild_remaining} records left)" if row.rebuild_remaining else ""
             raise ReadError(
@@ -307,7 +235,6 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
                 retry=True,
             )
         state = view.store.get(grain)
-        min_sequence = _int_param(request, "min_sequence", 0, 0, 2**64 - 1)
         if min_sequence and (state is None or state.sequence < min_sequence):
             return None
         fresh = {
@@ -342,7 +269,7 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             return web.Response(
                 body=state.payload, headers=headers, content_type="application/octet-stream"
             )
-        return web.json_response({**state_json(grain, state), **fresh})
+        return json_body(state_json(grain, state) | fresh)
 
     async def forward(
         request: web.Request, partition: int, stale: bool, wait_ms: int, fresh_only: bool
@@ -402,10 +329,11 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
 
     async def get_grain(request: web.Request) -> web.Response:
         grain = (request.match_info["grain_type"], request.match_info["grain_key"])
-        stale = request.query.get("stale") == "ok"
-        wait_ms = _int_param(request, "wait_ms", 0, 0, MAX_WAIT_MS)
-        min_sequence = _int_param(request, "min_sequence", 0, 0, 2**64 - 1)
-        partition = partition_for(grain, partition_count())
+        query = _query(request)
+        stale = query.get("stale") == "ok"
+        wait_ms = _int_param(query, "wait_ms", 0, 0, MAX_WAIT_MS)
+        min_sequence = _int_param(query, "min_sequence", 0, 0, 2**64 - 1)
+        partition = partition_for(grain, partition_count())  # once: murmur2 is pure Python
         forwarded = FORWARDED_HEADER in request.headers
         started = time.monotonic()
         wait_deadline = started + wait_ms / 1000
@@ -419,7 +347,9 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             # whose sender chose this standby); others go to the active owner.
             here = row is not None and (row.role == "active" or stale or forwarded)
             if row is not None and here and not (stale and not forwarded and _rebuilding(row)):
-                answer = serve_local(request, grain, row, stale and not fresh_only)
+                answer = serve_local(
+                    request, grain, partition, row, stale and not fresh_only, min_sequence
+                )
                 if answer is not None:
                     return answer
                 if time.monotonic() >= wait_deadline:
@@ -447,7 +377,7 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             if time.monotonic() >= retry_deadline:
                 if stale:  # no copy that is not being rebuilt answered in time: any copy will do
                     if row is not None and here:
-                        answer = serve_local(request, grain, row, True)
+                        answer = serve_local(request, grain, partition, row, True, min_sequence)
                         if answer is not None:
                             return answer
                     elif row is None:
@@ -461,7 +391,7 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
     async def scan(request: web.Request) -> web.Response:
         grain_type = request.match_info["grain_type"]
         prefix = request.query.get("prefix", "")
-        limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        limit = _int_param(request.query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         cursor = request.query.get("cursor")
         try:
             after = None if not cursor else decode_cursor(cursor)
