@@ -30,6 +30,7 @@ from typing import Any, Final, Protocol
 import aiohttp
 import msgspec
 from aiohttp import web
+from yarl import URL
 
 from stream_replica.contract import GrainId
 from stream_replica.fold import grain_json
@@ -145,6 +146,18 @@ def _rebuilding(row: PartitionRow) -> bool:
 
 def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig) -> None:
     session_holder: dict[str, aiohttp.ClientSession] = {}
+    timeouts: dict[float, aiohttp.ClientTimeout] = {}
+    # The routing table of the last assignment seen (rebuilt only when the assignment object
+    # changes, i.e. once per rebalance, not once per forwarded read).
+    routing: list[tuple[GroupAssignment | None, OwnershipMap]] = [(None, OwnershipMap())]
+
+    def current_owners() -> OwnershipMap:
+        assignment = view.group_assignment()
+        seen, owners = routing[0]
+        if assignment is not seen:
+            owners = ownership_map(assignment, view.topic)
+            routing[0] = (assignment, owners)
+        return owners
 
     async def open_session(_: web.Application) -> None:
         connector = aiohttp.TCPConnector(ssl=config.client_ssl or False, limit=256)
@@ -208,14 +221,17 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
 
     async def call(
         endpoint: str, path_qs: str, headers: Mapping[str, str], timeout_s: float
-    ) -> tuple[int, bytes, dict[str, str]]:
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        """One GET on the pooled keep-alive session (no connect per read). ``path_qs`` is
+        already percent-encoded (a request's own, or built by yarl): not parsed again."""
         session = session_holder["s"]
-        url = f"{config.scheme}://{endpoint}{path_qs}"
-        async with session.get(
-            url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
-        ) as response:
+        url = URL(f"{config.scheme}://{endpoint}{path_qs}", encoded=True)
+        timeout = timeouts.get(timeout_s)
+        if timeout is None:
+            timeout = timeouts.setdefault(timeout_s, aiohttp.ClientTimeout(total=timeout_s))
+        async with session.get(url, headers=headers, timeout=timeout) as response:
             body = await response.read()
-            return response.status, body, dict(response.headers)
+            return response.status, body, response.headers
 
     def serve_local(
         request: web.Request,
@@ -276,7 +292,7 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
     ) -> web.Response:
         """The first answer of the partition's replicas (active first, then the standbys when
         ``stale``) other than 503; raises the last refusal when none answered."""
-        owners = ownership_map(view.group_assignment(), view.topic)
+        owners = current_owners()
         candidates = [
             r
             for r in owners.endpoints(partition, allow_standby=stale)
@@ -410,7 +426,7 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             )
         count = partition_count()
         local = {p for p in range(count) if p in rows}
-        owners = ownership_map(view.group_assignment(), view.topic)
+        owners = current_owners()
         remote: dict[str, list[int]] = {}
         for p in range(count):
             if p in local:
@@ -499,7 +515,7 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
     async def partitions(request: web.Request) -> web.Response:
         if request.query.get("local") == "1":
             return web.json_response(local_rows())
-        owners = ownership_map(view.group_assignment(), view.topic)
+        owners = current_owners()
         endpoints = sorted(
             {r.endpoint for rs in owners.replicas.values() for r in rs if r.endpoint}
         )
