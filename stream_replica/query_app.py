@@ -424,23 +424,10 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             return web.json_response(
                 {"items": local_scan(grain_type, prefix, after, limit, partitions, rows, stale)}
             )
-        count = partition_count()
-        local = {p for p in range(count) if p in rows}
-        owners = current_owners()
-        remote: dict[str, list[int]] = {}
-        for p in range(count):
-            if p in local:
-                continue
-            replicas = owners.endpoints(p, allow_standby=stale)
-            if not replicas or replicas[0].endpoint is None:
-                raise ReadError(
-                    503, f"no worker serves partition {p} right now; retry the page", retry=True
-                )
-            remote.setdefault(replicas[0].endpoint, []).append(p)
-        items = local_scan(grain_type, prefix, after, limit, local, rows, stale) if local else []
-        sources = [len(items)]
 
-        async def fetch(endpoint: str, parts: list[int]) -> list[dict[str, Any]]:
+        async def fetch(endpoint: str, parts: list[int]) -> list[dict[str, Any]] | str:
+            """The items of ``parts`` from ``endpoint``, or why it could not answer (down,
+            or 503: another replica may). Other refusals (401, 400) end the scan."""
             query = {"prefix": prefix, "limit": str(limit), "partitions": ",".join(map(str, parts))}
             if cursor:
                 query["cursor"] = cursor
@@ -452,17 +439,63 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
                     endpoint, str(path), forward_headers(request), config.forward_timeout_s
                 )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise ReadError(
-                    503, f"{endpoint} did not answer ({type(exc).__name__}); retry", retry=True
-                ) from None
+                return f"did not answer ({type(exc).__name__})"
+            if status == 503:
+                return _message(body)
             if status != 200:
-                raise ReadError(status if status in (401, 503) else 502, _message(body), retry=True)
+                raise ReadError(status if status == 401 else 502, _message(body), retry=True)
             got: list[dict[str, Any]] = json.loads(body)["items"]
             return got
 
-        for got in await asyncio.gather(*(fetch(e, ps) for e, ps in sorted(remote.items()))):
-            items.extend(got)
-            sources.append(len(got))
+        count = partition_count()
+        # A standby copy here serves the page only to a caller accepting staleness (as a get).
+        local = {p for p, r in rows.items() if p < count and (r.role == "active" or stale)}
+        owners = current_owners()
+        # partition -> the replicas still to try, in order: the active owner, then (?stale=ok)
+        # the standbys. A replica that is down or answers 503 passes its partitions on.
+        pending: dict[int, list[str]] = {}
+        for p in range(count):
+            if p not in local:
+                pending[p] = [
+                    r.endpoint
+                    for r in owners.endpoints(p, allow_standby=stale)
+                    if r.endpoint and r.endpoint != config.endpoint
+                ]
+        items = local_scan(grain_type, prefix, after, limit, local, rows, stale) if local else []
+        sources = [len(items)]
+        failed: dict[int, str] = {}  # partition -> why no replica answered
+        while pending:
+            plan: dict[str, list[int]] = {}
+            for p, endpoints in sorted(pending.items()):
+                if endpoints:
+                    plan.setdefault(endpoints[0], []).append(p)
+                else:
+                    failed.setdefault(p, "no worker with an endpoint serves it right now")
+            answers = await asyncio.gather(*(fetch(e, ps) for e, ps in plan.items()))
+            retry: dict[int, list[str]] = {}
+            for (endpoint, parts), answer in zip(plan.items(), answers, strict=True):
+                if isinstance(answer, str):
+                    for p in parts:
+                        failed[p] = f"{endpoint}: {answer}"
+                        retry[p] = pending[p][1:]
+                    continue
+                items.extend(answer)
+                sources.append(len(answer))
+            pending = {p: rest for p, rest in retry.items() if rest}
+            for p in pending:
+                del failed[p]
+        if failed:  # never a partial page presented as complete
+            parts = sorted(failed)
+            raise ReadError(
+                503,
+                f"scan of {grain_type!r}: partition{'s' if len(parts) > 1 else ''} "
+                f"{', '.join(map(str, parts))} of {view.topic} could not be read "
+                f"({failed[parts[0]]}); retry the page"
+                + ("" if stale else ", or pass ?stale=ok to read a standby"),
+                retry=True,
+                extra={"partitions": parts},
+            )
+
         items.sort(key=lambda item: str(item["grain_key"]))
         page = items[:limit]
         more = len(items) > limit or any(n >= limit for n in sources)
@@ -487,6 +520,10 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             if _rebuilding(row) and not stale:
                 raise ReadError(
                     503, f"partition {p} is being rebuilt on {config.endpoint}", retry=True
+                )
+            if row.role != "active" and not stale:  # the sender's map is out of date
+                raise ReadError(
+                    503, f"partition {p} has only a standby copy on {config.endpoint}", retry=True
                 )
         items = []
         for grain_key, state in view.store.grains_of_type(grain_type, prefix, after):
