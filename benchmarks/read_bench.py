@@ -233,6 +233,19 @@ async def measure_reads(
     return figures
 
 
+async def bench_reads(bootstrap: str, small: bool) -> ReadFigures:
+    """The read section of ``make bench`` (``--small``: a short version, 3 s per case)."""
+    print("reads over HTTP (wrk; a producer at 5,000 records/s meanwhile) ...", flush=True)
+    if small:
+        figures = await measure_reads(
+            bootstrap, records=20_000, grains=2_000, fetch_runs=1, seconds=3.0
+        )
+    else:
+        figures = await measure_reads(bootstrap)
+    print(figures.table() + "\n", flush=True)
+    return figures
+
+
 async def main(argv: list[str]) -> int:
     if argv and argv[0] == "_client":
         return await client_child(argv[1:])
