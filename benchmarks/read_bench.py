@@ -179,6 +179,7 @@ async def reads_under_load(
         )  # fmt: skip
         out, _ = await child.communicate()
         got = json.loads(out.decode().strip().splitlines()[-1])
+        print(f"  (client: {got['map_refreshes']} ownership-map refreshes)", flush=True)
         d50, d99, n = delay_in(got["started_at"] + 0.2, got["ended_at"])
         figures.cases.append(
             ReadCase(f"Python client (async, {figures.client_concurrency} tasks)", got["rps"],
@@ -217,9 +218,10 @@ async def measure_reads(
         for _ in range(fetch_runs):
             for http in (False, True):
                 rates[http].append(await fetch_rate(bootstrap, topic, ends, http))
-        figures.fetch_without = statistics.median(rates[False])
-        figures.fetch_with_idle_http = statistics.median(rates[True])
-        figures.fetch_runs = fetch_runs
+        if fetch_runs:  # 0: reads only
+            figures.fetch_without = statistics.median(rates[False])
+            figures.fetch_with_idle_http = statistics.median(rates[True])
+            figures.fetch_runs = fetch_runs
         with tempfile.TemporaryDirectory() as tmp:
             await reads_under_load(bootstrap, topic, grains, figures, Path(tmp))
     except Exception as exc:  # a broken read bench must not lose the rest of `make bench`
@@ -252,7 +254,7 @@ async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--grains", type=int, default=10_000)
-    parser.add_argument("--runs", type=int, default=3, help="fetch-rate runs per variant")
+    parser.add_argument("--runs", type=int, default=3, help="fetch-rate runs per variant (0: none)")
     parser.add_argument("--seconds", type=float, default=10.0, help="per read case")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections")
     parser.add_argument("--concurrency", type=int, default=16, help="Python client tasks")

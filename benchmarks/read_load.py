@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -115,32 +114,32 @@ def quantile(sorted_values: Sequence[float], q: float) -> float:
 
 
 class Worker:
-    """``stream-replica run --http 127.0.0.1:0`` in a child process; ``endpoint`` from its log."""
+    """``stream-replica run --http 127.0.0.1:0`` in a child process; ``endpoint`` from its log.
+
+    Its stderr goes to a file, not a pipe: a thread draining a pipe would take the GIL for
+    every line the child logs, away from the in-process worker's event loop being measured."""
 
     def __init__(self, bootstrap: str, topic: str, group: str, db: Path) -> None:
         command = [
             sys.executable, "-m", "stream_replica", "run", "--bootstrap-servers", bootstrap,
             "--topic", topic, "--group", group, "--db", str(db), "--http", "127.0.0.1:0",
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        self.log = db.with_name(db.name + ".log")
+        with self.log.open("wb") as stderr:
+            self.process = subprocess.Popen(command, stderr=stderr)
         self.endpoint = ""
-        found = threading.Event()
-        stderr = self.process.stderr
-        assert stderr is not None
-
-        def drain() -> None:
-            for line in stderr:
-                match = re.search(r"advertised as (\S+)", line)
-                if match:
-                    self.endpoint = match.group(1)
-                    found.set()
-            found.set()
-
-        threading.Thread(target=drain, daemon=True).start()
-        found.wait(60)
-        if not self.endpoint:
-            self.stop()
-            raise RuntimeError(f"worker for {topic} did not start (exit {self.process.poll()})")
+        deadline = time.monotonic() + 60
+        while not self.endpoint:
+            match = re.search(r"advertised as (\S+)", self.log.read_text(errors="replace"))
+            if match:
+                self.endpoint = match.group(1)
+            elif self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"worker for {topic} did not start (exit {self.process.poll()}; log {self.log})"
+                )
+            else:
+                time.sleep(0.05)  # polling the child's log until the line appears
 
     def stop(self) -> None:
         self.process.terminate()
@@ -188,7 +187,16 @@ async def client_child(argv: Sequence[str]) -> int:
     grains: list[Any] = json.loads(args.grains_file.read_text())
     latencies: list[float] = []
     errors = 0
+    refreshes = 0
     async with AsyncReplicaClient(args.endpoints.split(",")) as client:
+        learn = client.refresh
+
+        async def counted() -> None:  # a map refresh per read would be a bug worth seeing
+            nonlocal refreshes
+            refreshes += 1
+            await learn()
+
+        client.refresh = counted  # type: ignore[method-assign]
         await client.get(*grains[0])  # learn the map
         index = 0
         started_at = time.time()
@@ -217,6 +225,7 @@ async def client_child(argv: Sequence[str]) -> int:
                 "p99_ms": quantile(latencies, 0.99) * 1000,
                 "errors": errors,
                 "requests": len(latencies),
+                "map_refreshes": refreshes,
                 "started_at": started_at,
                 "ended_at": ended_at,
             }
