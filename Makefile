@@ -61,7 +61,8 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 bench: $(VENV)/.bench-installed broker
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)
 
-## Reads over HTTP: local hits, forwarded reads, the Python client, fetch loop with/without the server
+## Reads over HTTP (wrk, installed when missing): local hits, forwarded reads, the Python client
+## under a 5,000 records/s producer, fetch loop with/without the server; knobs: READ_ARGS="--seconds N ..."
 bench-read: venv broker
 	$(PY) -m benchmarks.read_bench $(READ_ARGS)
 

@@ -63,6 +63,8 @@ from benchmarks.common import (
     worker_assigned_at,
 )
 from benchmarks.common import prefill as prefill_topic
+from benchmarks.read_bench import bench_reads
+from benchmarks.read_load import ReadFigures
 from stream_replica import admin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -419,6 +421,7 @@ class Report:
     growth: list[tuple[str, Row]] = field(default_factory=list)  # (group, row)
     backlog: list[Row] = field(default_factory=list)
     prefills: list[Prefill] = field(default_factory=list)
+    reads: ReadFigures | None = None
 
     def row(self, name: str) -> Row | None:
         for row in self.rows:
@@ -1302,6 +1305,8 @@ def write_markdown(report: Report, path: Path) -> None:
                 f"ratio {big.peak_rss_mib / small.peak_rss_mib:.2f}.",  # type: ignore[operator]
             ]
         lines.append("")
+    if report.reads is not None:
+        lines += [report.reads.markdown(), ""]
     path.write_text("\n".join(lines))
 
 
@@ -1498,6 +1503,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--skip-steady", action="store_true")
     parser.add_argument("--skip-backlog", action="store_true")
     parser.add_argument(
+        "--skip-read", action="store_true", help="skip the HTTP read benchmark (read_bench)"
+    )
+    parser.add_argument(
         "--skip-breakdown", action="store_true", help="skip the per-stage timing of our worker"
     )
     parser.add_argument(
@@ -1619,6 +1627,9 @@ async def run(args: argparse.Namespace, command: str) -> int:
                             flush=True,
                         )
                 print("", flush=True)
+
+            if not args.skip_read:
+                report.reads = await bench_reads(bench.bootstrap, args.small)
     finally:
         await bench.cleanup()
 

@@ -157,9 +157,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     from stream_replica.node import run_node
     from stream_replica.worker import FatalError, Stopped
 
-    s = settings_from(WorkerSettings, args)
-    if s.instance_id == CONTAINER_NAME:
-        s = s.model_copy(update={"instance_id": container_name()})
+    s = with_container_name(settings_from(WorkerSettings, args), container_name)
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck worker.
@@ -184,6 +182,19 @@ async def cmd_run(args: argparse.Namespace) -> int:
         print(f"stream-replica: {fatal}", file=sys.stderr)
         return code
     return 0
+
+
+def with_container_name(s: WorkerSettings, lookup: Callable[[], str]) -> WorkerSettings:
+    """``--instance-id @container`` and ``--advertise @container:PORT`` with this container's
+    name: Docker's embedded DNS resolves it on the compose network, so the other workers can
+    forward to it (the default, the host name, is the container id)."""
+    update: dict[str, str] = {}
+    if s.instance_id == CONTAINER_NAME:
+        update["instance_id"] = lookup()
+    if s.advertise is not None and s.advertise.startswith(CONTAINER_NAME + ":"):
+        port = s.advertise.removeprefix(CONTAINER_NAME + ":")
+        update["advertise"] = f"{update.get('instance_id') or lookup()}:{port}"
+    return s.model_copy(update=update) if update else s
 
 
 def container_name() -> str:

@@ -15,13 +15,14 @@ import base64
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import quote
 
 import httpx
 
+from stream_replica.client_aio import AioGetter, TransportError
 from stream_replica.routing import partition_for
 
 DOWN_FOR_S: Final = 2.0  # an endpoint that refused a connection is tried last for this long
@@ -152,14 +153,26 @@ def _params(stale: bool, min_sequence: int | None, wait_ms: int | None) -> dict[
     return params
 
 
-def _error_line(response: httpx.Response) -> str:
+class _Answer(Protocol):
+    """What both clients' responses offer (httpx.Response, client_aio.Reply)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def text(self) -> str: ...
+    def json(self) -> Any: ...
+
+
+def _error_line(response: _Answer) -> str:
     try:
         return str(response.json().get("error", response.text[:200]))
     except ValueError:
         return response.text[:200]
 
 
-def _retry_after(response: httpx.Response) -> float:
+def _retry_after(response: _Answer) -> float:
     try:
         return min(1.0, max(0.05, float(response.headers.get("Retry-After", "0.2"))))
     except ValueError:
@@ -175,9 +188,7 @@ class _Outcome:
         self.pause = pause
 
 
-def _judge(
-    router: _Router, grain: tuple[str, str], base: str, response: httpx.Response
-) -> _Outcome:
+def _judge(router: _Router, grain: tuple[str, str], base: str, response: _Answer) -> _Outcome:
     status = response.status_code
     if status == 200:
         read = GrainRead.from_json(response.json())
@@ -322,7 +333,8 @@ class ReplicaClient:
 
 
 class AsyncReplicaClient:
-    """The asyncio twin of :class:`ReplicaClient` (same arguments and behaviour)."""
+    """The asyncio twin of :class:`ReplicaClient` (same arguments and behaviour), on one
+    pooled aiohttp session (see client_aio for why not httpx)."""
 
     def __init__(
         self,
@@ -334,7 +346,8 @@ class AsyncReplicaClient:
         deadline_s: float = 15.0,
     ) -> None:
         self.router = _Router(endpoints)
-        self.http = httpx.AsyncClient(**_http_options(token, verify, timeout_s))
+        options = _http_options(token, verify, timeout_s)
+        self.http = AioGetter(options["headers"], options["verify"], timeout_s)
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
         self._refreshing = asyncio.Lock()
@@ -355,7 +368,7 @@ class AsyncReplicaClient:
             for base in self.router.refresh_order():
                 try:
                     response = await self.http.get(base + "/partitions")
-                except httpx.TransportError:
+                except TransportError:
                     self.router.mark_down(base)
                     continue
                 if response.status_code == 200:
@@ -385,11 +398,11 @@ class AsyncReplicaClient:
                     response = await self.http.get(
                         base + _path(grain_type, grain_key),
                         params=_params(stale, min_sequence, wait_ms),
-                        timeout=self.timeout_s + (wait_ms or 0) / 1000,
+                        timeout_s=self.timeout_s + (wait_ms or 0) / 1000,
                     )
-                except httpx.TransportError as exc:
+                except TransportError as exc:
                     self.router.mark_down(base)
-                    last = f"{base}: {type(exc).__name__}"
+                    last = f"{base}: {exc}"
                     continue
                 outcome = _judge(self.router, grain, base, response)
                 if outcome.done:
@@ -416,7 +429,7 @@ class AsyncReplicaClient:
                     response = await self.http.get(
                         base + f"/grains/{quote(grain_type, safe='')}", params=params
                     )
-                except httpx.TransportError:
+                except TransportError:
                     self.router.mark_down(base)
                     continue
                 if response.status_code == 200:

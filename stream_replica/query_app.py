@@ -28,11 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import aiohttp
+import msgspec
 from aiohttp import web
+from yarl import URL
 
 from stream_replica.contract import GrainId
 from stream_replica.fold import grain_json
 from stream_replica.membership import GroupAssignment
+from stream_replica.openapi import openapi
 from stream_replica.routing import (
     OwnershipMap,
     ReplicaRef,
@@ -54,6 +57,8 @@ DEFAULT_LIMIT: Final = 100
 # With ?stale=ok a read keeps trying the replicas this long (a rebalance moves them).
 STALE_RETRY_S: Final = 5.0
 WAIT_STEP_S: Final = 0.01
+_ENCODE: Final = msgspec.json.Encoder().encode
+_NO_QUERY: Final[Mapping[str, str]] = {}
 OPEN_PATHS: Final = frozenset({"/healthz", "/readyz"})
 PROTECTED_PREFIXES: Final = ("/grains", "/partitions")
 
@@ -90,9 +95,7 @@ class ReadError(Exception):
 
     def response(self) -> web.Response:
         headers = {"Retry-After": str(RETRY_AFTER_S)} if self.retry else {}
-        return web.json_response(
-            {"error": str(self), **self.extra}, status=self.status, headers=headers
-        )
+        return json_body({"error": str(self), **self.extra}, self.status, headers)
 
 
 def ownership_map(assignment: GroupAssignment | None, topic: str) -> OwnershipMap:
@@ -113,8 +116,22 @@ def state_json(grain: GrainId, state: Any) -> dict[str, Any]:
     return grain_json(grain, state)
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
+def json_body(
+    obj: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A JSON response encoded by msgspec (C; ~4x cheaper than ``json.dumps`` per read)."""
+    return web.Response(
+        body=_ENCODE(obj), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def _query(request: web.Request) -> Mapping[str, str]:
+    """The query parameters; a plain GET has none and skips building the MultiDict."""
+    return request.query if request.query_string else _NO_QUERY
+
+
+def _int_param(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name)
     if raw is None or raw == "":
         return default
     if not raw.isdigit() or not low <= int(raw) <= high:
@@ -127,100 +144,20 @@ def _rebuilding(row: PartitionRow) -> bool:
     return row.end_offset is None or row.rebuild_remaining > 0
 
 
-def openapi() -> dict[str, Any]:
-    grain = {
-        "type": "object",
-        "properties": {
-            "grain_type": {"type": "string"},
-            "grain_key": {"type": "string"},
-            "sequence": {"type": "integer"},
-            "timestamp_millis": {"type": "integer"},
-            "source_cluster": {"type": "string"},
-            "payload": {"type": "string", "format": "byte"},
-            "partition": {"type": "integer"},
-            "offset": {"type": "integer"},
-            "served_by": {"type": "string"},
-            "role": {"type": "string", "enum": ["active", "standby"]},
-            "replica_lag": {"type": "integer"},
-            "caught_up": {"type": "boolean"},
-        },
-    }
-    err = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}  # fmt: skip
-    stale = {"name": "stale", "in": "query", "schema": {"type": "string", "enum": ["ok"]}}
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "stream-replica read API", "version": "1"},
-        "components": {
-            "schemas": {
-                "Grain": grain,
-                "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
-            },
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-        "security": [{"bearer": []}],
-        "paths": {
-            "/grains/{grain_type}/{grain_key}": {
-                "get": {
-                    "summary": "One grain's state with its freshness, from the partition's "
-                    "owner (any worker forwards)",
-                    "parameters": [
-                        {"name": "grain_type", "in": "path", "required": True},
-                        {
-                            "name": "grain_key",
-                            "in": "path",
-                            "required": True,
-                            "description": "URL-encoded; may contain '/'",
-                        },
-                        stale,
-                        {"name": "min_sequence", "in": "query", "schema": {"type": "integer"}},
-                        {"name": "wait_ms", "in": "query", "schema": {"type": "integer"}},
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "the grain (application/octet-stream: the raw "
-                            "payload, metadata in X-Grain-* and X-Replica-* headers)",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/Grain"}
-                                },
-                                "application/octet-stream": {},
-                            },
-                        },
-                        "401": err,
-                        "404": err,
-                        "503": err,
-                        "504": err,
-                    },
-                }
-            },
-            "/grains/{grain_type}": {
-                "get": {
-                    "summary": "A page of grains of one type in key order across partitions",
-                    "parameters": [
-                        {"name": "grain_type", "in": "path", "required": True},
-                        {"name": "prefix", "in": "query", "schema": {"type": "string"}},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer"}},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                        stale,
-                    ],
-                    "responses": {"200": {"description": "items and next_cursor"}, "503": err},
-                }
-            },
-            "/partitions": {
-                "get": {
-                    "summary": "The ownership map: replicas of each partition with their "
-                    "checkpoints and lag",
-                    "responses": {"200": {"description": "the map"}},
-                }
-            },
-            "/healthz": {"get": {"security": [], "responses": {"200": {"description": "ok"}}}},
-            "/readyz": {"get": {"security": [], "responses": {"200": {"description": "ok"}}}},
-        },
-    }
-
-
 def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig) -> None:
     session_holder: dict[str, aiohttp.ClientSession] = {}
+    timeouts: dict[float, aiohttp.ClientTimeout] = {}
+    # The routing table of the last assignment seen (rebuilt only when the assignment object
+    # changes, i.e. once per rebalance, not once per forwarded read).
+    routing: list[tuple[GroupAssignment | None, OwnershipMap]] = [(None, OwnershipMap())]
+
+    def current_owners() -> OwnershipMap:
+        assignment = view.group_assignment()
+        seen, owners = routing[0]
+        if assignment is not seen:
+            owners = ownership_map(assignment, view.topic)
+            routing[0] = (assignment, owners)
+        return owners
 
     async def open_session(_: web.Application) -> None:
         connector = aiohttp.TCPConnector(ssl=config.client_ssl or False, limit=256)
@@ -284,20 +221,27 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
 
     async def call(
         endpoint: str, path_qs: str, headers: Mapping[str, str], timeout_s: float
-    ) -> tuple[int, bytes, dict[str, str]]:
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        """One GET on the pooled keep-alive session (no connect per read). ``path_qs`` is
+        already percent-encoded (a request's own, or built by yarl): not parsed again."""
         session = session_holder["s"]
-        url = f"{config.scheme}://{endpoint}{path_qs}"
-        async with session.get(
-            url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
-        ) as response:
+        url = URL(f"{config.scheme}://{endpoint}{path_qs}", encoded=True)
+        timeout = timeouts.get(timeout_s)
+        if timeout is None:
+            timeout = timeouts.setdefault(timeout_s, aiohttp.ClientTimeout(total=timeout_s))
+        async with session.get(url, headers=headers, timeout=timeout) as response:
             body = await response.read()
-            return response.status, body, dict(response.headers)
+            return response.status, body, response.headers
 
     def serve_local(
-        request: web.Request, grain: GrainId, row: PartitionRow, stale: bool
+        request: web.Request,
+        grain: GrainId,
+        partition: int,
+        row: PartitionRow,
+        stale: bool,
+        min_sequence: int,
     ) -> web.Response | None:
         """The answer from this store, or None when min_sequence is not reached yet."""
-        partition = partition_for(grain, partition_count())
         if _rebuilding(row) and not stale:
             left = f" ({row.rebuild_remaining} records left)" if row.rebuild_remaining else ""
             raise ReadError(
@@ -307,7 +251,6 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
                 retry=True,
             )
         state = view.store.get(grain)
-        min_sequence = _int_param(request, "min_sequence", 0, 0, 2**64 - 1)
         if min_sequence and (state is None or state.sequence < min_sequence):
             return None
         fresh = {
@@ -342,14 +285,14 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             return web.Response(
                 body=state.payload, headers=headers, content_type="application/octet-stream"
             )
-        return web.json_response({**state_json(grain, state), **fresh})
+        return json_body(state_json(grain, state) | fresh)
 
     async def forward(
         request: web.Request, partition: int, stale: bool, wait_ms: int, fresh_only: bool
     ) -> web.Response:
         """The first answer of the partition's replicas (active first, then the standbys when
         ``stale``) other than 503; raises the last refusal when none answered."""
-        owners = ownership_map(view.group_assignment(), view.topic)
+        owners = current_owners()
         candidates = [
             r
             for r in owners.endpoints(partition, allow_standby=stale)
@@ -402,10 +345,11 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
 
     async def get_grain(request: web.Request) -> web.Response:
         grain = (request.match_info["grain_type"], request.match_info["grain_key"])
-        stale = request.query.get("stale") == "ok"
-        wait_ms = _int_param(request, "wait_ms", 0, 0, MAX_WAIT_MS)
-        min_sequence = _int_param(request, "min_sequence", 0, 0, 2**64 - 1)
-        partition = partition_for(grain, partition_count())
+        query = _query(request)
+        stale = query.get("stale") == "ok"
+        wait_ms = _int_param(query, "wait_ms", 0, 0, MAX_WAIT_MS)
+        min_sequence = _int_param(query, "min_sequence", 0, 0, 2**64 - 1)
+        partition = partition_for(grain, partition_count())  # once: murmur2 is pure Python
         forwarded = FORWARDED_HEADER in request.headers
         started = time.monotonic()
         wait_deadline = started + wait_ms / 1000
@@ -419,7 +363,9 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             # whose sender chose this standby); others go to the active owner.
             here = row is not None and (row.role == "active" or stale or forwarded)
             if row is not None and here and not (stale and not forwarded and _rebuilding(row)):
-                answer = serve_local(request, grain, row, stale and not fresh_only)
+                answer = serve_local(
+                    request, grain, partition, row, stale and not fresh_only, min_sequence
+                )
                 if answer is not None:
                     return answer
                 if time.monotonic() >= wait_deadline:
@@ -447,7 +393,7 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             if time.monotonic() >= retry_deadline:
                 if stale:  # no copy that is not being rebuilt answered in time: any copy will do
                     if row is not None and here:
-                        answer = serve_local(request, grain, row, True)
+                        answer = serve_local(request, grain, partition, row, True, min_sequence)
                         if answer is not None:
                             return answer
                     elif row is None:
@@ -461,7 +407,7 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
     async def scan(request: web.Request) -> web.Response:
         grain_type = request.match_info["grain_type"]
         prefix = request.query.get("prefix", "")
-        limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        limit = _int_param(request.query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         cursor = request.query.get("cursor")
         try:
             after = None if not cursor else decode_cursor(cursor)
@@ -478,23 +424,10 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             return web.json_response(
                 {"items": local_scan(grain_type, prefix, after, limit, partitions, rows, stale)}
             )
-        count = partition_count()
-        local = {p for p in range(count) if p in rows}
-        owners = ownership_map(view.group_assignment(), view.topic)
-        remote: dict[str, list[int]] = {}
-        for p in range(count):
-            if p in local:
-                continue
-            replicas = owners.endpoints(p, allow_standby=stale)
-            if not replicas or replicas[0].endpoint is None:
-                raise ReadError(
-                    503, f"no worker serves partition {p} right now; retry the page", retry=True
-                )
-            remote.setdefault(replicas[0].endpoint, []).append(p)
-        items = local_scan(grain_type, prefix, after, limit, local, rows, stale) if local else []
-        sources = [len(items)]
 
-        async def fetch(endpoint: str, parts: list[int]) -> list[dict[str, Any]]:
+        async def fetch(endpoint: str, parts: list[int]) -> list[dict[str, Any]] | str:
+            """The items of ``parts`` from ``endpoint``, or why it could not answer (down,
+            or 503: another replica may). Other refusals (401, 400) end the scan."""
             query = {"prefix": prefix, "limit": str(limit), "partitions": ",".join(map(str, parts))}
             if cursor:
                 query["cursor"] = cursor
@@ -506,17 +439,63 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
                     endpoint, str(path), forward_headers(request), config.forward_timeout_s
                 )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise ReadError(
-                    503, f"{endpoint} did not answer ({type(exc).__name__}); retry", retry=True
-                ) from None
+                return f"did not answer ({type(exc).__name__})"
+            if status == 503:
+                return _message(body)
             if status != 200:
-                raise ReadError(status if status in (401, 503) else 502, _message(body), retry=True)
+                raise ReadError(status if status == 401 else 502, _message(body), retry=True)
             got: list[dict[str, Any]] = json.loads(body)["items"]
             return got
 
-        for got in await asyncio.gather(*(fetch(e, ps) for e, ps in sorted(remote.items()))):
-            items.extend(got)
-            sources.append(len(got))
+        count = partition_count()
+        # A standby copy here serves the page only to a caller accepting staleness (as a get).
+        local = {p for p, r in rows.items() if p < count and (r.role == "active" or stale)}
+        owners = current_owners()
+        # partition -> the replicas still to try, in order: the active owner, then (?stale=ok)
+        # the standbys. A replica that is down or answers 503 passes its partitions on.
+        pending: dict[int, list[str]] = {}
+        for p in range(count):
+            if p not in local:
+                pending[p] = [
+                    r.endpoint
+                    for r in owners.endpoints(p, allow_standby=stale)
+                    if r.endpoint and r.endpoint != config.endpoint
+                ]
+        items = local_scan(grain_type, prefix, after, limit, local, rows, stale) if local else []
+        sources = [len(items)]
+        failed: dict[int, str] = {}  # partition -> why no replica answered
+        while pending:
+            plan: dict[str, list[int]] = {}
+            for p, endpoints in sorted(pending.items()):
+                if endpoints:
+                    plan.setdefault(endpoints[0], []).append(p)
+                else:
+                    failed.setdefault(p, "no worker with an endpoint serves it right now")
+            answers = await asyncio.gather(*(fetch(e, ps) for e, ps in plan.items()))
+            retry: dict[int, list[str]] = {}
+            for (endpoint, parts), answer in zip(plan.items(), answers, strict=True):
+                if isinstance(answer, str):
+                    for p in parts:
+                        failed[p] = f"{endpoint}: {answer}"
+                        retry[p] = pending[p][1:]
+                    continue
+                items.extend(answer)
+                sources.append(len(answer))
+            pending = {p: rest for p, rest in retry.items() if rest}
+            for p in pending:
+                del failed[p]
+        if failed:  # never a partial page presented as complete
+            parts = sorted(failed)
+            raise ReadError(
+                503,
+                f"scan of {grain_type!r}: partition{'s' if len(parts) > 1 else ''} "
+                f"{', '.join(map(str, parts))} of {view.topic} could not be read "
+                f"({failed[parts[0]]}); retry the page"
+                + ("" if stale else ", or pass ?stale=ok to read a standby"),
+                retry=True,
+                extra={"partitions": parts},
+            )
+
         items.sort(key=lambda item: str(item["grain_key"]))
         page = items[:limit]
         more = len(items) > limit or any(n >= limit for n in sources)
@@ -541,6 +520,10 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             if _rebuilding(row) and not stale:
                 raise ReadError(
                     503, f"partition {p} is being rebuilt on {config.endpoint}", retry=True
+                )
+            if row.role != "active" and not stale:  # the sender's map is out of date
+                raise ReadError(
+                    503, f"partition {p} has only a standby copy on {config.endpoint}", retry=True
                 )
         items = []
         for grain_key, state in view.store.grains_of_type(grain_type, prefix, after):
@@ -569,7 +552,7 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
     async def partitions(request: web.Request) -> web.Response:
         if request.query.get("local") == "1":
             return web.json_response(local_rows())
-        owners = ownership_map(view.group_assignment(), view.topic)
+        owners = current_owners()
         endpoints = sorted(
             {r.endpoint for rs in owners.replicas.values() for r in rs if r.endpoint}
         )

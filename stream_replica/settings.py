@@ -113,7 +113,8 @@ class WorkerSettings(KafkaSettings):
     advertise: str | None = Field(
         default=None,
         description="HOST:PORT other workers and clients reach this worker's --http on "
-        "(default: from --http; 0.0.0.0 or no host: this machine's host name)",
+        "(default: from --http; 0.0.0.0 or no host: this machine's host name; "
+        "@container:PORT: the container's name, which Docker's DNS resolves)",
     )
     http_token_file: Path | None = Field(
         default=None,

@@ -60,3 +60,8 @@ def test_small_bench_run(kafka_bootstrap: str, tmp_path: Path) -> None:
     assert "raw aiokafka" in text
     assert "## The floor of this stack" in text and "head lookup" in text
     assert any(line.startswith("ours(100) ") and "floor/ours = " in line for line in lines)
+    # the read benchmark (wrk, local/forwarded/client under a 5,000 records/s producer)
+    assert "## Reads over HTTP" in text, report
+    for case in ("| local hits (wrk) |", "| forwarded (wrk) |", "| Python client (async"):
+        assert case in text, report
+    assert "read benchmark failed" not in text, report

@@ -245,6 +245,35 @@ def test_worker_instance_id_is_its_container_name(services):
     assert option_value(command_of(services["worker"]), "--instance-id") is None
 
 
+def test_worker_advertises_a_name_the_other_workers_resolve(services):
+    """The read API forwards to the owner's advertised HOST:PORT. Without --advertise it is
+    the container's host name, i.e. its id, which other containers need not resolve; the
+    container name (@container) is in Docker's DNS and unique per --scale replica (a service
+    name or a fixed hostname would be shared by every replica)."""
+    from stream_replica.cli import with_container_name
+    from stream_replica.node import parse_listen
+    from stream_replica.settings import WorkerSettings
+
+    worker = services["worker"]
+    cmd = command_of(worker)
+    listen = option_value(cmd, "--http")
+    assert listen, f"worker command lacks --http: {cmd}"
+    _, port = parse_listen(listen)
+    advertise = option_value(cmd, "--advertise") or env_of(worker).get("STREAM_REPLICA_ADVERTISE")
+    assert advertise, "no --advertise: forwards would go to the container id"
+    host, _, advertised_port = str(advertise).rpartition(":")
+    assert advertised_port == str(port), f"advertises port {advertised_port}, listens on {port}"
+    assert host == "@container", f"advertised host {host!r}: not one name per replica"
+    # and the worker turns @container:PORT into its container name, as it does the instance id
+    settings = WorkerSettings(
+        bootstrap_servers="kafka:9092", topic="t", group="g", db=Path("/data/x"),
+        http=listen, advertise=str(advertise), instance_id="@container",
+    )  # fmt: skip
+    named = with_container_name(settings, lambda: "stream-replica-worker-2")
+    assert named.advertise == f"stream-replica-worker-2:{port}"
+    assert named.instance_id == "stream-replica-worker-2"
+
+
 # --------------------------------------------------------------------------- Dockerfile
 
 
