@@ -143,6 +143,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         # callbacks seek: a batch fetched before a seek is stale and must not be applied.
         self._positions: dict[int, int] = {}
         self._seek_epoch = 0
+        # Between a revocation and the next assignment: nothing is applied or committed. A
+        # commit sent then carries the old generation; if the group has moved on when it
+        # arrives, aiokafka resets the member and rejoins once more (a spurious rebalance,
+        # and another on the other members: they ping-ponged every 1-2 s while catching up).
+        self._rebalancing = False
         self._caught_up_at: dict[int, int] = {}  # see store.Checkpoint
         self._fatal: str | None = None  # set by a callback that could not do its job
         self._delete_retention_ms = 0
@@ -311,7 +316,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 async with self._batch_lock:
                     if self._fatal is not None:
                         raise FatalError(self._fatal)
-                    if epoch == self._seek_epoch:
+                    if self._rebalancing:
+                        pass  # fetched before the revocation: the next owner reads it
+                    elif epoch == self._seek_epoch:
                         await self._process(consumer, batch)
                     else:
                         # Fetched before on_partitions_assigned sought (e.g. from the group's
@@ -610,12 +617,14 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     # ahead of it. Offsets are cumulative: a failed commit is covered by the next one.
 
     def _schedule_commit(self, consumer: AIOKafkaConsumer) -> None:
+        if self._rebalancing:
+            return
         if self._commit_task is None or self._commit_task.done():
             self._commit_task = asyncio.create_task(self._commit_in_background(consumer))
 
     async def _commit_in_background(self, consumer: AIOKafkaConsumer) -> None:
         try:
-            while self._book:
+            while self._book and not self._rebalancing:
                 if not await self._commit_pending(consumer, None):
                     await asyncio.sleep(1.0)  # back off; the next poll schedules a retry
                     return
@@ -677,6 +686,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 if partitions:
                     self.ownership.revoked(partitions)
                     log.info("released partitions %s", sorted(partitions))
+                self._rebalancing = True
+                self._seek_epoch += 1  # a poll fetched before now must not be applied
         except Exception:
             log.exception("revocation handling failed")
 
@@ -706,6 +717,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.stop.set()
             finally:
                 self._seek_epoch += 1
+                self._rebalancing = False
 
     def _check_replaced(self) -> None:
         """Detect a second live worker with our instance id. The broker lets a joining
