@@ -109,8 +109,12 @@ class ScaleCase:
 
     @property
     def moved(self) -> int:
-        """Partitions handed from one worker to another (first assignments are not moves)."""
-        events = sorted((t, w.name, ps) for w in self.workers for t, ps in w.assignments)
+        """Partitions handed from one worker to another (first assignments are not moves)
+        until done (the harness stopping the workers hands partitions over too)."""
+        end = self.done if self.done is not None else float("inf")
+        events = sorted(
+            (t, w.name, ps) for w in self.workers for t, ps in w.assignments if t <= end
+        )
         owner: dict[int, str] = {}
         moves = 0
         for _, name, parts in events:
@@ -137,6 +141,28 @@ class ScaleResult:
     def ratio(self, case: ScaleCase) -> float | None:
         base = self.baseline(case)
         return None if base is None or not case.rate or not base.rate else case.rate / base.rate
+
+    def markdown(self) -> str:
+        """The section of docs/bench.md (benchmarks/bench.py writes it)."""
+        return "\n".join(
+            [
+                "## Scale-out: one worker vs. two (issue #12)",
+                "",
+                f"`python -m benchmarks.scale_bench` on the main topic ({self.prefill.records:,} "
+                f"records, {self.prefill.partitions} partitions); each case a fresh group and "
+                "fresh stores, workers launched as `stream-replica run`. *wall s* runs from the "
+                "first worker's first assignment to the group's committed offsets equal to the "
+                "end offsets (polled every 0.1 s); the ratio is to the one-worker case run just "
+                "before; *records read* sums each worker's final `records=` count; CPU s is "
+                "each worker's whole life (start-up ~0.7 s included) and the broker's over the "
+                f"case. Load average at the start {self.load_at_start}, at the end "
+                f"{self.load_at_end}: on this shared 2-core machine two workers need both "
+                "cores, so the ratio tracks what other work leaves free.",
+                "",
+                self.table(),
+                "",
+            ]
+        )
 
     def table(self) -> str:
         lines = [
@@ -167,6 +193,10 @@ def _f(value: float | None, digits: int, thousands: bool = False) -> str:
     if value is None:
         return "-"
     return f"{value:,.{digits}f}" if thousands else f"{value:.{digits}f}"
+
+
+def status_killed(status: int) -> bool:
+    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
 
 
 class _Proc:
@@ -200,6 +230,10 @@ class _Proc:
                 self.run.assignments.append((stamp, parts))
             elif match := _STOPPED.search(line):
                 self.run.records_read = int(match.group(1))
+        if self.run.records_read is None and not self.run.assignments and status_killed(status):
+            # Done before this worker got going (a small topic): SIGTERM hit it while it
+            # started up, before it could read anything.
+            self.run.records_read, self.run.exit_code = 0, None
         return self.run
 
 
