@@ -200,12 +200,12 @@ def status_killed(status: int) -> bool:
 
 
 class _Proc:
-    def __init__(self, name: str, cmd: list[str], log: Path) -> None:
+    def __init__(self, name: str, cmd: list[str], log: Path, cwd: Path = ROOT) -> None:
         self.log = log
         with log.open("wb") as err:
             self.run = WorkerRun(name, time.time())
             self.popen = subprocess.Popen(
-                cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT
+                cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd
             )
 
     async def finish(self, timeout_s: float = 60.0) -> WorkerRun:
@@ -239,12 +239,19 @@ class _Proc:
 
 class ScaleBench:
     def __init__(
-        self, bootstrap: str, data: Prefill, workdir: Path, worker_args: Sequence[str] = ()
+        self,
+        bootstrap: str,
+        data: Prefill,
+        workdir: Path,
+        worker_args: Sequence[str] = (),
+        worker_code: Path | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.data = data
         self.workdir = workdir
         self.worker_args = list(worker_args)
+        # `python -m stream_replica` imports the package from its working directory first.
+        self.worker_code = worker_code or ROOT
         self.broker = broker_pid(bootstrap)
 
     def _cmd(self, group: str, db: Path) -> list[str]:
@@ -253,6 +260,9 @@ class ScaleBench:
             "--bootstrap-servers", self.bootstrap, "--topic", self.data.topic,
             "--group", group, "--db", str(db), *self.worker_args,
         ]  # fmt: skip
+
+    def _launch(self, group: str, index: int, db: Path) -> _Proc:
+        return _Proc(f"w{index}", self._cmd(group, db), db.with_suffix(".log"), self.worker_code)
 
     async def case(
         self, watcher: GroupWatcher, name: str, workers: int, join_at: float | None = None
@@ -265,8 +275,7 @@ class ScaleBench:
         total = self.data.total_offsets
         broker_before = proc_cpu_s(self.broker)
         first = 1 if join_at is not None else workers
-        procs = [_Proc(f"w{i}", self._cmd(group, d), d.with_suffix(".log")) for i, d in
-                 enumerate(dirs[:first])]  # fmt: skip
+        procs = [self._launch(group, i, d) for i, d in enumerate(dirs[:first])]
         samples: list[tuple[float, int]] = []  # (time, committed records) for the join share
         done: float | None = None
         deadline = time.monotonic() + 180 + total / 1000
@@ -277,8 +286,7 @@ class ScaleBench:
                 done = time.time()
                 break
             if len(procs) < workers and samples[-1][1] >= (join_at or 0) * total:
-                procs.append(_Proc(f"w{len(procs)}", self._cmd(group, dirs[-1]),
-                                   dirs[-1].with_suffix(".log")))  # fmt: skip
+                procs.append(self._launch(group, len(procs), dirs[-1]))
             await asyncio.sleep(DONE_POLL_S)
         broker_after = proc_cpu_s(self.broker)
         runs = [await p.finish() for p in procs]
@@ -310,11 +318,12 @@ async def run_scale(
     repeats: int = 1,
     worker_args: Sequence[str] = (),
     cases: str = "abc",
+    worker_code: Path | None = None,
     progress: bool = True,
 ) -> ScaleResult:
     """The three cases, back to back, ``repeats`` times, on the pre-filled ``data``."""
     workdir.mkdir(parents=True, exist_ok=True)
-    bench = ScaleBench(bootstrap, data, workdir, worker_args)
+    bench = ScaleBench(bootstrap, data, workdir, worker_args, worker_code)
     result = ScaleResult(data, [], load_average(), worker_args=list(worker_args))
     async with GroupWatcher(bootstrap) as watcher:
         for _ in range(repeats):
@@ -347,6 +356,7 @@ async def _main(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             worker_args=args.worker_arg,
             cases=args.cases,
+            worker_code=args.worker_code,
         )
     finally:
         await delete_topics(args.bootstrap_servers, [topic])
@@ -371,6 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     )
     parser.add_argument("--workdir", default=".bench/scale")
+    parser.add_argument(
+        "--worker-code",
+        type=lambda s: Path(s).resolve(),
+        default=None,
+        help="run the workers from this checkout (e.g. `git archive` of an older commit)",
+    )
     return asyncio.run(_main(parser.parse_args(argv)))
 
 

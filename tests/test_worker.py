@@ -516,10 +516,10 @@ async def test_group_offset_ahead_of_store_is_never_used(
         worker = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / f"db{attempt}")
         real_seek = worker.worker._seek_assigned
 
-        async def slow_seek(*args: Any, real_seek: Any = real_seek) -> None:
+        async def slow_seek(*args: Any, real_seek: Any = real_seek) -> Any:
             # A slow assignment callback lets the fetcher run ahead from the group offset.
             await asyncio.sleep(1.0)
-            await real_seek(*args)
+            return await real_seek(*args)
 
         worker.worker._seek_assigned = slow_seek  # type: ignore[method-assign]
         worker.start()
