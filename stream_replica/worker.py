@@ -73,6 +73,11 @@ REPAIR_SWEEP_INTERVAL_S: Final = 5.0
 # Two requests a second per member: nothing for a coordinator, and a join or a leave is
 # noticed by the group within half a second (also a duplicate instance id).
 HEARTBEAT_INTERVAL_MS: Final = 500
+# Background commits start at most this often. One per poll cost each worker (and the
+# broker's coordinator, which appends every commit to __consumer_offsets) a request per
+# few hundred records; the store, not the group, holds positions, so a commit a little later
+# loses nothing (revocation and stop still commit at once).
+COMMIT_INTERVAL_S: Final = 0.05
 # While catching up, about half the partitions are read (catchup.py): 2 MiB each keeps the
 # bytes per fetch where 1 MiB x every partition had them, and keeps fetching and folding
 # overlapped (aiokafka fetches no partition of a broker while another's buffered data is
@@ -149,6 +154,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._batch_lock = asyncio.Lock()
         self._book = CommitBook()  # written to the store, not yet committed; never backwards
         self._commit_task: asyncio.Task[None] | None = None
+        self._last_commit = 0.0  # monotonic start of the last background commit
         # Next offset to apply per owned partition, and a counter bumped whenever the
         # callbacks seek: a batch fetched before a seek is stale and must not be applied.
         self._positions: dict[int, int] = {}
@@ -640,6 +646,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _commit_in_background(self, consumer: AIOKafkaConsumer) -> None:
         try:
             while self._book and not self._rebalancing:
+                wait = self._last_commit + COMMIT_INTERVAL_S - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                self._last_commit = time.monotonic()
                 if not await self._commit_pending(consumer, None):
                     await asyncio.sleep(1.0)  # back off; the next poll schedules a retry
                     return
