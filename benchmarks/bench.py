@@ -65,6 +65,7 @@ from benchmarks.common import (
 from benchmarks.common import prefill as prefill_topic
 from benchmarks.read_bench import bench_reads
 from benchmarks.read_load import ReadFigures
+from benchmarks.scale_bench import ScaleResult, run_scale
 from stream_replica import admin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -422,6 +423,7 @@ class Report:
     backlog: list[Row] = field(default_factory=list)
     prefills: list[Prefill] = field(default_factory=list)
     reads: ReadFigures | None = None
+    scale: ScaleResult | None = None
 
     def row(self, name: str) -> Row | None:
         for row in self.rows:
@@ -1294,6 +1296,8 @@ def write_markdown(report: Report, path: Path) -> None:
             ),
             "",
         ]
+    if report.scale is not None:
+        lines.append(report.scale.markdown())
     if report.backlog:
         lines += ["## Backlog memory (our worker, max_records 100)", "", rows_table(report.backlog)]
         if len(report.backlog) == 2 and all(r.peak_rss_mib for r in report.backlog):
@@ -1502,6 +1506,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--skip-growth", action="store_true")
     parser.add_argument("--skip-steady", action="store_true")
     parser.add_argument("--skip-backlog", action="store_true")
+    parser.add_argument("--skip-scale", action="store_true", help="skip 1 vs 2 workers")
     parser.add_argument(
         "--skip-read", action="store_true", help="skip the HTTP read benchmark (read_bench)"
     )
@@ -1613,6 +1618,10 @@ async def run(args: argparse.Namespace, command: str) -> int:
                 print("growth (our worker, max_records 100):", flush=True)
                 await bench.growth(main)
                 print("", flush=True)
+
+            if not args.skip_scale:
+                print("scale-out, one worker vs. two (benchmarks/scale_bench.py):", flush=True)
+                report.scale = await run_scale(bench.bootstrap, main, bench.workdir / "scale")
 
             if not args.skip_backlog:
                 print("backlog memory (our worker, max_records 100):", flush=True)

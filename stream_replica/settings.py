@@ -95,6 +95,14 @@ class WorkerSettings(KafkaSettings):
     standby_replicas: int = Field(
         default=0, ge=0, le=10, description="warm copies of each partition on other workers"
     )
+    catch_up_partitions: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000,
+        description="partitions far behind (a rebuild) are caught up this many at a time, the "
+        "rest paused, so a worker joining meanwhile takes partitions not read yet (default: "
+        "half of them, at least 2; 0: all at once)",
+    )
     head_cache_entries: int = Field(
         default=100_000,
         ge=0,

@@ -36,7 +36,9 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
+from stream_replica import catchup
 from stream_replica.admin import AdminError, TopicInfo, describe_topic
+from stream_replica.catchup import CatchUpFocus
 from stream_replica.connection import start_client
 from stream_replica.errors import KafkaAccessError, StreamReplicaError
 from stream_replica.fold import FoldCounts, FoldResult, Rejection
@@ -68,6 +70,19 @@ STOP_TIMEOUT_S: Final = 10.0
 TOUCH_INTERVAL_S: Final = 60.0
 PROGRESS_INTERVAL_S: Final = 10.0
 REPAIR_SWEEP_INTERVAL_S: Final = 5.0
+# Two requests a second per member: nothing for a coordinator, and a join or a leave is
+# noticed by the group within half a second (also a duplicate instance id).
+HEARTBEAT_INTERVAL_MS: Final = 500
+# Background commits start at most this often. One per poll cost each worker (and the
+# broker's coordinator, which appends every commit to __consumer_offsets) a request per
+# few hundred records; the store, not the group, holds positions, so a commit a little later
+# loses nothing (revocation and stop still commit at once).
+COMMIT_INTERVAL_S: Final = 0.05
+# While catching up, about half the partitions are read (catchup.py): 2 MiB each keeps the
+# bytes per fetch where 1 MiB x every partition had them, and keeps fetching and folding
+# overlapped (aiokafka fetches no partition of a broker while another's buffered data is
+# under 100 ms old: with 1 MiB, three partitions drain in ~70 ms and every fetch stalls).
+PARTITION_FETCH_BYTES: Final = 2 * 1024 * 1024
 
 
 class FatalError(Exception):
@@ -139,10 +154,17 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._batch_lock = asyncio.Lock()
         self._book = CommitBook()  # written to the store, not yet committed; never backwards
         self._commit_task: asyncio.Task[None] | None = None
+        self._last_commit = 0.0  # monotonic start of the last background commit
         # Next offset to apply per owned partition, and a counter bumped whenever the
         # callbacks seek: a batch fetched before a seek is stale and must not be applied.
         self._positions: dict[int, int] = {}
         self._seek_epoch = 0
+        # Between a revocation and the next assignment: nothing is applied or committed. A
+        # commit sent then carries the old generation; if the group has moved on when it
+        # arrives, aiokafka resets the member and rejoins once more (a spurious rebalance,
+        # and another on the other members: they ping-ponged every 1-2 s while catching up).
+        self._rebalancing = False
+        self._focus = CatchUpFocus(settings.catch_up_partitions, catchup.MIN_LAG)
         self._caught_up_at: dict[int, int] = {}  # see store.Checkpoint
         self._fatal: str | None = None  # set by a callback that could not do its job
         self._delete_retention_ms = 0
@@ -196,8 +218,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             auto_offset_reset="none",  # positions come from the store; out-of-range is handled
             group_instance_id=self.settings.instance_id,
             session_timeout_ms=session_timeout_ms,
-            # Frequent enough that a duplicate instance id is noticed within seconds.
-            heartbeat_interval_ms=max(1000, min(3000, session_timeout_ms // 5)),
+            # A member learns that another joined (or left) only from its next heartbeat; until
+            # then the joiner waits idle in JoinGroup (issue #12: 2 s of a 3 s catch-up).
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
             # Ours only. Offering round-robin as well (for upgrades member by member) made
             # aiokafka members rejoin in a loop: groups never settled (docs/assignor.md).
             partition_assignment_strategy=(self.ownership.binding.strategy,),
@@ -205,6 +228,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             # Revocation waits for the in-flight poll and one commit (<= ~31 s): well inside.
             rebalance_timeout_ms=60_000,
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
         )
         if self.settings.dlq_topic:
             self._dlq = AIOKafkaProducer(
@@ -311,7 +335,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 async with self._batch_lock:
                     if self._fatal is not None:
                         raise FatalError(self._fatal)
-                    if epoch == self._seek_epoch:
+                    if self._rebalancing:
+                        pass  # fetched before the revocation: the next owner reads it
+                    elif epoch == self._seek_epoch:
                         await self._process(consumer, batch)
                     else:
                         # Fetched before on_partitions_assigned sought (e.g. from the group's
@@ -536,6 +562,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         for partition, next_offset in result.next_offsets.items():
             self._book.written(partition, next_offset)
         self._positions.update(result.next_offsets)
+        if self._focus.waiting:
+            self._focus_progressed(consumer, result.next_offsets)
         self._schedule_commit(consumer)
         if self._repairer is not None:
             self._repairer.forget(result.unshadowed)
@@ -610,12 +638,19 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     # ahead of it. Offsets are cumulative: a failed commit is covered by the next one.
 
     def _schedule_commit(self, consumer: AIOKafkaConsumer) -> None:
+        if self._rebalancing:
+            return
         if self._commit_task is None or self._commit_task.done():
             self._commit_task = asyncio.create_task(self._commit_in_background(consumer))
 
     async def _commit_in_background(self, consumer: AIOKafkaConsumer) -> None:
         try:
-            while self._book:
+            while self._book and not self._rebalancing:
+                wait = self._last_commit + COMMIT_INTERVAL_S - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                self._last_commit = time.monotonic()
                 if not await self._commit_pending(consumer, None):
                     await asyncio.sleep(1.0)  # back off; the next poll schedules a retry
                     return
@@ -675,8 +710,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                     await self._commit_pending(self._consumer, partitions)
                     self._mark_caught_up(self._consumer, partitions)
                 if partitions:
+                    self._focus.revoked(partitions)
                     self.ownership.revoked(partitions)
                     log.info("released partitions %s", sorted(partitions))
+                self._rebalancing = True
+                self._seek_epoch += 1  # a poll fetched before now must not be applied
         except Exception:
             log.exception("revocation handling failed")
 
@@ -689,7 +727,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             try:
                 self._check_replaced()
                 actives = [tp for tp in assigned if tp.topic == self.topic]
-                await self._seek_assigned(actives, self._consumer)
+                lags, held = await self._seek_assigned(actives, self._consumer)
+                self._focus_on(lags, held)
                 standby = self.ownership.assigned(tp.partition for tp in actives)
                 await self.standby.follow(standby)
             except FatalError as exc:
@@ -706,6 +745,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.stop.set()
             finally:
                 self._seek_epoch += 1
+                self._rebalancing = False
 
     def _check_replaced(self) -> None:
         """Detect a second live worker with our instance id. The broker lets a joining
@@ -728,11 +768,37 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             raise FatalError(fenced_line(self.settings))
         self._member_id = member_id
 
+    def _focus_on(self, lags: Mapping[int, int], held: Mapping[int, int]) -> None:
+        """Pause all but a few of the partitions far behind (catchup.py says why)."""
+        paused = self._focus.assigned(lags, held)
+        if paused and self._consumer is not None:
+            self._consumer.pause(*(TopicPartition(self.topic, p) for p in sorted(paused)))
+            log.info(
+                "catching up partitions %s first; %s paused until then",
+                self._focus.focus,
+                self._focus.waiting,
+            )
+
+    def _focus_progressed(
+        self, consumer: AIOKafkaConsumer, next_offsets: Mapping[int, int]
+    ) -> None:
+        lags = {}
+        for partition, offset in next_offsets.items():
+            mark = consumer.highwater(TopicPartition(self.topic, partition))
+            if mark is not None:
+                lags[partition] = mark - offset
+        for partition in self._focus.progressed(lags):
+            consumer.resume(TopicPartition(self.topic, partition))
+            log.info("partition %d: catching up (next: %s)", partition, self._focus.waiting)
+
     async def _seek_assigned(
         self, assigned: list[TopicPartition], consumer: AIOKafkaConsumer | None
-    ) -> None:
+    ) -> tuple[dict[int, int], dict[int, int]]:
+        """Position each partition; returns (records behind the end, offset held) of each."""
+        lags: dict[int, int] = {}
+        held: dict[int, int] = {}
         if not assigned or consumer is None:
-            return
+            return lags, held
         checkpoints = self.store.checkpoints()
         beginnings = await consumer.beginning_offsets(assigned)
         ends = await consumer.end_offsets(assigned)
@@ -744,6 +810,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             end = ends[tp]
             resume = resume_from(checkpoint, beginnings[tp], end, now, self._delete_retention_ms)
             self._seek(consumer, tp, resume.offset)
+            lags[tp.partition] = max(0, end - resume.offset)
+            held[tp.partition] = resume.offset - beginnings[tp]
             self._book.assigned(tp.partition, group_offset)
             behind = self._book.behind(tp.partition, resume.offset)
             lag = (
@@ -784,6 +852,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         if to_wipe:
             self.store.wipe_partitions(to_wipe)
             log.info("wiped the grains of partitions %s", sorted(to_wipe))
+        return lags, held
 
     async def _handle_out_of_range(
         self, consumer: AIOKafkaConsumer, exc: OffsetOutOfRangeError

@@ -59,6 +59,15 @@ def test_small_bench_run(kafka_bootstrap: str, tmp_path: Path) -> None:
     assert "stream-replica run (max_records 100)" in text
     assert "raw aiokafka" in text
     assert "## The floor of this stack" in text and "head lookup" in text
+    # Scale-out: the three cases ran to the end and every record was read at least once.
+    scale = text.split("## Scale-out: one worker vs. two", 1)[1]
+    rows = [
+        line
+        for line in scale.splitlines()
+        if line.startswith(("| 1 worker", "| 2 together", "| 1 -> 2"))
+    ]
+    assert len(rows) == 3 and all("TIMED OUT" not in row for row in rows), report
+    assert all(float(row.split("|")[7]) >= 1.0 for row in rows), report  # read / topic
     assert any(line.startswith("ours(100) ") and "floor/ours = " in line for line in lines)
     # the read benchmark (wrk, local/forwarded/client under a 5,000 records/s producer)
     assert "## Reads over HTTP" in text, report

@@ -516,10 +516,10 @@ async def test_group_offset_ahead_of_store_is_never_used(
         worker = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / f"db{attempt}")
         real_seek = worker.worker._seek_assigned
 
-        async def slow_seek(*args: Any, real_seek: Any = real_seek) -> None:
+        async def slow_seek(*args: Any, real_seek: Any = real_seek) -> Any:
             # A slow assignment callback lets the fetcher run ahead from the group offset.
             await asyncio.sleep(1.0)
-            await real_seek(*args)
+            return await real_seek(*args)
 
         worker.worker._seek_assigned = slow_seek  # type: ignore[method-assign]
         worker.start()
@@ -614,3 +614,40 @@ async def test_second_signal_exits_at_once(
     _, rest = process.communicate(timeout=30)
     assert process.returncode in (128 + signal.SIGTERM, 128 + signal.SIGINT), rest
     assert "second signal, exiting at once" in rest
+
+
+async def test_far_behind_partitions_are_caught_up_one_after_another(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    tmp_path: Path,
+    unique: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With --catch-up-partitions 1 a worker reads one far-behind partition at a time (the
+    others paused), hands on when it gets within MIN_LAG, and still ends with every partition
+    caught up and equal to the log's fold (catchup.py)."""
+    from stream_replica import catchup
+
+    monkeypatch.setattr(catchup, "MIN_LAG", 20)
+    topic = await make_topic(partitions=3)
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for round_index in range(3):
+            for i in range(90):
+                await publisher.publish_snapshot("t", f"k{i}", f"{round_index}".encode())
+    oracle = await read_oracle(kafka_bootstrap, topic, 3)
+    assert all(end > 20 for end in oracle.end_offsets().values())  # all three far behind
+    caplog.set_level("INFO", "stream_replica")
+    worker = InProcessWorker(
+        kafka_bootstrap, topic, unique("g"), tmp_path / "db", max_records=7, catch_up_partitions=1
+    ).start()
+    await wait_until(lambda: worker.caught_up(oracle.end_offsets()), 60, what="catch-up")
+    grains = stored_grains(worker.store)
+    await worker.stop()
+    assert grains == oracle.expected()
+    assert worker.worker.counts.records == sum(oracle.end_offsets().values())
+    messages = [r.getMessage() for r in caplog.records if r.name == "stream_replica.worker"]
+    first = [m for m in messages if m.startswith("catching up partitions")]
+    assert len(first) == 1 and first[0].endswith("paused until then"), messages
+    handed_on = [m for m in messages if ": catching up (next: " in m]
+    assert len(handed_on) == 2, messages  # the two paused partitions, one after the other
