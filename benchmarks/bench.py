@@ -1311,7 +1311,33 @@ def write_markdown(report: Report, path: Path) -> None:
         lines.append("")
     if report.reads is not None:
         lines += [report.reads.markdown(), ""]
+    lines += before_after_lines(report)
     path.write_text("\n".join(lines))
+
+
+def before_after_lines(report: Report) -> list[str]:
+    comparison = before_after(report)
+    if comparison is None:
+        return []
+    lines = [
+        "## Before / after: round 1 (a343deb) → this run",
+        "",
+        f"Round 1 figures: `{BASELINE.relative_to(ROOT)}` ({json.loads(BASELINE.read_text())['source']}).",
+        "",
+        "| case (records/s after join) | round 1 | this run | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for case, before in comparison["rates_before"].items():
+        after = comparison["rates_after"].get(case)
+        lines.append(
+            f"| {case} | {before:,.0f} | "
+            + (f"{after:,.0f} | {after / before:.2f}x |" if after else "not run | |")
+        )
+    if comparison["stages_after"]:
+        lines += ["", "| stage (µs/record) | round 1 | this run |", "|---|---:|---:|"]
+        for name, before in comparison["stages_before"].items():
+            lines.append(f"| {name} | {before:.2f} | {comparison['stages_after'][name]:.2f} |")
+    return [*lines, ""]
 
 
 def write_chart(report: Report, path: Path) -> bool:
@@ -1327,7 +1353,10 @@ def write_chart(report: Report, path: Path) -> bool:
     rows = [r for r in report.rows if not r.failed]
     growth = [(g, r) for g, r in report.growth if not r.failed]
     panels = 2 if growth else 1
-    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 5.2), squeeze=False)
+    comparison = before_after(report)
+    fig, axes = plt.subplots(
+        1, panels + (comparison is not None), figsize=(7 * (panels + 1), 5.2), squeeze=False
+    )
     ax = axes[0][0]
     names = [r.name.replace(" (", "\n(") for r in rows]
     positions = range(len(rows))
@@ -1379,10 +1408,106 @@ def write_chart(report: Report, path: Path) -> bool:
         ax2.set_ylabel("records/s after join")
         ax2.set_title("Our worker (max_records 100): growth")
         ax2.grid(axis="y", alpha=0.3)
+    before_after_panel(report, fig)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+BASELINE = Path(__file__).with_name("baseline_round1.json")
+STAGE_KEYWORDS = {  # baseline stage -> a word of this run's breakdown label
+    "state reads": "read current states",
+    "decode + validation": "decode",
+    "write batch": "apply",
+    "fetch": "getmany",
+    "fold": "fold",
+}
+
+
+def before_after(report: Report) -> dict[str, dict[str, float]] | None:
+    """Round 1 (the committed baseline) beside this run: records/s of the comparable cases
+    and µs/record per stage; None when this run has neither."""
+    if not BASELINE.exists():
+        return None
+    base = json.loads(BASELINE.read_text())
+    now: dict[str, float] = {}
+    ours = report.row("stream-replica run (max_records 100)")
+    if ours is not None and ours.rate_after_join:
+        now["one worker (max_records 100)"] = ours.rate_after_join
+    if report.scale is not None:
+        together = next((c for c in report.scale.cases if c.name == "2 together"), None)
+        if together is not None and together.rate:
+            now["two workers together"] = together.rate
+    for _group, row in report.growth:
+        if row.failed or not row.rate_after_join:
+            continue
+        if "1,000,000 grains" in row.name:
+            now["1,000,000 grains"] = row.rate_after_join
+        elif "10 KiB payloads" in row.name:
+            now["10 KiB payloads"] = row.rate_after_join
+    stages: dict[str, float] = {}
+    breakdown = report.breakdown
+    if breakdown is not None and not breakdown.failed and breakdown.records:
+        per = 1e6 / breakdown.records
+        for name, word in STAGE_KEYWORDS.items():
+            stages[name] = sum(s for label, s in breakdown.stages.items() if word in label) * per
+        stages["everything else"] = (breakdown.wall_s - sum(breakdown.stages.values())) * per
+    if not now and not stages:
+        return None
+    return {
+        "rates_before": {k: float(v) for k, v in base["records_per_s_after_join"].items()},
+        "rates_after": now,
+        "stages_before": {k: float(v) for k, v in base["stages_us_per_record"].items()},
+        "stages_after": stages,
+    }
+
+
+def before_after_panel(report: Report, fig: Any) -> None:
+    """The last panel: records/s before (round 1) and after, per comparable case, with the
+    per-stage µs/record written under each worker bar pair."""
+    comparison = before_after(report)
+    if comparison is None:
+        return
+    ax = fig.axes[-1]
+    cases = [c for c in comparison["rates_before"] if c in comparison["rates_after"]]
+    positions = range(len(cases))
+    width = 0.4
+    ax.bar(
+        [p - width / 2 for p in positions],
+        [comparison["rates_before"][c] for c in cases],
+        width,
+        label="round 1 (a343deb)",
+        color="#bdbdbd",
+    )
+    ax.bar(
+        [p + width / 2 for p in positions],
+        [comparison["rates_after"][c] for c in cases],
+        width,
+        label="this run",
+        color="#3182bd",
+    )
+    for p, case in zip(positions, cases, strict=True):
+        ratio = comparison["rates_after"][case] / comparison["rates_before"][case]
+        ax.annotate(
+            f"{ratio:.2f}x",
+            (p + width / 2, comparison["rates_after"][case]),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.set_xticks(list(positions), cases, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("records/s after join")
+    ax.set_title("Before / after (our worker)")
+    stages_after = comparison["stages_after"]
+    if stages_after:
+        text = "µs/record before → after:\n" + "\n".join(
+            f"{name} {before:.2f} → {stages_after.get(name, 0.0):.2f}"
+            for name, before in comparison["stages_before"].items()
+        )
+        ax.text(0.02, 0.98, text, transform=ax.transAxes, va="top", fontsize=7, family="monospace")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
 
 
 # --- child processes ------------------------------------------------------------------------
