@@ -164,7 +164,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
     _install_signal_handlers(stop)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck worker.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    store = ReplicaStore(s.db, s.topic, head_cache_entries=s.head_cache_entries)
+    memory = s.memory_plan()
+    log.info("%s", memory.describe())
+    store = ReplicaStore(s.db, s.topic, memory=memory)
     fatal: str | None = None
     code = 1
     try:

@@ -47,16 +47,19 @@ from typing import Final
 import msgpack
 from rocksdict import (
     AccessType,
+    BlockBasedIndexType,
     BlockBasedOptions,
     Cache,
     Options,
     Rdict,
     WriteBatch,
+    WriteBufferManager,
     WriteOptions,
 )
 
 from stream_replica.contract import GrainId
 from stream_replica.fold import FoldCounts, GrainState
+from stream_replica.memory import DEFAULT_PLAN, MemoryPlan
 
 # 4: shadowed-by offset in grain values, shadow index, topic ID. 5: partition-major states
 # (``p``) + grain index (``i``); a format-4 store is migrated in place when the writer opens it.
@@ -234,27 +237,40 @@ def _next_prefix(prefix: bytes) -> bytes:
 
 
 # Heads (sequence, partition, offset, shadowed_by, key body) the writer keeps in memory so that
-# the fold skips the RocksDB read of grains it saw lately: ~360 bytes each with the grain, so
-# ~35 MiB at the default (settings.WorkerSettings.head_cache_entries, --head-cache-entries).
-HEAD_CACHE_ENTRIES: Final = 100_000
+# the fold skips the RocksDB read of grains it saw lately. How many: memory.MemoryPlan (from
+# --memory-budget-mib, or --head-cache-entries when given).
+HEAD_CACHE_ENTRIES: Final = DEFAULT_PLAN.head_cache_entries
 
-# Memory is bounded, not proportional to the backlog or the number of grains: two 16 MiB
-# memtables, an 8 MiB block cache (index and filter blocks inside it), bloom filters so that
-# looking up a grain that is not stored yet rarely touches a data block.
-WRITE_BUFFER_BYTES: Final = 16 << 20
-BLOCK_CACHE_BYTES: Final = 8 << 20
+# Table files the writer keeps open; each open file holds a table reader. Its index and filter
+# blocks are in the block cache, so a reader is small, but 10M grains make hundreds of files.
+MAX_OPEN_FILES: Final = 512
 
 
-def _options() -> Options:
+def _options(plan: MemoryPlan = DEFAULT_PLAN) -> Options:
+    """RocksDB's memory stays within the plan's memtables + block cache whatever the number
+    of grains: the memtables are charged to the block cache (one cap for both), index and
+    filter blocks live in the cache too, partitioned so that a lookup loads one small
+    partition of a file's index/filter instead of all of it (whole-file filters of a 10M-grain
+    store would not fit a small cache and would be re-read on every miss), bloom filters so
+    that looking up a grain that is not stored yet rarely touches a data block."""
     options = Options(
         raw_mode=True
     )  # raw from the very first open: a default-mode DB reopened raw breaks
     options.create_if_missing(True)
-    options.set_write_buffer_size(WRITE_BUFFER_BYTES)
-    options.set_max_write_buffer_number(2)
+    options.set_write_buffer_size(plan.write_buffer_bytes)
+    options.set_max_write_buffer_number(plan.write_buffers)
+    options.set_max_open_files(MAX_OPEN_FILES)
+    cache = Cache(plan.block_cache_bytes + plan.memtables_bytes)
+    options.set_write_buffer_manager(
+        WriteBufferManager.new_write_buffer_manager_with_cache(plan.memtables_bytes, False, cache)
+    )
     table = BlockBasedOptions()
-    table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+    table.set_block_cache(cache)
     table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    table.set_index_type(BlockBasedIndexType.two_level_index_search())
+    table.set_partition_filters(True)
+    table.set_pin_top_level_index_and_filter(True)
     table.set_bloom_filter(10, False)
     options.set_block_based_table_factory(table)
     return options
@@ -469,15 +485,20 @@ class ReplicaReader(_StoreView):
 
 
 class ReplicaStore(_StoreView):
-    """The single writer of a state directory. ``topic`` binds the store on first open."""
+    """The single writer of a state directory. ``topic`` binds the store on first open.
+    ``memory`` sizes RocksDB's caches and the head cache (``head_cache_entries`` overrides
+    the latter)."""
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         topic: str,
-        head_cache_entries: int = HEAD_CACHE_ENTRIES,
+        head_cache_entries: int | None = None,
+        memory: MemoryPlan = DEFAULT_PLAN,
     ) -> None:
         self.path = Path(path)
+        if head_cache_entries is None:
+            head_cache_entries = memory.head_cache_entries
         # grain → (sequence, partition, offset, shadowed_by) of its stored state, or None: no
         # state. Exact: filled from this writer's reads and writes, cleared by every wipe.
         self._heads: dict[GrainId, Head | None] = {}
@@ -487,7 +508,7 @@ class ReplicaStore(_StoreView):
         except OSError as exc:
             raise StoreError(f"cannot create state directory {self.path}: {exc}") from None
         try:
-            self._db = Rdict(str(self.path), _options())
+            self._db = Rdict(str(self.path), _options(memory))
         except Exception as exc:
             raise _open_error(self.path, exc) from None
         # WAL on, no fsync per batch: a process crash loses nothing (the WAL is in the OS page
