@@ -31,6 +31,7 @@ import random
 import re
 import shutil
 import sys
+import tempfile
 import time
 import tracemalloc
 import uuid
@@ -55,9 +56,10 @@ from benchmarks.common import (
     run_measured_many,
 )
 from stream_replica import admin
-from stream_replica.contract import Entry, EntryType, decode, encode_key, encode_value
+from stream_replica.contract import Entry, EntryType, GrainId, encode_key, encode_value
+from stream_replica.fold import FoldCounts, GrainState
 from stream_replica.memory import HEAD_ENTRY_BYTES, plan_memory
-from stream_replica.store import Checkpoint, ReplicaStore, _grain_body
+from stream_replica.store import Checkpoint, ReplicaStore
 
 ROOT = Path(__file__).resolve().parent.parent
 _STALL_LINE = re.compile(r"longest event-loop stall: (\d+) ms \((\d+) over")
@@ -322,26 +324,29 @@ async def prefill_grains(
 # --- measurements ---------------------------------------------------------------------------
 
 
-def head_entry_bytes(entries: int = 100_000) -> float:
-    """What one head-cache entry costs, built as the worker builds it (decoded grain tuple,
-    head tuple, key body, dict slot), by tracemalloc."""
-    pairs = []
-    for index in range(entries):
-        grain_type, grain_key = _grain(index)
-        entry = Entry(grain_type, grain_key, 7, 0, "primary", EntryType.FULL_STATE, b"x")
-        pairs.append((encode_key(grain_type, grain_key), encode_value(entry)))
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        cache: dict[Any, Any] = {}
-        for offset, (key, value) in enumerate(pairs):
-            body: Any = decode(key, value)
-            grain = body.grain
-            cache[grain] = (body.sequence, offset % 6, 1 << 40 | offset, -1, _grain_body(grain))
-        del body
-        return (tracemalloc.get_traced_memory()[0] - before) / entries
-    finally:
-        tracemalloc.stop()
+def head_entry_bytes(entries: int = 200_000) -> float:
+    """What one head-cache entry costs, measured by tracemalloc: a store's cache filled by
+    writing one state per grain (the key body and packed head per grain, the dict's slots)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        store = ReplicaStore(Path(scratch) / "db", "t", head_cache_entries=entries)
+        try:
+            grains = [_grain(index) for index in range(entries)]
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                for start in range(0, entries, 1000):
+                    changes: dict[GrainId, GrainState | None] = {
+                        grain: GrainState(1, 0, "primary", b"x", index % 6, index, -1)
+                        for index, grain in enumerate(grains[start : start + 1000], start)
+                    }
+                    store.apply(changes, {}, FoldCounts())
+                    del changes  # only what the store keeps counts: the cache
+                held = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                tracemalloc.stop()
+            return held / entries
+        finally:
+            store.close()
 
 
 class MemoryBench:

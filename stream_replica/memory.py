@@ -9,8 +9,8 @@ grains or the backlog (``python -m benchmarks.memory_bench`` checks it at 1M and
 
 Figures (measured on CPython 3.11, ``benchmarks/memory_bench.py`` prints them each run):
 
-* one head-cache entry costs ~380 B (grain tuple and strings, head tuple, key body, dict slot);
-  planned at 400 B for the transient copy made when the cache evicts its older half;
+* one head-cache entry costs ~165 B (the grain's key body and packed head, both bytes, and
+  the dict's slots); planned at 200 B for the copy made when the cache evicts its older half;
 * the fixed part is ~70 MiB (RSS of a worker with the head cache off and 8 MiB of caches);
   planned at 96 MiB to leave room for a full fetch (``FETCH_MAX_BYTES``) and allocator slack.
 """
@@ -25,7 +25,7 @@ from stream_replica.errors import ConfigurationError
 MIB: Final = 1 << 20
 
 DEFAULT_BUDGET_MIB: Final = 256
-HEAD_ENTRY_BYTES: Final = 400
+HEAD_ENTRY_BYTES: Final = 200
 FIXED_MIB: Final = 96
 # Two memtables: one taking writes while the other flushes. 16 MiB keeps flushes (and the L0
 # files they make) few at ~40 MiB/s of writes.

@@ -107,7 +107,7 @@ class WorkerSettings(KafkaSettings):
         default=None,
         ge=0,
         le=100_000_000,
-        description="grain heads kept in memory to skip RocksDB reads (~400 B each; 0: off; "
+        description="grain heads kept in memory to skip RocksDB reads (~200 B each; 0: off; "
         "default: what --memory-budget-mib leaves)",
     )
     lost_partition_grace_ms: int = Field(

@@ -113,6 +113,13 @@ def grain_db_key(grain: GrainId) -> bytes:
 
 # The writer's cached head of a grain: sequence, partition, offset, shadowed_by, key body.
 Head = tuple[int, int, int, int, bytes]
+# In the cache a head is the grain's key body → struct(sequence, partition, offset,
+# shadowed_by), b"" for "no state": bytes only, so the dict holds no object the garbage
+# collector tracks and stays untracked itself. With tuples, every full collection walked the
+# whole cache (~50 ms of CPU per 250k entries, a loop stall at each one) and each entry cost
+# ~380 B instead of ~200 B.
+_HEAD: Final = struct.Struct("=QIqq")
+_NO_STATE: Final = b""
 
 
 def parse_grain_db_key(db_key: bytes) -> GrainId:
@@ -501,7 +508,7 @@ class ReplicaStore(_StoreView):
             head_cache_entries = memory.head_cache_entries
         # grain → (sequence, partition, offset, shadowed_by) of its stored state, or None: no
         # state. Exact: filled from this writer's reads and writes, cleared by every wipe.
-        self._heads: dict[GrainId, Head | None] = {}
+        self._heads: dict[bytes, bytes] = {}
         self._head_limit = max(0, head_cache_entries)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -560,9 +567,15 @@ class ReplicaStore(_StoreView):
         """The cached heads among ``grains`` (absent: not cached): (sequence, partition,
         offset, shadowed_by, key body) of the stored state, or None: the grain has no state."""
         cache = self._heads
-        return {g: cache[g] for g in grains if g in cache}
+        found: dict[GrainId, Head | None] = {}
+        for grain in grains:
+            body = _grain_body(grain)
+            packed = cache.get(body)
+            if packed is not None:
+                found[grain] = (*_HEAD.unpack(packed), body) if packed else None
+        return found
 
-    def _store_heads(self, heads: Iterable[tuple[GrainId, Head | None]]) -> None:
+    def _store_heads(self, heads: Iterable[tuple[bytes, bytes]]) -> None:
         """Cache ``heads`` (newest last). Over the limit, the oldest entries go in bulk: the
         newest half is copied into a fresh dict (amortised O(1) per entry; deleting one entry
         at a time from the front of a dict makes each next(iter()) skip the holes: O(n))."""
@@ -605,10 +618,10 @@ class ReplicaStore(_StoreView):
                     result[grain] = _unpack_state(raw)
         self._store_heads(
             (
-                grain,
-                None
+                body,
+                _NO_STATE
                 if (state := result[grain]) is None
-                else (state.sequence, state.partition, state.offset, state.shadowed_by, body),
+                else _HEAD.pack(state.sequence, state.partition, state.offset, state.shadowed_by),
             )
             for grain, body in zip(grain_list, bodies, strict=True)
         )
@@ -635,21 +648,23 @@ class ReplicaStore(_StoreView):
         grains no longer shadowed), checkpoints, counters."""
         batch = WriteBatch(raw_mode=True)
         cache = self._heads
-        unknown = [g for g in changes if g not in cache]
+        bodies = {grain: _grain_body(grain) for grain in changes}
+        unknown = [g for g, body in bodies.items() if body not in cache]
         located = self._locations(unknown) if unknown else {}
-        heads: list[tuple[GrainId, Head | None]] = []
+        heads: list[tuple[bytes, bytes]] = []
         try:
             for grain, state in changes.items():
-                head = cache.get(grain)
-                if head is not None:
-                    held: int | None = head[1]
-                    body = head[4]
-                elif grain in cache:
-                    held, body = None, _grain_body(grain)
+                body = bodies[grain]
+                packed = cache.get(body)
+                held: int | None
+                if packed:
+                    held = _HEAD.unpack(packed)[1]
+                elif packed is not None:
+                    held = None
                 else:
-                    held, body = located[grain]
+                    held = located[grain][0]
                 if state is None:
-                    heads.append((grain, None))
+                    heads.append((body, _NO_STATE))
                     if held is not None:
                         batch.delete(_STATE_PREFIX + _PARTITION.pack(held) + body)
                         batch.delete(_INDEX_PREFIX + body)
@@ -662,7 +677,7 @@ class ReplicaStore(_StoreView):
                     batch.put(_INDEX_PREFIX + body, spot)
                 batch.put(_STATE_PREFIX + spot + body, _pack_state(state))
                 heads.append(
-                    (grain, (state.sequence, partition, state.offset, state.shadowed_by, body))
+                    (body, _HEAD.pack(state.sequence, partition, state.offset, state.shadowed_by))
                 )
                 if state.shadowed_by >= 0:
                     batch.put(

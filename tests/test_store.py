@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from pathlib import Path
 
@@ -194,6 +195,20 @@ def test_wipe_all_is_range_deletes(tmp_path: Path) -> None:
         store.wipe_all()
         assert list(store.grains()) == [] and store.checkpoints() == {}
         assert store.get(("t", "a")) is None and store.counts().records == 1
+
+
+def test_head_cache_holds_nothing_the_garbage_collector_walks(tmp_path: Path) -> None:
+    # A tracked cache of N entries makes every full collection walk N entries on the loop.
+    with ReplicaStore(tmp_path / "db", "t", head_cache_entries=4) as store:
+        store.apply({("t", "a"): state(1, 0), ("t", "b"): None}, {}, FoldCounts())
+        store.read_states({("t", "c"): 1, ("t", "d"): 2, ("t", "e"): 3})  # evicts in bulk
+        assert store.heads([("t", "a"), ("t", "d"), ("t", "e")]) == {
+            ("t", "d"): None,
+            ("t", "e"): None,
+        }
+        store.apply({("t", "f"): state(2, 1)}, {}, FoldCounts())
+        assert store.heads([("t", "f")]) == {("t", "f"): (2, 1, 20, -1, b"t\x00f")}
+        assert not gc.is_tracked(store._heads)
 
 
 def test_head_cache_follows_writes_and_is_cleared_by_wipes(tmp_path: Path) -> None:
