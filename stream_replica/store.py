@@ -743,9 +743,14 @@ class ReplicaStore(_StoreView):
         """Delete the grains last set from ``partitions``, their shadow marks and
         checkpoints (one batch). The states go with one range delete per partition, whatever
         their number; only the shadow index (small: shadowed grains) is scanned. Their index
-        entries stay: they point at a partition that no longer holds the grain."""
+        entries stay (they point at a partition that no longer holds the grain), unless no
+        other partition holds states: then the whole index goes too, one more range delete."""
         wanted = set(partitions)
         batch = WriteBatch(raw_mode=True)
+        if not set(self._state_partitions()) - wanted:
+            # No state is left anywhere: every index entry would be a leftover, and each one
+            # costs the rebuild a data-block read (a bloom filter cannot rule it out).
+            batch.delete_range(_INDEX_PREFIX, _next_prefix(_INDEX_PREFIX))
         for partition in wanted:
             batch.delete_range(
                 _partition_prefix(partition), _next_prefix(_partition_prefix(partition))

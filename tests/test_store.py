@@ -225,3 +225,19 @@ def test_head_cache_follows_writes_and_is_cleared_by_wipes(tmp_path: Path) -> No
         store.wipe_partitions([5])
         assert store.heads([("t", "a"), ("t", "c")]) == {}
         assert store.read_states({("t", "a"): 3}) == {("t", "a"): state(1, 0)}  # wrong hint
+
+
+def test_wiping_the_last_partitions_with_states_drops_the_whole_grain_index(
+    tmp_path: Path,
+) -> None:
+    with ReplicaStore(tmp_path / "db", "t") as store:
+        store.apply({("t", "a"): state(1, 0), ("t", "b"): state(1, 1)}, {}, FoldCounts())
+        store.wipe_partitions([0])
+        # Partition 1 still holds a state: the index stays (a's entry is a leftover).
+        assert len(list(store._scan(b"i"))) == 2
+        assert store.get(("t", "b")) == state(1, 1) and store.get(("t", "a")) is None
+        store.wipe_partitions([1, 2])
+        assert list(store._scan(b"i")) == []
+        assert store.read_states({("t", "b"): 1}) == {("t", "b"): None}
+        store.apply({("t", "b"): state(2, 0)}, {}, FoldCounts())
+        assert store.get(("t", "b")) == state(2, 0)
