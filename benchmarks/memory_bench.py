@@ -62,7 +62,9 @@ from stream_replica.memory import HEAD_ENTRY_BYTES, plan_memory
 from stream_replica.store import Checkpoint, ReplicaStore
 
 ROOT = Path(__file__).resolve().parent.parent
-_STALL_LINE = re.compile(r"longest event-loop stall: (\d+) ms \((\d+) over")
+_STALL_LINE = re.compile(
+    r"longest event-loop stall: (\d+) ms \((\d+) over \d+ ms(?:; longest on the CPU (\d+) ms)?"
+)
 # The first positioning line of a partition; a wipe logs it at WARNING (common.py's
 # worker_assigned_at looks for INFO only).
 _ASSIGNED_LINE = re.compile(
@@ -97,6 +99,7 @@ class Case:
     cpu_s: float = 0.0
     peak_rss_mib: float = 0.0
     longest_stall_ms: float | None = None
+    longest_on_cpu_ms: float | None = None  # the part of a stall the loop thread was running
     stalls_over_100ms: int | None = None
     failed: str | None = None
 
@@ -136,8 +139,8 @@ class MemoryReport:
     def table(self) -> str:
         lines = [
             "| case | grains | records | read s | records/s | MiB/s | peak RSS MiB | budget "
-            "MiB | longest loop stall ms | stalls > 100 ms | CPU s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "MiB | longest loop stall ms | longest on CPU ms | stalls > 100 ms | CPU s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for c in self.cases:
             if c.failed:
@@ -145,11 +148,12 @@ class MemoryReport:
                 continue
             stall = "" if c.longest_stall_ms is None else f"{c.longest_stall_ms:.0f}"
             over = "" if c.stalls_over_100ms is None else str(c.stalls_over_100ms)
+            on_cpu = "" if c.longest_on_cpu_ms is None else f"{c.longest_on_cpu_ms:.0f}"
             budget = "" if c.budget_mib is None else str(c.budget_mib)
             lines.append(
                 f"| {c.name} | {c.grains:,} | {c.records:,} | {c.read_s:.1f} | "
                 f"{c.records_s:,.0f} | {c.mib_s:.1f} | {c.peak_rss_mib:.0f} | {budget} | "
-                f"{stall} | {over} | {c.cpu_s:.1f} |"
+                f"{stall} | {on_cpu} | {over} | {c.cpu_s:.1f} |"
             )
         return "\n".join(lines)
 
@@ -409,6 +413,8 @@ class MemoryBench:
         if match:
             case.longest_stall_ms = float(match.group(1))
             case.stalls_over_100ms = int(match.group(2))
+            if match.group(3) is not None:
+                case.longest_on_cpu_ms = float(match.group(3))
         return case
 
     async def raw(self, data: Prefill) -> Case:

@@ -235,10 +235,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._shutdown()
             await self.watchdog.stop()
             log.info(
-                "longest event-loop stall: %.0f ms (%d over %.0f ms)",
+                "longest event-loop stall: %.0f ms (%d over %.0f ms; longest on the CPU %.0f ms)",
                 self.watchdog.longest_s * 1000,
                 self.watchdog.stalls_reported,
                 self.watchdog.report_over_s * 1000,
+                self.watchdog.longest_on_cpu_s * 1000,
             )
 
     async def _run_standby(self) -> None:
