@@ -42,6 +42,7 @@ from stream_replica.errors import KafkaAccessError, StreamReplicaError
 from stream_replica.fold import FoldCounts, FoldResult, Rejection
 from stream_replica.logs import RateLimitedLog
 from stream_replica.membership import GroupAssignment
+from stream_replica.memory import FETCH_MAX_BYTES
 from stream_replica.metrics import Metrics
 from stream_replica.offsets import CommitBook, advance, resume_from
 from stream_replica.ownership import Ownership, fenced_line, is_fenced, partitions_of
@@ -205,6 +206,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             # Revocation waits for the in-flight poll and one commit (<= ~31 s): well inside.
             rebalance_timeout_ms=60_000,
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            fetch_max_bytes=FETCH_MAX_BYTES,  # part of the memory budget's fixed share
         )
         if self.settings.dlq_topic:
             self._dlq = AIOKafkaProducer(
