@@ -11,8 +11,9 @@ Figures (measured on CPython 3.11, ``benchmarks/memory_bench.py`` prints them ea
 
 * one head-cache entry costs ~165 B (the grain's key body and packed head, both bytes, and
   the dict's slots); planned at 200 B for the copy made when the cache evicts its older half;
-* the fixed part is ~70 MiB (RSS of a worker with the head cache off and 8 MiB of caches);
-  planned at 96 MiB to leave room for a full fetch (``FETCH_MAX_BYTES``) and allocator slack.
+* the fixed part is ~80 MiB: a worker at the smallest budget (136 MiB: no head cache, 8 MiB
+  block cache, 32 MiB memtables) peaked at 120 MiB catching up on 1M grains; planned at
+  96 MiB for a standby consumer's fetch (``FETCH_MAX_BYTES`` each) and allocator slack.
 """
 
 from __future__ import annotations
