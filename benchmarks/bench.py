@@ -417,6 +417,7 @@ class Report:
     growth: list[tuple[str, Row]] = field(default_factory=list)  # (group, row)
     backlog: list[Row] = field(default_factory=list)
     prefills: list[Prefill] = field(default_factory=list)
+    memory: Any = None  # benchmarks.memory_bench.MemoryReport
 
     def row(self, name: str) -> Row | None:
         for row in self.rows:
@@ -1297,6 +1298,9 @@ def write_markdown(report: Report, path: Path) -> None:
                 f"ratio {big.peak_rss_mib / small.peak_rss_mib:.2f}.",  # type: ignore[operator]
             ]
         lines.append("")
+    if report.memory is not None:
+        lines += ["## Memory budget at scale (benchmarks/memory_bench.py)", ""]
+        lines += report.memory.markdown()
     path.write_text("\n".join(lines))
 
 
@@ -1492,6 +1496,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--skip-steady", action="store_true")
     parser.add_argument("--skip-backlog", action="store_true")
     parser.add_argument(
+        "--skip-memory", action="store_true", help="skip the 1M/10M-grain memory budget runs"
+    )
+    parser.add_argument(
+        "--memory-grains",
+        default="1000000,10000000",
+        help="grain counts of the memory runs (1000000,10000000)",
+    )
+    parser.add_argument(
         "--skip-breakdown", action="store_true", help="skip the per-stage timing of our worker"
     )
     parser.add_argument(
@@ -1526,6 +1538,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.steady_seconds = args.steady_seconds if args.steady_seconds is not None else 10.0
         args.backlog = args.backlog or [20_000, 100_000]
         args.skip_growth = True
+        args.skip_memory = True
     else:
         args.records = args.records or 500_000
         args.grains = args.grains or 25_000
@@ -1611,6 +1624,12 @@ async def run(args: argparse.Namespace, command: str) -> int:
                             flush=True,
                         )
                 print("", flush=True)
+
+            if not args.skip_memory:
+                from benchmarks.memory_bench import from_bench_args, run_memory_bench
+
+                report.memory = await run_memory_bench(from_bench_args(args))
+                print("\n".join(report.memory.markdown()), flush=True)
     finally:
         await bench.cleanup()
 

@@ -531,6 +531,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def from_bench_args(bench_args: argparse.Namespace) -> argparse.Namespace:
+    """This benchmark's options from ``benchmarks.bench``'s (``--memory-grains``)."""
+    return parse_args(
+        [
+            "--grains",
+            bench_args.memory_grains,
+            "--bootstrap-servers",
+            bench_args.bootstrap_servers,
+            "--workdir",
+            bench_args.workdir,
+        ]
+    )
+
+
 async def run_memory_bench(args: argparse.Namespace) -> MemoryReport:
     bench = MemoryBench(args)
     print(
