@@ -158,13 +158,13 @@ async def cmd_run(args: argparse.Namespace) -> int:
     from stream_replica.worker import FatalError, Stopped
 
     s = settings_from(WorkerSettings, args)
+    memory = s.memory_plan()  # a budget too small is refused before anything starts
     if s.instance_id == CONTAINER_NAME:
         s = s.model_copy(update={"instance_id": container_name()})
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck worker.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    memory = s.memory_plan()
     log.info("%s", memory.describe())
     store = ReplicaStore(s.db, s.topic, memory=memory)
     fatal: str | None = None
