@@ -14,7 +14,10 @@ For each grain count: pre-fills a 6-partition compacted topic with one record pe
    wipes every partition on assignment (range deletes, on the loop) and re-reads the topic:
    seconds, MiB/s, peak RSS, longest stall;
 4. **raw ceiling**: raw aiokafka ``getmany(100)`` counting the same topic's records
-   (``benchmarks.bench _raw``).
+   (``benchmarks.bench _raw``);
+5. **revoke**: a worker in this process resumes on the rebuilt store, a second worker joins
+   its group and takes part of the partitions; the first one's longest loop stall (resume,
+   revocation, stop) and the store's close are reported.
 
 Prints one table and a JSON line; ``benchmarks.bench`` (``make bench``) runs it unless
 ``--small`` or ``--skip-memory``.
@@ -464,6 +467,80 @@ class MemoryBench:
         self.report.steps.append(Step("open (ReplicaStore)", data.records, opened - started))
         self.report.steps.append(Step("close", data.records, closed - closing))
 
+    async def revoke(self, data: Prefill, db: Path) -> None:
+        """A worker in this process resumes on the built store (nothing to read); a second
+        worker process joins its group, so it revokes part of its partitions; then both stop.
+        Its watchdog's longest stall covers the resume, the revocation and the stop; the
+        store's close after it is timed on its own."""
+        from stream_replica.settings import WorkerSettings
+        from stream_replica.worker import ReplicaWorker
+
+        group = f"memory-{self.run_id}-revoke-{data.records}"
+        plan = plan_memory(self.args.budget_mib)
+        store = ReplicaStore(db, data.topic, memory=plan)
+        settings = WorkerSettings(
+            bootstrap_servers=self.bootstrap,
+            topic=data.topic,
+            group=group,
+            db=db,
+            memory_budget_mib=self.args.budget_mib,
+        )
+        stop = asyncio.Event()
+        worker = ReplicaWorker(settings, store, stop)
+        assigned, revoked = asyncio.Event(), asyncio.Event()
+        on_assigned, on_revoked = worker.on_partitions_assigned, worker.on_partitions_revoked
+
+        async def assigned_hook(partitions: Any) -> None:
+            await on_assigned(partitions)
+            if partitions:
+                assigned.set()
+
+        async def revoked_hook(partitions: Any) -> None:
+            await on_revoked(partitions)
+            if partitions:
+                revoked.set()
+
+        worker.on_partitions_assigned = assigned_hook  # type: ignore[method-assign]
+        worker.on_partitions_revoked = revoked_hook  # type: ignore[method-assign]
+        task = asyncio.create_task(worker.run())
+        other: asyncio.subprocess.Process | None = None
+        failed = None
+        try:
+            await asyncio.wait_for(assigned.wait(), 120)
+            with (self.logs / f"revoke-other-{data.records}.err").open("wb") as err:
+                other = await asyncio.create_subprocess_exec(
+                    *self.worker_cmd(data.topic, group, self.workdir / "revoke-other-db"),
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=err,
+                    cwd=ROOT,
+                )
+            await asyncio.wait_for(revoked.wait(), 120)
+            assigned.clear()
+            await asyncio.wait_for(assigned.wait(), 120)  # the rebalance is over
+        except TimeoutError:
+            failed = "no rebalance within 120 s"
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 120)
+            if other is not None:
+                other.terminate()
+                await other.wait()
+            closing = time.perf_counter()
+            store.close()
+            closed = time.perf_counter()
+            shutil.rmtree(self.workdir / "revoke-other-db", ignore_errors=True)
+        if failed is not None:
+            print(f"revoke case failed: {failed}", flush=True)
+            return
+        self.report.steps.append(
+            Step(
+                "resume + revoke + stop (worker's longest loop stall)",
+                data.records,
+                worker.watchdog.longest_s,
+            )
+        )
+        self.report.steps.append(Step("close after the revoke", data.records, closed - closing))
+
     async def one(self, grains: int, watcher: GroupWatcher) -> None:
         topic = f"memory-{self.run_id}-{grains}"
         data = await prefill_grains(
@@ -486,6 +563,8 @@ class MemoryBench:
                 print(_last_row(cases[-1]), flush=True)
                 cases.append(await self.raw(data))
                 print(_last_row(cases[-1]), flush=True)
+                await self.revoke(data, db)
+                print(self.report.steps_table(), flush=True)
             self.report.cases += cases
         finally:
             shutil.rmtree(db, ignore_errors=True)

@@ -111,4 +111,9 @@ def test_memory_bench_small_run_stays_under_the_budget(
     for name in ("build", "rebuild"):
         assert 0 < cases[name]["peak_rss_mib"] < DEFAULT_BUDGET_MIB, report
         assert cases[name]["longest_stall_ms"] is not None, report
-    assert [step["name"] for step in result["steps"]] == ["open (ReplicaStore)", "close"]
+    assert [step["name"] for step in result["steps"]] == [
+        "open (ReplicaStore)",
+        "close",
+        "resume + revoke + stop (worker's longest loop stall)",
+        "close after the revoke",
+    ], report
