@@ -257,8 +257,8 @@ def _options(plan: MemoryPlan = DEFAULT_PLAN) -> Options:
     """RocksDB's memory stays within the plan's memtables + block cache whatever the number
     of grains: the memtables are charged to the block cache (one cap for both), index and
     filter blocks live in the cache too, partitioned so that a lookup loads one small
-    partition of a file's index/filter instead of all of it (whole-file filters of a 10M-grain
-    store would not fit a small cache and would be re-read on every miss), bloom filters so
+    partition of a file's index/filter instead of all of it (the whole-file filters of a
+    10M-grain store, ~25 MB, would crowd a small cache and be re-read on misses), bloom filters so
     that looking up a grain that is not stored yet rarely touches a data block."""
     options = Options(
         raw_mode=True
@@ -506,8 +506,9 @@ class ReplicaStore(_StoreView):
         self.path = Path(path)
         if head_cache_entries is None:
             head_cache_entries = memory.head_cache_entries
-        # grain → (sequence, partition, offset, shadowed_by) of its stored state, or None: no
-        # state. Exact: filled from this writer's reads and writes, cleared by every wipe.
+        # grain key body → packed (sequence, partition, offset, shadowed_by) of its stored
+        # state, or _NO_STATE. Exact: filled from this writer's reads and writes, cleared by
+        # every wipe.
         self._heads: dict[bytes, bytes] = {}
         self._head_limit = max(0, head_cache_entries)
         try:
