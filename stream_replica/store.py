@@ -116,7 +116,7 @@ Head = tuple[int, int, int, int, bytes]
 # In the cache a head is the grain's key body → struct(sequence, partition, offset,
 # shadowed_by), b"" for "no state": bytes only, so the dict holds no object the garbage
 # collector tracks and stays untracked itself. With tuples, every full collection walked the
-# whole cache (~50 ms of CPU per 250k entries, a loop stall at each one) and each entry cost
+# whole cache (30-50 ms of CPU per 300k entries, a loop stall at each one) and each entry cost
 # ~380 B instead of ~200 B.
 _HEAD: Final = struct.Struct("=QIqq")
 _NO_STATE: Final = b""
@@ -258,8 +258,8 @@ def _options(plan: MemoryPlan = DEFAULT_PLAN) -> Options:
     of grains: the memtables are charged to the block cache (one cap for both), index and
     filter blocks live in the cache too, partitioned so that a lookup loads one small
     partition of a file's index/filter instead of all of it (the whole-file filters of a
-    10M-grain store, ~25 MB, would crowd a small cache and be re-read on misses), bloom filters so
-    that looking up a grain that is not stored yet rarely touches a data block."""
+    10M-grain store, ~25 MB, would crowd a small cache and be re-read on misses), bloom
+    filters so that looking up a grain that is not stored yet rarely touches a data block."""
     options = Options(
         raw_mode=True
     )  # raw from the very first open: a default-mode DB reopened raw breaks
