@@ -10,7 +10,8 @@ grains or the backlog (``python -m benchmarks.memory_bench`` checks it at 1M and
 Figures (measured on CPython 3.11, ``benchmarks/memory_bench.py`` prints them each run):
 
 * one head-cache entry costs ~165 B (the grain's key body and packed head, both bytes, and
-  the dict's slots); planned at 200 B for the copy made when the cache evicts its older half;
+  the dict's slots); planned at 200 B for dict over-allocation and the retired generation
+  still being freed (store.py);
 * the fixed part is ~80 MiB: a worker at the smallest budget (136 MiB: no head cache, 8 MiB
   block cache, 32 MiB memtables) peaked at 120 MiB catching up on 1M grains; planned at
   96 MiB for a standby consumer's fetch (``FETCH_MAX_BYTES`` each) and allocator slack.

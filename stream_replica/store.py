@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import itertools
 import os
 import shutil
 import struct
@@ -509,7 +508,13 @@ class ReplicaStore(_StoreView):
         # grain key body → packed (sequence, partition, offset, shadowed_by) of its stored
         # state, or _NO_STATE. Exact: filled from this writer's reads and writes, cleared by
         # every wipe.
+        # Two generations, so that making room is O(1) on the loop: new heads go into the
+        # young one; when it holds half the limit it becomes the old one, and the previous old
+        # one is retired: its entries are freed a slice at a time by later writes (freeing, or
+        # copying out, 250k+ entries at once stalled the loop for 50-100 ms).
         self._heads: dict[bytes, bytes] = {}
+        self._old_heads: dict[bytes, bytes] = {}
+        self._retired: list[dict[bytes, bytes]] = []
         self._head_limit = max(0, head_cache_entries)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -567,26 +572,55 @@ class ReplicaStore(_StoreView):
     def heads(self, grains: Iterable[GrainId]) -> dict[GrainId, Head | None]:
         """The cached heads among ``grains`` (absent: not cached): (sequence, partition,
         offset, shadowed_by, key body) of the stored state, or None: the grain has no state."""
-        cache = self._heads
         found: dict[GrainId, Head | None] = {}
         for grain in grains:
             body = _grain_body(grain)
-            packed = cache.get(body)
+            packed = self._cached(body)
             if packed is not None:
                 found[grain] = (*_HEAD.unpack(packed), body) if packed else None
         return found
 
     def _store_heads(self, heads: Iterable[tuple[bytes, bytes]]) -> None:
-        """Cache ``heads`` (newest last). Over the limit, the oldest entries go in bulk: the
-        newest half is copied into a fresh dict (amortised O(1) per entry; deleting one entry
-        at a time from the front of a dict makes each next(iter()) skip the holes: O(n))."""
+        """Cache ``heads`` (newest last) in the young generation; see __init__. Each call
+        frees twice as many retired entries as it adds (at least 1,000), so a retired
+        generation is gone before the young one fills again: at most ``limit`` entries are
+        held, plus what is being freed."""
         limit = self._head_limit
         if not limit:
             return
-        cache = self._heads
-        cache.update(heads)
-        if len(cache) > limit:
-            self._heads = dict(itertools.islice(cache.items(), len(cache) - limit // 2, None))
+        young = self._heads
+        before = len(young)
+        young.update(heads)
+        self._free_retired(max(1000, 2 * (len(young) - before)))
+        if len(young) >= max(1, limit // 2):
+            self._retire(self._old_heads)
+            self._old_heads, self._heads = young, {}
+
+    def _retire(self, generation: dict[bytes, bytes]) -> None:
+        if generation:
+            self._retired.append(generation)
+
+    def _free_retired(self, count: int) -> None:
+        retired = self._retired
+        while retired and count > 0:
+            generation = retired[-1]
+            freed = min(count, len(generation))
+            for _ in range(freed):
+                generation.popitem()
+            count -= freed
+            if not generation:
+                retired.pop()
+
+    def _cached(self, body: bytes) -> bytes | None:
+        """The packed head of a grain (``_NO_STATE``: no state), None when not cached."""
+        packed = self._heads.get(body)
+        return self._old_heads.get(body) if packed is None else packed
+
+    def _drop_heads(self) -> None:
+        """Forget every cached head (a wipe): O(1) here, freed by later writes."""
+        self._retire(self._heads)
+        self._retire(self._old_heads)
+        self._heads, self._old_heads = {}, {}
 
     def read_states(self, hints: Mapping[GrainId, int]) -> dict[GrainId, GrainState | None]:
         """Current states of ``hints``' grains; each hint is the partition a record of the
@@ -648,15 +682,15 @@ class ReplicaStore(_StoreView):
         """Write a poll's result atomically: grain changes, the shadow index (``unshadowed``:
         grains no longer shadowed), checkpoints, counters."""
         batch = WriteBatch(raw_mode=True)
-        cache = self._heads
         bodies = {grain: _grain_body(grain) for grain in changes}
-        unknown = [g for g, body in bodies.items() if body not in cache]
+        cached = {grain: self._cached(body) for grain, body in bodies.items()}
+        unknown = [g for g, packed in cached.items() if packed is None]
         located = self._locations(unknown) if unknown else {}
         heads: list[tuple[bytes, bytes]] = []
         try:
             for grain, state in changes.items():
                 body = bodies[grain]
-                packed = cache.get(body)
+                packed = cached[grain]
                 held: int | None
                 if packed:
                     held = _HEAD.unpack(packed)[1]
@@ -697,7 +731,7 @@ class ReplicaStore(_StoreView):
         try:
             self._write(batch)
         except StoreError:
-            self._heads.clear()
+            self._drop_heads()
             raise
         self._counts = merged
         self._store_heads(heads)
@@ -761,7 +795,7 @@ class ReplicaStore(_StoreView):
                 batch.delete(db_key)
         for partition in wanted:
             batch.delete(_checkpoint_key(partition))
-        self._heads.clear()
+        self._drop_heads()
         self._write(batch)
 
     def bind_topic(self, identity: TopicIdentity) -> str | None:
@@ -809,7 +843,7 @@ class ReplicaStore(_StoreView):
             _SERVED_PREFIX,
         ):
             batch.delete_range(prefix, _next_prefix(prefix))
-        self._heads.clear()
+        self._drop_heads()
         self._write(batch)
 
     def _write(self, batch: WriteBatch) -> None:
