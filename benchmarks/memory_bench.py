@@ -450,18 +450,19 @@ class MemoryBench:
         case.join_s = info["assigned_at"] - result.launched
         return case
 
-    def store_steps(self, data: Prefill, db: Path) -> None:
-        """Open the built store as the worker does, set every checkpoint past its end offset
-        (so the next worker wipes and rebuilds on assignment), close it; open and close
-        timed."""
+    def store_steps(self, data: Prefill, db: Path, past_end: bool) -> None:
+        """Open the built store as the worker does, with ``past_end`` set every checkpoint
+        past its end offset (so the next worker wipes and rebuilds on assignment), close it;
+        open and close timed."""
         plan = plan_memory(self.args.budget_mib)
         started = time.perf_counter()
         store = ReplicaStore(db, data.topic, memory=plan)
         opened = time.perf_counter()
         now = int(time.time() * 1000)
-        store.set_checkpoints(
-            {p: Checkpoint(end + 1_000_000, now) for p, end in data.end_offsets.items()}
-        )
+        if past_end:
+            store.set_checkpoints(
+                {p: Checkpoint(end + 1_000_000, now) for p, end in data.end_offsets.items()}
+            )
         closing = time.perf_counter()
         store.close()
         closed = time.perf_counter()
@@ -558,12 +559,13 @@ class MemoryBench:
         try:
             cases = [await self.worker("build (empty store)", data, db, watcher)]
             print(self.report.table().splitlines()[0] + "\n" + _last_row(cases[0]), flush=True)
-            if not cases[0].failed and not self.args.skip_rebuild:
-                self.store_steps(data, db)
-                cases.append(await self.worker("rebuild (wipe + re-read)", data, db, watcher))
-                print(_last_row(cases[-1]), flush=True)
-                cases.append(await self.raw(data))
-                print(_last_row(cases[-1]), flush=True)
+            if not cases[0].failed:
+                self.store_steps(data, db, past_end=not self.args.skip_rebuild)
+                if not self.args.skip_rebuild:
+                    cases.append(await self.worker("rebuild (wipe + re-read)", data, db, watcher))
+                    print(_last_row(cases[-1]), flush=True)
+                    cases.append(await self.raw(data))
+                    print(_last_row(cases[-1]), flush=True)
                 await self.revoke(data, db)
                 print(self.report.steps_table(), flush=True)
             self.report.cases += cases
@@ -602,7 +604,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--budget-mib", type=int, default=256, help="the worker's budget (256)")
     parser.add_argument("--producers", type=int, default=2, help="pre-fill processes (2)")
-    parser.add_argument("--skip-rebuild", action="store_true")
+    parser.add_argument(
+        "--skip-rebuild", action="store_true", help="no wipe + rebuild and no raw ceiling"
+    )
     parser.add_argument(
         "--bootstrap-servers",
         default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
