@@ -12,9 +12,12 @@ Figures (measured on CPython 3.11, ``benchmarks/memory_bench.py`` prints them ea
 * one head-cache entry costs ~165 B (the grain's key body and packed head, both bytes, and
   the dict's slots); planned at 200 B for dict over-allocation and the retired generation
   still being freed (store.py);
-* the fixed part is ~80 MiB: a worker at the smallest budget (136 MiB: no head cache, 8 MiB
-  block cache, 32 MiB memtables) peaked at 120 MiB catching up on 1M grains; planned at
-  96 MiB for a standby consumer's fetch (``FETCH_MAX_BYTES`` each) and allocator slack.
+* the fixed part is ~80 MiB at 1M grains (a worker with no head cache, 8 MiB of block
+  cache and 32 MiB of memtables peaked at 120 MiB) and grows with the store: at 10M grains
+  a worker at 256 MiB planned with 96 MiB fixed peaked at 272 MiB (more table files and
+  their pinned top-level index/filter partitions, the allocator arenas of RocksDB's
+  background threads). Planned at 128 MiB, which also covers a standby consumer's fetch
+  (``FETCH_MAX_BYTES`` each).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ MIB: Final = 1 << 20
 
 DEFAULT_BUDGET_MIB: Final = 256
 HEAD_ENTRY_BYTES: Final = 200
-FIXED_MIB: Final = 96
+FIXED_MIB: Final = 128
 # Two memtables: one taking writes while the other flushes. 16 MiB keeps flushes (and the L0
 # files they make) few at ~40 MiB/s of writes.
 WRITE_BUFFER_BYTES: Final = 16 * MIB
