@@ -165,8 +165,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
     _install_signal_handlers(stop)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck worker.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    log.info("%s", memory.describe())
     store = ReplicaStore(s.db, s.topic, memory=memory)
+    log.info("%s", memory.describe())  # after the open: a refusal stays one line
     fatal: str | None = None
     code = 1
     try:
