@@ -424,6 +424,7 @@ class Report:
     prefills: list[Prefill] = field(default_factory=list)
     reads: ReadFigures | None = None
     scale: ScaleResult | None = None
+    memory: Any = None  # benchmarks.memory_bench.MemoryReport
 
     def row(self, name: str) -> Row | None:
         for row in self.rows:
@@ -1312,6 +1313,9 @@ def write_markdown(report: Report, path: Path) -> None:
     if report.reads is not None:
         lines += [report.reads.markdown(), ""]
     lines += before_after_lines(report)
+    if report.memory is not None:
+        lines += ["## Memory budget at scale (benchmarks/memory_bench.py)", ""]
+        lines += report.memory.markdown()
     path.write_text("\n".join(lines))
 
 
@@ -1636,6 +1640,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--skip-read", action="store_true", help="skip the HTTP read benchmark (read_bench)"
     )
     parser.add_argument(
+        "--skip-memory", action="store_true", help="skip the 1M/10M-grain memory budget runs"
+    )
+    parser.add_argument(
+        "--memory-grains",
+        default="1000000,10000000",
+        help="grain counts of the memory runs (1000000,10000000)",
+    )
+    parser.add_argument(
         "--skip-breakdown", action="store_true", help="skip the per-stage timing of our worker"
     )
     parser.add_argument(
@@ -1670,6 +1682,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.steady_seconds = args.steady_seconds if args.steady_seconds is not None else 10.0
         args.backlog = args.backlog or [20_000, 100_000]
         args.skip_growth = True
+        args.skip_memory = True
     else:
         args.records = args.records or 500_000
         args.grains = args.grains or 25_000
@@ -1764,6 +1777,11 @@ async def run(args: argparse.Namespace, command: str) -> int:
 
             if not args.skip_read:
                 report.reads = await bench_reads(bench.bootstrap, args.small)
+            if not args.skip_memory:
+                from benchmarks.memory_bench import from_bench_args, run_memory_bench
+
+                report.memory = await run_memory_bench(from_bench_args(args))
+                print("\n".join(report.memory.markdown()), flush=True)
     finally:
         await bench.cleanup()
 

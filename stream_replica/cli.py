@@ -158,11 +158,13 @@ async def cmd_run(args: argparse.Namespace) -> int:
     from stream_replica.worker import FatalError, Stopped
 
     s = with_container_name(settings_from(WorkerSettings, args), container_name)
+    memory = s.memory_plan()  # a budget too small is refused before anything starts
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck worker.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    store = ReplicaStore(s.db, s.topic, head_cache_entries=s.head_cache_entries)
+    store = ReplicaStore(s.db, s.topic, memory=memory)
+    log.info("%s", memory.describe())  # after the open: a refusal stays one line
     fatal: str | None = None
     code = 1
     try:

@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream_replica.connection import ConnectionSettings
+from stream_replica.memory import DEFAULT_BUDGET_MIB, MemoryPlan, plan_memory
 
 DEFAULT_TOPIC = "grain-replication"
 STATIC_SESSION_TIMEOUT_MS = 45_000  # Kafka's consumer default
@@ -103,11 +104,19 @@ class WorkerSettings(KafkaSettings):
         "rest paused, so a worker joining meanwhile takes partitions not read yet (default: "
         "half of them, at least 2; 0: all at once)",
     )
-    head_cache_entries: int = Field(
-        default=100_000,
+    memory_budget_mib: int = Field(
+        default=DEFAULT_BUDGET_MIB,
+        ge=1,
+        le=1_048_576,
+        description="peak resident memory the worker is sized for (MiB): split between the "
+        "head cache, RocksDB's block cache and memtables, and a fixed part",
+    )
+    head_cache_entries: int | None = Field(
+        default=None,
         ge=0,
         le=100_000_000,
-        description="grain heads kept in memory to skip RocksDB reads (~360 B each; 0: off)",
+        description="grain heads kept in memory to skip RocksDB reads (~200 B each; 0: off; "
+        "default: what --memory-budget-mib leaves)",
     )
     lost_partition_grace_ms: int = Field(
         default=3_600_000,
@@ -151,6 +160,10 @@ class WorkerSettings(KafkaSettings):
         ge=0,
         description="/readyz passes when every served partition is within this many records",
     )
+
+    def memory_plan(self) -> MemoryPlan:
+        """The budget's split; raises MemoryBudgetError (one line) when it is too small."""
+        return plan_memory(self.memory_budget_mib, self.head_cache_entries)
 
     @property
     def effective_session_timeout_ms(self) -> int:

@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRa
 
 from stream_replica.connection import start_client
 from stream_replica.fold import FoldCounts
+from stream_replica.memory import FETCH_MAX_BYTES
 from stream_replica.offsets import advance, resume_from
 from stream_replica.ownership import now_ms
 from stream_replica.poll import decode_batch, fold_polled
@@ -125,6 +126,7 @@ class StandbyFollower:
                 enable_auto_commit=False,
                 auto_offset_reset="none",  # positions come from the store
                 fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+                fetch_max_bytes=FETCH_MAX_BYTES,  # part of the memory budget's fixed share
             )
             await start_client(self.settings, consumer)
             self._consumer = consumer

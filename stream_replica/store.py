@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import itertools
 import os
 import shutil
 import struct
@@ -47,16 +46,19 @@ from typing import Final
 import msgpack
 from rocksdict import (
     AccessType,
+    BlockBasedIndexType,
     BlockBasedOptions,
     Cache,
     Options,
     Rdict,
     WriteBatch,
+    WriteBufferManager,
     WriteOptions,
 )
 
 from stream_replica.contract import GrainId
 from stream_replica.fold import FoldCounts, GrainState
+from stream_replica.memory import DEFAULT_PLAN, MemoryPlan
 
 # 4: shadowed-by offset in grain values, shadow index, topic ID. 5: partition-major states
 # (``p``) + grain index (``i``); a format-4 store is migrated in place when the writer opens it.
@@ -110,6 +112,13 @@ def grain_db_key(grain: GrainId) -> bytes:
 
 # The writer's cached head of a grain: sequence, partition, offset, shadowed_by, key body.
 Head = tuple[int, int, int, int, bytes]
+# In the cache a head is the grain's key body → struct(sequence, partition, offset,
+# shadowed_by), b"" for "no state": bytes only, so the dict holds no object the garbage
+# collector tracks and stays untracked itself. With tuples, every full collection walked the
+# whole cache (30-50 ms of CPU per 300k entries, a loop stall at each one) and each entry cost
+# ~380 B instead of ~200 B.
+_HEAD: Final = struct.Struct("=QIqq")
+_NO_STATE: Final = b""
 
 
 def parse_grain_db_key(db_key: bytes) -> GrainId:
@@ -234,27 +243,40 @@ def _next_prefix(prefix: bytes) -> bytes:
 
 
 # Heads (sequence, partition, offset, shadowed_by, key body) the writer keeps in memory so that
-# the fold skips the RocksDB read of grains it saw lately: ~360 bytes each with the grain, so
-# ~35 MiB at the default (settings.WorkerSettings.head_cache_entries, --head-cache-entries).
-HEAD_CACHE_ENTRIES: Final = 100_000
+# the fold skips the RocksDB read of grains it saw lately. How many: memory.MemoryPlan (from
+# --memory-budget-mib, or --head-cache-entries when given).
+HEAD_CACHE_ENTRIES: Final = DEFAULT_PLAN.head_cache_entries
 
-# Memory is bounded, not proportional to the backlog or the number of grains: two 16 MiB
-# memtables, an 8 MiB block cache (index and filter blocks inside it), bloom filters so that
-# looking up a grain that is not stored yet rarely touches a data block.
-WRITE_BUFFER_BYTES: Final = 16 << 20
-BLOCK_CACHE_BYTES: Final = 8 << 20
+# Table files the writer keeps open; each open file holds a table reader. Its index and filter
+# blocks are in the block cache, so a reader is small, but 10M grains make hundreds of files.
+MAX_OPEN_FILES: Final = 512
 
 
-def _options() -> Options:
+def _options(plan: MemoryPlan = DEFAULT_PLAN) -> Options:
+    """RocksDB's memory stays within the plan's memtables + block cache whatever the number
+    of grains: the memtables are charged to the block cache (one cap for both), index and
+    filter blocks live in the cache too, partitioned so that a lookup loads one small
+    partition of a file's index/filter instead of all of it (the whole-file filters of a
+    10M-grain store, ~25 MB, would crowd a small cache and be re-read on misses), bloom
+    filters so that looking up a grain that is not stored yet rarely touches a data block."""
     options = Options(
         raw_mode=True
     )  # raw from the very first open: a default-mode DB reopened raw breaks
     options.create_if_missing(True)
-    options.set_write_buffer_size(WRITE_BUFFER_BYTES)
-    options.set_max_write_buffer_number(2)
+    options.set_write_buffer_size(plan.write_buffer_bytes)
+    options.set_max_write_buffer_number(plan.write_buffers)
+    options.set_max_open_files(MAX_OPEN_FILES)
+    cache = Cache(plan.block_cache_bytes + plan.memtables_bytes)
+    options.set_write_buffer_manager(
+        WriteBufferManager.new_write_buffer_manager_with_cache(plan.memtables_bytes, False, cache)
+    )
     table = BlockBasedOptions()
-    table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+    table.set_block_cache(cache)
     table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    table.set_index_type(BlockBasedIndexType.two_level_index_search())
+    table.set_partition_filters(True)
+    table.set_pin_top_level_index_and_filter(True)
     table.set_bloom_filter(10, False)
     options.set_block_based_table_factory(table)
     return options
@@ -475,25 +497,37 @@ class ReplicaReader(_StoreView):
 
 
 class ReplicaStore(_StoreView):
-    """The single writer of a state directory. ``topic`` binds the store on first open."""
+    """The single writer of a state directory. ``topic`` binds the store on first open.
+    ``memory`` sizes RocksDB's caches and the head cache (``head_cache_entries`` overrides
+    the latter)."""
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         topic: str,
-        head_cache_entries: int = HEAD_CACHE_ENTRIES,
+        head_cache_entries: int | None = None,
+        memory: MemoryPlan = DEFAULT_PLAN,
     ) -> None:
         self.path = Path(path)
-        # grain → (sequence, partition, offset, shadowed_by) of its stored state, or None: no
-        # state. Exact: filled from this writer's reads and writes, cleared by every wipe.
-        self._heads: dict[GrainId, Head | None] = {}
+        if head_cache_entries is None:
+            head_cache_entries = memory.head_cache_entries
+        # grain key body → packed (sequence, partition, offset, shadowed_by) of its stored
+        # state, or _NO_STATE. Exact: filled from this writer's reads and writes, cleared by
+        # every wipe.
+        # Two generations, so that making room is O(1) on the loop: new heads go into the
+        # young one; when it holds half the limit it becomes the old one, and the previous old
+        # one is retired: its entries are freed a slice at a time by later writes (freeing, or
+        # copying out, 250k+ entries at once stalled the loop for 50-100 ms).
+        self._heads: dict[bytes, bytes] = {}
+        self._old_heads: dict[bytes, bytes] = {}
+        self._retired: list[dict[bytes, bytes]] = []
         self._head_limit = max(0, head_cache_entries)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create state directory {self.path}: {exc}") from None
         try:
-            self._db = Rdict(str(self.path), _options())
+            self._db = Rdict(str(self.path), _options(memory))
         except Exception as exc:
             raise _open_error(self.path, exc) from None
         # WAL on, no fsync per batch: a process crash loses nothing (the WAL is in the OS page
@@ -544,20 +578,55 @@ class ReplicaStore(_StoreView):
     def heads(self, grains: Iterable[GrainId]) -> dict[GrainId, Head | None]:
         """The cached heads among ``grains`` (absent: not cached): (sequence, partition,
         offset, shadowed_by, key body) of the stored state, or None: the grain has no state."""
-        cache = self._heads
-        return {g: cache[g] for g in grains if g in cache}
+        found: dict[GrainId, Head | None] = {}
+        for grain in grains:
+            body = _grain_body(grain)
+            packed = self._cached(body)
+            if packed is not None:
+                found[grain] = (*_HEAD.unpack(packed), body) if packed else None
+        return found
 
-    def _store_heads(self, heads: Iterable[tuple[GrainId, Head | None]]) -> None:
-        """Cache ``heads`` (newest last). Over the limit, the oldest entries go in bulk: the
-        newest half is copied into a fresh dict (amortised O(1) per entry; deleting one entry
-        at a time from the front of a dict makes each next(iter()) skip the holes: O(n))."""
+    def _store_heads(self, heads: Iterable[tuple[bytes, bytes]]) -> None:
+        """Cache ``heads`` (newest last) in the young generation; see __init__. Each call
+        frees twice as many retired entries as it adds (at least 1,000), so a retired
+        generation is gone before the young one fills again: at most ``limit`` entries are
+        held, plus what is being freed."""
         limit = self._head_limit
         if not limit:
             return
-        cache = self._heads
-        cache.update(heads)
-        if len(cache) > limit:
-            self._heads = dict(itertools.islice(cache.items(), len(cache) - limit // 2, None))
+        young = self._heads
+        before = len(young)
+        young.update(heads)
+        self._free_retired(max(1000, 2 * (len(young) - before)))
+        if len(young) >= max(1, limit // 2):
+            self._retire(self._old_heads)
+            self._old_heads, self._heads = young, {}
+
+    def _retire(self, generation: dict[bytes, bytes]) -> None:
+        if generation:
+            self._retired.append(generation)
+
+    def _free_retired(self, count: int) -> None:
+        retired = self._retired
+        while retired and count > 0:
+            generation = retired[-1]
+            freed = min(count, len(generation))
+            for _ in range(freed):
+                generation.popitem()
+            count -= freed
+            if not generation:
+                retired.pop()
+
+    def _cached(self, body: bytes) -> bytes | None:
+        """The packed head of a grain (``_NO_STATE``: no state), None when not cached."""
+        packed = self._heads.get(body)
+        return self._old_heads.get(body) if packed is None else packed
+
+    def _drop_heads(self) -> None:
+        """Forget every cached head (a wipe): O(1) here, freed by later writes."""
+        self._retire(self._heads)
+        self._retire(self._old_heads)
+        self._heads, self._old_heads = {}, {}
 
     def read_states(self, hints: Mapping[GrainId, int]) -> dict[GrainId, GrainState | None]:
         """Current states of ``hints``' grains; each hint is the partition a record of the
@@ -590,10 +659,10 @@ class ReplicaStore(_StoreView):
                     result[grain] = _unpack_state(raw)
         self._store_heads(
             (
-                grain,
-                None
+                body,
+                _NO_STATE
                 if (state := result[grain]) is None
-                else (state.sequence, state.partition, state.offset, state.shadowed_by, body),
+                else _HEAD.pack(state.sequence, state.partition, state.offset, state.shadowed_by),
             )
             for grain, body in zip(grain_list, bodies, strict=True)
         )
@@ -619,22 +688,24 @@ class ReplicaStore(_StoreView):
         """Write a poll's result atomically: grain changes, the shadow index (``unshadowed``:
         grains no longer shadowed), checkpoints, counters."""
         batch = WriteBatch(raw_mode=True)
-        cache = self._heads
-        unknown = [g for g in changes if g not in cache]
+        bodies = {grain: _grain_body(grain) for grain in changes}
+        cached = {grain: self._cached(body) for grain, body in bodies.items()}
+        unknown = [g for g, packed in cached.items() if packed is None]
         located = self._locations(unknown) if unknown else {}
-        heads: list[tuple[GrainId, Head | None]] = []
+        heads: list[tuple[bytes, bytes]] = []
         try:
             for grain, state in changes.items():
-                head = cache.get(grain)
-                if head is not None:
-                    held: int | None = head[1]
-                    body = head[4]
-                elif grain in cache:
-                    held, body = None, _grain_body(grain)
+                body = bodies[grain]
+                packed = cached[grain]
+                held: int | None
+                if packed:
+                    held = _HEAD.unpack(packed)[1]
+                elif packed is not None:
+                    held = None
                 else:
-                    held, body = located[grain]
+                    held = located[grain][0]
                 if state is None:
-                    heads.append((grain, None))
+                    heads.append((body, _NO_STATE))
                     if held is not None:
                         batch.delete(_STATE_PREFIX + _PARTITION.pack(held) + body)
                         batch.delete(_INDEX_PREFIX + body)
@@ -647,7 +718,7 @@ class ReplicaStore(_StoreView):
                     batch.put(_INDEX_PREFIX + body, spot)
                 batch.put(_STATE_PREFIX + spot + body, _pack_state(state))
                 heads.append(
-                    (grain, (state.sequence, partition, state.offset, state.shadowed_by, body))
+                    (body, _HEAD.pack(state.sequence, partition, state.offset, state.shadowed_by))
                 )
                 if state.shadowed_by >= 0:
                     batch.put(
@@ -666,7 +737,7 @@ class ReplicaStore(_StoreView):
         try:
             self._write(batch)
         except StoreError:
-            self._heads.clear()
+            self._drop_heads()
             raise
         self._counts = merged
         self._store_heads(heads)
@@ -713,9 +784,14 @@ class ReplicaStore(_StoreView):
         """Delete the grains last set from ``partitions``, their shadow marks and
         checkpoints (one batch). The states go with one range delete per partition, whatever
         their number; only the shadow index (small: shadowed grains) is scanned. Their index
-        entries stay: they point at a partition that no longer holds the grain."""
+        entries stay (they point at a partition that no longer holds the grain), unless no
+        other partition holds states: then the whole index goes too, one more range delete."""
         wanted = set(partitions)
         batch = WriteBatch(raw_mode=True)
+        if not set(self._state_partitions()) - wanted:
+            # No state is left anywhere: every index entry would be a leftover, and each one
+            # costs the rebuild a data-block read (a bloom filter cannot rule it out).
+            batch.delete_range(_INDEX_PREFIX, _next_prefix(_INDEX_PREFIX))
         for partition in wanted:
             batch.delete_range(
                 _partition_prefix(partition), _next_prefix(_partition_prefix(partition))
@@ -725,7 +801,7 @@ class ReplicaStore(_StoreView):
                 batch.delete(db_key)
         for partition in wanted:
             batch.delete(_checkpoint_key(partition))
-        self._heads.clear()
+        self._drop_heads()
         self._write(batch)
 
     def bind_topic(self, identity: TopicIdentity) -> str | None:
@@ -773,7 +849,7 @@ class ReplicaStore(_StoreView):
             _SERVED_PREFIX,
         ):
             batch.delete_range(prefix, _next_prefix(prefix))
-        self._heads.clear()
+        self._drop_heads()
         self._write(batch)
 
     def _write(self, batch: WriteBatch) -> None:

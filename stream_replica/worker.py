@@ -44,6 +44,7 @@ from stream_replica.errors import KafkaAccessError, StreamReplicaError
 from stream_replica.fold import FoldCounts, FoldResult, Rejection
 from stream_replica.logs import RateLimitedLog
 from stream_replica.membership import GroupAssignment
+from stream_replica.memory import FETCH_MAX_BYTES
 from stream_replica.metrics import Metrics
 from stream_replica.offsets import CommitBook, advance, resume_from
 from stream_replica.ownership import Ownership, fenced_line, is_fenced, partitions_of
@@ -229,6 +230,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             rebalance_timeout_ms=60_000,
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
+            fetch_max_bytes=FETCH_MAX_BYTES,  # part of the memory budget's fixed share
         )
         if self.settings.dlq_topic:
             self._dlq = AIOKafkaProducer(
@@ -259,10 +261,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._shutdown()
             await self.watchdog.stop()
             log.info(
-                "longest event-loop stall: %.0f ms (%d over %.0f ms)",
+                "longest event-loop stall: %.0f ms (%d over %.0f ms; longest on the CPU %.0f ms)",
                 self.watchdog.longest_s * 1000,
                 self.watchdog.stalls_reported,
                 self.watchdog.report_over_s * 1000,
+                self.watchdog.longest_on_cpu_s * 1000,
             )
 
     async def _run_standby(self) -> None:

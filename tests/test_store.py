@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from pathlib import Path
 
@@ -196,6 +197,20 @@ def test_wipe_all_is_range_deletes(tmp_path: Path) -> None:
         assert store.get(("t", "a")) is None and store.counts().records == 1
 
 
+def test_head_cache_holds_nothing_the_garbage_collector_walks(tmp_path: Path) -> None:
+    # A tracked cache of N entries makes every full collection walk N entries on the loop.
+    with ReplicaStore(tmp_path / "db", "t", head_cache_entries=4) as store:
+        store.apply({("t", "a"): state(1, 0), ("t", "b"): None}, {}, FoldCounts())
+        store.read_states({("t", "c"): 1, ("t", "d"): 2, ("t", "e"): 3})  # evicts in bulk
+        assert store.heads([("t", "a"), ("t", "d"), ("t", "e")]) == {
+            ("t", "d"): None,
+            ("t", "e"): None,
+        }
+        store.apply({("t", "f"): state(2, 1)}, {}, FoldCounts())
+        assert store.heads([("t", "f")]) == {("t", "f"): (2, 1, 20, -1, b"t\x00f")}
+        assert not gc.is_tracked(store._heads) and not gc.is_tracked(store._old_heads)
+
+
 def test_head_cache_follows_writes_and_is_cleared_by_wipes(tmp_path: Path) -> None:
     with ReplicaStore(tmp_path / "db", "t", head_cache_entries=2) as store:
         store.apply({("t", "a"): state(1, 0), ("t", "b"): None}, {}, FoldCounts())
@@ -206,7 +221,42 @@ def test_head_cache_follows_writes_and_is_cleared_by_wipes(tmp_path: Path) -> No
         store.read_states({("t", "c"): 1})  # a third grain: the oldest go, in bulk
         assert store.heads([("t", "a"), ("t", "b"), ("t", "c")]) == {("t", "c"): None}
         store.read_states({("t", "a"): 0})
-        assert set(store.heads([("t", "a"), ("t", "b"), ("t", "c")])) == {("t", "a"), ("t", "c")}
+        # the young generation (a) became the old one; the previous old one (c) is retired
+        assert set(store.heads([("t", "a"), ("t", "b"), ("t", "c")])) == {("t", "a")}
         store.wipe_partitions([5])
         assert store.heads([("t", "a"), ("t", "c")]) == {}
         assert store.read_states({("t", "a"): 3}) == {("t", "a"): state(1, 0)}  # wrong hint
+
+
+def test_wiping_the_last_partitions_with_states_drops_the_whole_grain_index(
+    tmp_path: Path,
+) -> None:
+    with ReplicaStore(tmp_path / "db", "t") as store:
+        store.apply({("t", "a"): state(1, 0), ("t", "b"): state(1, 1)}, {}, FoldCounts())
+        store.wipe_partitions([0])
+        # Partition 1 still holds a state: the index stays (a's entry is a leftover).
+        assert len(list(store._scan(b"i"))) == 2
+        assert store.get(("t", "b")) == state(1, 1) and store.get(("t", "a")) is None
+        store.wipe_partitions([1, 2])
+        assert list(store._scan(b"i")) == []
+        assert store.read_states({("t", "b"): 1}) == {("t", "b"): None}
+        store.apply({("t", "b"): state(2, 0)}, {}, FoldCounts())
+        assert store.get(("t", "b")) == state(2, 0)
+
+
+def test_head_cache_generations_keep_the_newest_head_and_free_retired_ones_gradually(
+    tmp_path: Path,
+) -> None:
+    with ReplicaStore(tmp_path / "db", "t", head_cache_entries=4000) as store:
+        store.apply({("t", "a"): state(1, 0)}, {}, FoldCounts())
+        store.read_states({("t", f"x{n}"): 0 for n in range(1999)})  # young is full: now old
+        store.apply({("t", "a"): None}, {}, FoldCounts())  # newer head in the young one
+        assert store.heads([("t", "a")]) == {("t", "a"): None}
+        store.read_states({("t", f"y{n}"): 0 for n in range(2000)})  # old one retired
+        assert store.heads([("t", "x1")]) == {}
+        assert store.heads([("t", "a")]) == {("t", "a"): None}
+        assert sum(len(g) for g in store._retired) == 2000
+        store.read_states({("t", "z"): 0})  # each write frees a slice of the retired
+        assert sum(len(g) for g in store._retired) == 1000
+        store.wipe_partitions([0])
+        assert store.heads([("t", "a"), ("t", "z")]) == {}
