@@ -726,7 +726,9 @@ class Bench:
             original_apply(changes, checkpoints, counts, *rest)  # rest: apply's later params
             visible_ms = time.time_ns() / 1e6
             for state in changes.values():
-                if state is not None:
+                # A shadowed state is an older state re-written with its mark (a Delta or
+                # stale record came after it): its timestamp is not this poll's record's.
+                if state is not None and not state.shadowed:
                     latencies.append(visible_ms - state.timestamp_millis)
 
         store.apply = timed_apply  # type: ignore[method-assign]
@@ -1502,6 +1504,7 @@ def before_after_panel(report: Report, fig: Any) -> None:
         )
     ax.set_xticks(list(positions), cases, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("records/s after join")
+    ax.yaxis.set_major_formatter(fig.axes[0].yaxis.get_major_formatter())  # thousands
     ax.set_title("Before / after (our worker)")
     stages_after = comparison["stages_after"]
     if stages_after:
