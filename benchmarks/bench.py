@@ -61,6 +61,7 @@ from benchmarks.common import (
     run_measured,
     run_measured_many,
     worker_assigned_at,
+    worker_command,
 )
 from benchmarks.common import prefill as prefill_topic
 from benchmarks.read_bench import bench_reads
@@ -564,24 +565,9 @@ class Bench:
     # (c) our worker --------------------------------------------------------------------------
 
     def worker_cmd(self, data: Prefill, group: str, db: Path, max_records: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "stream_replica",
-            "--log-level",
-            "INFO",
-            "run",
-            "--bootstrap-servers",
-            self.bootstrap,
-            "--topic",
-            data.topic,
-            "--group",
-            group,
-            "--db",
-            str(db),
-            "--max-records",
-            str(max_records),
-        ]
+        return worker_command(
+            self.bootstrap, data.topic, group, db, "--max-records", str(max_records)
+        )
 
     async def ours(
         self, data: Prefill, max_records: int = 100, workers: int = 1, name: str | None = None

@@ -15,6 +15,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -288,6 +289,15 @@ class ProcResult:
             return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def worker_command(bootstrap: str, topic: str, group: str, db: Path, *extra: str) -> list[str]:
+    """``stream-replica run`` as the benchmarks launch it (INFO: the harnesses read its log)."""
+    return [
+        sys.executable, "-m", "stream_replica", "--log-level", "INFO", "run",
+        "--bootstrap-servers", bootstrap, "--topic", topic, "--group", group, "--db", str(db),
+        *extra,
+    ]  # fmt: skip
 
 
 def vm_hwm_mib(pid: int) -> float | None:

@@ -57,6 +57,7 @@ from benchmarks.common import (
     delete_topics,
     run_measured,
     run_measured_many,
+    worker_command,
 )
 from stream_replica import admin
 from stream_replica.contract import Entry, EntryType, GrainId, encode_key, encode_value
@@ -371,24 +372,9 @@ class MemoryBench:
         )
 
     def worker_cmd(self, topic: str, group: str, db: Path) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "stream_replica",
-            "--log-level",
-            "INFO",
-            "run",
-            "--bootstrap-servers",
-            self.bootstrap,
-            "--topic",
-            topic,
-            "--group",
-            group,
-            "--db",
-            str(db),
-            "--memory-budget-mib",
-            str(self.args.budget_mib),
-        ]
+        return worker_command(
+            self.bootstrap, topic, group, db, "--memory-budget-mib", str(self.args.budget_mib)
+        )
 
     async def worker(self, name: str, data: Prefill, db: Path, watcher: GroupWatcher) -> Case:
         case = Case(name, data.records, data.records, data.bytes, self.args.budget_mib)

@@ -35,7 +35,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from benchmarks.common import GroupWatcher, Prefill, Workload, delete_topics, prefill
+from benchmarks.common import (
+    GroupWatcher,
+    Prefill,
+    Workload,
+    delete_topics,
+    prefill,
+    worker_command,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 _ASSIGNED = re.compile(r"^(\S+ \S+) INFO stream_replica\.worker: assigned partitions \[([\d, ]*)\]")
@@ -255,11 +262,7 @@ class ScaleBench:
         self.broker = broker_pid(bootstrap)
 
     def _cmd(self, group: str, db: Path) -> list[str]:
-        return [
-            sys.executable, "-m", "stream_replica", "--log-level", "INFO", "run",
-            "--bootstrap-servers", self.bootstrap, "--topic", self.data.topic,
-            "--group", group, "--db", str(db), *self.worker_args,
-        ]  # fmt: skip
+        return worker_command(self.bootstrap, self.data.topic, group, db, *self.worker_args)
 
     def _launch(self, group: str, index: int, db: Path) -> _Proc:
         return _Proc(f"w{index}", self._cmd(group, db), db.with_suffix(".log"), self.worker_code)
