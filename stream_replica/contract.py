@@ -305,6 +305,38 @@ def decode_value(key: bytes | None, value: bytes) -> Entry:
     return _decode_value_unpacked(grain, value)
 
 
+def canonical_full_state(key: bytes | None, value: bytes | None) -> _CanonicalMap | None:
+    """The record's fields when :func:`decode` would return a FullState :class:`Entry` of
+    exactly these fields and the value is in the canonical named form; None for anything else
+    (a tombstone, a Delta, another form, an invalid record), which only :func:`decode` may
+    judge. The fast fold's first step: no key parse, no Entry, one C decode."""
+    if key is None or value is None:
+        return None
+    try:
+        f = _CANONICAL_DECODER.decode(value)
+    except Exception:  # msgspec.ValidationError/DecodeError, or anything on hostile input
+        return None
+    grain_type = f.grain_type
+    grain_key = f.grain_key
+    entry_type = f.entry_type
+    if not (
+        grain_type
+        and grain_key
+        and (entry_type == "FullState" or (entry_type == 0 and type(entry_type) is int))
+        and 1 <= f.sequence < MAX_SEQUENCE
+        and MIN_TIMESTAMP <= f.timestamp_millis <= MAX_TIMESTAMP
+        and f.source_cluster
+        and "/" not in grain_type
+    ):
+        return None
+    # parse_key(key) == (grain_type, grain_key) exactly when the key is their UTF-8 joined by
+    # the first "/" (grain_type holds none).
+    try:
+        return f if key == f"{grain_type}/{grain_key}".encode() else None
+    except UnicodeEncodeError:
+        return None
+
+
 def _decode_value_unpacked(grain: GrainId, value: bytes) -> Entry:
     """The general path for every value msgspec did not take: the canonical forms (bin payload, str or int entry_type; by name with no
     extra field, or by position with any trailing items); anything else goes to the detailed validator, which accepts the

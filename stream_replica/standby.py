@@ -27,7 +27,7 @@ from stream_replica.fold import FoldCounts
 from stream_replica.memory import FETCH_MAX_BYTES
 from stream_replica.offsets import advance, resume_from
 from stream_replica.ownership import now_ms
-from stream_replica.poll import decode_batch, fold_polled
+from stream_replica.poll import fold_batch
 from stream_replica.settings import WorkerSettings
 from stream_replica.store import Checkpoint, ReplicaStore, StoreError
 
@@ -172,12 +172,14 @@ class StandbyFollower:
                         self._reseek(consumer)
 
     def _apply(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
-        polled = decode_batch(
-            batch, lambda tp: tp.topic == self.topic and tp.partition in self._partitions
+        folded = fold_batch(
+            batch,
+            lambda tp: tp.topic == self.topic and tp.partition in self._partitions,
+            self.store,
         )
-        if not polled:
+        if not folded.records:
             return
-        result = fold_polled(polled, self.store)
+        result = folded.result
         # Refused records are logged and dead-lettered by the active owner, not twice.
         if result.rejected:
             log.debug("standby: %d refused records left to the active owner", len(result.rejected))
@@ -188,7 +190,9 @@ class StandbyFollower:
             now_ms(),
         )
         try:
-            self.store.apply(result.changes, checkpoints, result.counts, result.unshadowed)
+            self.store.apply(
+                result.changes, checkpoints, result.counts, result.unshadowed, folded.located
+            )
         except StoreError as exc:
             raise StandbyError(f"standby: {exc}") from None
         self.counts.add(result.counts)

@@ -41,7 +41,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 import msgpack
 from rocksdict import (
@@ -105,6 +105,14 @@ def _grain_body(grain: GrainId) -> bytes:
     return grain_type.encode().replace(b"\x00", b"\x00\xff") + b"\x00" + grain_key.encode()
 
 
+def grain_body_of_key(key: bytes, grain: GrainId) -> bytes:
+    """:func:`_grain_body` of ``grain`` from its Kafka key (``type/key`` in UTF-8): the key
+    with its first "/" made the NUL separator, unless a NUL needs escaping."""
+    if b"\x00" in key:
+        return _grain_body(grain)
+    return key.replace(b"/", b"\x00", 1)
+
+
 @functools.lru_cache(maxsize=4096)
 def grain_db_key(grain: GrainId) -> bytes:
     return _GRAIN_PREFIX + _grain_body(grain)
@@ -119,6 +127,11 @@ Head = tuple[int, int, int, int, bytes]
 # ~380 B instead of ~200 B.
 _HEAD: Final = struct.Struct("=QIqq")
 _NO_STATE: Final = b""
+# What the cache says of a grain: (sequence, partition, offset, shadowed_by) of its state, None
+# (no state) or False (not cached).
+HeadLookup = tuple[int, int, int, int] | None | Literal[False]
+# Where the store holds a grain: its key body and the partition of its state (None: no state).
+Located = tuple[bytes, int | None]
 
 
 def parse_grain_db_key(db_key: bytes) -> GrainId:
@@ -617,6 +630,15 @@ class ReplicaStore(_StoreView):
             if not generation:
                 retired.pop()
 
+    def cached_head(self, body: bytes) -> HeadLookup:
+        """The cached head of the grain whose key body is ``body``; see HeadLookup."""
+        packed = self._heads.get(body)
+        if packed is None:
+            packed = self._old_heads.get(body)
+            if packed is None:
+                return False
+        return _HEAD.unpack(packed) if packed else None
+
     def _cached(self, body: bytes) -> bytes | None:
         """The packed head of a grain (``_NO_STATE``: no state), None when not cached."""
         packed = self._heads.get(body)
@@ -668,13 +690,13 @@ class ReplicaStore(_StoreView):
         )
         return result
 
-    def _locations(self, grains: list[GrainId]) -> dict[GrainId, tuple[int | None, bytes]]:
-        """Where each grain's state is (None: nowhere) according to the index, with the
-        grain's key body (for grains the head cache does not know)."""
+    def _locations(self, grains: list[GrainId]) -> dict[GrainId, Located]:
+        """Where each grain's state is according to the index (grains the head cache does
+        not know)."""
         bodies = [_grain_body(g) for g in grains]
         spots: list[bytes | None] = self._db.get([_INDEX_PREFIX + b for b in bodies])  # type: ignore[assignment]
         return {
-            grain: (None if spot is None else _PARTITION.unpack(spot)[0], body)
+            grain: (body, None if spot is None else _PARTITION.unpack(spot)[0])
             for grain, body, spot in zip(grains, bodies, spots, strict=True)
         }
 
@@ -684,26 +706,31 @@ class ReplicaStore(_StoreView):
         checkpoints: Mapping[int, Checkpoint],
         counts: FoldCounts,
         unshadowed: Iterable[GrainId] = (),
+        located: Mapping[GrainId, Located] | None = None,
     ) -> None:
         """Write a poll's result atomically: grain changes, the shadow index (``unshadowed``:
-        grains no longer shadowed), checkpoints, counters."""
+        grains no longer shadowed), checkpoints, counters. ``located`` may tell, for some
+        grains, their key body and the partition their state is in (what the fast fold
+        learned); the others are looked up here."""
         batch = WriteBatch(raw_mode=True)
-        bodies = {grain: _grain_body(grain) for grain in changes}
-        cached = {grain: self._cached(body) for grain, body in bodies.items()}
-        unknown = [g for g, packed in cached.items() if packed is None]
-        located = self._locations(unknown) if unknown else {}
+        known: dict[GrainId, Located] = dict(located) if located else {}
+        unknown: list[GrainId] = []
+        for grain in changes:
+            if grain in known:
+                continue
+            body = _grain_body(grain)
+            packed = self._cached(body)
+            if packed is None:
+                unknown.append(grain)
+            else:
+                known[grain] = (body, _HEAD.unpack(packed)[1] if packed else None)
+        if unknown:
+            known.update(self._locations(unknown))
         heads: list[tuple[bytes, bytes]] = []
+        put = batch.put
         try:
             for grain, state in changes.items():
-                body = bodies[grain]
-                packed = cached[grain]
-                held: int | None
-                if packed:
-                    held = _HEAD.unpack(packed)[1]
-                elif packed is not None:
-                    held = None
-                else:
-                    held = located[grain][0]
+                body, held = known[grain]
                 if state is None:
                     heads.append((body, _NO_STATE))
                     if held is not None:
@@ -715,13 +742,13 @@ class ReplicaStore(_StoreView):
                 if held != partition:
                     if held is not None:
                         batch.delete(_STATE_PREFIX + _PARTITION.pack(held) + body)
-                    batch.put(_INDEX_PREFIX + body, spot)
-                batch.put(_STATE_PREFIX + spot + body, _pack_state(state))
+                    put(_INDEX_PREFIX + body, spot)
+                put(_STATE_PREFIX + spot + body, _pack_state(state))
                 heads.append(
                     (body, _HEAD.pack(state.sequence, partition, state.offset, state.shadowed_by))
                 )
                 if state.shadowed_by >= 0:
-                    batch.put(
+                    put(
                         _SHADOW_PREFIX + body,
                         _SHADOW.pack(partition, state.offset, state.shadowed_by),
                     )

@@ -48,7 +48,7 @@ from stream_replica.memory import FETCH_MAX_BYTES
 from stream_replica.metrics import Metrics
 from stream_replica.offsets import CommitBook, advance, resume_from
 from stream_replica.ownership import Ownership, fenced_line, is_fenced, partitions_of
-from stream_replica.poll import decode_batch, fold_polled
+from stream_replica.poll import fold_batch
 from stream_replica.repair import ShadowRepairer
 from stream_replica.settings import WorkerSettings
 from stream_replica.standby import StandbyError, StandbyFollower
@@ -529,12 +529,12 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[Any]]
     ) -> None:
         assigned = consumer.assignment()
-        # A partition revoked while this poll was waiting for the lock is skipped.
-        polled = decode_batch(batch, lambda tp: tp in assigned)
-        if not polled:
-            return
         started = time.perf_counter()
-        result = fold_polled(polled, self.store)
+        # A partition revoked while this poll was waiting for the lock is skipped.
+        folded = fold_batch(batch, lambda tp: tp in assigned, self.store)
+        if not folded.records:
+            return
+        result = folded.result
         for warning in result.warnings:
             log.warning("%s", warning)
         _log_shadowing(self.topic, result, self._repairer is not None)
@@ -552,13 +552,15 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         write_started = time.perf_counter()
         try:
-            self.store.apply(result.changes, checkpoints, result.counts, result.unshadowed)
+            self.store.apply(
+                result.changes, checkpoints, result.counts, result.unshadowed, folded.located
+            )
         except StoreError as exc:
             raise FatalError(f"{exc}; offsets of this poll were not committed") from None
         done = time.perf_counter()
         self.counts.add(result.counts)
         self.metrics.add_fold(result.counts)
-        self.metrics.poll_records.observe(len(polled))
+        self.metrics.poll_records.observe(folded.records)
         self.metrics.write_grains.observe(len(result.changes))
         self.metrics.write_seconds.observe(done - write_started)
         self.metrics.poll_seconds.observe(done - started)

@@ -4,7 +4,8 @@ Generates N values (default 100,000) of every hostile shape — random bytes, tr
 bit-flipped msgpack, deeply nested msgpack, huge maps, wrong field types, overlong strings,
 invalid UTF-8 in keys and strings, lying length headers, positional (array) values of every
 length with wrong field types — and decodes each with both the fast
-decoder and the pydantic reference. Fails (exit 1) on any exception other than ContractError,
+decoder and the pydantic reference (and the fast fold's canonical_full_state, which may answer
+only where the reference gives a FullState of the same fields). Fails (exit 1) on any exception other than ContractError,
 on any disagreement between the two decoders, or on a value slower than ``--max-ms``. Prints
 figures. Then hypothesis generates structure-aware values (``--hypothesis``, default 100,000)
 under the same checks. With ``--atheris`` (if installed) runs coverage-guided fuzzing too.
@@ -23,7 +24,14 @@ from collections.abc import Callable
 
 import msgpack
 
-from stream_replica.contract import ContractError, decode, validate_with_model
+from stream_replica.contract import (
+    ContractError,
+    Entry,
+    EntryType,
+    canonical_full_state,
+    decode,
+    validate_with_model,
+)
 
 GOOD = {
     "grain_type": "account",
@@ -178,6 +186,39 @@ GENERATORS: dict[str, Callable[[random.Random], tuple[bytes | None, bytes]]] = {
 WEIGHTS = {"nested msgpack": 0.02, "huge maps": 0.01, "overlong strings": 0.01}
 
 
+def fast_pass_disagrees(key: bytes | None, value: bytes, reference: object) -> str | None:
+    """The fast fold's decode (canonical_full_state) answers only for records the reference
+    decodes to a FullState of exactly those fields, and never raises."""
+    try:
+        fields = canonical_full_state(key, value)
+    except Exception as exc:
+        return f"canonical_full_state raised {type(exc).__name__}: {exc}"
+    if fields is None:
+        return None
+    if not (
+        isinstance(reference, Entry)
+        and reference.entry_type is EntryType.FULL_STATE
+        and (
+            reference.grain_type,
+            reference.grain_key,
+            reference.sequence,
+            reference.timestamp_millis,
+            reference.source_cluster,
+            reference.payload,
+        )
+        == (
+            fields.grain_type,
+            fields.grain_key,
+            fields.sequence,
+            fields.timestamp_millis,
+            fields.source_cluster,
+            fields.payload,
+        )
+    ):
+        return f"canonical_full_state accepted what the reference gives as {reference!r}"
+    return None
+
+
 def run(values: int, seed: int, max_ms: float) -> int:
     rng = random.Random(seed)
     names = list(GENERATORS)
@@ -209,6 +250,8 @@ def run(values: int, seed: int, max_ms: float) -> int:
             outcomes["valid"] += 1
         if results[0] != results[1]:
             failures.append(f"{name}: decoders disagree on {value[:60]!r}")
+        if (fast := fast_pass_disagrees(key, value, results[1])) is not None:
+            failures.append(f"{name}: {fast} ({value[:60]!r})")
     seconds = time.perf_counter() - started
     print(f"fuzzed {values} values in {seconds:.1f} s ({values / seconds:,.0f}/s), seed {seed}")
     for name in names:
@@ -295,6 +338,8 @@ def run_hypothesis(examples: int) -> int:
                 results.append(None)
         if results[0] != results[1]:
             failures.append(f"decoders disagree on {value[:60]!r}")
+        if (fast := fast_pass_disagrees(key, value, results[1])) is not None:
+            failures.append(f"{fast} ({value[:60]!r})")
 
     started = time.perf_counter()
     check()
