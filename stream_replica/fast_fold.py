@@ -21,7 +21,7 @@ from aiokafka import TopicPartition
 
 from stream_replica.contract import GrainId, canonical_full_state
 from stream_replica.fold import GrainState
-from stream_replica.store import HeadLookup, Located, ReplicaStore, grain_body_of_key
+from stream_replica.store import Located, ReplicaStore, grain_body_of_key
 
 
 @dataclass(slots=True)
@@ -88,21 +88,18 @@ def fast_fold(
 
     # Grains whose head the store has not cached: one multi-get for them all.
     unknown: dict[GrainId, int] = {}
-    pending: list[tuple[bytes, GrainId, bytes, _Run, HeadLookup]] = []
-    for key, run in runs.items():
-        fields = run[2]
-        grain = (fields.grain_type, fields.grain_key)
-        body = grain_body_of_key(key, grain)
-        head = store.cached_head(body)
+    grains = [(run[2].grain_type, run[2].grain_key) for run in runs.values()]
+    bodies = [grain_body_of_key(key, grain) for key, grain in zip(runs, grains, strict=True)]
+    heads = store.cached_heads(bodies)
+    for grain, run, head in zip(grains, runs.values(), heads, strict=True):
         if head is False:
             unknown[grain] = run[0]
-        pending.append((key, grain, body, run, head))
     if unknown:
         out.read = store.read_states(unknown)
 
     changes = out.changes
     located = out.located
-    for key, grain, body, run, head in pending:
+    for key, grain, body, run, head in zip(runs, grains, bodies, runs.values(), heads, strict=True):
         held_partition: int | None
         if head is False:
             state = out.read[grain]

@@ -169,10 +169,15 @@ _STATE_KEY_HEAD: Final = len(_STATE_PREFIX) + _PARTITION.size
 # u32 len(source)), then the source cluster (UTF-8) and the payload. struct is ~3x faster
 # than msgpack here.
 _STATE_HEADER: Final = struct.Struct(">QqIQqI")
+_SOURCES: dict[str, bytes] = {}  # source cluster → its UTF-8
 
 
 def _pack_state(state: GrainState) -> bytes:
-    source = state.source_cluster.encode()
+    source = _SOURCES.get(state.source_cluster)
+    if source is None:
+        source = state.source_cluster.encode()
+        if len(_SOURCES) < 1024:  # a handful of clusters in practice
+            _SOURCES[state.source_cluster] = source
     header = _STATE_HEADER.pack(
         state.sequence,
         state.timestamp_millis,
@@ -630,14 +635,21 @@ class ReplicaStore(_StoreView):
             if not generation:
                 retired.pop()
 
-    def cached_head(self, body: bytes) -> HeadLookup:
-        """The cached head of the grain whose key body is ``body``; see HeadLookup."""
-        packed = self._heads.get(body)
-        if packed is None:
-            packed = self._old_heads.get(body)
+    def cached_heads(self, bodies: Iterable[bytes]) -> list[HeadLookup]:
+        """The cached heads of the grains whose key bodies are ``bodies``; see HeadLookup."""
+        young = self._heads.get
+        old = self._old_heads.get
+        unpack = _HEAD.unpack
+        found: list[HeadLookup] = []
+        for body in bodies:
+            packed = young(body)
             if packed is None:
-                return False
-        return _HEAD.unpack(packed) if packed else None
+                packed = old(body)
+                if packed is None:
+                    found.append(False)
+                    continue
+            found.append(unpack(packed) if packed else None)
+        return found
 
     def _cached(self, body: bytes) -> bytes | None:
         """The packed head of a grain (``_NO_STATE``: no state), None when not cached."""

@@ -70,6 +70,9 @@ DLQ_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 10.0
 TOUCH_INTERVAL_S: Final = 60.0
 PROGRESS_INTERVAL_S: Final = 10.0
+# Lags (for the served records and the assignor) are computed at most this often: per poll
+# they cost ~1 % of a catch-up.
+LAG_REPORT_INTERVAL_S: Final = 0.02
 REPAIR_SWEEP_INTERVAL_S: Final = 5.0
 # Two requests a second per member: nothing for a coordinator, and a join or a leave is
 # noticed by the group within half a second (also a duplicate instance id).
@@ -172,6 +175,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq: AIOKafkaProducer | None = None
         self._last_touch = time.monotonic()
+        self._last_lag_report = 0.0
         self._last_progress = time.monotonic()
         self._repairer: ShadowRepairer | None = None
         self._last_sweep = 0.0
@@ -398,6 +402,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             self._mark_caught_up(self._consumer)
             self.standby.touch()
             self._last_touch = now
+        if now - self._last_lag_report < LAG_REPORT_INTERVAL_S:
+            return
+        self._last_lag_report = now
         lags = self._lags()
         self.ownership.report_lag(lags)
         if now - self._last_progress > PROGRESS_INTERVAL_S:
