@@ -21,7 +21,7 @@ from aiokafka import TopicPartition
 
 from stream_replica.contract import GrainId, canonical_full_state
 from stream_replica.fold import GrainState
-from stream_replica.store import Located, ReplicaStore, grain_body_of_key
+from stream_replica.store import HeadLookup, Located, ReplicaStore, grain_body_of_key
 
 
 @dataclass(slots=True)
@@ -53,6 +53,19 @@ def fast_fold(
     store: ReplicaStore,
 ) -> FastFold:
     out = FastFold()
+    runs = scan(batch, keep, out)
+    if runs:
+        settle(runs, look_up(runs, store, out), out)
+    return out
+
+
+def scan(
+    batch: Mapping[TopicPartition, list[Any]],
+    keep: Callable[[TopicPartition], bool],
+    out: FastFold,
+) -> dict[bytes, _Run]:
+    """Decode every kept record the fast way; the runs of the grains that may be settled
+    (keyed by Kafka key), the other keys added to ``out.slow_keys``."""
     runs: dict[bytes, _Run] = {}
     slow = out.slow_keys
     next_offsets = out.next_offsets
@@ -81,25 +94,35 @@ def fast_fold(
                 run[4] += 1
             else:  # an equal or lower sequence, or the grain on a second partition
                 slow.add(key)
-    if not runs:
-        return out
     for key in slow:
         runs.pop(key, None)  # type: ignore[arg-type]
+    return runs
 
-    # Grains whose head the store has not cached: one multi-get for them all.
-    unknown: dict[GrainId, int] = {}
+
+# Per run: grain, key body, what the head cache says (False: read into FastFold.read).
+_Lookup = tuple[GrainId, bytes, HeadLookup]
+
+
+def look_up(runs: dict[bytes, _Run], store: ReplicaStore, out: FastFold) -> list[_Lookup]:
+    """The held state of each run's grain: from the head cache, or one RocksDB multi-get for
+    the grains it does not know."""
     grains = [(run[2].grain_type, run[2].grain_key) for run in runs.values()]
     bodies = [grain_body_of_key(key, grain) for key, grain in zip(runs, grains, strict=True)]
     heads = store.cached_heads(bodies)
+    unknown: dict[GrainId, int] = {}
     for grain, run, head in zip(grains, runs.values(), heads, strict=True):
         if head is False:
             unknown[grain] = run[0]
     if unknown:
         out.read = store.read_states(unknown)
+    return list(zip(grains, bodies, heads, strict=True))
 
+
+def settle(runs: dict[bytes, _Run], lookups: list[_Lookup], out: FastFold) -> None:
+    """Settle each run whose first sequence is above the held state; hand the others over."""
     changes = out.changes
     located = out.located
-    for key, grain, body, run, head in zip(runs, grains, bodies, runs.values(), heads, strict=True):
+    for (key, run), (grain, body, head) in zip(runs.items(), lookups, strict=True):
         held_partition: int | None
         if head is False:
             state = out.read[grain]
@@ -110,14 +133,14 @@ def fast_fold(
                 if state.shadowed_by >= 0:
                     out.unshadowed.add(grain)
             else:
-                slow.add(key)
+                out.slow_keys.add(key)
                 continue
         elif head is None:
             held_partition = None
         else:
             held_sequence, held_partition, _, shadowed_by = head
             if run[1] <= held_sequence:
-                slow.add(key)
+                out.slow_keys.add(key)
                 continue
             if shadowed_by >= 0:
                 out.unshadowed.add(grain)
@@ -133,4 +156,3 @@ def fast_fold(
         located[grain] = (body, held_partition)
         out.applied += count
         out.grains += 1
-    return out
