@@ -637,19 +637,15 @@ class ReplicaStore(_StoreView):
 
     def cached_heads(self, bodies: Iterable[bytes]) -> list[HeadLookup]:
         """The cached heads of the grains whose key bodies are ``bodies``; see HeadLookup."""
-        young = self._heads.get
-        old = self._old_heads.get
+        bodies = bodies if isinstance(bodies, list) else list(bodies)
+        packed = list(map(self._heads.get, bodies))
+        if None in packed:  # some are in the old generation, or not cached
+            old = self._old_heads.get
+            packed = [old(b) if p is None else p for b, p in zip(bodies, packed, strict=True)]
+        if None not in packed and _NO_STATE not in packed:
+            return list(map(_HEAD.unpack, packed))  # type: ignore[arg-type]
         unpack = _HEAD.unpack
-        found: list[HeadLookup] = []
-        for body in bodies:
-            packed = young(body)
-            if packed is None:
-                packed = old(body)
-                if packed is None:
-                    found.append(False)
-                    continue
-            found.append(unpack(packed) if packed else None)
-        return found
+        return [False if p is None else (unpack(p) if p else None) for p in packed]
 
     def _cached(self, body: bytes) -> bytes | None:
         """The packed head of a grain (``_NO_STATE``: no state), None when not cached."""

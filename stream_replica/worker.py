@@ -176,6 +176,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._dlq: AIOKafkaProducer | None = None
         self._last_touch = time.monotonic()
         self._last_lag_report = 0.0
+        self._in_fetch = False
+        self._fetch_cancelled = False
+        self._stop_watcher: asyncio.Task[None] | None = None
         self._last_progress = time.monotonic()
         self._repairer: ShadowRepairer | None = None
         self._last_sweep = 0.0
@@ -291,6 +294,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.standby.stop()
 
     async def _shutdown(self) -> None:
+        if self._stop_watcher is not None:
+            self._stop_watcher.cancel()
         if self._consumer is not None:
             try:
                 # Leaves the group. Bounded: during a rebalance aiokafka first waits for its
@@ -359,25 +364,40 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]] | None:
         """One getmany, or None when the worker is stopped meanwhile. aiokafka's getmany waits
         without a timeout while a rebalance is under way, which can last the rebalance timeout
-        (or more, on a broker that is starting): a SIGTERM must not wait for it."""
-        fetch = asyncio.ensure_future(
-            consumer.getmany(
+        (or more, on a broker that is starting): a SIGTERM must not wait for it. One watcher
+        for the whole run cancels this task while (and only while) it waits in getmany; a
+        task per poll raced against a stop waiter cost ~0.4 µs per record (~6 % of a
+        catch-up), most of it the extra event-loop turn per poll."""
+        if self.stop.is_set():
+            return None
+        if self._stop_watcher is None:
+            self._stop_watcher = asyncio.create_task(
+                self._cancel_fetch_on_stop(asyncio.current_task())
+            )
+        self._in_fetch = True
+        try:
+            result: dict[TopicPartition, list[Any]] = await consumer.getmany(
                 timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_records
             )
-        )
-        stopping = asyncio.ensure_future(self.stop.wait())
-        try:
-            await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if self._fetch_cancelled:
+                self._fetch_cancelled = False
+                task = asyncio.current_task()
+                if task is not None and task.uncancel() == 0:
+                    return None  # the watcher's cancel, and nobody else's
+            raise
         finally:
-            stopping.cancel()
-            if not fetch.done():
-                fetch.cancel()
-                await asyncio.wait({fetch})
-        if fetch.cancelled():
-            return None
-        result: dict[TopicPartition, list[Any]] = fetch.result()
+            self._in_fetch = False
         self._last_poll = time.monotonic()
         return result
+
+    async def _cancel_fetch_on_stop(self, fetching_task: asyncio.Task[Any] | None) -> None:
+        await self.stop.wait()
+        # _in_fetch is True only while that task is suspended inside getmany (nothing else is
+        # awaited between setting and clearing it), so the cancel lands there.
+        if self._in_fetch and fetching_task is not None:
+            self._fetch_cancelled = True
+            fetching_task.cancel()
 
     async def _sweep_repairs(self, consumer: AIOKafkaConsumer, repairer: ShadowRepairer) -> None:
         """Now and then, repair shadowed grains of caught-up partitions (also those whose
