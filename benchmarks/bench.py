@@ -911,6 +911,11 @@ class Bench:
                     result.cpu_s = _self_cpu() - cpu_before
                     result.stages = dict(totals)
                     result.records = data.total_offsets - baseline
+                    if result.records <= 0 or result.wall_s <= 0:
+                        result.failed = (
+                            "the worker had read the whole topic by its first written poll: "
+                            "too few records to time (--records)"
+                        )
                 finally:
                     stop.set()
                     with contextlib.suppress(Exception):

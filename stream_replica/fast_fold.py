@@ -22,22 +22,26 @@ from aiokafka import TopicPartition
 
 from stream_replica.contract import GrainId, canonical_full_state
 from stream_replica.fold import GrainState
-from stream_replica.store import HeadLookup, Located, ReplicaStore, grain_body_of_key
+from stream_replica.store import (
+    HeadLookup,
+    Prepared,
+    ReplicaStore,
+    encode_new_state,
+    grain_body_of_key,
+)
 
 
 @dataclass(slots=True)
 class FastFold:
     """What the fast pass settled; everything else is in ``slow_keys``."""
 
-    changes: dict[GrainId, GrainState] = field(default_factory=dict)
-    # where the store holds each changed grain (key body, partition or None), for apply()
-    located: dict[GrainId, Located] = field(default_factory=dict)
+    # the settled grains' new states, encoded for store.apply (no GrainState is made)
+    prepared: list[Prepared] = field(default_factory=list)
     applied: int = 0  # FullStates that became a state (all records of the settled grains)
-    grains: int = 0  # settled grains: applied - grains records were intermediates
     unshadowed: set[GrainId] = field(default_factory=set)
     # Kafka keys whose records the reference path must fold (None: a record without a key)
     slow_keys: set[bytes | None] = field(default_factory=set)
-    # current states read from RocksDB for grains that went to the reference path anyway
+    # current states read from RocksDB for the grains the head cache lacked
     read: dict[GrainId, GrainState | None] = field(default_factory=dict)
     next_offsets: dict[int, int] = field(default_factory=dict)
     records: int = 0
@@ -130,8 +134,7 @@ _LAST_FIELDS: Final = operator.itemgetter(2)
 
 def settle(runs: dict[bytes, _Run], lookups: list[_Lookup], out: FastFold) -> None:
     """Settle each run whose first sequence is above the held state; hand the others over."""
-    changes = out.changes
-    located = out.located
+    prepared = out.prepared
     for (key, run), (grain, body, head) in zip(runs.items(), lookups, strict=True):
         held_partition: int | None
         if head is False:
@@ -155,7 +158,7 @@ def settle(runs: dict[bytes, _Run], lookups: list[_Lookup], out: FastFold) -> No
             if shadowed_by >= 0:
                 out.unshadowed.add(grain)
         partition, _, fields, offset, count = run
-        changes[grain] = GrainState(
+        value, new_head = encode_new_state(
             fields.sequence,
             fields.timestamp_millis,
             fields.source_cluster,
@@ -163,6 +166,5 @@ def settle(runs: dict[bytes, _Run], lookups: list[_Lookup], out: FastFold) -> No
             partition,
             offset,
         )
-        located[grain] = (body, held_partition)
+        prepared.append((grain, body, held_partition, partition, value, new_head))
         out.applied += count
-        out.grains += 1

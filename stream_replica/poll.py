@@ -17,15 +17,20 @@ from aiokafka import TopicPartition
 from stream_replica.contract import ContractError, Entry, EntryType, GrainId, Tombstone, decode
 from stream_replica.fast_fold import fast_fold
 from stream_replica.fold import FoldResult, GrainState, Polled, fold
-from stream_replica.store import Located, ReplicaStore
+from stream_replica.store import Prepared, ReplicaStore
 
 
 @dataclass(slots=True)
 class FoldedBatch:
     result: FoldResult
-    # key body and held partition of grains the fast pass settled (store.apply's ``located``)
-    located: dict[GrainId, Located]
+    # the new states of the grains the fast pass settled (store.apply's ``prepared``; those
+    # grains are not in result.changes)
+    prepared: list[Prepared]
     records: int  # records of the kept partitions
+
+    @property
+    def grains_written(self) -> int:
+        return len(self.result.changes) + len(self.prepared)
 
 
 def fold_batch(
@@ -34,7 +39,8 @@ def fold_batch(
     store: ReplicaStore,
 ) -> FoldedBatch:
     """The fold of a fetched batch: what fold(decode_batch(batch)) gives (tests/
-    test_fast_fold.py), most of it computed by the fast pass."""
+    test_fast_fold.py), most of it computed by the fast pass: the grains it settles are in
+    ``prepared``, encoded for the store, the others in ``result.changes``."""
     fast = fast_fold(batch, keep, store)
     slow_keys = fast.slow_keys
     if slow_keys:
@@ -42,15 +48,14 @@ def fold_batch(
         result = fold_polled(polled, store)
     else:
         result = FoldResult()
-    if fast.changes:
-        result.changes.update(fast.changes)
+    if fast.prepared:
         result.unshadowed |= fast.unshadowed
         counts = result.counts
         counts.applied += fast.applied
-        counts.intermediates_dropped += fast.applied - fast.grains
+        counts.intermediates_dropped += fast.applied - len(fast.prepared)
     result.counts.records = fast.records
     result.next_offsets = fast.next_offsets
-    return FoldedBatch(result, fast.located, fast.records)
+    return FoldedBatch(result, fast.prepared, fast.records)
 
 
 def decode_batch(

@@ -191,7 +191,7 @@ class StandbyFollower:
         )
         try:
             self.store.apply(
-                result.changes, checkpoints, result.counts, result.unshadowed, folded.located
+                result.changes, checkpoints, result.counts, result.unshadowed, folded.prepared
             )
         except StoreError as exc:
             raise StandbyError(f"standby: {exc}") from None

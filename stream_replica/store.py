@@ -132,6 +132,9 @@ _NO_STATE: Final = b""
 HeadLookup = tuple[int, int, int, int] | None | Literal[False]
 # Where the store holds a grain: its key body and the partition of its state (None: no state).
 Located = tuple[bytes, int | None]
+# A new, unshadowed state the fast fold has encoded for apply(): grain, key body, partition
+# of the state it replaces (None: none), its partition, value (_pack_state), head (_HEAD).
+Prepared = tuple[GrainId, bytes, int | None, int, bytes, bytes]
 
 
 def parse_grain_db_key(db_key: bytes) -> GrainId:
@@ -170,14 +173,28 @@ _STATE_KEY_HEAD: Final = len(_STATE_PREFIX) + _PARTITION.size
 # than msgpack here.
 _STATE_HEADER: Final = struct.Struct(">QqIQqI")
 _SOURCES: dict[str, bytes] = {}  # source cluster → its UTF-8
+_SPOTS: dict[int, bytes] = {}  # partition → _PARTITION.pack(partition)
+
+
+def _source_bytes(source: str) -> bytes:
+    encoded = source.encode()
+    if len(_SOURCES) < 1024:  # a handful of clusters in practice
+        _SOURCES[source] = encoded
+    return encoded
+
+
+def _spot(partition: int) -> bytes:
+    """_PARTITION.pack(partition), cached: the partition part of every state key."""
+    spot = _SPOTS.get(partition)
+    if spot is None:
+        spot = _PARTITION.pack(partition)
+        if len(_SPOTS) < 65536:
+            _SPOTS[partition] = spot
+    return spot
 
 
 def _pack_state(state: GrainState) -> bytes:
-    source = _SOURCES.get(state.source_cluster)
-    if source is None:
-        source = state.source_cluster.encode()
-        if len(_SOURCES) < 1024:  # a handful of clusters in practice
-            _SOURCES[state.source_cluster] = source
+    source = _SOURCES.get(state.source_cluster) or _source_bytes(state.source_cluster)
     header = _STATE_HEADER.pack(
         state.sequence,
         state.timestamp_millis,
@@ -187,6 +204,24 @@ def _pack_state(state: GrainState) -> bytes:
         len(source),
     )
     return header + source + state.payload
+
+
+def encode_new_state(
+    sequence: int,
+    timestamp_millis: int,
+    source_cluster: str,
+    payload: bytes,
+    partition: int,
+    offset: int,
+) -> tuple[bytes, bytes]:
+    """The stored value and the cached head of an unshadowed state (see Prepared)."""
+    source = _SOURCES.get(source_cluster) or _source_bytes(source_cluster)
+    value = (
+        _STATE_HEADER.pack(sequence, timestamp_millis, partition, offset, -1, len(source))
+        + source
+        + payload
+    )
+    return value, _HEAD.pack(sequence, partition, offset, -1)
 
 
 def _unpack_state(raw: bytes) -> GrainState:
@@ -714,18 +749,25 @@ class ReplicaStore(_StoreView):
         checkpoints: Mapping[int, Checkpoint],
         counts: FoldCounts,
         unshadowed: Iterable[GrainId] = (),
-        located: Mapping[GrainId, Located] | None = None,
+        prepared: Iterable[Prepared] = (),
     ) -> None:
-        """Write a poll's result atomically: grain changes, the shadow index (``unshadowed``:
-        grains no longer shadowed), checkpoints, counters. ``located`` may tell, for some
-        grains, their key body and the partition their state is in (what the fast fold
-        learned); the others are looked up here."""
+        """Write a poll's result atomically: grain changes, the new states the fast fold
+        encoded already (``prepared``, grains not in ``changes``), the shadow index
+        (``unshadowed``: grains no longer shadowed), checkpoints, counters."""
         batch = WriteBatch(raw_mode=True)
-        known: dict[GrainId, Located] = dict(located) if located else {}
+        heads: list[tuple[bytes, bytes]] = []
+        put = batch.put
+        for _, body, held, partition, value, head in prepared:
+            spot = _spot(partition)
+            if held != partition:
+                if held is not None:
+                    batch.delete(_STATE_PREFIX + _spot(held) + body)
+                put(_INDEX_PREFIX + body, spot)
+            put(_STATE_PREFIX + spot + body, value)
+            heads.append((body, head))
+        known: dict[GrainId, Located] = {}
         unknown: list[GrainId] = []
         for grain in changes:
-            if grain in known:
-                continue
             body = _grain_body(grain)
             packed = self._cached(body)
             if packed is None:
@@ -734,8 +776,6 @@ class ReplicaStore(_StoreView):
                 known[grain] = (body, _HEAD.unpack(packed)[1] if packed else None)
         if unknown:
             known.update(self._locations(unknown))
-        heads: list[tuple[bytes, bytes]] = []
-        put = batch.put
         try:
             for grain, state in changes.items():
                 body, held = known[grain]

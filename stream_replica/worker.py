@@ -580,7 +580,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         write_started = time.perf_counter()
         try:
             self.store.apply(
-                result.changes, checkpoints, result.counts, result.unshadowed, folded.located
+                result.changes, checkpoints, result.counts, result.unshadowed, folded.prepared
             )
         except StoreError as exc:
             raise FatalError(f"{exc}; offsets of this poll were not committed") from None
@@ -588,7 +588,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.counts.add(result.counts)
         self.metrics.add_fold(result.counts)
         self.metrics.poll_records.observe(folded.records)
-        self.metrics.write_grains.observe(len(result.changes))
+        self.metrics.write_grains.observe(folded.grains_written)
         self.metrics.write_seconds.observe(done - write_started)
         self.metrics.poll_seconds.observe(done - started)
         for partition, next_offset in result.next_offsets.items():
