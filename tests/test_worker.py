@@ -4,6 +4,7 @@ test_cluster.py)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import subprocess
@@ -651,3 +652,45 @@ async def test_far_behind_partitions_are_caught_up_one_after_another(
     assert len(first) == 1 and first[0].endswith("paused until then"), messages
     handed_on = [m for m in messages if ": catching up (next: " in m]
     assert len(handed_on) == 2, messages  # the two paused partitions, one after the other
+
+
+async def test_a_catch_up_lets_other_tasks_run_between_polls(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    """getmany answers at once while aiokafka holds fetched records and a clean poll awaits
+    nothing, so a catch-up could run poll after poll without giving heartbeats, fetches,
+    commits or HTTP reads a turn (it held the loop for 130-160 ms once). Every poll must let
+    a task that is ready run first."""
+    topic = await make_topic(partitions=2)
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for i in range(3000):
+            await publisher.publish_snapshot("t", f"k{i % 500}", b"x" * 200)
+    oracle = await read_oracle(kafka_bootstrap, topic, 2)
+    worker = InProcessWorker(
+        kafka_bootstrap, topic, unique("g"), tmp_path / "db", max_records=10
+    ).start()
+    turns = 0
+
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    seen: list[int] = []
+    process = worker.worker._process
+
+    async def recording(*args: Any) -> None:
+        seen.append(turns)
+        await process(*args)
+
+    worker.worker._process = recording  # type: ignore[method-assign]
+    ticking = asyncio.create_task(ticker())
+    try:
+        await wait_until(lambda: worker.caught_up(oracle.end_offsets()), 60, what="catch-up")
+    finally:
+        ticking.cancel()
+        await worker.stop()
+    assert len(seen) >= 100  # many polls of 10 records, most answered from aiokafka's buffer
+    stuck = [n for n, (a, b) in enumerate(itertools.pairwise(seen)) if b <= a]
+    assert not stuck, f"no other task ran between polls {stuck[:5]} of {len(seen)}"
