@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -238,14 +240,31 @@ async def measure_reads(
 async def bench_reads(bootstrap: str, small: bool) -> ReadFigures:
     """The read section of ``make bench`` (``--small``: a short version, 3 s per case)."""
     print("reads over HTTP (wrk; a producer at 5,000 records/s meanwhile) ...", flush=True)
-    if small:
-        figures = await measure_reads(
-            bootstrap, records=20_000, grains=2_000, fetch_runs=1, seconds=3.0
-        )
-    else:
-        figures = await measure_reads(bootstrap)
+    with quiet_workers():
+        if small:
+            figures = await measure_reads(
+                bootstrap, records=20_000, grains=2_000, fetch_runs=1, seconds=3.0
+            )
+        else:
+            figures = await measure_reads(bootstrap)
     print(figures.table() + "\n", flush=True)
     return figures
+
+
+@contextlib.contextmanager
+def quiet_workers() -> Iterator[None]:
+    """The in-process workers log every refused Delta and shadowed state; the bench output
+    is for figures (the counters have every record)."""
+    names = ("stream_replica", "stream_replica.worker", "stream_replica.watchdog")
+    before = {name: logging.getLogger(name).level for name in names}
+    logging.getLogger("stream_replica").setLevel(logging.ERROR)
+    logging.getLogger("stream_replica.worker").setLevel(logging.CRITICAL)
+    logging.getLogger("stream_replica.watchdog").setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
 
 
 async def main(argv: list[str]) -> int:
@@ -261,15 +280,15 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--rate", type=int, default=5000, help="producer records/s")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # the in-process workers' progress lines
-    logging.getLogger("stream_replica.worker").setLevel(logging.CRITICAL)  # refused Deltas
     bootstrap = os.environ.get(
         "KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
     )
-    figures = await measure_reads(
-        bootstrap, records=args.records, grains=args.grains, fetch_runs=args.runs,
-        seconds=args.seconds, connections=args.connections,
-        client_concurrency=args.concurrency, rate=args.rate,
-    )  # fmt: skip
+    with quiet_workers():
+        figures = await measure_reads(
+            bootstrap, records=args.records, grains=args.grains, fetch_runs=args.runs,
+            seconds=args.seconds, connections=args.connections,
+            client_concurrency=args.concurrency, rate=args.rate,
+        )  # fmt: skip
     print(figures.table())
     return 1 if figures.failed else 0
 

@@ -139,11 +139,13 @@ class StandbyFollower:
                 self._wake.clear()
                 stopping = asyncio.ensure_future(stop.wait())
                 woken = asyncio.ensure_future(self._wake.wait())
-                await asyncio.wait(
-                    {stopping, woken}, timeout=IDLE_WAIT_S, return_when="FIRST_COMPLETED"
-                )
-                for task in (stopping, woken):
-                    task.cancel()
+                try:
+                    await asyncio.wait(
+                        {stopping, woken}, timeout=IDLE_WAIT_S, return_when="FIRST_COMPLETED"
+                    )
+                finally:  # also when this task is cancelled (the worker stopping)
+                    for task in (stopping, woken):
+                        task.cancel()
                 continue
             epoch = self._epoch
             try:
