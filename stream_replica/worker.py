@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -257,11 +256,6 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._repairer.start()
             self._consumer.subscribe([self.topic], listener=self)
             self._standby_task = asyncio.create_task(self._run_standby())
-            # What exists now (modules, clients, the app) lives as long as the process: keep
-            # it out of the collector's full passes, which walked it every few seconds for
-            # 20-50 ms of a catch-up's event loop (one collection here first, ~25 ms).
-            gc.collect()
-            gc.freeze()
             await self._loop(self._consumer)
             if self._fatal is not None:
                 raise FatalError(self._fatal)
