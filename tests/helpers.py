@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -175,12 +176,32 @@ def worker_command(bootstrap: str, topic: str, group: str, db: object, *extra: s
 
 
 def read_until(process: subprocess.Popen[str], text: str) -> None:
-    """Read the process's stderr until a line contains ``text`` (fail if it exits first)."""
+    """Read the process's stderr until a line contains ``text`` (fail if it exits first).
+    Collect the rest with :func:`finish`, not ``communicate``."""
     assert process.stderr is not None
     for line in process.stderr:
         if text in line:
             return
     raise AssertionError(f"process exited before printing {text!r}")
+
+
+def finish(process: subprocess.Popen[str], timeout: float) -> str:
+    """Wait for the process to exit; the rest of its stderr. Reads through the buffered
+    reader read_until used: ``communicate(timeout=...)`` reads the raw pipe and loses what
+    that reader had already read ahead (a test counting log lines missed one)."""
+    assert process.stderr is not None
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(process.stderr.read)
+        try:
+            rest = reading.result(timeout)
+        except concurrent.futures.TimeoutError:
+            process.kill()
+            rest = reading.result(30)
+            raise AssertionError(
+                f"process did not exit within {timeout:g} s; its stderr ends: {rest[-2000:]}"
+            ) from None
+    process.wait(30)
+    return rest
 
 
 class InProcessWorker:

@@ -17,7 +17,7 @@ import pytest
 from stream_replica.contract import encode_key
 from stream_replica.publisher import Publisher
 from stream_replica.workload import sample_workload
-from tests.helpers import TopicFactory, read_until, wait_until, worker_command
+from tests.helpers import TopicFactory, finish, read_until, wait_until, worker_command
 
 pytestmark = pytest.mark.broker
 
@@ -142,7 +142,7 @@ async def test_json_logs_and_rate_limited_refusals(
         )
     finally:
         process.send_signal(signal.SIGTERM)
-        _, rest = process.communicate(timeout=60)
+        rest = finish(process, 60)
     lines: list[dict[str, Any]] = [json.loads(line) for line in rest.splitlines() if line.strip()]
     refused = [line for line in lines if line["message"].startswith("refused invalid record")]
     summary = [line for line in lines if "suppressed" in line["message"]]

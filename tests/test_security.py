@@ -15,7 +15,7 @@ import pytest
 
 from stream_replica import admin
 from stream_replica.store import ReplicaReader
-from tests.helpers import cli, read_until, worker_command
+from tests.helpers import cli, finish, read_until, worker_command
 from tests.secure_broker import SecureBroker, free_port_block
 
 pytestmark = pytest.mark.broker
@@ -66,7 +66,7 @@ def test_every_command_over_sasl_ssl_with_scram(secure: SecureBroker, tmp_path: 
             time.sleep(0.2)  # polling the store: the worker is another process
     finally:
         worker.send_signal(signal.SIGTERM)
-        _, stderr = worker.communicate(timeout=60)
+        stderr = finish(worker, 60)
     assert worker.returncode == 0, stderr[-2000:]
 
     audited = cli("audit", "--db", str(db), env=env)

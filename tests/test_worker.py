@@ -25,6 +25,7 @@ from tests.helpers import (
     InProcessWorker,
     TopicFactory,
     cli,
+    finish,
     publish_unchecked,
     read_until,
     wait_until,
@@ -448,7 +449,7 @@ def test_sigterm_while_waiting_for_broker_exits_cleanly(tmp_path: Path) -> None:
     )
     read_until(process, "not reachable")  # the worker is up and backing off
     process.send_signal(signal.SIGTERM)
-    _, rest = process.communicate(timeout=30)
+    rest = finish(process, 30)
     assert process.returncode == 0, rest
     assert "Traceback" not in rest
 
@@ -477,7 +478,7 @@ async def test_sigterm_during_a_long_rebalance_exits_promptly(
         read_until(member, "released partitions")
         member.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        _, rest = member.communicate(timeout=60)
+        rest = finish(member, 60)
         assert member.returncode == 0, rest
         assert time.monotonic() - started < 15, rest  # not held until the dead member expires
         assert "assigned partitions" not in rest  # it stopped while the rebalance went on
@@ -612,7 +613,7 @@ async def test_second_signal_exits_at_once(
     # Two different signals, so the kernel cannot merge them into one.
     process.send_signal(signal.SIGTERM)
     process.send_signal(signal.SIGINT)
-    _, rest = process.communicate(timeout=30)
+    rest = finish(process, 30)
     assert process.returncode in (128 + signal.SIGTERM, 128 + signal.SIGINT), rest
     assert "second signal, exiting at once" in rest
 
