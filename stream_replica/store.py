@@ -193,17 +193,32 @@ def _spot(partition: int) -> bytes:
     return spot
 
 
-def _pack_state(state: GrainState) -> bytes:
-    source = _SOURCES.get(state.source_cluster) or _source_bytes(state.source_cluster)
+def _pack_value(
+    sequence: int,
+    timestamp_millis: int,
+    source_cluster: str,
+    payload: bytes,
+    partition: int,
+    offset: int,
+    shadowed_by: int,
+) -> bytes:
+    source = _SOURCES.get(source_cluster) or _source_bytes(source_cluster)
     header = _STATE_HEADER.pack(
+        sequence, timestamp_millis, partition, offset, shadowed_by, len(source)
+    )
+    return header + source + payload
+
+
+def _pack_state(state: GrainState) -> bytes:
+    return _pack_value(
         state.sequence,
         state.timestamp_millis,
+        state.source_cluster,
+        state.payload,
         state.partition,
         state.offset,
         state.shadowed_by,
-        len(source),
     )
-    return header + source + state.payload
 
 
 def encode_new_state(
@@ -215,12 +230,7 @@ def encode_new_state(
     offset: int,
 ) -> tuple[bytes, bytes]:
     """The stored value and the cached head of an unshadowed state (see Prepared)."""
-    source = _SOURCES.get(source_cluster) or _source_bytes(source_cluster)
-    value = (
-        _STATE_HEADER.pack(sequence, timestamp_millis, partition, offset, -1, len(source))
-        + source
-        + payload
-    )
+    value = _pack_value(sequence, timestamp_millis, source_cluster, payload, partition, offset, -1)
     return value, _HEAD.pack(sequence, partition, offset, -1)
 
 
@@ -782,14 +792,14 @@ class ReplicaStore(_StoreView):
                 if state is None:
                     heads.append((body, _NO_STATE))
                     if held is not None:
-                        batch.delete(_STATE_PREFIX + _PARTITION.pack(held) + body)
+                        batch.delete(_STATE_PREFIX + _spot(held) + body)
                         batch.delete(_INDEX_PREFIX + body)
                     continue
                 partition = state.partition
-                spot = _PARTITION.pack(partition)
+                spot = _spot(partition)
                 if held != partition:
                     if held is not None:
-                        batch.delete(_STATE_PREFIX + _PARTITION.pack(held) + body)
+                        batch.delete(_STATE_PREFIX + _spot(held) + body)
                     put(_INDEX_PREFIX + body, spot)
                 put(_STATE_PREFIX + spot + body, _pack_state(state))
                 heads.append(
