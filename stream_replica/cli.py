@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import base64
 import faulthandler
-import gc
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from stream_replica import admin, fold, logs
+from stream_replica import admin, fold, logs, tuning
 from stream_replica.cli_flags import add_model_flags, settings_from
 from stream_replica.contract import ContractError, EntryType, GrainId
 from stream_replica.errors import StreamReplicaError
@@ -160,17 +159,15 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
     s = with_container_name(settings_from(WorkerSettings, args), container_name)
     memory = s.memory_plan()  # a budget too small is refused before anything starts
+    log.info("%s", tuning.tune_malloc())  # before the store and the Kafka client allocate
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck worker.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     store = ReplicaStore(s.db, s.topic, memory=memory)
     log.info("%s", memory.describe())  # after the open: a refusal stays one line
-    # This process is the worker's: what exists now (modules, settings, the store) lives as
-    # long as it does. Keep it out of the collector's full passes, which walked it for 16-53 ms
-    # of the event loop every few seconds of a catch-up (one collection first, ~25 ms).
-    gc.collect()
-    gc.freeze()
+    # This process is the worker's: process-wide choices are ours to make (tuning.py).
+    tuning.freeze_startup_objects()
     fatal: str | None = None
     code = 1
     try:
