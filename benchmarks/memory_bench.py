@@ -68,6 +68,8 @@ from stream_replica.store import Checkpoint, ReplicaStore
 ROOT = Path(__file__).resolve().parent.parent
 _STALL_LINE = re.compile(
     r"longest event-loop stall: (\d+) ms \((\d+) over \d+ ms(?:; longest on the CPU (\d+) ms)?"
+    r"(?:; longest waiting for a core (\d+) ms)?\)?(?:; the longest in (.*))?$",
+    re.MULTILINE,
 )
 # The first positioning line of a partition; a wipe logs it at WARNING (common.py's
 # worker_assigned_at looks for INFO only).
@@ -104,6 +106,9 @@ class Case:
     peak_rss_mib: float = 0.0
     longest_stall_ms: float | None = None
     longest_on_cpu_ms: float | None = None  # the part of a stall the loop thread was running
+    # the part of a stall the loop thread was runnable but had no core (Linux's run queue)
+    longest_waiting_ms: float | None = None
+    longest_where: str | None = None  # where the loop was in the longest stall (its stack)
     stalls_over_100ms: int | None = None
     failed: str | None = None
 
@@ -143,8 +148,9 @@ class MemoryReport:
     def table(self) -> str:
         lines = [
             "| case | grains | records | read s | records/s | MiB/s | peak RSS MiB | budget "
-            "MiB | longest loop stall ms | longest on CPU ms | stalls > 100 ms | CPU s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "MiB | longest loop stall ms | longest on CPU ms | longest waiting for a core ms | "
+            "stalls > 100 ms | CPU s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for c in self.cases:
             if c.failed:
@@ -153,11 +159,12 @@ class MemoryReport:
             stall = "" if c.longest_stall_ms is None else f"{c.longest_stall_ms:.0f}"
             over = "" if c.stalls_over_100ms is None else str(c.stalls_over_100ms)
             on_cpu = "" if c.longest_on_cpu_ms is None else f"{c.longest_on_cpu_ms:.0f}"
+            waiting = "" if c.longest_waiting_ms is None else f"{c.longest_waiting_ms:.0f}"
             budget = "" if c.budget_mib is None else str(c.budget_mib)
             lines.append(
                 f"| {c.name} | {c.grains:,} | {c.records:,} | {c.read_s:.1f} | "
                 f"{c.records_s:,.0f} | {c.mib_s:.1f} | {c.peak_rss_mib:.0f} | {budget} | "
-                f"{stall} | {on_cpu} | {over} | {c.cpu_s:.1f} |"
+                f"{stall} | {on_cpu} | {waiting} | {over} | {c.cpu_s:.1f} |"
             )
         return "\n".join(lines)
 
@@ -191,6 +198,21 @@ class MemoryReport:
             self.steps_table(),
             "",
             *(f"**{line}**  " for line in self.ratio_lines()),
+            "",
+            *self.where_lines(),
+        ]
+
+    def where_lines(self) -> list[str]:
+        """Where each worker's event loop was during its longest stall (the watchdog's stack
+        sample; none when no stall lasted long enough to be sampled)."""
+        found = [c for c in self.cases if c.longest_where]
+        if not found:
+            return []
+        return [
+            "Where the loop was in each case's longest stall (the watchdog's stack sample, "
+            "innermost frame first):",
+            "",
+            *(f"- {c.name}, {c.grains:,} grains: `{c.longest_where}`" for c in found),
             "",
         ]
 
@@ -405,6 +427,9 @@ class MemoryBench:
             case.stalls_over_100ms = int(match.group(2))
             if match.group(3) is not None:
                 case.longest_on_cpu_ms = float(match.group(3))
+            if match.group(4) is not None:
+                case.longest_waiting_ms = float(match.group(4))
+            case.longest_where = match.group(5)
         return case
 
     async def raw(self, data: Prefill) -> Case:

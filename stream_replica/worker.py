@@ -267,12 +267,16 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._stop_standby()
             await self._shutdown()
             await self.watchdog.stop()
+            dog = self.watchdog
             log.info(
-                "longest event-loop stall: %.0f ms (%d over %.0f ms; longest on the CPU %.0f ms)",
-                self.watchdog.longest_s * 1000,
-                self.watchdog.stalls_reported,
-                self.watchdog.report_over_s * 1000,
-                self.watchdog.longest_on_cpu_s * 1000,
+                "longest event-loop stall: %.0f ms (%d over %.0f ms; longest on the CPU %.0f "
+                "ms; longest waiting for a core %.0f ms)%s",
+                dog.longest_s * 1000,
+                dog.stalls_reported,
+                dog.report_over_s * 1000,
+                dog.longest_on_cpu_s * 1000,
+                dog.longest_waiting_for_core_s * 1000,
+                f"; the longest in {dog.longest_where}" if dog.longest_where else "",
             )
 
     async def _run_standby(self) -> None:

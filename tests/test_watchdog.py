@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import threading
 import time
 
 import pytest
 
 from stream_replica.metrics import Metrics
-from stream_replica.watchdog import LoopWatchdog
+from stream_replica.watchdog import LoopWatchdog, run_queue_wait_s
+
+
+def _hold_the_loop_waiting(seconds: float) -> None:
+    time.sleep(seconds)  # the synchronous step under test (off the CPU)
+
+
+def _hold_the_loop_computing(seconds: float) -> int:
+    deadline, spins = time.thread_time() + seconds, 0
+    while time.thread_time() < deadline:
+        spins += 1
+    return spins
 
 
 async def test_a_blocking_step_is_measured_and_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -18,7 +31,7 @@ async def test_a_blocking_step_is_measured_and_logged(caplog: pytest.LogCaptureF
     watchdog.start()
     await asyncio.sleep(0.05)  # the watchdog is sleeping its interval
     with caplog.at_level(logging.WARNING, logger="stream_replica.watchdog"):
-        time.sleep(0.3)  # noqa: ASYNC251 - the synchronous step under test
+        _hold_the_loop_waiting(0.3)
         await asyncio.sleep(0.05)
     await watchdog.stop()
     # it cannot wake before the blocking step ends: at least 0.3 s minus its interval late
@@ -28,6 +41,36 @@ async def test_a_blocking_step_is_measured_and_logged(caplog: pytest.LogCaptureF
     assert "event loop stalled for" in caplog.text
     # time.sleep stalls the loop without using the CPU: waiting, not our own work
     assert watchdog.longest_on_cpu_s < watchdog.longest_s
+    # the sampler thread saw the loop inside the step, and the report names it
+    assert watchdog.longest_where is not None
+    assert watchdog.longest_where.startswith("_hold_the_loop_waiting (test_watchdog.py:")
+    assert "; in _hold_the_loop_waiting (test_watchdog.py:" in caplog.text
+
+
+async def test_a_computing_step_is_located_too(caplog: pytest.LogCaptureFixture) -> None:
+    """Python code holding the loop gives the GIL up every few ms, so the sampler sees it at
+    work: the report names the function, and (Linux) the stall is mostly on the CPU."""
+    watchdog = LoopWatchdog(interval_s=0.01, report_over_s=0.1)
+    watchdog.start()
+    await asyncio.sleep(0.05)
+    with caplog.at_level(logging.WARNING, logger="stream_replica.watchdog"):
+        _hold_the_loop_computing(0.3)
+        await asyncio.sleep(0.05)
+    await watchdog.stop()
+    assert watchdog.longest_where is not None
+    assert "_hold_the_loop_computing (test_watchdog.py:" in watchdog.longest_where
+    assert watchdog.longest_on_cpu_s >= 0.2
+
+
+def test_the_stack_sampler_thread_ends_with_the_watchdog() -> None:
+    async def run() -> None:
+        watchdog = LoopWatchdog(interval_s=0.01)
+        watchdog.start()
+        assert any(t.name == "loop-stall-sampler" for t in threading.enumerate())
+        await watchdog.stop()
+
+    asyncio.run(run())
+    assert not any(t.name == "loop-stall-sampler" for t in threading.enumerate())
 
 
 def test_small_lags_are_kept_but_not_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -48,3 +91,24 @@ def test_the_on_cpu_part_of_a_stall_is_what_the_loop_thread_spent(
         watchdog.observe(0.15, cpu_s=0.2)  # our own work: all of it on the CPU
     assert watchdog.longest_s == 0.3 and watchdog.longest_on_cpu_s == 0.15
     assert "stalled for 300 ms, 40 ms of it on the CPU" in caplog.text
+
+
+def test_waiting_for_a_core_is_told_apart_from_being_blocked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    watchdog = LoopWatchdog(report_over_s=0.1)
+    with caplog.at_level(logging.WARNING, logger="stream_replica.watchdog"):
+        watchdog.observe(0.3, cpu_s=0.04, waiting_for_core_s=0.2)
+        # a run-queue wait longer than the off-CPU part is clamped to it
+        watchdog.observe(0.12, cpu_s=0.1, waiting_for_core_s=0.5)
+    assert "300 ms, 40 ms of it on the CPU, 200 ms waiting for a core" in caplog.text
+    assert "120 ms, 100 ms of it on the CPU, 20 ms waiting for a core" in caplog.text
+    assert watchdog.longest_waiting_for_core_s == pytest.approx(0.2)
+
+
+def test_the_run_queue_wait_is_read_where_linux_tells_it() -> None:
+    waited = run_queue_wait_s()
+    if sys.platform.startswith("linux"):
+        assert waited is not None and waited >= 0.0
+    else:
+        assert waited is None
