@@ -160,6 +160,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     s = with_container_name(settings_from(WorkerSettings, args), container_name)
     memory = s.memory_plan()  # a budget too small is refused before anything starts
     log.info("%s", tuning.tune_malloc())  # before the store and the Kafka client allocate
+    log.info("%s", tuning.lower_compaction_priority())
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck worker.

@@ -14,6 +14,11 @@ process's garbage collector and memory allocator.
   much free, the buffers' pages are reused (aiokafka alone: 19.5 -> 11.5 µs/record). An operator's
   own setting wins: ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...`` or
   ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment leave it alone.
+* RocksDB's compactions (its low-priority thread pool, shared by every store in the process)
+  run at the lowest CPU priority (nice 19). They are background work that can wait; the event
+  loop cannot: on a busy machine the loop thread otherwise waited up to ~100 ms at a time for
+  a core the compaction threads held. Flushes keep the normal priority, so writes never wait
+  for a memtable to be freed.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import platform
 from collections.abc import Mapping
 from typing import Final
 
+from rocksdict import Env
+
 from stream_replica.memory import FETCH_MAX_BYTES, MIB
 
 # mallopt(3) parameters (malloc.h)
@@ -33,7 +40,7 @@ M_MMAP_THRESHOLD: Final = -3
 # glibc's largest mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX); above FETCH_MAX_BYTES.
 MMAP_THRESHOLD_BYTES: Final = 32 * MIB
 # Free memory the heap keeps before giving it back: one fetch buffer freed at its top stays.
-TRIM_THRESHOLD_BYTES: Final = 2 * FETCH_MAX_BYTES
+TRIM_THRESHOLD_BYTES: Final = FETCH_MAX_BYTES
 
 _OPERATOR_SETTINGS: Final = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
@@ -64,3 +71,12 @@ def tune_malloc(environ: Mapping[str, str] = os.environ) -> str:
         f"allocator: glibc mmap threshold {MMAP_THRESHOLD_BYTES // MIB} MiB, trim threshold "
         f"{TRIM_THRESHOLD_BYTES // MIB} MiB (fetch buffers reused, not mapped per fetch)"
     )
+
+
+def lower_compaction_priority() -> str:
+    """RocksDB's compaction threads at nice 19 (see the module doc); what was done."""
+    try:
+        Env().lower_thread_pool_cpu_priority()
+    except Exception as exc:  # a platform without thread priorities
+        return f"compaction priority left as it is ({type(exc).__name__}: {exc})"
+    return "RocksDB compactions at the lowest CPU priority (nice 19); flushes as the loop"
