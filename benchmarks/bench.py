@@ -1250,7 +1250,7 @@ def write_markdown(report: Report, path: Path) -> None:
             "records / (wall - join); the ratios use it.",
             "- Done: raw aiokafka and ConsumerPerformance stop by themselves after the last "
             "record. Our worker and Quix are done when the group's committed offsets equal the "
-            "end offsets (polled every 0.2 s), then get SIGTERM.",
+            "end offsets (polled every 0.05 s), then get SIGTERM.",
             "- CPU s: the kernel's rusage of that process (`wait4`), user + system seconds "
             "until exit (including start-up and shutdown). Peak RSS: the process's `VmHWM` "
             "(/proc), read every 50 ms while it runs (`ru_maxrss` would include this script's "

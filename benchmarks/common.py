@@ -323,7 +323,7 @@ async def run_measured(
     log_dir: Path,
     done: Callable[[], Awaitable[bool]] | None = None,
     timeout_s: float = 1800.0,
-    poll_s: float = 0.2,
+    poll_s: float = 0.05,
     cwd: Path | None = None,
 ) -> ProcResult:
     """Run ``cmd`` as a child process (see :func:`run_measured_many`)."""
@@ -336,7 +336,7 @@ async def run_measured_many(
     log_dir: Path,
     done: Callable[[], Awaitable[bool]] | None = None,
     timeout_s: float = 1800.0,
-    poll_s: float = 0.2,
+    poll_s: float = 0.05,
     cwd: Path | None = None,
 ) -> list[ProcResult]:
     """Run each command as a child, all at once. Without ``done`` each is done when it exits;
@@ -393,7 +393,7 @@ async def run_measured_many(
                 term_sent_at = done_at
                 for pid in set(running) - set(finished):
                     _terminate(pid, signal.SIGTERM)
-        await asyncio.sleep(0.02 if done is None else 0.05)
+        await asyncio.sleep(0.02)
     results = []
     for pid, (name, proc, launched, out_path, err_path) in running.items():
         status, usage, exited = finished[pid]
