@@ -159,14 +159,16 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
     s = with_container_name(settings_from(WorkerSettings, args), container_name)
     memory = s.memory_plan()  # a budget too small is refused before anything starts
-    log.info("%s", tuning.tune_malloc())  # before the store and the Kafka client allocate
-    log.info("%s", tuning.lower_compaction_priority())
+    # before the store and the Kafka client allocate and start threads; logged after the open
+    tuned = [tuning.tune_malloc(), tuning.lower_compaction_priority()]
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck worker.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     store = ReplicaStore(s.db, s.topic, memory=memory)
     log.info("%s", memory.describe())  # after the open: a refusal stays one line
+    for line in tuned:
+        log.info("%s", line)
     # This process is the worker's: process-wide choices are ours to make (tuning.py).
     tuning.freeze_startup_objects()
     fatal: str | None = None
