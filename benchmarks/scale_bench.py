@@ -93,6 +93,7 @@ class ScaleCase:
     workers: list[WorkerRun]
     broker_cpu_s: float | None
     joined_at_fraction: float | None = None  # 1 -> 2: committed share when the 2nd joined
+    joined_at: float | None = None  # 1 -> 2: epoch s of the 2nd worker's first assignment
     load: str = ""
 
     @property
@@ -103,6 +104,16 @@ class ScaleCase:
     def rate(self) -> float | None:
         wall = self.wall_s
         return None if not wall else self.topic_records / wall
+
+    @property
+    def rate_after_join(self) -> float | None:
+        """1 -> 2: records/s of the group from the 2nd worker's first assignment to done (the
+        records committed after it / that time): what the group does once scaled out."""
+        if self.joined_at is None or self.joined_at_fraction is None or self.done is None:
+            return None
+        left = self.topic_records * (1.0 - self.joined_at_fraction)
+        seconds = self.done - self.joined_at
+        return left / seconds if seconds > 0 else None
 
     @property
     def records_read(self) -> int | None:
@@ -149,6 +160,10 @@ class ScaleResult:
         base = self.baseline(case)
         return None if base is None or not case.rate or not base.rate else case.rate / base.rate
 
+    def ratio_after_join(self, case: ScaleCase) -> float | None:
+        base, after = self.baseline(case), case.rate_after_join
+        return None if base is None or not after or not base.rate else after / base.rate
+
     def markdown(self) -> str:
         """The section of docs/bench.md (benchmarks/bench.py writes it)."""
         return "\n".join(
@@ -160,7 +175,11 @@ class ScaleResult:
                 "fresh stores, workers launched as `stream-replica run`. *wall s* runs from the "
                 "first worker's first assignment to the group's committed offsets equal to the "
                 "end offsets (polled every 0.1 s); the ratio is to the one-worker case run just "
-                "before; *records read* sums each worker's final `records=` count; CPU s is "
+                "before. For 1 -> 2 the note also gives the group's rate from the second "
+                "worker's first assignment to done (the records committed after it / that "
+                "time) against the one-worker rate: what the group does once scaled out, "
+                "without the newcomer's start-up. *records read* sums each worker's final "
+                "`records=` count; CPU s is "
                 "each worker's whole life (start-up ~0.7 s included) and the broker's over the "
                 f"case. Load average at the start {self.load_at_start}, at the end "
                 f"{self.load_at_end}: on this shared 2-core machine two workers need both "
@@ -182,6 +201,9 @@ class ScaleResult:
             note = ""
             if case.joined_at_fraction is not None:
                 note = f"2nd joined at {case.joined_at_fraction:.0%} committed"
+                after, after_ratio = case.rate_after_join, self.ratio_after_join(case)
+                if after is not None and after_ratio is not None:
+                    note += f"; from then on {after:,.0f} records/s = {after_ratio:.2f}x one worker"
             if case.done is None:
                 note = "TIMED OUT"
             bad = [f"{w.name} exit {w.exit_code}" for w in case.workers if w.exit_code]
@@ -309,6 +331,7 @@ class ScaleBench:
             joined = runs[1].assignments[0][0]
             before = [n for t, n in samples if t <= joined] or [0]
             case.joined_at_fraction = before[-1] / total
+            case.joined_at = joined
         return case
 
 

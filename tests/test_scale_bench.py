@@ -1,0 +1,19 @@
+"""benchmarks/scale_bench.py's figures, computed from given times (no broker)."""
+
+from __future__ import annotations
+
+from benchmarks.common import Prefill, Workload
+from benchmarks.scale_bench import ScaleCase, ScaleResult, WorkerRun
+
+
+def test_scale_out_rate_after_the_second_worker_joined() -> None:
+    """1 -> 2: the group's rate from the newcomer's first assignment to done is the records
+    left then over that time, and its ratio is to the one-worker case before it."""
+    one = ScaleCase("1 worker", 1000, 100.0, 110.0, [WorkerRun("w0", 99.0)], None)
+    two = [WorkerRun("w0", 199.0), WorkerRun("w1", 201.0)]
+    scaled = ScaleCase("1 -> 2", 1000, 200.0, 206.0, two, None)
+    scaled.joined_at_fraction, scaled.joined_at = 0.4, 202.0  # 600 records left in 4 s
+    result = ScaleResult(Prefill("t", 6, 1000, 0, 0.0, {}, Workload(1000, 10)), [one, scaled], "")
+    assert scaled.rate_after_join == 150.0
+    assert result.ratio_after_join(scaled) == 1.5  # one worker: 1000 records in 10 s
+    assert "from then on 150 records/s = 1.50x one worker" in result.table()
