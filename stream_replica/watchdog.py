@@ -65,7 +65,7 @@ class _StackSampler:
         self.after_s = after_s
         self.period_s = period_s
         self.due = time.monotonic()  # when the watchdog should wake next (set by it)
-        self.where: str | None = None  # the last place seen during the current stall
+        self.where: str | None = None  # where the loop was when the current stall was seen
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="loop-stall-sampler", daemon=True)
 
@@ -78,7 +78,9 @@ class _StackSampler:
 
     def _run(self) -> None:
         while not self._stopped.wait(self.period_s):
-            if time.monotonic() - self.due > self.after_s:
+            # the first look of a stall: where the loop got stuck (a later one may already
+            # show it back in select, the stall's end)
+            if self.where is None and time.monotonic() - self.due > self.after_s:
                 frame = sys._current_frames().get(self.loop_thread_id)
                 if frame is not None:
                     self.where = describe_frames(frame)
