@@ -159,16 +159,15 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
     s = with_container_name(settings_from(WorkerSettings, args), container_name)
     memory = s.memory_plan()  # a budget too small is refused before anything starts
-    # before the store and the Kafka client allocate and start threads; logged after the open
-    tuned = [tuning.tune_malloc(), tuning.lower_compaction_priority()]
+    # before the store starts RocksDB's threads; logged after the open (a refusal stays one line)
+    tuned = tuning.lower_compaction_priority()
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck worker.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     store = ReplicaStore(s.db, s.topic, memory=memory)
     log.info("%s", memory.describe())  # after the open: a refusal stays one line
-    for line in tuned:
-        log.info("%s", line)
+    log.info("%s", tuned)
     # This process is the worker's: process-wide choices are ours to make (tuning.py).
     tuning.freeze_startup_objects()
     fatal: str | None = None
