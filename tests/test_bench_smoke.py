@@ -59,6 +59,12 @@ def test_small_bench_run(kafka_bootstrap: str, tmp_path: Path) -> None:
     assert "stream-replica run (max_records 100)" in text
     assert "raw aiokafka" in text
     assert "## The floor of this stack" in text and "head lookup" in text
+    # Steady state: the delay is timed for the states written, whichever path wrote them (it
+    # once timed only the reference path's: a handful of states a minute)
+    steady = re.search(r"^\| [\d,]+/s for \d+ s \| ([\d,]+) \| [^|]+ \| ([\d,]+) \|", text, re.M)
+    assert steady is not None, report
+    produced, timed = (int(group.replace(",", "")) for group in steady.groups())
+    assert produced > 0 and timed >= produced // 2, report
     # Scale-out: the three cases ran to the end and every record was read at least once.
     scale = text.split("## Scale-out: one worker vs. two", 1)[1]
     rows = [
