@@ -60,6 +60,7 @@ from benchmarks.common import (
     delete_topics,
     run_measured,
     run_measured_many,
+    time_states_written,
     worker_assigned_at,
     worker_command,
 )
@@ -707,7 +708,7 @@ class Bench:
 
     async def steady_state(self) -> Steady:
         from stream_replica.settings import WorkerSettings
-        from stream_replica.store import ReplicaStore, _unpack_state
+        from stream_replica.store import ReplicaStore
         from stream_replica.worker import ReplicaWorker
 
         args = self.args
@@ -724,24 +725,9 @@ class Bench:
         )
         store = ReplicaStore(db, topic)
         latencies: list[float] = []
-        original_apply = store.apply
-
-        def timed_apply(
-            changes: Any, checkpoints: Any, counts: Any, unshadowed: Any = (), prepared: Any = ()
-        ) -> None:
-            original_apply(changes, checkpoints, counts, unshadowed, prepared)
-            visible_ms = time.time_ns() / 1e6
-            for state in changes.values():
-                # A shadowed state is an older state re-written with its mark (a Delta or
-                # stale record came after it): its timestamp is not this poll's record's.
-                if state is not None and not state.shadowed:
-                    latencies.append(visible_ms - state.timestamp_millis)
-            # the fast pass's new states, handed to the store encoded (never shadowed): most
-            # of them (timing only ``changes`` timed a handful of states per minute)
-            for entry in prepared:
-                latencies.append(visible_ms - _unpack_state(entry[4]).timestamp_millis)
-
-        store.apply = timed_apply  # type: ignore[method-assign]
+        time_states_written(
+            store, lambda visible_ms, sent_ms: latencies.append(visible_ms - sent_ms)
+        )
         stop = asyncio.Event()
         worker = ReplicaWorker(settings, store, stop)
         assigned = asyncio.Event()

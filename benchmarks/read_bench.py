@@ -31,9 +31,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from benchmarks.common import Workload, delete_topics, prefill
+from benchmarks.common import Workload, delete_topics, prefill, time_states_written
 from benchmarks.read_load import (
     ReadCase,
     ReadFigures,
@@ -114,16 +113,9 @@ async def reads_under_load(
     )  # fmt: skip
     store = ReplicaStore(settings.db, topic)
     delays: list[tuple[float, float]] = []  # (applied at, ms) for every state A writes
-    original_apply = store.apply
-
-    def timed_apply(changes: Any, *args: Any, **kwargs: Any) -> None:
-        original_apply(changes, *args, **kwargs)
-        now_ms = time.time_ns() / 1e6
-        for state in changes.values():
-            if state is not None and not state.shadowed:  # a shadow mark keeps its old time
-                delays.append((now_ms / 1000, now_ms - state.timestamp_millis))
-
-    store.apply = timed_apply  # type: ignore[method-assign]
+    time_states_written(
+        store, lambda visible_ms, sent_ms: delays.append((visible_ms / 1000, visible_ms - sent_ms))
+    )
     stop = asyncio.Event()
     node = asyncio.create_task(run_node(settings, store, stop))
     other = Worker(bootstrap, topic, group, workdir / "db-b")
