@@ -12,7 +12,7 @@ whether to look at the code or at the machine:
 * the rest: blocked in the kernel (I/O, a lock, a page fault served from disk).
 
 While a stall is under way, a small thread looks at the loop thread's Python stack, so the
-report names where the loop was (``in store.apply (store.py:812) < worker._process ...``). It
+report names where the loop was (``in apply (store.py:823) < _process (worker.py:592) ...``). It
 needs the GIL for that: a C call holding the GIL is seen just after it returns, at the line
 that called it."""
 
