@@ -128,7 +128,7 @@ Head = tuple[int, int, int, int, bytes]
 _HEAD: Final = struct.Struct("=QIqq")
 _NO_STATE: Final = b""
 # What the cache says of a grain: (sequence, partition, offset, shadowed_by) of its state, None
-# (no state) or False (not cached).
+# (no state) or False (not known: read it).
 HeadLookup = tuple[int, int, int, int] | None | Literal[False]
 # Where the store holds a grain: its key body and the partition of its state (None: no state).
 Located = tuple[bytes, int | None]
@@ -585,6 +585,10 @@ class ReplicaStore(_StoreView):
         self._old_heads: dict[bytes, bytes] = {}
         self._retired: list[dict[bytes, bytes]] = []
         self._head_limit = max(0, head_cache_entries)
+        # True while the cache holds the head of every grain the store holds: from an open or
+        # wipe that left no state until the first head leaves the cache. A grain it does not
+        # hold then has no state, and a build into an empty store reads nothing from RocksDB.
+        self._heads_complete = False
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -615,6 +619,7 @@ class ReplicaStore(_StoreView):
             if self._db.get(_FORMAT_KEY) == _MIGRATABLE:
                 self._migrate_from_4()
         self._counts = self.counts()
+        self._heads_complete = self._head_limit > 0 and not self._state_partitions()
 
     def _migrate_from_4(self) -> None:
         """Format 4 → 5: every state moves from ``g`` + grain to ``p`` + partition + grain,
@@ -639,8 +644,9 @@ class ReplicaStore(_StoreView):
     # --- the head cache (the fold's view of the current states) -------------------------------
 
     def heads(self, grains: Iterable[GrainId]) -> dict[GrainId, Head | None]:
-        """The cached heads among ``grains`` (absent: not cached): (sequence, partition,
-        offset, shadowed_by, key body) of the stored state, or None: the grain has no state."""
+        """The heads the cache knows among ``grains`` (absent: not known): (sequence,
+        partition, offset, shadowed_by, key body) of the stored state, or None: the grain has no
+        state (cached as such, or the cache is complete and lacks it)."""
         found: dict[GrainId, Head | None] = {}
         for grain in grains:
             body = _grain_body(grain)
@@ -667,6 +673,7 @@ class ReplicaStore(_StoreView):
 
     def _retire(self, generation: dict[bytes, bytes]) -> None:
         if generation:
+            self._heads_complete = False  # these grains may have states the cache forgets
             self._retired.append(generation)
 
     def _free_retired(self, count: int) -> None:
@@ -687,6 +694,8 @@ class ReplicaStore(_StoreView):
         if None in packed:  # some are in the old generation, or not cached
             old = self._old_heads.get
             packed = [old(b) if p is None else p for b, p in zip(bodies, packed, strict=True)]
+            if self._heads_complete and None in packed:
+                packed = [_NO_STATE if p is None else p for p in packed]
         if None not in packed and _NO_STATE not in packed:
             return list(map(_HEAD.unpack, packed))  # type: ignore[arg-type]
         unpack = _HEAD.unpack
@@ -695,13 +704,19 @@ class ReplicaStore(_StoreView):
     def _cached(self, body: bytes) -> bytes | None:
         """The packed head of a grain (``_NO_STATE``: no state), None when not cached."""
         packed = self._heads.get(body)
-        return self._old_heads.get(body) if packed is None else packed
+        if packed is None:
+            packed = self._old_heads.get(body)
+            if packed is None and self._heads_complete:
+                return _NO_STATE
+        return packed
 
     def _drop_heads(self) -> None:
-        """Forget every cached head (a wipe): O(1) here, freed by later writes."""
+        """Forget every cached head (a wipe, a failed write): O(1) here, freed by later
+        writes. The cache knows nothing now; a wipe that leaves no state says so after."""
         self._retire(self._heads)
         self._retire(self._old_heads)
         self._heads, self._old_heads = {}, {}
+        self._heads_complete = False
 
     def read_states(self, hints: Mapping[GrainId, int]) -> dict[GrainId, GrainState | None]:
         """Current states of ``hints``' grains; each hint is the partition a record of the
@@ -873,7 +888,8 @@ class ReplicaStore(_StoreView):
         other partition holds states: then the whole index goes too, one more range delete."""
         wanted = set(partitions)
         batch = WriteBatch(raw_mode=True)
-        if not set(self._state_partitions()) - wanted:
+        emptied = not set(self._state_partitions()) - wanted
+        if emptied:
             # No state is left anywhere: every index entry would be a leftover, and each one
             # costs the rebuild a data-block read (a bloom filter cannot rule it out).
             batch.delete_range(_INDEX_PREFIX, _next_prefix(_INDEX_PREFIX))
@@ -888,6 +904,7 @@ class ReplicaStore(_StoreView):
             batch.delete(_checkpoint_key(partition))
         self._drop_heads()
         self._write(batch)
+        self._heads_complete = emptied and self._head_limit > 0
 
     def bind_topic(self, identity: TopicIdentity) -> str | None:
         """Record the topic's identity. When the store already holds another one (the topic
@@ -936,6 +953,7 @@ class ReplicaStore(_StoreView):
             batch.delete_range(prefix, _next_prefix(prefix))
         self._drop_heads()
         self._write(batch)
+        self._heads_complete = self._head_limit > 0
 
     def _write(self, batch: WriteBatch) -> None:
         try:

@@ -164,3 +164,63 @@ def test_canonical_full_state_agrees_with_decode() -> None:
         assert entry.entry_type.value == "FullState"  # type: ignore[union-attr]
         assert (entry.sequence, entry.payload) == (fields.sequence, fields.payload)  # type: ignore[union-attr]
     assert answered > 1000
+
+
+def _build_poll(
+    rng: random.Random, next_offsets: dict[int, int]
+) -> dict[TopicPartition, list[Any]]:
+    """A poll of what a build mostly reads: FullStates with rising sequences, some tombstones."""
+    batch: dict[TopicPartition, list[Any]] = {}
+    for partition in range(3):
+        records = []
+        for _ in range(rng.randint(1, 15)):
+            grain = ("t", f"p{partition}-{rng.randrange(20)}")
+            offset = next_offsets.get(partition, 0)
+            next_offsets[partition] = offset + 1
+            value = (
+                None
+                if rng.random() < 0.1
+                else msgpack.packb(
+                    {
+                        "grain_type": grain[0],
+                        "grain_key": grain[1],
+                        "sequence": 1 + offset,
+                        "timestamp_millis": 5,
+                        "source_cluster": "eu",
+                        "entry_type": "FullState",
+                        "payload": b"x",
+                    },
+                    use_bin_type=True,
+                )
+            )
+            key = f"{grain[0]}/{grain[1]}".encode()
+            records.append(
+                ConsumerRecord(TOPIC, partition, offset, 0, 0, key, value, None, 0, 0, ())
+            )
+        batch[TopicPartition(TOPIC, partition)] = records
+    return batch
+
+
+def test_a_build_into_an_empty_store_reads_nothing_from_rocksdb(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every head is cached from the first write on, so a build reads no current state: what
+    # the cache lacks has none (test_fold_batch_equals_the_reference holds the results).
+    rng = random.Random(5)
+    store = ReplicaStore(tmp_path / "db", TOPIC)
+    reads: list[object] = []
+    for name in ("read_states", "_locations", "get_many"):
+        real = getattr(store, name)
+        monkeypatch.setattr(store, name, lambda arg, real=real: reads.append(arg) or real(arg))
+    next_offsets: dict[int, int] = {}
+    try:
+        for _ in range(30):
+            folded = fold_batch(_build_poll(rng, next_offsets), lambda tp: True, store)
+            result = folded.result
+            store.apply(result.changes, {}, FoldCounts(), result.unshadowed, folded.prepared)
+        assert store.count_grains() > 0 and reads == []
+        store.wipe_partitions([0])  # other partitions hold states: the cache knows less now
+        fold_batch(_build_poll(rng, next_offsets), lambda tp: True, store)
+        assert reads
+    finally:
+        store.close()

@@ -211,8 +211,16 @@ def test_head_cache_holds_nothing_the_garbage_collector_walks(tmp_path: Path) ->
         assert not gc.is_tracked(store._heads) and not gc.is_tracked(store._old_heads)
 
 
+def _used_store(path: Path, head_cache_entries: int) -> ReplicaStore:
+    """A store reopened with a state in it (partition 7): its head cache starts empty and
+    incomplete, so a grain it does not hold is "not cached", not "no state"."""
+    with ReplicaStore(path, "t") as store:
+        store.apply({("t", "old"): state(1, 7)}, {}, FoldCounts())
+    return ReplicaStore(path, "t", head_cache_entries=head_cache_entries)
+
+
 def test_head_cache_follows_writes_and_is_cleared_by_wipes(tmp_path: Path) -> None:
-    with ReplicaStore(tmp_path / "db", "t", head_cache_entries=2) as store:
+    with _used_store(tmp_path / "db", head_cache_entries=2) as store:
         store.apply({("t", "a"): state(1, 0), ("t", "b"): None}, {}, FoldCounts())
         assert store.heads([("t", "a"), ("t", "b"), ("t", "c")]) == {
             ("t", "a"): (1, 0, 10, -1, b"t\x00a"),
@@ -247,7 +255,7 @@ def test_wiping_the_last_partitions_with_states_drops_the_whole_grain_index(
 def test_head_cache_generations_keep_the_newest_head_and_free_retired_ones_gradually(
     tmp_path: Path,
 ) -> None:
-    with ReplicaStore(tmp_path / "db", "t", head_cache_entries=4000) as store:
+    with _used_store(tmp_path / "db", head_cache_entries=4000) as store:
         store.apply({("t", "a"): state(1, 0)}, {}, FoldCounts())
         store.read_states({("t", f"x{n}"): 0 for n in range(1999)})  # young is full: now old
         store.apply({("t", "a"): None}, {}, FoldCounts())  # newer head in the young one
@@ -260,3 +268,41 @@ def test_head_cache_generations_keep_the_newest_head_and_free_retired_ones_gradu
         assert sum(len(g) for g in store._retired) == 1000
         store.wipe_partitions([0])
         assert store.heads([("t", "a"), ("t", "z")]) == {}
+
+
+def test_a_store_without_states_knows_unseen_grains_have_none(tmp_path: Path) -> None:
+    # A build into an empty store reads nothing: every head is cached from the first write
+    # on, so a grain the cache lacks has no state, until the cache first forgets one.
+    a, b, c = ("t", "a"), ("t", "b"), ("t", "c")
+    with ReplicaStore(tmp_path / "db", "t", head_cache_entries=4) as store:
+        assert store.cached_heads([b"t\x00a"]) == [None]
+        store.apply({a: state(1, 0)}, {}, FoldCounts())
+        assert store.heads([a, b]) == {a: (1, 0, 10, -1, b"t\x00a"), b: None}
+        for batch in ("x", "y"):  # the young generation, then the old one with a in it, goes
+            store.read_states({("t", f"{batch}{n}"): 1 for n in range(4)})
+        assert store.cached_heads([b"t\x00a", b"t\x00b"]) == [False, False]
+        store.wipe_partitions([0])  # partition 1 holds no state: a is all there was
+        assert store.cached_heads([b"t\x00a"]) == [None]
+        store.apply({a: state(2, 0), b: state(1, 1)}, {}, FoldCounts())
+        store.wipe_partitions([1])  # partition 0 still holds a: b's neighbours are unknown
+        assert store.heads([b, c]) == {}
+        store.wipe_all()
+        assert store.heads([a, c]) == {a: None, c: None}
+        store.apply({c: state(1, 2)}, {}, FoldCounts())
+    with ReplicaStore(tmp_path / "db", "t") as store:  # reopened with a state in it
+        assert store.cached_heads([b"t\x00a"]) == [False]
+        assert store.read_states({a: 0, c: 2}) == {a: None, c: state(1, 2)}
+    with ReplicaStore(tmp_path / "empty", "t", head_cache_entries=0) as store:
+        assert store.cached_heads([b"t\x00a"]) == [False]  # no cache: nothing is known
+
+
+def test_a_failed_write_leaves_the_cache_knowing_nothing(tmp_path: Path) -> None:
+    with ReplicaStore(tmp_path / "db", "t") as store:
+
+        def fail(batch: object) -> None:
+            raise StoreError("disk full")
+
+        store._write = fail  # type: ignore[method-assign]
+        with pytest.raises(StoreError):
+            store.apply({("t", "a"): state(1, 0)}, {}, FoldCounts())
+        assert store.cached_heads([b"t\x00a"]) == [False]
