@@ -439,6 +439,7 @@ class Report:
     steady: Steady | None = None
     breakdown: Breakdown | None = None
     floor: Floor | None = None
+    payload_floor: Floor | None = None  # the 10 KiB payload case's floor (growth)
     growth: list[tuple[str, Row]] = field(default_factory=list)  # (group, row)
     backlog: list[Row] = field(default_factory=list)
     prefills: list[Prefill] = field(default_factory=list)
@@ -922,11 +923,31 @@ class Bench:
             shutil.rmtree(db, ignore_errors=True)
         return result
 
+    async def floor_of(self, data: Prefill, workload: Workload) -> Floor:
+        """The floor of a topic: its raw fetch (own process, as the main contender) plus
+        measure_floor's steps on its workload."""
+        try:
+            floor = measure_floor(workload, self.workdir)
+        except Exception as exc:  # a broken floor must not lose the rest
+            return Floor(0, 0, failed=f"{type(exc).__name__}: {exc}")
+        raw = await self.raw(data)
+        if not raw.failed and raw.consume_s:
+            floor.fetch_us = raw.consume_s / raw.records * 1e6
+            if raw.cpu_s is not None:
+                floor.fetch_cpu_us = raw.cpu_s / raw.records * 1e6
+        return floor
+
     # 4. growth -------------------------------------------------------------------------------
 
-    async def growth_case(self, group: str, label: str, workload: Workload, name: str) -> Row:
+    async def growth_case(
+        self, group: str, label: str, workload: Workload, name: str, floor: bool = False
+    ) -> Row:
         data = await self.prefill(label, workload)
         row = await self.ours(data, 100, name=name)
+        if floor and not self.args.skip_floor:
+            self.report.payload_floor = await self.floor_of(data, workload)
+            print(f"the floor of this stack for {name} (per record):", flush=True)
+            print(self.report.payload_floor.table() + "\n", flush=True)
         row.note = (row.note + "; " if row.note else "") + workload.describe()
         if row.counts and not row.failed:
             row.note += (
@@ -960,6 +981,7 @@ class Bench:
             "p-10k",
             Workload(big_payload_records, max(1, big_payload_records // 20), payload=10 * 1024),
             f"10 KiB payloads ({big_payload_records:,})",
+            floor=True,
         )
         per_grain = 50
         grains = max(1, n // per_grain)
@@ -1191,7 +1213,24 @@ def floor_lines(report: Report, ours: Row | None) -> list[str]:
     ours_us = 1e6 / ours.best_rate
     return [
         f"ours(100) {ours_us:.2f} µs/record vs floor {floor.total_us():.2f} µs/record: "
-        f"floor/ours = {floor.total_us() / ours_us:.2f}"
+        f"floor/ours = {floor.total_us() / ours_us:.2f}",
+        *payload_floor_lines(report),
+    ]
+
+
+def payload_floor_lines(report: Report) -> list[str]:
+    """The 10 KiB case against its floor and issue #12's target (2x round 1's rate)."""
+    floor = report.payload_floor
+    row = next((r for _, r in report.growth if "10 KiB payloads" in r.name), None)
+    if floor is None or floor.failed or floor.fetch_us is None or row is None or row.failed:
+        return []
+    target = 2 * json.loads(BASELINE.read_text())["records_per_s_after_join"]["10 KiB payloads"]
+    ceiling = 1e6 / floor.total_us()
+    return [
+        f"10 KiB payloads: ours {1e6 / row.best_rate:.2f} µs/record vs floor "
+        f"{floor.total_us():.2f} µs/record (at most {ceiling:,.0f} records/s); 2x round 1 "
+        f"needs {1e6 / target:.2f} µs/record ({target:,.0f} records/s): "
+        + ("below the floor" if target > ceiling else "above the floor")
     ]
 
 
@@ -1270,6 +1309,18 @@ def write_markdown(report: Report, path: Path) -> None:
             "beat the sum.",
             "",
             report.floor.table(),
+            "",
+        ]
+    if report.payload_floor is not None:
+        lines += [
+            "### The floor for 10 KiB payloads",
+            "",
+            "The same steps on the 10 KiB payload case's topic and workload (its own raw "
+            "aiokafka run for the fetch).",
+            "",
+            report.payload_floor.table(),
+            "",
+            *payload_floor_lines(report),
             "",
         ]
     if report.breakdown is not None:
@@ -1811,6 +1862,7 @@ async def run(args: argparse.Namespace, command: str) -> int:
                 "steady": report.steady.__dict__ if report.steady else None,
                 "breakdown": report.breakdown.__dict__ if report.breakdown else None,
                 "floor": report.floor.__dict__ if report.floor else None,
+                "payload_floor": (report.payload_floor.__dict__ if report.payload_floor else None),
             },
             indent=2,
         )
