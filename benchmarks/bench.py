@@ -67,7 +67,12 @@ from benchmarks.common import (
 from benchmarks.common import prefill as prefill_topic
 from benchmarks.read_bench import bench_reads
 from benchmarks.read_load import ReadFigures
-from benchmarks.scale_bench import ScaleResult, run_scale
+from benchmarks.scale_bench import (
+    PRODUCTION_INITIAL_DELAY_MS,
+    ScaleResult,
+    own_broker,
+    run_scale,
+)
 from stream_replica import admin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1008,6 +1013,24 @@ class Bench:
             self.report.growth.append(("workers", row))
             print_row(row)
 
+    async def scale(self, main: Prefill) -> ScaleResult:
+        """The scale-out cases on a broker of their own with Kafka's default initial
+        rebalance delay (``--scale-broker-port``; 0: on the main topic and broker)."""
+        port = self.args.scale_broker_port
+        if not port:
+            return await run_scale(self.bootstrap, main, self.workdir / "scale")
+        delay = PRODUCTION_INITIAL_DELAY_MS
+        print(f"  own broker on port {port}, group.initial.rebalance.delay.ms={delay}", flush=True)
+        async with own_broker(port, delay) as bootstrap:
+            data = await prefill_topic(bootstrap, main.topic, main.partitions, main.workload)
+            result = await run_scale(bootstrap, data, self.workdir / "scale")
+            result.broker_note = (
+                f"a broker of its own (port {port}) with Kafka's default "
+                f"group.initial.rebalance.delay.ms={delay}, the main topic's workload "
+                "pre-filled there"
+            )
+            return result
+
     # 5. backlog memory -----------------------------------------------------------------------
 
     async def backlog(self) -> None:
@@ -1702,6 +1725,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--skip-backlog", action="store_true")
     parser.add_argument("--skip-scale", action="store_true", help="skip 1 vs 2 workers")
     parser.add_argument(
+        "--scale-broker-port",
+        type=int,
+        default=29092,
+        help="1 vs 2 workers on a broker of their own on this port, with Kafka's default "
+        "initial rebalance delay (0: on the main broker, whose delay is 0)",
+    )
+    parser.add_argument(
         "--skip-read", action="store_true", help="skip the HTTP read benchmark (read_bench)"
     )
     parser.add_argument(
@@ -1824,7 +1854,7 @@ async def run(args: argparse.Namespace, command: str) -> int:
 
             if not args.skip_scale:
                 print("scale-out, one worker vs. two (benchmarks/scale_bench.py):", flush=True)
-                report.scale = await run_scale(bench.bootstrap, main, bench.workdir / "scale")
+                report.scale = await bench.scale(main)
 
             if not args.skip_backlog:
                 print("backlog memory (our worker, max_records 100):", flush=True)

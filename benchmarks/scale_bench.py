@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +46,12 @@ from benchmarks.common import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+KAFKA_SH = ROOT / "dev" / "kafka" / "kafka.sh"
+# Kafka's default group.initial.rebalance.delay.ms: a broker holds a new group's first
+# rebalance this long so that members started together join one generation. The dev broker
+# runs with 0 (tests form groups at once), where two workers launched together race: one
+# joins a few ms first, starts alone, and hands half its partitions over 0.5 s later.
+PRODUCTION_INITIAL_DELAY_MS = 3000
 _ASSIGNED = re.compile(r"^(\S+ \S+) INFO stream_replica\.worker: assigned partitions \[([\d, ]*)\]")
 _STOPPED = re.compile(r"INFO stream_replica\.worker: stopped; this run: records=(\d+)")
 DONE_POLL_S = 0.1
@@ -94,6 +101,10 @@ class ScaleCase:
     broker_cpu_s: float | None
     joined_at_fraction: float | None = None  # 1 -> 2: committed share when the 2nd joined
     joined_at: float | None = None  # 1 -> 2: epoch s of the 2nd worker's first assignment
+    # 1 -> 2, at that assignment: records the newcomer must read (its partitions from offset 0:
+    # its store is empty) and records the first worker had left on the partitions it kept
+    newcomer_reads: int | None = None
+    first_left: int | None = None
     load: str = ""
 
     @property
@@ -114,6 +125,20 @@ class ScaleCase:
         left = self.topic_records * (1.0 - self.joined_at_fraction)
         seconds = self.done - self.joined_at
         return left / seconds if seconds > 0 else None
+
+    @property
+    def bound_after_join(self) -> float | None:
+        """1 -> 2: the most the group can do after the join, as a ratio to one worker: each
+        worker at one worker's rate, the newcomer rebuilding its partitions from offset 0
+        while the first finishes its own (state is local: the newcomer cannot take over the
+        first worker's progress on the partitions it is given)."""
+        if self.newcomer_reads is None or self.first_left is None:
+            return None
+        if self.joined_at_fraction is None:
+            return None
+        left = self.topic_records * (1.0 - self.joined_at_fraction)
+        slowest = max(self.newcomer_reads, self.first_left)
+        return left / slowest if slowest > 0 else None
 
     @property
     def records_read(self) -> int | None:
@@ -149,6 +174,7 @@ class ScaleResult:
     load_at_start: str
     load_at_end: str = ""
     worker_args: list[str] = field(default_factory=list)
+    broker_note: str = ""  # where the cases ran, when not on the main broker
 
     def baseline(self, case: ScaleCase) -> ScaleCase | None:
         """The one-worker case run just before ``case`` (ratios are taken back to back)."""
@@ -171,14 +197,20 @@ class ScaleResult:
                 "## Scale-out: one worker vs. two (issue #12)",
                 "",
                 f"`python -m benchmarks.scale_bench` on the main topic ({self.prefill.records:,} "
-                f"records, {self.prefill.partitions} partitions); each case a fresh group and "
+                f"records, {self.prefill.partitions} partitions"
+                + (f"; {self.broker_note}" if self.broker_note else "")
+                + "); each case a fresh group and "
                 "fresh stores, workers launched as `stream-replica run`. *wall s* runs from the "
                 "first worker's first assignment to the group's committed offsets equal to the "
                 "end offsets (polled every 0.1 s); the ratio is to the one-worker case run just "
                 "before. For 1 -> 2 the note also gives the group's rate from the second "
                 "worker's first assignment to done (the records committed after it / that "
                 "time) against the one-worker rate: what the group does once scaled out, "
-                "without the newcomer's start-up. *records read* sums each worker's final "
+                "without the newcomer's start-up, and the most it could do: state is local, so "
+                "the newcomer reads the partitions it is given from offset 0 while the first "
+                "worker finishes the ones it kept (its records left by the committed offsets at "
+                "the join); at one worker's rate each, the group needs the longer of the two. "
+                "*records read* sums each worker's final "
                 "`records=` count; CPU s is "
                 "each worker's whole life (start-up ~0.7 s included) and the broker's over the "
                 f"case. Load average at the start {self.load_at_start}, at the end "
@@ -204,6 +236,13 @@ class ScaleResult:
                 after, after_ratio = case.rate_after_join, self.ratio_after_join(case)
                 if after is not None and after_ratio is not None:
                     note += f"; from then on {after:,.0f} records/s = {after_ratio:.2f}x one worker"
+                bound = case.bound_after_join
+                if bound is not None:
+                    note += (
+                        f" (at most {bound:.2f}x: the newcomer reads its partitions from offset "
+                        f"0, {case.newcomer_reads:,} records, while the first worker has "
+                        f"{case.first_left:,} left)"
+                    )
             if case.done is None:
                 note = "TIMED OUT"
             bad = [f"{w.name} exit {w.exit_code}" for w in case.workers if w.exit_code]
@@ -301,16 +340,20 @@ class ScaleBench:
         broker_before = proc_cpu_s(self.broker)
         first = 1 if join_at is not None else workers
         procs = [self._launch(group, i, d) for i, d in enumerate(dirs[:first])]
-        samples: list[tuple[float, int]] = []  # (time, committed records) for the join share
+        # (time, committed offsets) for the join share
+        samples: list[tuple[float, dict[int, int]]] = []
         done: float | None = None
         deadline = time.monotonic() + 180 + total / 1000
         while time.monotonic() < deadline:
             committed = await watcher.committed(group, self.data.topic)
-            samples.append((time.time(), sum(committed.values())))
+            samples.append((time.time(), dict(committed)))
             if all(committed.get(p, -1) >= e for p, e in self.data.end_offsets.items()):
                 done = time.time()
                 break
-            if len(procs) < workers and samples[-1][1] >= (join_at or 0) * total:
+            if (
+                len(procs) < workers
+                and sum(max(0, o) for o in committed.values()) >= (join_at or 0) * total
+            ):
                 procs.append(self._launch(group, len(procs), dirs[-1]))
             await asyncio.sleep(DONE_POLL_S)
         broker_after = proc_cpu_s(self.broker)
@@ -328,11 +371,45 @@ class ScaleBench:
             load=load_average(),
         )
         if join_at is not None and len(runs) > 1 and runs[1].assignments:
-            joined = runs[1].assignments[0][0]
-            before = [n for t, n in samples if t <= joined] or [0]
-            case.joined_at_fraction = before[-1] / total
+            joined, given = runs[1].assignments[0]
+            before = [c for t, c in samples if t <= joined] or [{}]
+            case.joined_at_fraction = sum(max(0, o) for o in before[-1].values()) / total
             case.joined_at = joined
+            ends = self.data.end_offsets
+            case.newcomer_reads = sum(ends.get(p, 0) for p in given)
+            case.first_left = sum(
+                end - min(end, max(0, before[-1].get(p, 0)))
+                for p, end in ends.items()
+                if p not in given
+            )
         return case
+
+
+@contextlib.asynccontextmanager
+async def own_broker(port: int, initial_delay_ms: int) -> AsyncIterator[str]:
+    """A broker of the cases' own (dev/kafka/kafka.sh on ``port``, a fresh run dir, deleted
+    after) with the given initial rebalance delay; yields its bootstrap address."""
+    env = {
+        **os.environ,
+        "KAFKA_PORT": str(port),
+        "KAFKA_CONTROLLER_PORT": str(port + 1),
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": str(initial_delay_ms),
+    }
+    env.pop("KAFKA_RUN_DIR", None)  # run-PORT, where broker_pid() finds the pid
+
+    def kafka(command: str) -> None:
+        done = subprocess.run(
+            [str(KAFKA_SH), command], env=env, capture_output=True, text=True, timeout=300
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"kafka.sh {command} on port {port}: {done.stderr[-1000:]}")
+
+    await asyncio.to_thread(kafka, "clean")
+    await asyncio.to_thread(kafka, "start")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await asyncio.to_thread(kafka, "clean")
 
 
 async def run_scale(
@@ -369,13 +446,24 @@ async def run_scale(
 
 
 async def _main(args: argparse.Namespace) -> int:
+    if not args.own_broker_port:
+        return await _cases(args, args.bootstrap_servers)
+    print(
+        f"own broker on port {args.own_broker_port}, "
+        f"group.initial.rebalance.delay.ms={args.initial_rebalance_delay_ms}"
+    )
+    async with own_broker(args.own_broker_port, args.initial_rebalance_delay_ms) as bootstrap:
+        return await _cases(args, bootstrap)
+
+
+async def _cases(args: argparse.Namespace, bootstrap: str) -> int:
     workload = Workload(args.records, args.grains)
     topic = f"scale-{uuid.uuid4().hex[:8]}"
     print(f"load average {load_average()}; pre-filling {workload.describe()} -> {topic}")
-    data = await prefill(args.bootstrap_servers, topic, args.partitions, workload)
+    data = await prefill(bootstrap, topic, args.partitions, workload)
     try:
         result = await run_scale(
-            args.bootstrap_servers,
+            bootstrap,
             data,
             Path(args.workdir).resolve() / topic,
             join_at=args.join_at,
@@ -385,7 +473,7 @@ async def _main(args: argparse.Namespace) -> int:
             worker_code=args.worker_code,
         )
     finally:
-        await delete_topics(args.bootstrap_servers, [topic])
+        await delete_topics(bootstrap, [topic])
     print(f"\n{result.table()}\n\nload average at start {result.load_at_start}, "
           f"at end {result.load_at_end}; worker args {result.worker_args}")  # fmt: skip
     ok = all(c.done is not None and not any(w.exit_code for w in c.workers) for c in result.cases)
@@ -405,6 +493,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    )
+    parser.add_argument(
+        "--own-broker-port",
+        type=int,
+        default=0,
+        help="run the cases on a broker of their own on this port (0: --bootstrap-servers)",
+    )
+    parser.add_argument(
+        "--initial-rebalance-delay-ms",
+        type=int,
+        default=PRODUCTION_INITIAL_DELAY_MS,
+        help="that broker's group.initial.rebalance.delay.ms (Kafka's default: 3000)",
     )
     parser.add_argument("--workdir", default=".bench/scale")
     parser.add_argument(

@@ -212,6 +212,18 @@ def test_missing_java_is_a_clear_error(tmp_path: Path) -> None:
     )
 
 
+def test_a_bad_initial_rebalance_delay_is_a_clear_error(tmp_path: Path) -> None:
+    env = dict(
+        os.environ,
+        KAFKA_RUN_DIR=str(tmp_path / "run"),
+        KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS="3s",
+    )
+    proc = _run(env, "start", timeout=30, expect=1)
+    assert proc.stderr.strip() == (
+        "kafka: error: KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS must be a number of ms, got '3s'"
+    )
+
+
 def test_unknown_tool_name(tmp_path: Path) -> None:
     env = dict(os.environ, KAFKA_RUN_DIR=str(tmp_path / "run"))
     proc = _run(env, "tool", "no-such-tool", timeout=30, expect=2)
@@ -240,6 +252,7 @@ def test_status_reports_running(running: Broker) -> None:
     assert _pid_from(proc.stdout) == running.pid
     props = (running.run_dir / "server.properties").read_text()
     assert f"controller.quorum.voters=1@127.0.0.1:{running.controller_port}" in props
+    assert "group.initial.rebalance.delay.ms=0\n" in props  # KAFKA_GROUP_INITIAL_... unset
     assert (running.run_dir / "data" / "meta.properties").exists()
     assert (running.run_dir / "logs" / "server.log").stat().st_size > 0
 

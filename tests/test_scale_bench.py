@@ -17,3 +17,20 @@ def test_scale_out_rate_after_the_second_worker_joined() -> None:
     assert scaled.rate_after_join == 150.0
     assert result.ratio_after_join(scaled) == 1.5  # one worker: 1000 records in 10 s
     assert "from then on 150 records/s = 1.50x one worker" in result.table()
+
+
+def test_scale_out_bound_is_the_longer_of_the_two_workers_shares() -> None:
+    """1 -> 2: the newcomer reads its partitions from offset 0 while the first worker finishes
+    its own; the group after the join can at best do the records left in the time of the
+    longer share, at one worker's rate each."""
+    two = [WorkerRun("w0", 199.0), WorkerRun("w1", 201.0)]
+    scaled = ScaleCase("1 -> 2", 1000, 200.0, 206.0, two, None)
+    scaled.joined_at_fraction, scaled.joined_at = 0.5, 202.0  # 500 records left
+    scaled.newcomer_reads, scaled.first_left = 500, 0  # the first had finished its own
+    assert scaled.bound_after_join == 1.0
+    scaled.newcomer_reads, scaled.first_left = 250, 250  # an even split: twice one worker
+    assert scaled.bound_after_join == 2.0
+    result = ScaleResult(Prefill("t", 6, 1000, 0, 0.0, {}, Workload(1000, 10)), [scaled], "")
+    assert "at most 2.00x: the newcomer reads its partitions from offset 0, 250 records" in (
+        result.table()
+    )

@@ -54,6 +54,8 @@ environment:
   KAFKA_PORT (9092)  KAFKA_CONTROLLER_PORT (PORT+1)  KAFKA_RUN_DIR (dev/kafka/.cache/run-PORT)
   KAFKA_HOME  KAFKA_HEAP_OPTS (-Xmx512m -Xms256m)  KAFKA_OPTS  KAFKA_START_TIMEOUT (90)
   KAFKA_STOP_TIMEOUT (60)  JAVA_HOME
+  KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS (0: groups form at the first join, for fast tests;
+                     Kafka's own default is 3000, what production brokers run with)
   KAFKA_SECURE (0)   1: also SASL_SSL (SCRAM) on PORT+2 and mutual TLS on PORT+3, with a CA and
                      certificates made by dev/kafka/secure.sh in RUN_DIR/tls (see that script)
   cluster: KAFKA_CLUSTER_BROKERS (3)  KAFKA_CLUSTER_PORT (14092; broker i listens on
@@ -71,6 +73,9 @@ CPORT=${KAFKA_CONTROLLER_PORT:-$((PORT + 1))}
 is_uint "$CPORT" || die "KAFKA_CONTROLLER_PORT must be a port number, got '$CPORT'"
 [ "$PORT" != "$CPORT" ] || die "KAFKA_PORT and KAFKA_CONTROLLER_PORT must differ (both $PORT)"
 START_TIMEOUT=${KAFKA_START_TIMEOUT:-90}
+GROUP_INITIAL_DELAY=${KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS:-0}
+is_uint "$GROUP_INITIAL_DELAY" ||
+  die "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS must be a number of ms, got '$GROUP_INITIAL_DELAY'"
 is_uint "$START_TIMEOUT" || die "KAFKA_START_TIMEOUT must be a number of seconds"
 STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-60}
 is_uint "$STOP_TIMEOUT" || die "KAFKA_STOP_TIMEOUT must be a number of seconds"
@@ -270,7 +275,7 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 
 # Test friendliness.
-group.initial.rebalance.delay.ms=0
+group.initial.rebalance.delay.ms=$GROUP_INITIAL_DELAY
 log.cleaner.backoff.ms=1000
 auto.create.topics.enable=false
 num.partitions=1
@@ -599,7 +604,7 @@ share.coordinator.state.topic.min.isr=$CL_MIN_ISR
 log.cleaner.dedupe.buffer.size=33554432
 
 # Test friendliness.
-group.initial.rebalance.delay.ms=0
+group.initial.rebalance.delay.ms=$GROUP_INITIAL_DELAY
 log.cleaner.backoff.ms=1000
 auto.create.topics.enable=false
 num.partitions=1
