@@ -131,7 +131,8 @@ class ScaleCase:
         """1 -> 2: the most the group can do after the join, as a ratio to one worker: each
         worker at one worker's rate, the newcomer rebuilding its partitions from offset 0
         while the first finishes its own (state is local: the newcomer cannot take over the
-        first worker's progress on the partitions it is given)."""
+        first worker's progress on the partitions it is given). One worker's rate is taken
+        over its whole catch-up, ramp-up included, so a measured ratio can land a little above."""
         if self.newcomer_reads is None or self.first_left is None:
             return None
         if self.joined_at_fraction is None:
@@ -239,9 +240,9 @@ class ScaleResult:
                 bound = case.bound_after_join
                 if bound is not None:
                     note += (
-                        f" (at most {bound:.2f}x: the newcomer reads its partitions from offset "
-                        f"0, {case.newcomer_reads:,} records, while the first worker has "
-                        f"{case.first_left:,} left)"
+                        f" (bound {bound:.2f}x at one worker's rate each: the newcomer reads "
+                        f"its partitions from offset 0, {case.newcomer_reads:,} records, while "
+                        f"the first worker has {case.first_left:,} left)"
                     )
             if case.done is None:
                 note = "TIMED OUT"

@@ -31,6 +31,6 @@ def test_scale_out_bound_is_the_longer_of_the_two_workers_shares() -> None:
     scaled.newcomer_reads, scaled.first_left = 250, 250  # an even split: twice one worker
     assert scaled.bound_after_join == 2.0
     result = ScaleResult(Prefill("t", 6, 1000, 0, 0.0, {}, Workload(1000, 10)), [scaled], "")
-    assert "at most 2.00x: the newcomer reads its partitions from offset 0, 250 records" in (
+    assert "bound 2.00x at one worker's rate each: the newcomer reads its partitions from " in (
         result.table()
     )
