@@ -38,6 +38,7 @@ import os
 import shutil
 import struct
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ from rocksdict import (
 from stream_replica.contract import GrainId
 from stream_replica.fold import FoldCounts, GrainState
 from stream_replica.memory import DEFAULT_PLAN, MemoryPlan
+from stream_replica.watchdog import note_blocking_call
 
 # 4: shadowed-by offset in grain values, shadow index, topic ID. 5: partition-major states
 # (``p``) + grain index (``i``); a format-4 store is migrated in place when the writer opens it.
@@ -732,7 +734,9 @@ class ReplicaStore(_StoreView):
         for grain, body in zip(grain_list, bodies, strict=True):
             keys.append(_STATE_PREFIX + _PARTITION.pack(hints[grain]) + body)
             keys.append(_INDEX_PREFIX + body)
+        started = time.monotonic()
         raws: list[bytes | None] = self._db.get(keys)  # type: ignore[assignment]
+        note_blocking_call("RocksDB multi-get (read_states)", started)
         elsewhere: list[tuple[GrainId, bytes]] = []
         for n, grain in enumerate(grain_list):
             raw = raws[2 * n]
@@ -762,7 +766,9 @@ class ReplicaStore(_StoreView):
         """Where each grain's state is according to the index (grains the head cache does
         not know)."""
         bodies = [_grain_body(g) for g in grains]
+        started = time.monotonic()
         spots: list[bytes | None] = self._db.get([_INDEX_PREFIX + b for b in bodies])  # type: ignore[assignment]
+        note_blocking_call("RocksDB multi-get (_locations)", started)
         return {
             grain: (body, None if spot is None else _PARTITION.unpack(spot)[0])
             for grain, body, spot in zip(grains, bodies, spots, strict=True)
@@ -956,10 +962,12 @@ class ReplicaStore(_StoreView):
         self._heads_complete = self._head_limit > 0
 
     def _write(self, batch: WriteBatch) -> None:
+        started = time.monotonic()
         try:
             self._db.write(batch, self._write_options)
         except Exception as exc:
             raise StoreError(f"write to state directory {self.path} failed: {exc}") from None
+        note_blocking_call("RocksDB batch write", started)
 
     def grains_of_type(
         self, grain_type: str, prefix: str = "", after: str | None = None

@@ -13,8 +13,10 @@ whether to look at the code or at the machine:
 
 While a stall is under way, a small thread looks at the loop thread's Python stack, so the
 report names where the loop was (``in apply (store.py:823) < _process (worker.py:592) ...``). It
-needs the GIL for that: a C call holding the GIL is seen just after it returns, at the line
-that called it."""
+needs the GIL for that: a C call holding the GIL is seen only after it returns, at whatever line
+runs next. So callers of such calls (store.py's RocksDB calls) note the long ones with
+:func:`note_blocking_call`, and a stall names the longest noted call within it first (``in a
+180 ms RocksDB multi-get (read_states), then settle (fast_fold.py:135) < ...``)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -35,6 +38,26 @@ INTERVAL_S: Final = 0.05
 REPORT_OVER_S: Final = 0.1  # stalls longer than this are logged when they end
 _SCHEDSTAT: Final = "/proc/thread-self/schedstat"
 _FRAMES_SHOWN: Final = 4
+NOTE_CALLS_OVER_S: Final = 0.02  # shorter calls cannot make a reported stall by themselves
+# (ended, what, seconds) of recent long calls, monotonic time; appended by the loop thread
+_noted_calls: deque[tuple[float, str, float]] = deque(maxlen=32)
+
+
+def note_blocking_call(what: str, started: float) -> None:
+    """Note a call that held the GIL since ``started`` (``time.monotonic()`` before it), if it
+    took long enough to matter: the stack sampler cannot look inside it."""
+    ended = time.monotonic()
+    if ended - started >= NOTE_CALLS_OVER_S:
+        _noted_calls.append((ended, what, ended - started))
+
+
+def longest_noted_call(since: float) -> tuple[str, float] | None:
+    """The longest call noted as ending after ``since`` (monotonic): (what, seconds)."""
+    calls = [(seconds, what) for ended, what, seconds in list(_noted_calls) if ended > since]
+    if not calls:
+        return None
+    seconds, what = max(calls)
+    return what, seconds
 
 
 def run_queue_wait_s() -> float | None:
@@ -143,6 +166,10 @@ class LoopWatchdog:
             wait_now = run_queue_wait_s()
             waited = None if wait_now is None or wait_started is None else wait_now - wait_started
             where = self._sampler.take() if self._sampler is not None else None
+            call = longest_noted_call(started) if lag_s > self.report_over_s else None
+            if call is not None:
+                what, seconds = call
+                where = f"a {seconds * 1000:.0f} ms {what}" + (f", then {where}" if where else "")
             self.observe(lag_s, time.thread_time() - cpu_started, waited, where)
 
     def observe(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from stream_replica.store import (
     parse_grain_db_key,
     state_db_key,
 )
+from stream_replica.watchdog import longest_noted_call
 
 
 def state(
@@ -306,3 +308,25 @@ def test_a_failed_write_leaves_the_cache_knowing_nothing(tmp_path: Path) -> None
         with pytest.raises(StoreError):
             store.apply({("t", "a"): state(1, 0)}, {}, FoldCounts())
         assert store.cached_heads([b"t\x00a"]) == [False]
+
+
+def test_a_slow_rocksdb_write_is_noted_for_the_stall_report(tmp_path: Path) -> None:
+    class SlowWrites:
+        def __init__(self, db: Rdict) -> None:
+            self.db = db
+
+        def write(self, batch: object, options: object) -> None:
+            time.sleep(0.03)  # a write that held the loop (and, in rocksdict, the GIL)
+            self.db.write(batch, options)  # type: ignore[arg-type]
+
+    with ReplicaStore(tmp_path / "db", "t") as store:
+        real = store._db
+        store._db = SlowWrites(real)  # type: ignore[assignment]
+        before = time.monotonic()
+        try:
+            store.apply({("t", "a"): state(1, 0)}, {}, FoldCounts())
+        finally:
+            store._db = real
+        noted = longest_noted_call(before)
+        assert noted is not None and noted[0] == "RocksDB batch write" and noted[1] >= 0.03
+        assert store.get(("t", "a")) == state(1, 0)

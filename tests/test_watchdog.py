@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import threading
 import time
@@ -11,7 +12,12 @@ import time
 import pytest
 
 from stream_replica.metrics import Metrics
-from stream_replica.watchdog import LoopWatchdog, run_queue_wait_s
+from stream_replica.watchdog import (
+    LoopWatchdog,
+    longest_noted_call,
+    note_blocking_call,
+    run_queue_wait_s,
+)
 
 
 def _hold_the_loop_waiting(seconds: float) -> None:
@@ -60,6 +66,34 @@ async def test_a_computing_step_is_located_too(caplog: pytest.LogCaptureFixture)
     assert watchdog.longest_where is not None
     assert "_hold_the_loop_computing (test_watchdog.py:" in watchdog.longest_where
     assert watchdog.longest_on_cpu_s >= 0.2
+
+
+async def test_a_long_call_its_caller_noted_is_named_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A C call holding the GIL hides from the sampler (it sees the line after); store.py
+    notes its RocksDB calls, and a stall names the longest noted call within it."""
+    watchdog = LoopWatchdog(interval_s=0.01, report_over_s=0.1)
+    watchdog.start()
+    await asyncio.sleep(0.05)
+    with caplog.at_level(logging.WARNING, logger="stream_replica.watchdog"):
+        started = time.monotonic()
+        _hold_the_loop_waiting(0.2)
+        note_blocking_call("test C call", started)
+        await asyncio.sleep(0.05)
+    await watchdog.stop()
+    assert watchdog.longest_where is not None
+    assert re.match(r"a \d+ ms test C call, then _hold_the_loop_waiting", watchdog.longest_where)
+    assert "; in a " in caplog.text and " ms test C call, then " in caplog.text
+
+
+def test_only_long_calls_are_noted() -> None:
+    before = time.monotonic()
+    note_blocking_call("quick", time.monotonic())
+    assert longest_noted_call(before) is None
+    note_blocking_call("slow", time.monotonic() - 0.05)
+    noted = longest_noted_call(before)
+    assert noted is not None and noted[0] == "slow" and noted[1] >= 0.05
 
 
 def test_the_stack_sampler_thread_ends_with_the_watchdog() -> None:
