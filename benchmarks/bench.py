@@ -257,6 +257,13 @@ class Floor:
     steps: dict[str, float] = field(default_factory=dict)  # label -> µs/record
     failed: str | None = None
 
+    def take_fetch(self, raw: Row | None) -> None:
+        """The fetch step from a raw aiokafka row (nothing from a missing or failed one)."""
+        if raw is not None and not raw.failed and raw.consume_s:
+            self.fetch_us = raw.consume_s / raw.records * 1e6
+            if raw.cpu_s is not None:
+                self.fetch_cpu_us = raw.cpu_s / raw.records * 1e6
+
     def total_us(self) -> float:
         return (self.fetch_us or 0.0) + sum(
             us for label, us in self.steps.items() if not label.startswith("(")
@@ -935,11 +942,7 @@ class Bench:
             floor = measure_floor(workload, self.workdir)
         except Exception as exc:  # a broken floor must not lose the rest
             return Floor(0, 0, failed=f"{type(exc).__name__}: {exc}")
-        raw = await self.raw(data)
-        if not raw.failed and raw.consume_s:
-            floor.fetch_us = raw.consume_s / raw.records * 1e6
-            if raw.cpu_s is not None:
-                floor.fetch_cpu_us = raw.cpu_s / raw.records * 1e6
+        floor.take_fetch(await self.raw(data))
         return floor
 
     # 4. growth -------------------------------------------------------------------------------
@@ -1826,11 +1829,7 @@ async def run(args: argparse.Namespace, command: str) -> int:
                     report.floor = measure_floor(workload, bench.workdir)
                 except Exception as exc:  # a broken floor must not lose the rest
                     report.floor = Floor(0, 0, failed=f"{type(exc).__name__}: {exc}")
-                raw_row = report.row("raw aiokafka getmany(100)")
-                if raw_row is not None and raw_row.consume_s:
-                    report.floor.fetch_us = raw_row.consume_s / raw_row.records * 1e6
-                    if raw_row.cpu_s is not None:
-                        report.floor.fetch_cpu_us = raw_row.cpu_s / raw_row.records * 1e6
+                report.floor.take_fetch(report.row("raw aiokafka getmany(100)"))
                 print(report.floor.table() + "\n", flush=True)
 
             if not args.skip_breakdown:

@@ -57,6 +57,11 @@ _STOPPED = re.compile(r"INFO stream_replica\.worker: stopped; this run: records=
 DONE_POLL_S = 0.1
 
 
+def _committed_records(committed: dict[int, int]) -> int:
+    """Records a group has committed (a partition without a commit counts 0)."""
+    return sum(max(0, offset) for offset in committed.values())
+
+
 def load_average() -> str:
     return " / ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -351,10 +356,7 @@ class ScaleBench:
             if all(committed.get(p, -1) >= e for p, e in self.data.end_offsets.items()):
                 done = time.time()
                 break
-            if (
-                len(procs) < workers
-                and sum(max(0, o) for o in committed.values()) >= (join_at or 0) * total
-            ):
+            if len(procs) < workers and _committed_records(committed) >= (join_at or 0) * total:
                 procs.append(self._launch(group, len(procs), dirs[-1]))
             await asyncio.sleep(DONE_POLL_S)
         broker_after = proc_cpu_s(self.broker)
@@ -374,7 +376,7 @@ class ScaleBench:
         if join_at is not None and len(runs) > 1 and runs[1].assignments:
             joined, given = runs[1].assignments[0]
             before = [c for t, c in samples if t <= joined] or [{}]
-            case.joined_at_fraction = sum(max(0, o) for o in before[-1].values()) / total
+            case.joined_at_fraction = _committed_records(before[-1]) / total
             case.joined_at = joined
             ends = self.data.end_offsets
             case.newcomer_reads = sum(ends.get(p, 0) for p in given)

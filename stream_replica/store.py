@@ -621,7 +621,7 @@ class ReplicaStore(_StoreView):
             if self._db.get(_FORMAT_KEY) == _MIGRATABLE:
                 self._migrate_from_4()
         self._counts = self.counts()
-        self._heads_complete = self._head_limit > 0 and not self._state_partitions()
+        self._cache_is_complete_if(not self._state_partitions())
 
     def _migrate_from_4(self) -> None:
         """Format 4 → 5: every state moves from ``g`` + grain to ``p`` + partition + grain,
@@ -672,6 +672,11 @@ class ReplicaStore(_StoreView):
         if len(young) >= max(1, limit // 2):
             self._retire(self._old_heads)
             self._old_heads, self._heads = young, {}
+
+    def _cache_is_complete_if(self, store_holds_no_state: bool) -> None:
+        """After an open or a wipe: an empty cache is complete when the store holds no
+        state, and there is a cache to keep it so."""
+        self._heads_complete = store_holds_no_state and self._head_limit > 0
 
     def _retire(self, generation: dict[bytes, bytes]) -> None:
         if generation:
@@ -910,7 +915,7 @@ class ReplicaStore(_StoreView):
             batch.delete(_checkpoint_key(partition))
         self._drop_heads()
         self._write(batch)
-        self._heads_complete = emptied and self._head_limit > 0
+        self._cache_is_complete_if(emptied)
 
     def bind_topic(self, identity: TopicIdentity) -> str | None:
         """Record the topic's identity. When the store already holds another one (the topic
@@ -959,7 +964,7 @@ class ReplicaStore(_StoreView):
             batch.delete_range(prefix, _next_prefix(prefix))
         self._drop_heads()
         self._write(batch)
-        self._heads_complete = self._head_limit > 0
+        self._cache_is_complete_if(True)
 
     def _write(self, batch: WriteBatch) -> None:
         started = time.monotonic()
