@@ -16,12 +16,15 @@ report names where the loop was (``in apply (store.py:823) < _process (worker.py
 needs the GIL for that: a C call holding the GIL is seen only after it returns, at whatever line
 runs next. So callers of such calls (store.py's RocksDB calls) note the long ones with
 :func:`note_blocking_call`, and a stall names the longest noted call within it first (``in a
-180 ms RocksDB multi-get (read_states), then settle (fast_fold.py:135) < ...``)."""
+180 ms RocksDB multi-get (read_states), then settle (fast_fold.py:135) < ...``). The garbage
+collector is noted the same way while a watchdog runs (``gc.callbacks``): a collection holds
+the GIL too, and its pause lands on whatever line allocated last."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import sys
 import threading
@@ -49,6 +52,22 @@ def note_blocking_call(what: str, started: float) -> None:
     ended = time.monotonic()
     if ended - started >= NOTE_CALLS_OVER_S:
         _noted_calls.append((ended, what, ended - started))
+
+
+class _CollectionTimer:
+    """A ``gc.callbacks`` entry noting each long collection as a blocking call."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.monotonic()
+        elif self.started:
+            note_blocking_call(
+                f"garbage collection (generation {info['generation']})", self.started
+            )
+            self.started = 0.0
 
 
 def longest_noted_call(since: float) -> tuple[str, float] | None:
@@ -131,10 +150,12 @@ class LoopWatchdog:
         self._on_stall = on_stall
         self._sample_stacks = sample_stacks
         self._sampler: _StackSampler | None = None
+        self._collections = _CollectionTimer()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._task is None:
+            gc.callbacks.append(self._collections)
             if self._sample_stacks:
                 self._sampler = _StackSampler(
                     threading.get_ident(), self.report_over_s / 2, self.report_over_s / 5
@@ -148,6 +169,8 @@ class LoopWatchdog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._collections)
         if self._sampler is not None:
             self._sampler.stop()
             self._sampler = None
@@ -166,7 +189,9 @@ class LoopWatchdog:
             wait_now = run_queue_wait_s()
             waited = None if wait_now is None or wait_started is None else wait_now - wait_started
             where = self._sampler.take() if self._sampler is not None else None
-            call = longest_noted_call(started) if lag_s > self.report_over_s else None
+            # a stall shorter than a noted call cannot contain it; a shorter one may still
+            # become the longest, which the exit line names
+            call = longest_noted_call(started) if lag_s >= NOTE_CALLS_OVER_S else None
             if call is not None:
                 what, seconds = call
                 where = f"a {seconds * 1000:.0f} ms {what}" + (f", then {where}" if where else "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import sys
@@ -85,6 +86,28 @@ async def test_a_long_call_its_caller_noted_is_named_first(
     assert watchdog.longest_where is not None
     assert re.match(r"a \d+ ms test C call, then _hold_the_loop_waiting", watchdog.longest_where)
     assert "; in a " in caplog.text and " ms test C call, then " in caplog.text
+
+
+async def test_a_long_garbage_collection_is_named_even_in_a_stall_under_the_log_limit() -> None:
+    """A collection holds the GIL like a C call; the watchdog times collections while it runs,
+    and the longest stall names the call within it even when it is too short to be logged."""
+    callbacks_before = len(gc.callbacks)
+    watchdog = LoopWatchdog(interval_s=0.01, report_over_s=10.0)
+    watchdog.start()
+    assert len(gc.callbacks) == callbacks_before + 1
+    await asyncio.sleep(0.05)
+    tracked = [[] for _ in range(2_000_000)]  # containers the collector must walk
+    started = time.monotonic()
+    gc.collect()
+    took = time.monotonic() - started
+    await asyncio.sleep(0.05)
+    await watchdog.stop()
+    del tracked
+    assert len(gc.callbacks) == callbacks_before
+    assert took >= 0.03, f"a full collection of 2M lists took only {took * 1000:.0f} ms"
+    assert watchdog.stalls_reported == 0
+    assert watchdog.longest_where is not None
+    assert re.match(r"a \d+ ms garbage collection \(generation 2\)", watchdog.longest_where)
 
 
 def test_only_long_calls_are_noted() -> None:
