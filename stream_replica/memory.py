@@ -3,7 +3,8 @@
 A worker's resident memory is a fixed part (the interpreter, the imported libraries, the Kafka
 client's fetch buffers, RocksDB's table readers and compaction buffers) plus three parts that
 would grow with the number of grains if nothing bounded them: the head cache (store.py), the
-RocksDB block cache (data, index and filter blocks all live in it) and the memtables. The plan
+RocksDB block cache (data, index and filter blocks all live in it) and the memtables; and one
+fixed-size part the plan sizes too, the grain filter (grain_filter.py). The plan
 gives each a share of the budget, so peak RSS stays under the budget whatever the number of
 grains or the backlog (``python -m benchmarks.memory_bench`` checks it at 1M and 10M grains).
 
@@ -42,6 +43,10 @@ MIN_BLOCK_CACHE_BYTES: Final = 8 * MIB
 # head cache the rest: a cached head saves the whole RocksDB read (index, filter and data
 # block), a cached block only part of it, and only for grains whose block is hot.
 BLOCK_CACHE_SHARE: Final = 0.25
+# The grain filter gets this share of the same (7 MiB at the default budget: ~6 bits per grain
+# at 10M grains, ~6 % false "maybe"s; ~60 bits at 1M, none to speak of).
+GRAIN_FILTER_SHARE: Final = 0.08
+GRAIN_FILTER_MAX_BYTES: Final = 32 * MIB  # 10 bits per grain up to ~27M grains
 # Bytes the Kafka client may hold from one fetch (all partitions together; aiokafka's default
 # is 50 MiB, far above what a poll of at most --max-records records needs).
 FETCH_MAX_BYTES: Final = 16 * MIB
@@ -56,6 +61,7 @@ class MemoryPlan:
     budget_mib: int
     head_cache_entries: int
     block_cache_bytes: int
+    grain_filter_bytes: int = 0
     write_buffer_bytes: int = WRITE_BUFFER_BYTES
     write_buffers: int = WRITE_BUFFERS
     fixed_mib: int = FIXED_MIB
@@ -73,7 +79,8 @@ class MemoryPlan:
             f"memory budget {self.budget_mib} MiB: fixed {self.fixed_mib} MiB, memtables "
             f"{self.memtables_bytes // MIB} MiB, block cache {self.block_cache_bytes // MIB} MiB, "
             f"head cache {self.head_cache_entries:,} entries "
-            f"(~{self.head_cache_bytes / MIB:.0f} MiB)"
+            f"(~{self.head_cache_bytes / MIB:.0f} MiB), grain filter "
+            f"{self.grain_filter_bytes / MIB:.0f} MiB"
         )
 
 
@@ -95,12 +102,16 @@ def plan_memory(budget_mib: int, head_cache_entries: int | None = None) -> Memor
             f"{MIN_BLOCK_CACHE_BYTES // MIB} MiB, {HEAD_ENTRY_BYTES} B per head-cache entry)"
         )
     spare = budget_mib * MIB - FIXED_MIB * MIB - WRITE_BUFFER_BYTES * WRITE_BUFFERS
+    grain_filter = min(int(spare * GRAIN_FILTER_SHARE), GRAIN_FILTER_MAX_BYTES)
     if head_cache_entries is not None:
-        block_cache = spare - head_cache_entries * HEAD_ENTRY_BYTES
-        return MemoryPlan(budget_mib, head_cache_entries, block_cache)
+        rest = spare - head_cache_entries * HEAD_ENTRY_BYTES
+        grain_filter = max(0, min(grain_filter, rest - MIN_BLOCK_CACHE_BYTES))
+        return MemoryPlan(budget_mib, head_cache_entries, rest - grain_filter, grain_filter)
+    grain_filter = max(0, min(grain_filter, spare - MIN_BLOCK_CACHE_BYTES))
+    spare -= grain_filter
     block_cache = max(MIN_BLOCK_CACHE_BYTES, int(spare * BLOCK_CACHE_SHARE))
     entries = (spare - block_cache) // HEAD_ENTRY_BYTES
-    return MemoryPlan(budget_mib, entries, block_cache)
+    return MemoryPlan(budget_mib, entries, block_cache, grain_filter)
 
 
 DEFAULT_PLAN: Final = plan_memory(DEFAULT_BUDGET_MIB)

@@ -59,6 +59,7 @@ from rocksdict import (
 
 from stream_replica.contract import GrainId
 from stream_replica.fold import FoldCounts, GrainState
+from stream_replica.grain_filter import GrainFilter
 from stream_replica.memory import DEFAULT_PLAN, MemoryPlan
 from stream_replica.watchdog import note_blocking_call
 
@@ -587,10 +588,12 @@ class ReplicaStore(_StoreView):
         self._old_heads: dict[bytes, bytes] = {}
         self._retired: list[dict[bytes, bytes]] = []
         self._head_limit = max(0, head_cache_entries)
-        # True while the cache holds the head of every grain the store holds: from an open or
-        # wipe that left no state until the first head leaves the cache. A grain it does not
-        # hold then has no state, and a build into an empty store reads nothing from RocksDB.
-        self._heads_complete = False
+        # Every grain given a state since the store last held none (grain_filter.py): a grain
+        # the cache lacks and the filter rules out has no state, so a build or rebuild into an
+        # empty store reads almost nothing from RocksDB. None while the store holds states it
+        # did not see written (opened with states).
+        self._grain_filter_bytes = memory.grain_filter_bytes
+        self._grain_filter: GrainFilter | None = None
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -621,7 +624,8 @@ class ReplicaStore(_StoreView):
             if self._db.get(_FORMAT_KEY) == _MIGRATABLE:
                 self._migrate_from_4()
         self._counts = self.counts()
-        self._cache_is_complete_if(not self._state_partitions())
+        if not self._state_partitions():
+            self._start_grain_filter()
 
     def _migrate_from_4(self) -> None:
         """Format 4 → 5: every state moves from ``g`` + grain to ``p`` + partition + grain,
@@ -648,7 +652,7 @@ class ReplicaStore(_StoreView):
     def heads(self, grains: Iterable[GrainId]) -> dict[GrainId, Head | None]:
         """The heads the cache knows among ``grains`` (absent: not known): (sequence,
         partition, offset, shadowed_by, key body) of the stored state, or None: the grain has no
-        state (cached as such, or the cache is complete and lacks it)."""
+        state (cached as such, or ruled out by the grain filter)."""
         found: dict[GrainId, Head | None] = {}
         for grain in grains:
             body = _grain_body(grain)
@@ -673,14 +677,13 @@ class ReplicaStore(_StoreView):
             self._retire(self._old_heads)
             self._old_heads, self._heads = young, {}
 
-    def _cache_is_complete_if(self, store_holds_no_state: bool) -> None:
-        """After an open or a wipe: an empty cache is complete when the store holds no
-        state, and there is a cache to keep it so."""
-        self._heads_complete = store_holds_no_state and self._head_limit > 0
+    def _start_grain_filter(self) -> None:
+        """The store holds no state (just opened or wiped): a new, empty grain filter."""
+        size = self._grain_filter_bytes
+        self._grain_filter = GrainFilter(size) if size > 0 else None
 
     def _retire(self, generation: dict[bytes, bytes]) -> None:
         if generation:
-            self._heads_complete = False  # these grains may have states the cache forgets
             self._retired.append(generation)
 
     def _free_retired(self, count: int) -> None:
@@ -701,8 +704,13 @@ class ReplicaStore(_StoreView):
         if None in packed:  # some are in the old generation, or not cached
             old = self._old_heads.get
             packed = [old(b) if p is None else p for b, p in zip(bodies, packed, strict=True)]
-            if self._heads_complete and None in packed:
-                packed = [_NO_STATE if p is None else p for p in packed]
+            grain_filter = self._grain_filter
+            if grain_filter is not None and None in packed:
+                may_hold = grain_filter.may_hold
+                packed = [
+                    (None if may_hold(b) else _NO_STATE) if p is None else p
+                    for b, p in zip(bodies, packed, strict=True)
+                ]
         if None not in packed and _NO_STATE not in packed:
             return list(map(_HEAD.unpack, packed))  # type: ignore[arg-type]
         unpack = _HEAD.unpack
@@ -713,17 +721,20 @@ class ReplicaStore(_StoreView):
         packed = self._heads.get(body)
         if packed is None:
             packed = self._old_heads.get(body)
-            if packed is None and self._heads_complete:
+            if packed is None and not self._may_hold(body):
                 return _NO_STATE
         return packed
 
+    def _may_hold(self, body: bytes) -> bool:
+        """False when the grain filter rules out a state for the grain (see __init__)."""
+        return self._grain_filter is None or self._grain_filter.may_hold(body)
+
     def _drop_heads(self) -> None:
         """Forget every cached head (a wipe, a failed write): O(1) here, freed by later
-        writes. The cache knows nothing now; a wipe that leaves no state says so after."""
+        writes. The grain filter stays right: it may only hold more grains than have states."""
         self._retire(self._heads)
         self._retire(self._old_heads)
         self._heads, self._old_heads = {}, {}
-        self._heads_complete = False
 
     def read_states(self, hints: Mapping[GrainId, int]) -> dict[GrainId, GrainState | None]:
         """Current states of ``hints``' grains; each hint is the partition a record of the
@@ -793,11 +804,16 @@ class ReplicaStore(_StoreView):
         batch = WriteBatch(raw_mode=True)
         heads: list[tuple[bytes, bytes]] = []
         put = batch.put
+        # a grain getting its first state goes into the grain filter before the write (a
+        # failed write leaves a harmless "maybe"; the other order could leave a false "no")
+        filter_add = self._grain_filter.add if self._grain_filter is not None else None
         for _, body, held, partition, value, head in prepared:
             spot = _spot(partition)
             if held != partition:
                 if held is not None:
                     batch.delete(_STATE_PREFIX + _spot(held) + body)
+                elif filter_add is not None:
+                    filter_add(body)
                 put(_INDEX_PREFIX + body, spot)
             put(_STATE_PREFIX + spot + body, value)
             heads.append((body, head))
@@ -826,6 +842,8 @@ class ReplicaStore(_StoreView):
                 if held != partition:
                     if held is not None:
                         batch.delete(_STATE_PREFIX + _spot(held) + body)
+                    elif filter_add is not None:
+                        filter_add(body)
                     put(_INDEX_PREFIX + body, spot)
                 put(_STATE_PREFIX + spot + body, _pack_state(state))
                 heads.append(
@@ -915,7 +933,8 @@ class ReplicaStore(_StoreView):
             batch.delete(_checkpoint_key(partition))
         self._drop_heads()
         self._write(batch)
-        self._cache_is_complete_if(emptied)
+        if emptied:
+            self._start_grain_filter()
 
     def bind_topic(self, identity: TopicIdentity) -> str | None:
         """Record the topic's identity. When the store already holds another one (the topic
@@ -964,7 +983,7 @@ class ReplicaStore(_StoreView):
             batch.delete_range(prefix, _next_prefix(prefix))
         self._drop_heads()
         self._write(batch)
-        self._cache_is_complete_if(True)
+        self._start_grain_filter()
 
     def _write(self, batch: WriteBatch) -> None:
         started = time.monotonic()

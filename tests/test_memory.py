@@ -14,6 +14,7 @@ from stream_replica import cli
 from stream_replica.memory import (
     DEFAULT_BUDGET_MIB,
     FIXED_MIB,
+    GRAIN_FILTER_MAX_BYTES,
     HEAD_ENTRY_BYTES,
     MIB,
     MemoryBudgetError,
@@ -28,7 +29,13 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("budget", [minimum_budget_mib(), 200, DEFAULT_BUDGET_MIB, 4096])
 def test_the_parts_add_up_to_at_most_the_budget(budget: int) -> None:
     plan = plan_memory(budget)
-    parts = FIXED_MIB * MIB + plan.memtables_bytes + plan.block_cache_bytes + plan.head_cache_bytes
+    parts = (
+        FIXED_MIB * MIB
+        + plan.memtables_bytes
+        + plan.block_cache_bytes
+        + plan.head_cache_bytes
+        + plan.grain_filter_bytes
+    )
     assert parts <= budget * MIB
     assert budget * MIB - parts < HEAD_ENTRY_BYTES  # nothing left unused but a rounding
     assert plan.block_cache_bytes >= 8 * MIB
@@ -43,10 +50,22 @@ def test_a_bigger_budget_buys_more_head_cache_and_block_cache() -> None:
 def test_explicit_head_cache_entries_win_and_the_block_cache_gets_the_rest() -> None:
     plan = plan_memory(256, head_cache_entries=10)
     assert plan.head_cache_entries == 10
-    assert plan.block_cache_bytes == 256 * MIB - FIXED_MIB * MIB - plan.memtables_bytes - 10 * (
-        HEAD_ENTRY_BYTES
+    assert plan.block_cache_bytes == (
+        256 * MIB
+        - FIXED_MIB * MIB
+        - plan.memtables_bytes
+        - 10 * HEAD_ENTRY_BYTES
+        - plan.grain_filter_bytes
     )
+    assert plan.grain_filter_bytes == plan_memory(256).grain_filter_bytes > 0
     assert plan_memory(256, head_cache_entries=0).head_cache_entries == 0
+
+
+def test_the_grain_filter_takes_a_share_up_to_its_cap_and_none_at_the_minimum() -> None:
+    assert 6 * MIB < plan_memory(DEFAULT_BUDGET_MIB).grain_filter_bytes < 8 * MIB
+    assert plan_memory(16_384).grain_filter_bytes == GRAIN_FILTER_MAX_BYTES
+    least = plan_memory(minimum_budget_mib())
+    assert least.grain_filter_bytes == 0 and least.block_cache_bytes >= 8 * MIB
 
 
 def test_too_small_a_budget_is_refused_in_one_line() -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import gc
+import random
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from rocksdict import Options, Rdict
 
+from stream_replica.contract import GrainId
 from stream_replica.fold import FoldCounts, GrainState
+from stream_replica.memory import DEFAULT_BUDGET_MIB, minimum_budget_mib, plan_memory
 from stream_replica.store import (
     Checkpoint,
     ReplicaReader,
@@ -272,9 +276,12 @@ def test_head_cache_generations_keep_the_newest_head_and_free_retired_ones_gradu
         assert store.heads([("t", "a"), ("t", "z")]) == {}
 
 
-def test_a_store_without_states_knows_unseen_grains_have_none(tmp_path: Path) -> None:
-    # A build into an empty store reads nothing: every head is cached from the first write
-    # on, so a grain the cache lacks has no state, until the cache first forgets one.
+def test_a_store_without_states_rules_out_the_grains_it_never_gave_a_state(
+    tmp_path: Path,
+) -> None:
+    # A build into an empty store reads almost nothing: the grain filter holds every grain
+    # given a state since the store held none, so one it lacks has no state, however many
+    # heads the cache has forgotten.
     a, b, c = ("t", "a"), ("t", "b"), ("t", "c")
     with ReplicaStore(tmp_path / "db", "t", head_cache_entries=4) as store:
         assert store.cached_heads([b"t\x00a"]) == [None]
@@ -282,20 +289,54 @@ def test_a_store_without_states_knows_unseen_grains_have_none(tmp_path: Path) ->
         assert store.heads([a, b]) == {a: (1, 0, 10, -1, b"t\x00a"), b: None}
         for batch in ("x", "y"):  # the young generation, then the old one with a in it, goes
             store.read_states({("t", f"{batch}{n}"): 1 for n in range(4)})
-        assert store.cached_heads([b"t\x00a", b"t\x00b"]) == [False, False]
-        store.wipe_partitions([0])  # partition 1 holds no state: a is all there was
-        assert store.cached_heads([b"t\x00a"]) == [None]
+        # a left the cache: "maybe" (read it); b never had a state: "none", no read
+        assert store.cached_heads([b"t\x00a", b"t\x00b"]) == [False, None]
+        assert store.read_states({a: 1}) == {a: state(1, 0)}  # wrong hint, found by the index
+        store.wipe_partitions([0])  # partition 1 holds no state: a was all there was
+        assert store.cached_heads([b"t\x00a"]) == [None]  # a new, empty filter
         store.apply({a: state(2, 0), b: state(1, 1)}, {}, FoldCounts())
-        store.wipe_partitions([1])  # partition 0 still holds a: b's neighbours are unknown
-        assert store.heads([b, c]) == {}
+        store.wipe_partitions([1])  # partition 0 still holds a: the filter stays (b: "maybe")
+        assert store.heads([b, c]) == {c: None}
+        assert store.read_states({b: 1}) == {b: None}
         store.wipe_all()
         assert store.heads([a, c]) == {a: None, c: None}
         store.apply({c: state(1, 2)}, {}, FoldCounts())
-    with ReplicaStore(tmp_path / "db", "t") as store:  # reopened with a state in it
+    with ReplicaStore(tmp_path / "db", "t") as store:  # reopened with a state: no filter
         assert store.cached_heads([b"t\x00a"]) == [False]
         assert store.read_states({a: 0, c: 2}) == {a: None, c: state(1, 2)}
-    with ReplicaStore(tmp_path / "empty", "t", head_cache_entries=0) as store:
-        assert store.cached_heads([b"t\x00a"]) == [False]  # no cache: nothing is known
+    with ReplicaStore(tmp_path / "nocache", "t", head_cache_entries=0) as store:
+        assert store.cached_heads([b"t\x00a"]) == [None]  # the filter works without a cache
+        store.apply({a: state(1, 0)}, {}, FoldCounts())
+        assert store.cached_heads([b"t\x00a", b"t\x00b"]) == [False, None]
+    no_filter = plan_memory(minimum_budget_mib())
+    assert no_filter.grain_filter_bytes == 0 and no_filter.head_cache_entries == 0
+    with ReplicaStore(tmp_path / "bare", "t", memory=no_filter) as store:
+        assert store.cached_heads([b"t\x00a"]) == [False]  # no cache, no filter: unknown
+
+
+@pytest.mark.parametrize("filter_bytes", [8, 4096])
+def test_the_grain_filter_never_says_none_for_a_stored_state(
+    tmp_path: Path, filter_bytes: int
+) -> None:
+    """Random writes, deletions, moves between partitions and wipes, with a saturated filter
+    (8 bytes) and a sparse one: every grain the cache and filter call stateless has no state
+    in RocksDB."""
+    rng = random.Random(12)
+    grains = [("t", f"g{n}") for n in range(300)]
+    plan = replace(plan_memory(DEFAULT_BUDGET_MIB), grain_filter_bytes=filter_bytes)
+    with ReplicaStore(tmp_path / "db", "t", head_cache_entries=40, memory=plan) as store:
+        for step in range(150):
+            changes: dict[GrainId, GrainState | None] = {}
+            for grain in rng.sample(grains, 20):
+                changes[grain] = None if rng.random() < 0.2 else state(step + 1, rng.randrange(3))
+            store.apply(changes, {}, FoldCounts())
+            if step % 40 == 39:
+                store.wipe_partitions([rng.randrange(3)])
+            heads = store.heads(grains)
+            for grain, head in heads.items():
+                if head is None:
+                    assert store.get(grain) is None, (step, grain)
+        assert store._grain_filter is not None and store._grain_filter.size_bytes == filter_bytes
 
 
 def test_a_failed_write_leaves_the_cache_knowing_nothing(tmp_path: Path) -> None:
