@@ -49,7 +49,7 @@ class GrainFilter:
 
     def __init__(self, size_bytes: int) -> None:
         self._count = max(1, size_bytes // 8)
-        self._words = array("Q", bytes(8 * self._count))
+        self._words = array("Q", [0]) * self._count
         self.added = 0  # adds so far (with repeats): bits per grain ~ 64 * words / added
 
     @property
