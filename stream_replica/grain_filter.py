@@ -6,7 +6,7 @@ RocksDB multi-get (its state and its index entry), and on a store of millions of
 reads miss the block cache and load index, filter and data blocks from the table files: a
 build or rebuild into an empty store then spent most of its RocksDB reads learning that a new
 grain had no state yet, and a cold multi-get held the event loop for up to ~100 ms. With this
-filter such a grain costs one word test.
+filter such a grain costs one filter test (~50-100 ns).
 
 Never a false "no", as long as the store adds a grain *before* the write that gives it a
 state (a failed write leaves a "maybe" behind, which costs only the read it would have cost
@@ -15,55 +15,28 @@ where it says "no" and it only grows. It is started when the store holds no stat
 empty, or wiped): a store opened with states has no filter, since building one would mean
 reading every grain.
 
-Blocked: each grain sets 4 bits in one 64-bit word, so an add or a test touches one word.
-Keyed by Python's hash of the grain's key body (bytes cache their hash, and the head cache's
-dict lookup already computed it); the hash differs between processes, which is fine for a
-structure that lives in one. False "maybe" rates, measured on 200,000 random keys: ~0.5 % at
-16 bits per grain, ~2 % at 10, ~7 % at 6 (tests/test_grain_filter.py holds them under 1, 3
-and 10 %).
+The filter is rbloom's (Rust), keyed by Python's hash of the grain's key body: bytes cache
+their hash, and the head cache's dict lookup already computed it; the hash differs between
+processes, which is fine for a structure that lives in one. Its size is fixed by the memory
+plan, not by the number of grains: it is laid out for ``DESIGN_BITS_PER_GRAIN`` and degrades
+gently past that (false "maybe"s measured on 200,000 random keys: ~0.1 % at 16 bits per grain,
+~1 % at 10, ~6 % at 6; tests/test_grain_filter.py holds them under 1, 3 and 10 %).
 """
 
 from __future__ import annotations
 
-from array import array
+import math
 from typing import Final
 
-_MASK64: Final = (1 << 64) - 1
-_LOW32: Final = (1 << 32) - 1
+from rbloom import Bloom
+
+# The false "maybe" rate the filter is laid out for (its number of hash functions), reached at
+# ~8 bits per grain: 1M grains in the default plan's 7 MiB get ~60 bits each, 10M ~6.
+DESIGN_FALSE_MAYBES: Final = 0.02
+DESIGN_BITS_PER_GRAIN: Final = -math.log(DESIGN_FALSE_MAYBES) / math.log(2) ** 2
 
 
-def _bits(hashed: int) -> int:
-    """The 4 bits (of 64) a grain sets in its word, from the hash's upper half."""
-    return (
-        (1 << ((hashed >> 32) & 63))
-        | (1 << ((hashed >> 38) & 63))
-        | (1 << ((hashed >> 44) & 63))
-        | (1 << ((hashed >> 50) & 63))
-    )
-
-
-class GrainFilter:
-    """A blocked Bloom filter over grain key bodies, ``size_bytes`` large (rounded down to
-    whole 64-bit words, at least one)."""
-
-    __slots__ = ("_count", "_words", "added")
-
-    def __init__(self, size_bytes: int) -> None:
-        self._count = max(1, size_bytes // 8)
-        self._words = array("Q", [0]) * self._count
-        self.added = 0  # adds so far (with repeats): bits per grain ~ 64 * words / added
-
-    @property
-    def size_bytes(self) -> int:
-        return 8 * self._count
-
-    def add(self, body: bytes) -> None:
-        hashed = hash(body) & _MASK64
-        self._words[(hashed & _LOW32) % self._count] |= _bits(hashed)
-        self.added += 1
-
-    def may_hold(self, body: bytes) -> bool:
-        """False: ``body`` was never added. True: it may have been."""
-        hashed = hash(body) & _MASK64
-        bits = _bits(hashed)
-        return self._words[(hashed & _LOW32) % self._count] & bits == bits
+def new_grain_filter(size_bytes: int) -> Bloom:
+    """An empty filter of about ``size_bytes``: ``add(body)``, ``body in it``."""
+    grains = max(1, int(8 * size_bytes / DESIGN_BITS_PER_GRAIN))
+    return Bloom(grains, DESIGN_FALSE_MAYBES)

@@ -44,7 +44,7 @@ MIN_BLOCK_CACHE_BYTES: Final = 8 * MIB
 # block), a cached block only part of it, and only for grains whose block is hot.
 BLOCK_CACHE_SHARE: Final = 0.25
 # The grain filter gets this share of the same (7 MiB at the default budget: ~6 bits per grain
-# at 10M grains, ~7 % false "maybe"s; ~60 bits at 1M, none to speak of).
+# at 10M grains, ~6 % false "maybe"s; ~60 bits at 1M, none to speak of).
 GRAIN_FILTER_SHARE: Final = 0.08
 GRAIN_FILTER_MAX_BYTES: Final = 32 * MIB  # 10 bits per grain up to ~27M grains
 # Bytes the Kafka client may hold from one fetch (all partitions together; aiokafka's default

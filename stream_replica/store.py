@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 import msgpack
+from rbloom import Bloom
 from rocksdict import (
     AccessType,
     BlockBasedIndexType,
@@ -59,7 +60,7 @@ from rocksdict import (
 
 from stream_replica.contract import GrainId
 from stream_replica.fold import FoldCounts, GrainState
-from stream_replica.grain_filter import GrainFilter
+from stream_replica.grain_filter import new_grain_filter
 from stream_replica.memory import DEFAULT_PLAN, MemoryPlan
 from stream_replica.watchdog import note_blocking_call
 
@@ -593,7 +594,7 @@ class ReplicaStore(_StoreView):
         # empty store reads almost nothing from RocksDB. None while the store holds states it
         # did not see written (opened with states).
         self._grain_filter_bytes = memory.grain_filter_bytes
-        self._grain_filter: GrainFilter | None = None
+        self._grain_filter: Bloom | None = None
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -680,7 +681,7 @@ class ReplicaStore(_StoreView):
     def _start_grain_filter(self) -> None:
         """The store holds no state (just opened or wiped): a new, empty grain filter."""
         size = self._grain_filter_bytes
-        self._grain_filter = GrainFilter(size) if size > 0 else None
+        self._grain_filter = new_grain_filter(size) if size > 0 else None
 
     def _retire(self, generation: dict[bytes, bytes]) -> None:
         if generation:
@@ -706,7 +707,7 @@ class ReplicaStore(_StoreView):
             packed = [old(b) if p is None else p for b, p in zip(bodies, packed, strict=True)]
             grain_filter = self._grain_filter
             if grain_filter is not None and None in packed:
-                may_hold = grain_filter.may_hold
+                may_hold = grain_filter.__contains__
                 packed = [
                     (None if may_hold(b) else _NO_STATE) if p is None else p
                     for b, p in zip(bodies, packed, strict=True)
@@ -727,7 +728,7 @@ class ReplicaStore(_StoreView):
 
     def _may_hold(self, body: bytes) -> bool:
         """False when the grain filter rules out a state for the grain (see __init__)."""
-        return self._grain_filter is None or self._grain_filter.may_hold(body)
+        return self._grain_filter is None or body in self._grain_filter
 
     def _drop_heads(self) -> None:
         """Forget every cached head (a wipe, a failed write): O(1) here, freed by later

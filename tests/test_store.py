@@ -336,7 +336,8 @@ def test_the_grain_filter_never_says_none_for_a_stored_state(
             for grain, head in heads.items():
                 if head is None:
                     assert store.get(grain) is None, (step, grain)
-        assert store._grain_filter is not None and store._grain_filter.size_bytes == filter_bytes
+        assert store._grain_filter is not None
+        assert abs(store._grain_filter.size_in_bits - 8 * filter_bytes) <= 64
 
 
 def test_a_failed_write_leaves_the_cache_knowing_nothing(tmp_path: Path) -> None:
