@@ -102,13 +102,18 @@ def plan_memory(budget_mib: int, head_cache_entries: int | None = None) -> Memor
             f"{MIN_BLOCK_CACHE_BYTES // MIB} MiB, {HEAD_ENTRY_BYTES} B per head-cache entry)"
         )
     spare = budget_mib * MIB - FIXED_MIB * MIB - WRITE_BUFFER_BYTES * WRITE_BUFFERS
-    grain_filter = min(int(spare * GRAIN_FILTER_SHARE), GRAIN_FILTER_MAX_BYTES)
-    if head_cache_entries is not None:
-        rest = spare - head_cache_entries * HEAD_ENTRY_BYTES
-        grain_filter = max(0, min(grain_filter, rest - MIN_BLOCK_CACHE_BYTES))
-        return MemoryPlan(budget_mib, head_cache_entries, rest - grain_filter, grain_filter)
-    grain_filter = max(0, min(grain_filter, spare - MIN_BLOCK_CACHE_BYTES))
+    asked_heads = (head_cache_entries or 0) * HEAD_ENTRY_BYTES
+    grain_filter = max(
+        0,
+        min(
+            int(spare * GRAIN_FILTER_SHARE),
+            GRAIN_FILTER_MAX_BYTES,
+            spare - asked_heads - MIN_BLOCK_CACHE_BYTES,  # the block cache keeps its minimum
+        ),
+    )
     spare -= grain_filter
+    if head_cache_entries is not None:
+        return MemoryPlan(budget_mib, head_cache_entries, spare - asked_heads, grain_filter)
     block_cache = max(MIN_BLOCK_CACHE_BYTES, int(spare * BLOCK_CACHE_SHARE))
     entries = (spare - block_cache) // HEAD_ENTRY_BYTES
     return MemoryPlan(budget_mib, entries, block_cache, grain_filter)
