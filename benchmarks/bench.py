@@ -836,46 +836,62 @@ class Bench:
         totals: dict[str, float] = {}
         restore: list[tuple[Any, str, Any]] = []
 
+        # Self time per stage: what a wrapped call spends inside another wrapped call (the
+        # reference path's fold awaits the reads) counts for the inner stage only.
+        nested: list[float] = []  # per wrapped call in progress: time of the calls inside it
+
         def wrap(owner: Any, attr: str, label: str) -> None:
             original = getattr(owner, attr, None)
             if original is None:
                 return
             totals[label] = 0.0
+
+            def enter() -> float:
+                nested.append(0.0)
+                return time.perf_counter()
+
+            def leave(started: float) -> None:
+                elapsed = time.perf_counter() - started
+                totals[label] += elapsed - nested.pop()
+                if nested:
+                    nested[-1] += elapsed
+
             if asyncio.iscoroutinefunction(original):
 
                 async def timed_async(*a: Any, **k: Any) -> Any:
-                    started = time.perf_counter()
+                    started = enter()
                     try:
                         return await original(*a, **k)
                     finally:
-                        totals[label] += time.perf_counter() - started
+                        leave(started)
 
                 setattr(owner, attr, timed_async)
             else:
 
                 def timed(*a: Any, **k: Any) -> Any:
-                    started = time.perf_counter()
+                    started = enter()
                     try:
                         return original(*a, **k)
                     finally:
-                        totals[label] += time.perf_counter() - started
+                        leave(started)
 
                 setattr(owner, attr, timed)
             restore.append((owner, attr, original))
 
-        # Disjoint stages (none calls another), named so that STAGE_KEYWORDS maps them onto
-        # the round-1 stages: the fast pass's three steps, the reference path for the grains
-        # it hands over, the write.
+        # Stages (self time), named so that STAGE_KEYWORDS maps them onto the round-1 stages:
+        # the fast pass's steps, the reference path for the grains it hands over, the reads
+        # of current states both make, the write.
         wrap(AIOKafkaConsumer, "getmany", "aiokafka getmany (fetch, parse records)")
         wrap(fast_fold_module, "scan", "fast pass: canonical decode of every record, runs")
+        wrap(fast_fold_module, "look_up", "fast pass: read current states (head cache)")
         wrap(
-            fast_fold_module,
-            "look_up",
-            "fast pass: read current states (head cache; RocksDB for the grains it lacks)",
+            ReplicaStore,
+            "read_states_async",
+            "read current states from RocksDB (reader thread; grains the head cache lacks)",
         )
         wrap(fast_fold_module, "settle", "fast pass: fold (settle the runs)")
         wrap(poll_module, "decode_batch", "reference path: decode of the other grains' records")
-        wrap(poll_module, "fold_polled", "reference path: fold of the other grains (its reads too)")
+        wrap(poll_module, "fold_polled", "reference path: fold of the other grains")
         wrap(ReplicaStore, "apply", "store.apply (pack + RocksDB write batch)")
         group = self.group("breakdown")
         db = self.workdir / "breakdown-db"

@@ -52,7 +52,7 @@ class FastFold:
 _Run = list[Any]
 
 
-def fast_fold(
+async def fast_fold(
     batch: Mapping[TopicPartition, list[Any]],
     keep: Callable[[TopicPartition], bool],
     store: ReplicaStore,
@@ -60,7 +60,10 @@ def fast_fold(
     out = FastFold()
     runs = scan(batch, keep, out)
     if runs:
-        settle(runs, look_up(runs, store, out), out)
+        lookups, unknown = look_up(runs, store)
+        if unknown:
+            out.read = await store.read_states_async(unknown)
+        settle(runs, lookups, out)
     return out
 
 
@@ -108,9 +111,11 @@ def scan(
 _Lookup = tuple[GrainId, bytes, HeadLookup]
 
 
-def look_up(runs: dict[bytes, _Run], store: ReplicaStore, out: FastFold) -> list[_Lookup]:
-    """The held state of each run's grain: from the head cache, or one RocksDB multi-get for
-    the grains it does not know. (map() and C-level getters: this runs once per grain.)"""
+def look_up(
+    runs: dict[bytes, _Run], store: ReplicaStore
+) -> tuple[list[_Lookup], dict[GrainId, int]]:
+    """What the head cache says of each run's grain, and the grains it does not know (with
+    the partition to read each from). (map() and C-level getters: this runs once per grain.)"""
     grains: list[GrainId] = list(map(_GRAIN_OF, map(_LAST_FIELDS, runs.values())))
     keys = list(runs)
     if b"\x00" in b"".join(keys):
@@ -118,14 +123,14 @@ def look_up(runs: dict[bytes, _Run], store: ReplicaStore, out: FastFold) -> list
     else:  # the common case: grain_body_of_key without the check per key
         bodies = [key.replace(b"/", b"\x00", 1) for key in keys]
     heads = store.cached_heads(bodies)
+    unknown: dict[GrainId, int] = {}
     if False in heads:
         unknown = {
             grain: run[0]
             for grain, run, head in zip(grains, runs.values(), heads, strict=True)
             if head is False
         }
-        out.read = store.read_states(unknown)
-    return list(zip(grains, bodies, heads, strict=True))
+    return list(zip(grains, bodies, heads, strict=True)), unknown
 
 
 _GRAIN_OF: Final = operator.attrgetter("grain_type", "grain_key")

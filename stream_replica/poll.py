@@ -33,7 +33,7 @@ class FoldedBatch:
         return len(self.result.changes) + len(self.prepared)
 
 
-def fold_batch(
+async def fold_batch(
     batch: Mapping[TopicPartition, list[Any]],
     keep: Callable[[TopicPartition], bool],
     store: ReplicaStore,
@@ -41,11 +41,11 @@ def fold_batch(
     """The fold of a fetched batch: what fold(decode_batch(batch)) gives (tests/
     test_fast_fold.py), most of it computed by the fast pass: the grains it settles are in
     ``prepared``, encoded for the store, the others in ``result.changes``."""
-    fast = fast_fold(batch, keep, store)
+    fast = await fast_fold(batch, keep, store)
     slow_keys = fast.slow_keys
     if slow_keys:
         polled = decode_batch(batch, keep, slow_keys)
-        result = fold_polled(polled, store)
+        result = await fold_polled(polled, store)
     else:
         result = FoldResult()
     if fast.prepared:
@@ -82,7 +82,7 @@ def decode_batch(
     return polled
 
 
-def fold_polled(polled: list[Polled], store: ReplicaStore) -> FoldResult:
+async def fold_polled(polled: list[Polled], store: ReplicaStore) -> FoldResult:
     """Fold against the store's current states. A grain whose head the store has cached and
     whose first record in the poll needs no more than the head (a tombstone, or a FullState
     above the held sequence) is folded against a stand-in carrying only the head; any other
@@ -114,5 +114,5 @@ def fold_polled(polled: list[Polled], store: ReplicaStore) -> FoldResult:
                 continue
         to_read[grain] = record.partition
     if to_read:
-        stored.update(store.read_states(to_read))
+        stored.update(await store.read_states_async(to_read))
     return fold(polled, stored)

@@ -167,14 +167,16 @@ class StandbyFollower:
             if batch:
                 async with self.lock:
                     if epoch == self._epoch:
-                        self._apply(consumer, batch)
+                        await self._apply(consumer, batch)
                     else:
                         # Fetched before follow() or a rebuild moved positions: the consumer
                         # has moved past this batch, so go back to what the store holds.
                         self._reseek(consumer)
 
-    def _apply(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
-        folded = fold_batch(
+    async def _apply(
+        self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]
+    ) -> None:
+        folded = await fold_batch(
             batch,
             lambda tp: tp.topic == self.topic and tp.partition in self._partitions,
             self.store,

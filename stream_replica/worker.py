@@ -568,7 +568,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         assigned = consumer.assignment()
         started = time.perf_counter()
         # A partition revoked while this poll was waiting for the lock is skipped.
-        folded = fold_batch(batch, lambda tp: tp in assigned, self.store)
+        folded = await fold_batch(batch, lambda tp: tp in assigned, self.store)
         if not folded.records:
             return
         result = folded.result

@@ -16,7 +16,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from stream_replica.contract import canonical_full_state, decode
+from stream_replica.contract import GrainId, canonical_full_state, decode
 from stream_replica.fold import FoldCounts, FoldResult, GrainState
 from stream_replica.poll import decode_batch, fold_batch, fold_polled
 from stream_replica.store import ReplicaStore, _unpack_state
@@ -101,7 +101,7 @@ def _seen(result: FoldResult) -> tuple[object, ...]:
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_fold_batch_equals_the_reference(tmp_path: Path, seed: int) -> None:
+async def test_fold_batch_equals_the_reference(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     reference = ReplicaStore(tmp_path / "reference", TOPIC, head_cache_entries=0)
     fast = [
@@ -115,10 +115,10 @@ def test_fold_batch_equals_the_reference(tmp_path: Path, seed: int) -> None:
         for poll in range(80):
             batch = _poll(rng, next_offsets)
             keep = (lambda tp: tp.partition != 2) if poll % 7 == 3 else (lambda tp: True)
-            expected = fold_polled(decode_batch(batch, keep), reference)
+            expected = await fold_polled(decode_batch(batch, keep), reference)
             reference.apply(expected.changes, {}, FoldCounts(), expected.unshadowed)
             for store in fast:
-                folded = fold_batch(batch, keep, store)
+                folded = await fold_batch(batch, keep, store)
                 # The settled grains' states as the store will hold them, beside the others.
                 merged = copy.copy(folded.result)
                 merged.changes = {
@@ -201,7 +201,7 @@ def _build_poll(
     return batch
 
 
-def test_a_build_into_an_empty_store_reads_nothing_from_rocksdb(
+async def test_a_build_into_an_empty_store_reads_nothing_from_rocksdb(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every head is cached from the first write on, so a build reads no current state: what
@@ -212,15 +212,22 @@ def test_a_build_into_an_empty_store_reads_nothing_from_rocksdb(
     for name in ("read_states", "_locations", "get_many"):
         real = getattr(store, name)
         monkeypatch.setattr(store, name, lambda arg, real=real: reads.append(arg) or real(arg))
+    real_async = store.read_states_async
+
+    async def read_states_async(hints: dict[GrainId, int]) -> dict[GrainId, object]:
+        reads.append(hints)
+        return await real_async(hints)
+
+    monkeypatch.setattr(store, "read_states_async", read_states_async)
     next_offsets: dict[int, int] = {}
     try:
         for _ in range(30):
-            folded = fold_batch(_build_poll(rng, next_offsets), lambda tp: True, store)
+            folded = await fold_batch(_build_poll(rng, next_offsets), lambda tp: True, store)
             result = folded.result
             store.apply(result.changes, {}, FoldCounts(), result.unshadowed, folded.prepared)
         assert store.count_grains() > 0 and reads == []
         store.wipe_partitions([0])  # other partitions hold states: the cache knows less now
-        fold_batch(_build_poll(rng, next_offsets), lambda tp: True, store)
+        await fold_batch(_build_poll(rng, next_offsets), lambda tp: True, store)
         assert reads
     finally:
         store.close()

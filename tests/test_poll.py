@@ -49,7 +49,7 @@ def _full(state: GrainState | None) -> tuple[object, ...] | None:
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_head_cache_changes_nothing(tmp_path: Path, seed: int) -> None:
+async def test_head_cache_changes_nothing(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     stores = [
         ReplicaStore(tmp_path / "nocache", "t", head_cache_entries=0),
@@ -63,7 +63,7 @@ def test_head_cache_changes_nothing(tmp_path: Path, seed: int) -> None:
             for _ in range(rng.randint(1, 12)):
                 polled.append(_record(rng, rng.randrange(3), offset))
                 offset += 1
-            results = [fold_polled(polled, store) for store in stores]
+            results = [await fold_polled(polled, store) for store in stores]
             seen = [
                 (
                     {g: _full(s) for g, s in r.changes.items()},

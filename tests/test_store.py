@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import random
 import threading
@@ -372,3 +373,68 @@ def test_a_slow_rocksdb_write_is_noted_for_the_stall_report(tmp_path: Path) -> N
         noted = longest_noted_call(before)
         assert noted is not None and noted[0] == "RocksDB batch write" and noted[1] >= 0.03
         assert store.get(("t", "a")) == state(1, 0)
+
+
+class _HeldGets:
+    """Stands in for a store's Rdict: records the thread of each multi-get and holds it
+    until released."""
+
+    def __init__(self, db: Rdict) -> None:
+        self._db = db
+        self.threads: list[int] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def get(self, keys: object) -> object:
+        if isinstance(keys, list):
+            self.threads.append(threading.get_ident())
+            self.entered.set()
+            assert self.release.wait(30)
+        return self._db.get(keys)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+
+async def test_read_states_async_reads_on_another_thread_what_read_states_reads(
+    tmp_path: Path,
+) -> None:
+    a, b, c = ("t", "a"), ("t", "b"), ("t", "c")
+    with ReplicaStore(tmp_path / "db", "t", head_cache_entries=0) as store:
+        store.apply({a: state(1, 0), b: state(2, 1)}, {}, FoldCounts())
+        hints = {a: 1, b: 1, c: 0}  # a's hint is wrong: found through the index
+        expected = store.read_states(hints)
+        assert expected == {a: state(1, 0), b: state(2, 1), c: None}
+        held = _HeldGets(store._db)
+        held.release.set()
+        store._db = held  # type: ignore[assignment]
+        assert await store.read_states_async(hints) == expected
+        # both multi-gets (the hinted partitions, then a's) off the loop's thread
+        assert len(held.threads) == 2
+        assert threading.get_ident() not in held.threads
+        store._db = held._db
+
+
+async def test_a_cancelled_read_changes_no_head_and_close_waits_for_it(tmp_path: Path) -> None:
+    a = ("t", "a")
+    store = ReplicaStore(tmp_path / "db", "t")
+    store.apply({a: state(1, 0)}, {}, FoldCounts())
+    store.close()
+    store = ReplicaStore(tmp_path / "db", "t")  # reopened: a's head is not cached
+    held = _HeldGets(store._db)
+    store._db = held  # type: ignore[assignment]
+    reading = asyncio.create_task(store.read_states_async({a: 0}))
+    assert await asyncio.to_thread(held.entered.wait, 30)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    assert store.heads([a]) == {}  # the read's result never reached the cache
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # RocksDB cannot close under the read: close() waits for it
+    held.release.set()
+    closer.join(30)
+    assert not closer.is_alive()
+    with ReplicaReader(tmp_path / "db") as reader:
+        assert dict(reader.grains()) == {a: state(1, 0)}
