@@ -32,7 +32,6 @@ store holds exactly the result of the records before each partition's checkpoint
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import heapq
 import os
@@ -41,7 +40,6 @@ import struct
 import tempfile
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -64,6 +62,7 @@ from stream_replica.contract import GrainId
 from stream_replica.fold import FoldCounts, GrainState
 from stream_replica.grain_filter import new_grain_filter
 from stream_replica.memory import DEFAULT_PLAN, MemoryPlan
+from stream_replica.read_thread import ReadThread
 from stream_replica.watchdog import note_blocking_call
 
 # 4: shadowed-by offset in grain values, shadow index, topic ID. 5: partition-major states
@@ -601,8 +600,8 @@ class ReplicaStore(_StoreView):
         # did not see written (opened with states).
         self._grain_filter_bytes = memory.grain_filter_bytes
         self._grain_filter: Bloom | None = None
-        # read_states_async's thread, started at its first read, ended by close()
-        self._reader: ThreadPoolExecutor | None = None
+        # read_states_async's thread (read_thread.py), started at its first read
+        self._reader: ReadThread[_DbKeys, list[bytes | None]] | None = None
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -770,26 +769,23 @@ class ReplicaStore(_StoreView):
         10M-grain store took 35-77 ms, a stall every other task waited out). The head cache
         changes on the loop only, after each read."""
         reading = self._reading(hints)
-        loop = asyncio.get_running_loop()
-        get = self._db.get
+        if self._reader is None:
+            self._reader = ReadThread(self._multi_get, "rocksdb-read")
         try:
             keys = next(reading)
             while True:
-                raws = await loop.run_in_executor(self._reader_thread(), get, keys)
-                keys = reading.send(raws)  # type: ignore[arg-type]
+                keys = reading.send(await self._reader.read(keys))
         except StopIteration as done:
             result: dict[GrainId, GrainState | None] = done.value
             return result
 
-    def _reader_thread(self) -> ThreadPoolExecutor:
-        if self._reader is None:
-            self._reader = ThreadPoolExecutor(1, thread_name_prefix="rocksdb-read")
-        return self._reader
+    def _multi_get(self, keys: _DbKeys) -> list[bytes | None]:
+        return self._db.get(keys)  # type: ignore[return-value]
 
     def close(self) -> None:
         if self._reader is not None:
             # a read whose task was cancelled may still run: RocksDB cannot close under it
-            self._reader.shutdown(wait=True)
+            self._reader.close()
             self._reader = None
         super().close()
 
