@@ -31,7 +31,7 @@ from typing import Final
 from rbloom import Bloom
 
 # The false "maybe" rate the filter is laid out for (its number of hash functions), reached at
-# ~8 bits per grain: 1M grains in the default plan's 7 MiB get ~60 bits each, 10M ~6.
+# ~8 bits per grain: 1M grains in the default plan's 14 MiB get ~120 bits each, 10M ~12.
 DESIGN_FALSE_MAYBES: Final = 0.02
 DESIGN_BITS_PER_GRAIN: Final = -math.log(DESIGN_FALSE_MAYBES) / math.log(2) ** 2
 

@@ -43,9 +43,10 @@ MIN_BLOCK_CACHE_BYTES: Final = 8 * MIB
 # head cache the rest: a cached head saves the whole RocksDB read (index, filter and data
 # block), a cached block only part of it, and only for grains whose block is hot.
 BLOCK_CACHE_SHARE: Final = 0.25
-# The grain filter gets this share of the same (7 MiB at the default budget: ~6 bits per grain
-# at 10M grains, ~6 % false "maybe"s; ~60 bits at 1M, none to speak of).
-GRAIN_FILTER_SHARE: Final = 0.08
+# The grain filter gets this share of the same (14 MiB at the default budget: ~12 bits per
+# grain at 10M grains, ~0.4 % false "maybe"s; ~120 bits at 1M, none to speak of). At 8 % (7
+# MiB, ~6 % false "maybe"s at 10M) nearly every poll of a 10M-grain build read RocksDB.
+GRAIN_FILTER_SHARE: Final = 0.16
 GRAIN_FILTER_MAX_BYTES: Final = 32 * MIB  # 10 bits per grain up to ~27M grains
 # Bytes the Kafka client may hold from one fetch (all partitions together; aiokafka's default
 # is 50 MiB, far above what a poll of at most --max-records records needs).

@@ -16,7 +16,7 @@ report names where the loop was (``in apply (store.py:823) < _process (worker.py
 needs the GIL for that: a C call holding the GIL is seen only after it returns, at whatever line
 runs next. So callers of such calls (store.py's RocksDB calls) note the long ones with
 :func:`note_blocking_call`, and a stall names the longest noted call within it first (``in a
-180 ms RocksDB multi-get (read_states), then settle (fast_fold.py:135) < ...``). The garbage
+45 ms RocksDB batch write, then apply (store.py:930) < ...``). The garbage
 collector is noted the same way while a watchdog runs (``gc.callbacks``): a collection holds
 the GIL too, and its pause lands on whatever line allocated last."""
 

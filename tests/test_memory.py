@@ -62,7 +62,7 @@ def test_explicit_head_cache_entries_win_and_the_block_cache_gets_the_rest() -> 
 
 
 def test_the_grain_filter_takes_a_share_up_to_its_cap_and_none_at_the_minimum() -> None:
-    assert 6 * MIB < plan_memory(DEFAULT_BUDGET_MIB).grain_filter_bytes < 8 * MIB
+    assert 13 * MIB < plan_memory(DEFAULT_BUDGET_MIB).grain_filter_bytes < 15 * MIB
     assert plan_memory(16_384).grain_filter_bytes == GRAIN_FILTER_MAX_BYTES
     least = plan_memory(minimum_budget_mib())
     assert least.grain_filter_bytes == 0 and least.block_cache_bytes >= 8 * MIB
