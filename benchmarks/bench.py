@@ -887,7 +887,7 @@ class Bench:
         wrap(
             ReplicaStore,
             "read_states_async",
-            "read current states from RocksDB (reader thread; grains the head cache lacks)",
+            "read current states from RocksDB (grains the head cache lacks; loop or reader thread)",
         )
         wrap(fast_fold_module, "settle", "fast pass: fold (settle the runs)")
         wrap(poll_module, "decode_batch", "reference path: decode of the other grains' records")

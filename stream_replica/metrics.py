@@ -122,6 +122,12 @@ class Metrics:
             "Longest event-loop stall since start (how late a 50 ms timer woke up)",
             registry=r,
         )
+        self.reads_on_thread = Gauge(
+            "stream_replica_store_reads_on_thread",
+            "1 while the store's RocksDB reads run on its reader thread (one was slow: a cold "
+            "store), 0 while they run on the event loop",
+            registry=r,
+        )
         labels = ["partition", "role"]
         self.end_offset = Gauge(
             "stream_replica_partition_end_offset",

@@ -7,6 +7,10 @@ loop, every other task (heartbeats, commits, HTTP reads) waited that out.
 One long-lived thread fed by a ``queue.SimpleQueue`` rather than a ThreadPoolExecutor: the
 hand-over is what a read costs here (~65 µs of CPU on this box against ~80 through the
 executor, whose locks the loop can also end up waiting on while the thread waits for a core).
+
+That hand-over costs more than a warm read (a 12-key multi-get from the block cache: ~20 µs),
+so ReadPlacement keeps reads on the loop while they are fast and sends them to the thread
+from the first slow one on, until reads there have been fast for a while again.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 _In = TypeVar("_In")
@@ -74,3 +79,29 @@ def _settle(future: asyncio.Future[Any], outcome: Any, failed: bool) -> None:
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
+
+
+@dataclass
+class ReadPlacement:
+    """Where the next read runs. On the loop while reads take at most ``slow_s``; a slower
+    one sends reads to the thread, and ``fast_in_a_row`` reads there of at most ``fast_s``
+    each bring them back. Fed with each read's own duration (on whichever thread it ran)."""
+
+    slow_s: float = 0.002
+    fast_s: float = 0.0005
+    fast_in_a_row: int = 100
+    on_thread: bool = False
+    _fast_reads: int = 0
+    moves_to_thread: int = 0  # how often a slow read sent reads to the thread
+
+    def took(self, seconds: float) -> None:
+        if not self.on_thread:
+            if seconds > self.slow_s:
+                self.on_thread, self._fast_reads = True, 0
+                self.moves_to_thread += 1
+        elif seconds > self.fast_s:
+            self._fast_reads = 0
+        else:
+            self._fast_reads += 1
+            if self._fast_reads >= self.fast_in_a_row:
+                self.on_thread = False

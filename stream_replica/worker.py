@@ -150,6 +150,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.topic = settings.topic
         self.counts = FoldCounts()  # this process's counts (the store keeps the totals)
         self.metrics = Metrics(self.topic)
+        self.metrics.reads_on_thread.set_function(lambda: float(store.read_placement.on_thread))
         self.started_at = time.time()
         self._last_poll: float | None = None  # monotonic time of the last completed poll
         self._assigned = False

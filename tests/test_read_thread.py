@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from stream_replica.read_thread import ReadThread
+from stream_replica.read_thread import ReadPlacement, ReadThread
 
 
 async def test_reads_run_on_one_other_thread_in_order() -> None:
@@ -77,3 +77,19 @@ async def test_a_closed_reader_starts_again_when_asked() -> None:
     reads.close()  # twice is fine
     assert await reads.read(2) == 3
     reads.close()
+
+
+def test_placement_moves_reads_off_the_loop_at_the_first_slow_read_and_back_after_fast_ones() -> (
+    None
+):
+    placement = ReadPlacement(slow_s=0.002, fast_s=0.0005, fast_in_a_row=3)
+    placement.took(0.002)  # not slower than slow_s
+    assert not placement.on_thread
+    placement.took(0.0021)
+    assert placement.on_thread and placement.moves_to_thread == 1
+    for took in (0.0001, 0.0001, 0.001, 0.0001, 0.0001):  # a slower read restarts the count
+        placement.took(took)
+        assert placement.on_thread
+    placement.took(0.0005)
+    assert not placement.on_thread
+    assert placement.moves_to_thread == 1

@@ -16,6 +16,7 @@ from rocksdict import Options, Rdict
 from stream_replica.contract import GrainId
 from stream_replica.fold import FoldCounts, GrainState
 from stream_replica.memory import DEFAULT_BUDGET_MIB, minimum_budget_mib, plan_memory
+from stream_replica.read_thread import ReadPlacement
 from stream_replica.store import (
     Checkpoint,
     ReplicaReader,
@@ -377,19 +378,23 @@ def test_a_slow_rocksdb_write_is_noted_for_the_stall_report(tmp_path: Path) -> N
 
 class _HeldGets:
     """Stands in for a store's Rdict: records the thread of each multi-get and holds it
-    until released."""
+    until released, or for the next of ``delays`` (a slow disk)."""
 
-    def __init__(self, db: Rdict) -> None:
+    def __init__(self, db: Rdict, delays: list[float] | None = None) -> None:
         self._db = db
         self.threads: list[int] = []
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.delays = delays
 
     def get(self, keys: object) -> object:
         if isinstance(keys, list):
             self.threads.append(threading.get_ident())
             self.entered.set()
-            assert self.release.wait(30)
+            if self.delays is not None:
+                time.sleep(self.delays.pop(0))
+            else:
+                assert self.release.wait(30)
         return self._db.get(keys)
 
     def __getattr__(self, name: str) -> object:
@@ -408,10 +413,30 @@ async def test_read_states_async_reads_on_another_thread_what_read_states_reads(
         held = _HeldGets(store._db)
         held.release.set()
         store._db = held  # type: ignore[assignment]
+        store.read_placement.on_thread = True
         assert await store.read_states_async(hints) == expected
         # both multi-gets (the hinted partitions, then a's) off the loop's thread
         assert len(held.threads) == 2
         assert threading.get_ident() not in held.threads
+        store._db = held._db
+
+
+async def test_reads_run_on_the_loop_until_one_is_slow_then_on_the_thread_until_fast(
+    tmp_path: Path,
+) -> None:
+    a = ("t", "a")
+    with ReplicaStore(tmp_path / "db", "t", head_cache_entries=0) as store:
+        store.apply({a: state(1, 0)}, {}, FoldCounts())
+        store.read_placement = ReadPlacement(slow_s=0.05, fast_s=0.04, fast_in_a_row=2)
+        # fast, slow (moves reads off the loop), fast, fast (bring them back), fast
+        held = _HeldGets(store._db, delays=[0.0, 0.1, 0.0, 0.0, 0.0])
+        store._db = held  # type: ignore[assignment]
+        for _ in range(5):
+            assert await store.read_states_async({a: 0}) == {a: state(1, 0)}
+        loop_thread = threading.get_ident()
+        on_loop = [thread == loop_thread for thread in held.threads]
+        assert on_loop == [True, True, False, False, True]
+        assert store.read_placement.moves_to_thread == 1
         store._db = held._db
 
 
@@ -423,6 +448,7 @@ async def test_a_cancelled_read_changes_no_head_and_close_waits_for_it(tmp_path:
     store = ReplicaStore(tmp_path / "db", "t")  # reopened: a's head is not cached
     held = _HeldGets(store._db)
     store._db = held  # type: ignore[assignment]
+    store.read_placement.on_thread = True
     reading = asyncio.create_task(store.read_states_async({a: 0}))
     assert await asyncio.to_thread(held.entered.wait, 30)
     reading.cancel()
