@@ -49,18 +49,14 @@ def rocksdb_options(change: Callable[[Options], None]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def without_wal() -> Iterator[None]:
-    original = store_module.ReplicaStore.__init__
-
-    def patched(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        self._write_options.disable_wal = True
-
-    store_module.ReplicaStore.__init__ = patched  # type: ignore[method-assign]
+def wal_always_on() -> Iterator[None]:
+    """As ``--wal-off-lag 0``: the catch-up writes through the WAL (durability.py)."""
+    original = store_module.ReplicaStore.write_without_wal
+    store_module.ReplicaStore.write_without_wal = lambda self: None  # type: ignore[method-assign]
     try:
         yield
     finally:
-        store_module.ReplicaStore.__init__ = original  # type: ignore[method-assign]
+        store_module.ReplicaStore.write_without_wal = original  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -102,7 +98,7 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
     "RocksDB LZ4": lambda: rocksdb_options(_lz4),
     "RocksDB L0-L1 uncompressed, LZ4 below": lambda: rocksdb_options(_levels),
     "RocksDB blob files (values >= 4 KiB)": lambda: rocksdb_options(_blob_files),
-    "RocksDB WAL off": without_wal,
+    "RocksDB WAL on (--wal-off-lag 0)": wal_always_on,
     "fetch 4 MiB per partition": lambda: consumer_options(max_partition_fetch_bytes=4 * MIB),
     "fetch 256 KiB per partition": lambda: consumer_options(max_partition_fetch_bytes=256 << 10),
 }

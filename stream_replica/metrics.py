@@ -122,6 +122,12 @@ class Metrics:
             "Longest event-loop stall since start (how late a 50 ms timer woke up)",
             registry=r,
         )
+        self.wal_on = Gauge(
+            "stream_replica_store_wal_on",
+            "1 while the store writes through RocksDB's write-ahead log, 0 while a catch-up "
+            "writes without it (--wal-off-lag)",
+            registry=r,
+        )
         self.reads_on_thread = Gauge(
             "stream_replica_store_reads_on_thread",
             "1 while the store's RocksDB reads run on its reader thread (one was slow: a cold "

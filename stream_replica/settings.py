@@ -118,6 +118,13 @@ class WorkerSettings(KafkaSettings):
         description="grain heads kept in memory to skip RocksDB reads (~200 B each; 0: off; "
         "default: what --memory-budget-mib leaves)",
     )
+    wal_off_lag: int = Field(
+        default=10_000,
+        ge=0,
+        description="write without RocksDB's WAL while the partitions served here are more "
+        "than this many records behind in total (a catch-up: a killed worker re-reads from "
+        "Kafka what it had not flushed), through it again within half of it; 0: always",
+    )
     lost_partition_grace_ms: int = Field(
         default=3_600_000,
         ge=0,

@@ -40,6 +40,7 @@ from stream_replica import catchup
 from stream_replica.admin import AdminError, TopicInfo, describe_topic
 from stream_replica.catchup import CatchUpFocus
 from stream_replica.connection import start_client
+from stream_replica.durability import CatchUpDurability
 from stream_replica.errors import KafkaAccessError, StreamReplicaError
 from stream_replica.fold import FoldCounts, FoldResult, Rejection
 from stream_replica.logs import RateLimitedLog
@@ -197,6 +198,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._member_id: str | None = None
         self._first_join: float | None = None
         self.watchdog = LoopWatchdog(self.metrics.loop_stall_max.set)
+        self.durability = CatchUpDurability(store, settings.wal_off_lag, self.metrics.wal_on.set)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -267,6 +269,10 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         finally:
             await self._stop_standby()
             await self._shutdown()
+            try:
+                await self.durability.close()
+            except StoreError as exc:
+                log.error("%s", exc)
             await self.watchdog.stop()
             dog = self.watchdog
             log.info(
@@ -369,8 +375,16 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             elif self._book:
                 self._schedule_commit(consumer)
             self._periodic()
+            if self.durability.due:
+                await self._settle_durability()
             if self._repairer is not None:
                 await self._sweep_repairs(consumer, self._repairer)
+
+    async def _settle_durability(self) -> None:
+        try:
+            await self.durability.settle()
+        except StoreError as exc:
+            raise FatalError(str(exc)) from None
 
     async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]] | None:
         """One getmany, or None when the worker is stopped meanwhile. aiokafka's getmany waits
@@ -438,6 +452,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._last_lag_report = now
         lags = self._lags()
         self.ownership.report_lag(lags)
+        self.durability.observe(lags)
         if now - self._last_progress > PROGRESS_INTERVAL_S:
             behind = {p: lag for p, lag in sorted(lags.items()) if lag}
             log.info(

@@ -85,6 +85,7 @@ async def test_metrics_health_readiness_and_status(
         assert metric(text, refused) == counts["invalid"] > 0
         assert metric(text, "stream_replica_rebalances_total") >= 1
         assert metric(text, "stream_replica_store_reads_on_thread") in (0, 1)
+        assert metric(text, "stream_replica_store_wal_on") == 1  # caught up: through the WAL
         for partition in range(3):
             lag = f'stream_replica_partition_lag_records{{partition="{partition}",role="active"}}'
             assert metric(text, lag) == 0
