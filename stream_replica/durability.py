@@ -9,6 +9,10 @@ OS crash with the WAL on). The group's committed offset may be ahead of that che
 positions come from the store, and commits resume past the group's offset. What it saves:
 computing the WAL's checksum and writing every batch twice (~8 % of a catch-up here).
 
+While the WAL is off, the offsets committed to the group are those the last flush made
+durable (:class:`offsets.CommitBook`), so the group's offset is never ahead of what the store
+keeps through a kill, as Kafka Streams flushes its stores before committing.
+
 A worker within ``off_above_lag / 2`` records of the end writes through the WAL again (after
 a flush of what it wrote without), so a caught-up worker killed at any moment loses nothing,
 and a ``ReplicaReader`` in another process (which sees flushed data and the WAL) sees every
@@ -26,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from stream_replica.offsets import CommitBook
 from stream_replica.store import ReplicaStore
 
 log = logging.getLogger(__name__)
@@ -67,9 +72,14 @@ class CatchUpDurability:
     on awaits a flush), ``close`` before the store closes."""
 
     def __init__(
-        self, store: ReplicaStore, off_above_lag: int, report: Callable[[float], None]
+        self,
+        store: ReplicaStore,
+        book: CommitBook,
+        off_above_lag: int,
+        report: Callable[[float], None],
     ) -> None:
         self._store = store
+        self._book = book  # commits only what a flush made durable while the WAL is off
         self._policy = WalPolicy(off_above_lag, wal_on=store.wal_on)
         self._report = report  # the gauge: 1 with the WAL on
         self._flush_task: asyncio.Task[None] | None = None
@@ -94,6 +104,7 @@ class CatchUpDurability:
             self.due = True
             return
         self._store.write_without_wal()
+        self._book.hold()
         policy.wal_on = False
         policy.last_flush = now
         self._report(0.0)
@@ -112,19 +123,32 @@ class CatchUpDurability:
             return
         await self._await_flush_task()
         took = await self._store.write_with_wal()
+        self._book.release()
         self._policy.wal_on = True
         self._policy.turned_on_at = time.monotonic()
         self._report(1.0)
         log.info("caught up: writing through RocksDB's WAL again (flushed in %.0f ms)", took * 1000)
+
+    async def persist(self) -> None:
+        """Make what was written durable, so that it can be committed (a revocation)."""
+        if not self._policy.wal_on:
+            await self._await_flush_task()
+            await self._flush_and_release_offsets()
 
     async def close(self) -> None:
         """Persist everything before the store closes (then its close has nothing to flush on
         the loop)."""
         await self.settle()
 
+    async def _flush_and_release_offsets(self) -> None:
+        flushing = self._book.flushing()  # all written before the flush starts: it persists them
+        await self._store.flush_async()
+        self._policy.last_flush = time.monotonic()
+        self._book.persisted(flushing)
+
     async def _flush(self) -> None:
         try:
-            await self._store.flush_async()
+            await self._flush_and_release_offsets()
         except Exception as exc:  # the next write reports a broken store; a flush can wait
             log.warning("periodic RocksDB flush failed: %s", exc)
         finally:

@@ -84,10 +84,34 @@ class CommitBook:
     def __init__(self) -> None:
         self._floor: dict[int, int] = {}  # -1: the group never committed this partition
         self._pending: dict[int, int] = {}
+        # While the store writes without its WAL (durability.py), a written offset is durable
+        # only once a memtable flush covers it, and only durable offsets are committed (as
+        # Kafka Streams flushes its stores before it commits). None: every written offset is.
+        self._durable: dict[int, int] | None = None
 
     def assigned(self, partition: int, committed: int | None) -> None:
         self._floor[partition] = -1 if committed is None else committed
         self._pending.pop(partition, None)
+        if self._durable is not None:
+            self._durable.pop(partition, None)
+
+    def hold(self) -> None:
+        """Written offsets wait for a flush before they are committed (the WAL is off)."""
+        if self._durable is None:
+            self._durable = {}
+
+    def release(self) -> None:
+        """Every written offset is durable again (flushed, and the WAL is on)."""
+        self._durable = None
+
+    def flushing(self) -> dict[int, int]:
+        """The written offsets a flush starting now makes durable (pass them to persisted)."""
+        return dict(self._pending)
+
+    def persisted(self, offsets: Mapping[int, int]) -> None:
+        if self._durable is not None:
+            for partition, offset in offsets.items():
+                self._durable[partition] = max(self._durable.get(partition, -1), offset)
 
     def floor(self, partition: int) -> int:
         return self._floor.get(partition, -1)
@@ -110,7 +134,16 @@ class CommitBook:
         for partition in [p for p in self._pending if p not in owned_set]:
             del self._pending[partition]
         wanted = owned_set if partitions is None else owned_set & set(partitions)
-        return {p: o for p, o in self._pending.items() if p in wanted}
+        durable = self._durable
+        if durable is None:
+            return {p: o for p, o in self._pending.items() if p in wanted}
+        due = {}
+        for partition, offset in self._pending.items():
+            if partition in wanted:
+                flushed = min(offset, durable.get(partition, -1))
+                if flushed > self.floor(partition):
+                    due[partition] = flushed
+        return due
 
     def committed(self, offsets: Mapping[int, int]) -> None:
         for partition, offset in offsets.items():
@@ -120,6 +153,15 @@ class CommitBook:
 
     def forget(self, partition: int) -> None:
         self._pending.pop(partition, None)
+        if self._durable is not None:
+            self._durable.pop(partition, None)
 
     def __bool__(self) -> bool:
-        return bool(self._pending)
+        """Whether some offset is ready to commit."""
+        durable = self._durable
+        if durable is None:
+            return bool(self._pending)
+        return any(
+            min(offset, durable.get(partition, -1)) > self.floor(partition)
+            for partition, offset in self._pending.items()
+        )

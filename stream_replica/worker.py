@@ -159,6 +159,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._reached_end: set[tuple[int, str]] = set()
         self._batch_lock = asyncio.Lock()
         self._book = CommitBook()  # written to the store, not yet committed; never backwards
+        self.durability = CatchUpDurability(
+            store, self._book, settings.wal_off_lag, self.metrics.wal_on.set
+        )
         self._commit_task: asyncio.Task[None] | None = None
         self._last_commit = 0.0  # monotonic start of the last background commit
         # Next offset to apply per owned partition, and a counter bumped whenever the
@@ -198,7 +201,6 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._member_id: str | None = None
         self._first_join: float | None = None
         self.watchdog = LoopWatchdog(self.metrics.loop_stall_max.set)
-        self.durability = CatchUpDurability(store, settings.wal_off_lag, self.metrics.wal_on.set)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -262,6 +264,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._loop(self._consumer)
             if self._fatal is not None:
                 raise FatalError(self._fatal)
+            await self._settle_durability()  # flushed: every written offset can be committed
             await self._await_commit_task()
             await self._commit_pending(self._consumer, None)
             self._mark_caught_up(self._consumer)
@@ -696,7 +699,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     # ahead of it. Offsets are cumulative: a failed commit is covered by the next one.
 
     def _schedule_commit(self, consumer: AIOKafkaConsumer) -> None:
-        if self._rebalancing:
+        if self._rebalancing or not self._book:  # nothing written, or nothing flushed yet
             return
         if self._commit_task is None or self._commit_task.done():
             self._commit_task = asyncio.create_task(self._commit_in_background(consumer))
@@ -765,6 +768,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 partitions = [tp.partition for tp in revoked if tp.topic == self.topic]
                 if self._consumer is not None and partitions:
                     await self._await_commit_task()
+                    await self.durability.persist()  # without the WAL: flushed, then committed
                     await self._commit_pending(self._consumer, partitions)
                     self._mark_caught_up(self._consumer, partitions)
                 if partitions:

@@ -5,11 +5,13 @@ catches up without the WAL, restarted against the real broker."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from benchmarks.common import Workload, prefill
 from stream_replica import admin
 from stream_replica.durability import FLUSH_INTERVAL_S, MIN_WAL_ON_S, CatchUpDurability, WalPolicy
 from stream_replica.fold import FoldCounts, GrainState
+from stream_replica.offsets import CommitBook
 from stream_replica.store import Checkpoint, ReplicaReader, ReplicaStore
 from tests.helpers import wait_until
 from tests.oracle import read_oracle
@@ -158,7 +161,7 @@ async def test_durability_switches_the_store_and_its_gauge(tmp_path: Path) -> No
     db = tmp_path / "db"
     store = ReplicaStore(db, "topic")
     gauge: list[float] = []
-    durability = CatchUpDurability(store, 1_000, gauge.append)
+    durability = CatchUpDurability(store, CommitBook(), 1_000, gauge.append)
     try:
         assert gauge == [1.0]
         durability.observe({0: 800, 1: 100})
@@ -182,7 +185,7 @@ async def test_durability_switches_the_store_and_its_gauge(tmp_path: Path) -> No
 async def test_durability_flushes_periodically_while_off_and_at_close(tmp_path: Path) -> None:
     db = tmp_path / "db"
     store = ReplicaStore(db, "topic")
-    durability = CatchUpDurability(store, 10, lambda _: None)
+    durability = CatchUpDurability(store, CommitBook(), 10, lambda _: None)
     try:
         durability.observe({0: 11})
         write(store, "a", 1)
@@ -200,10 +203,40 @@ async def test_durability_flushes_periodically_while_off_and_at_close(tmp_path: 
         store.close()
 
 
+async def test_offsets_are_committed_only_once_flushed_while_the_wal_is_off(
+    tmp_path: Path,
+) -> None:
+    store = ReplicaStore(tmp_path / "db", "topic")
+    book = CommitBook()
+    book.assigned(0, None)
+    durability = CatchUpDurability(store, book, 10, lambda _: None)
+    try:
+        book.written(0, 5)
+        assert book.due([0]) == {0: 5}  # through the WAL: at once
+        durability.observe({0: 11})
+        write(store, "a", 7)
+        book.written(0, 7)
+        assert book.due([0]) == {}  # in the memtable only
+        durability._policy.last_flush = time.monotonic() - FLUSH_INTERVAL_S
+        durability.observe({0: 11})  # the periodic flush
+        await wait_until(lambda: book.due([0]) == {0: 7}, 10, 0.01, what="the flushed offset")
+        write(store, "b", 9)
+        book.written(0, 9)
+        assert book.due([0]) == {0: 7}
+        await durability.persist()  # a revocation flushes before it commits
+        assert book.due([0]) == {0: 9} and not store.wal_on
+        write(store, "c", 12)
+        book.written(0, 12)
+        await durability.close()
+        assert book.due([0]) == {0: 12} and store.wal_on
+    finally:
+        store.close()
+
+
 async def test_durability_never_turns_the_wal_off_at_zero(tmp_path: Path) -> None:
     store = ReplicaStore(tmp_path / "db", "topic")
     try:
-        durability = CatchUpDurability(store, 0, lambda _: None)
+        durability = CatchUpDurability(store, CommitBook(), 0, lambda _: None)
         durability.observe({0: 10**9})
         assert store.wal_on and not durability.due
     finally:
@@ -216,8 +249,12 @@ async def test_durability_never_turns_the_wal_off_at_zero(tmp_path: Path) -> Non
 async def test_worker_killed_while_writing_without_the_wal_recovers(
     kafka_bootstrap: str, tmp_path: Path, unique: Any
 ) -> None:
+    """Killed a good way into a catch-up without the WAL: the group's committed offsets are
+    not ahead of the store it reopens (only flushed offsets were committed), and the restarted
+    worker completes the replica."""
     topic = unique("wal")
-    await prefill(kafka_bootstrap, topic, 3, Workload(records=60_000, grains=6_000))
+    records = 200_000
+    await prefill(kafka_bootstrap, topic, 3, Workload(records, records // 10, payload=64))
     oracle = await read_oracle(kafka_bootstrap, topic, 3)
     ends = oracle.end_offsets()
     group = unique("g")
@@ -226,7 +263,7 @@ async def test_worker_killed_while_writing_without_the_wal_recovers(
     command = [
         sys.executable, "-m", "stream_replica", "--log-level", "INFO", "run",
         "--bootstrap-servers", kafka_bootstrap, "--topic", topic, "--group", group,
-        "--db", str(db), "--wal-off-lag", "1000",
+        "--db", str(db), "--wal-off-lag", "1000", "--http", "127.0.0.1:0",
     ]  # fmt: skip
 
     def start(log: Path) -> subprocess.Popen[bytes]:
@@ -234,18 +271,32 @@ async def test_worker_killed_while_writing_without_the_wal_recovers(
         with log.open("wb") as stderr:
             return subprocess.Popen(command, stderr=stderr)
 
+    def records_read(log: Path) -> float:
+        found = re.search(r"HTTP on (\S+?):(\d+) ", log.read_text())
+        if found is None:
+            return 0
+        url = f"http://127.0.0.1:{found[2]}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        value = re.search(r"^stream_replica_records_read_total (\S+)$", text, re.M)
+        return 0 if value is None else float(value[1])
+
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     first = start(first_log)
     try:
+        # a third of the way: a few hundred polls written without the WAL, commits due
         await wait_until(
-            lambda: "writing without RocksDB's WAL" in first_log.read_text(),
-            60,
-            0.01,
-            what="the first worker to turn the WAL off",
+            lambda: records_read(first_log) >= records / 3, 60, 0.01, what="a third read"
         )
+        assert "writing without RocksDB's WAL" in first_log.read_text()
+        assert "writing through RocksDB's WAL again" not in first_log.read_text()
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(60)
+    committed = await admin.committed_offsets(kafka_bootstrap, group, topic)
+    with ReplicaReader(db) as reader:
+        kept = {p: c.next_offset for p, c in reader.checkpoints().items()}
+    assert all(offset <= kept.get(p, 0) for p, offset in committed.items()), (committed, kept)
     second = start(second_log)
     try:
 

@@ -107,3 +107,75 @@ def test_committed_offsets_never_go_backwards(ops: list[tuple[str, int]]) -> Non
                 assert due[0] > group, (due, group)
                 group = due[0]
                 book.committed(due)
+
+
+def test_while_held_only_flushed_offsets_are_due() -> None:
+    book = CommitBook()
+    book.assigned(0, 5)
+    book.hold()  # the store writes without its WAL
+    book.written(0, 10)
+    assert book.due([0]) == {} and not book
+    flushing = book.flushing()  # a flush starts: it persists offset 10
+    book.written(0, 20)  # written during the flush: not covered by it
+    book.persisted(flushing)
+    assert book.due([0]) == {0: 10} and book
+    book.committed({0: 10})
+    assert book.due([0]) == {} and not book  # 20 waits for the next flush
+    book.release()  # flushed and the WAL on again: everything written is durable
+    assert book.due([0]) == {0: 20}
+
+
+def test_a_reassigned_partition_forgets_what_was_flushed() -> None:
+    book = CommitBook()
+    book.assigned(0, None)
+    book.hold()
+    book.written(0, 10)
+    book.persisted(book.flushing())
+    book.assigned(0, None)  # revoked and assigned again: its store may read from elsewhere
+    book.written(0, 4)
+    assert book.due([0]) == {}
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("assigned"), st.integers(-1, 1_000)),
+            st.tuples(st.just("written"), st.integers(0, 1_000)),
+            st.sampled_from([("commit", 0), ("hold", 0), ("flush", 0), ("release", 0)]),
+        ),
+        max_size=40,
+    )
+)
+def test_commits_are_never_ahead_of_a_flush_while_held(ops: list[tuple[str, int]]) -> None:
+    """With the WAL off, an offset is committed only if a flush covered it; with it on, any
+    written offset is; either way the group's offset only rises."""
+    book = CommitBook()
+    group = -1
+    held = False
+    flushed = -1  # the highest offset a flush since the assignment persisted
+    for op, value in ops:
+        if op == "assigned":
+            group = max(group, value)
+            book.assigned(0, None if group < 0 else group)
+            flushed = -1
+        elif op == "written":
+            book.written(0, value)
+        elif op == "hold":
+            held = True
+            book.hold()
+        elif op == "release":
+            held = False
+            book.release()
+        elif op == "flush":
+            snapshot = book.flushing()
+            book.persisted(snapshot)
+            flushed = max(flushed, snapshot.get(0, -1))
+        else:
+            due = book.due([0])
+            assert bool(book) == bool(due)
+            if due:
+                assert due[0] > group, (due, group)
+                if held:
+                    assert due[0] <= flushed, (due, flushed)
+                group = due[0]
+                book.committed(due)
