@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 # the worker read again, and how far the group's committed offsets (which wait for a flush)
 # trail the store: tools that show a group's lag read those. (A fast catch-up fills the
 # memtables several times a second anyway; with 10 s, a 3 s catch-up committed nothing until
-# its end, and the scale bench's second worker, started at 45 % committed, never joined.)
-FLUSH_INTERVAL_S: Final = 1.0
+# its end, and the scale bench's second worker, started at 20 % committed, never joined; with
+# 1 s it joined late. Flushing every 0.25 s cost nothing measurable: 194,971 vs 176,089
+# records/s with 1 s, medians of 4 interleaved.)
+FLUSH_INTERVAL_S: Final = 0.25
 # After turning the WAL on, keep it on at least this long: a worker near the threshold (a
 # burst of production) does not flip at every lag report.
 MIN_WAL_ON_S: Final = 10.0
