@@ -7,7 +7,8 @@ memtable flushes, which keep whole batches in write order, so a killed worker re
 earlier checkpoint holding the grains it had then, and reads the rest again (as after an
 OS crash with the WAL on). The group's committed offset may be ahead of that checkpoint;
 positions come from the store, and commits resume past the group's offset. What it saves:
-computing the WAL's checksum and writing every batch twice (~8 % of a catch-up here).
+computing the WAL's checksum and writing every batch twice (a catch-up of the bench's
+main topic went 13-15 % faster, of 10 KiB values ~30 %).
 
 While the WAL is off, the offsets committed to the group are those the last flush made
 durable (:class:`offsets.CommitBook`), so the group's offset is never ahead of what the store
@@ -48,6 +49,11 @@ FLUSH_INTERVAL_S: Final = 0.25
 MIN_WAL_ON_S: Final = 10.0
 
 
+def records_behind(lags: Mapping[int, int]) -> int:
+    """Records behind over the served partitions (a lag of -1, not known yet, counts 0)."""
+    return sum(lag for lag in lags.values() if lag > 0)
+
+
 @dataclass(slots=True)
 class WalPolicy:
     """Whether the store should write through the WAL, from the records behind (pure)."""
@@ -62,7 +68,7 @@ class WalPolicy:
         yet, not counted)."""
         if self.off_above_lag <= 0:
             return True
-        behind = sum(lag for lag in lags.values() if lag > 0)
+        behind = records_behind(lags)
         if self.wal_on:
             return behind <= self.off_above_lag or now - self.turned_on_at < MIN_WAL_ON_S
         return behind <= self.off_above_lag // 2
@@ -113,11 +119,10 @@ class CatchUpDurability:
         policy.wal_on = False
         policy.last_flush = now
         self._report(0.0)
-        behind = sum(lag for lag in lags.values() if lag > 0)
         log.info(
             "%d records behind: writing without RocksDB's WAL until within %d (a kill now "
             "re-reads from the last memtable flush)",
-            behind,
+            records_behind(lags),
             policy.off_above_lag // 2,
         )
 

@@ -11,7 +11,7 @@ Two rules (README "Partition ownership and recovery"):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from stream_replica.store import Checkpoint
@@ -134,16 +134,19 @@ class CommitBook:
         for partition in [p for p in self._pending if p not in owned_set]:
             del self._pending[partition]
         wanted = owned_set if partitions is None else owned_set & set(partitions)
+        return {p: o for p, o in self._ready() if p in wanted}
+
+    def _ready(self) -> Iterator[tuple[int, int]]:
+        """(partition, offset) that may be committed: what was written, or while the book
+        holds, what a flush covered of it (when that is still above the floor)."""
         durable = self._durable
         if durable is None:
-            return {p: o for p, o in self._pending.items() if p in wanted}
-        due = {}
+            yield from self._pending.items()
+            return
         for partition, offset in self._pending.items():
-            if partition in wanted:
-                flushed = min(offset, durable.get(partition, -1))
-                if flushed > self.floor(partition):
-                    due[partition] = flushed
-        return due
+            flushed = min(offset, durable.get(partition, -1))
+            if flushed > self.floor(partition):
+                yield partition, flushed
 
     def committed(self, offsets: Mapping[int, int]) -> None:
         for partition, offset in offsets.items():
@@ -158,10 +161,4 @@ class CommitBook:
 
     def __bool__(self) -> bool:
         """Whether some offset is ready to commit."""
-        durable = self._durable
-        if durable is None:
-            return bool(self._pending)
-        return any(
-            min(offset, durable.get(partition, -1)) > self.floor(partition)
-            for partition, offset in self._pending.items()
-        )
+        return next(self._ready(), None) is not None
