@@ -4,8 +4,10 @@ Cases, each with a fresh group and fresh stores, workers launched as ``stream-re
 
 * ``1 worker``;
 * ``2 together``: two workers launched at the same instant;
-* ``1 -> 2``: one worker, the second launched once the group has committed ``--join-at`` of
-  the topic (default 20 %).
+* ``1 -> 2``: one worker, the second launched once the first has written ``--join-at`` of the
+  topic to its store (default 20 %; its own progress, the ``stream_replica_partition_checkpoint``
+  gauges of its ``--http`` /metrics, polled every 0.1 s: the group's committed offsets trail a
+  catch-up, which commits only what a flush made durable).
 
 Per case: wall time from the first worker's first assignment to the group's committed offsets
 equal to the end offsets (polled every 0.1 s, so ±0.1 s), records/s, the ratio to the one-
@@ -27,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +38,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+
+from aiohttp import ClientError, ClientSession, ClientTimeout
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.common import (
     GroupWatcher,
@@ -57,9 +63,36 @@ _STOPPED = re.compile(r"INFO stream_replica\.worker: stopped; this run: records=
 DONE_POLL_S = 0.1
 
 
-def _committed_records(committed: dict[int, int]) -> int:
-    """Records a group has committed (a partition without a commit counts 0)."""
-    return sum(max(0, offset) for offset in committed.values())
+def _free_port() -> int:
+    """A port free on 127.0.0.1 now (the worker binds it a moment later)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class ProgressProbe:
+    """A worker's own progress: its /metrics ``stream_replica_partition_checkpoint`` gauges
+    (the store's next offset per partition it serves actively)."""
+
+    def __init__(self, session: ClientSession, port: int) -> None:
+        self.session = session
+        self.url = f"http://127.0.0.1:{port}/metrics"
+
+    async def checkpoints(self) -> dict[int, int]:
+        """Partition -> checkpoint; empty while the worker is not serving yet."""
+        try:
+            async with self.session.get(self.url) as response:
+                text = await response.text()
+        except (ClientError, OSError, TimeoutError):
+            return {}
+        found: dict[int, int] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != "stream_replica_partition_checkpoint":
+                continue
+            for sample in family.samples:
+                if sample.labels.get("role") == "active":
+                    found[int(sample.labels["partition"])] = int(sample.value)
+        return found
 
 
 def load_average() -> str:
@@ -104,7 +137,7 @@ class ScaleCase:
     done: float | None  # epoch s: committed == end; None: timed out
     workers: list[WorkerRun]
     broker_cpu_s: float | None
-    joined_at_fraction: float | None = None  # 1 -> 2: committed share when the 2nd joined
+    joined_at_fraction: float | None = None  # 1 -> 2: share in the 1st's store at the join
     joined_at: float | None = None  # 1 -> 2: epoch s of the 2nd worker's first assignment
     # 1 -> 2, at that assignment: records the newcomer must read (its partitions from offset 0:
     # its store is empty) and records the first worker had left on the partitions it kept
@@ -124,7 +157,7 @@ class ScaleCase:
     @property
     def rate_after_join(self) -> float | None:
         """1 -> 2: records/s of the group from the 2nd worker's first assignment to done (the
-        records committed after it / that time): what the group does once scaled out."""
+        records the first worker had not written by then / that time): what the group does once scaled out."""
         if self.joined_at is None or self.joined_at_fraction is None or self.done is None:
             return None
         left = self.topic_records * (1.0 - self.joined_at_fraction)
@@ -209,13 +242,14 @@ class ScaleResult:
                 "fresh stores, workers launched as `stream-replica run`. *wall s* runs from the "
                 "first worker's first assignment to the group's committed offsets equal to the "
                 "end offsets (polled every 0.1 s); the ratio is to the one-worker case run just "
-                "before. For 1 -> 2 the note also gives the group's rate from the second "
+                "before. 1 -> 2 launches the second worker once the first has that share of the topic "
+                "in its store (its /metrics checkpoints). Its note also gives the group's rate from the second "
                 "worker's first assignment to done (the records committed after it / that "
                 "time) against the one-worker rate: what the group does once scaled out, "
                 "without the newcomer's start-up, and the most it could do: state is local, so "
                 "the newcomer reads the partitions it is given from offset 0 while the first "
-                "worker finishes the ones it kept (its records left by the committed offsets at "
-                "the join); at one worker's rate each, the group needs the longer of the two. "
+                "worker finishes the ones it kept (its records left by its checkpoints at the "
+                "join); at one worker's rate each, the group needs the longer of the two. "
                 "*records read* sums each worker's final "
                 "`records=` count; CPU s is "
                 "each worker's whole life (start-up ~0.7 s included) and the broker's over the "
@@ -238,7 +272,7 @@ class ScaleResult:
             ratio = self.ratio(case)
             note = ""
             if case.joined_at_fraction is not None:
-                note = f"2nd joined at {case.joined_at_fraction:.0%} committed"
+                note = f"2nd joined with {case.joined_at_fraction:.0%} in the 1st's store"
                 after, after_ratio = case.rate_after_join, self.ratio_after_join(case)
                 if after is not None and after_ratio is not None:
                     note += f"; from then on {after:,.0f} records/s = {after_ratio:.2f}x one worker"
@@ -328,37 +362,46 @@ class ScaleBench:
         self.worker_code = worker_code or ROOT
         self.broker = broker_pid(bootstrap)
 
-    def _cmd(self, group: str, db: Path) -> list[str]:
-        return worker_command(self.bootstrap, self.data.topic, group, db, *self.worker_args)
+    def _cmd(self, group: str, db: Path, *extra: str) -> list[str]:
+        return worker_command(self.bootstrap, self.data.topic, group, db, *self.worker_args, *extra)
 
-    def _launch(self, group: str, index: int, db: Path) -> _Proc:
-        return _Proc(f"w{index}", self._cmd(group, db), db.with_suffix(".log"), self.worker_code)
+    def _launch(self, group: str, index: int, db: Path, *extra: str) -> _Proc:
+        cmd = self._cmd(group, db, *extra)
+        return _Proc(f"w{index}", cmd, db.with_suffix(".log"), self.worker_code)
 
     async def case(
         self, watcher: GroupWatcher, name: str, workers: int, join_at: float | None = None
     ) -> ScaleCase:
-        """``workers`` launched at once, or (``join_at``) one, then a second once the group
-        has committed that share of the topic."""
+        """``workers`` launched at once, or (``join_at``) one, then a second once the first
+        has that share of the topic in its store."""
         label = f"{re.sub(r'[^a-z0-9]+', '-', name.lower())}-{uuid.uuid4().hex[:6]}"
         group = f"scale-{label}"
         dirs = [self.workdir / f"{label}-{i}" for i in range(workers)]
         total = self.data.total_offsets
         broker_before = proc_cpu_s(self.broker)
-        first = 1 if join_at is not None else workers
-        procs = [self._launch(group, i, d) for i, d in enumerate(dirs[:first])]
-        # (time, committed offsets) for the join share
-        samples: list[tuple[float, dict[int, int]]] = []
-        done: float | None = None
-        deadline = time.monotonic() + 180 + total / 1000
-        while time.monotonic() < deadline:
-            committed = await watcher.committed(group, self.data.topic)
-            samples.append((time.time(), dict(committed)))
-            if all(committed.get(p, -1) >= e for p, e in self.data.end_offsets.items()):
-                done = time.time()
-                break
-            if len(procs) < workers and _committed_records(committed) >= (join_at or 0) * total:
-                procs.append(self._launch(group, len(procs), dirs[-1]))
-            await asyncio.sleep(DONE_POLL_S)
+        async with ClientSession(timeout=ClientTimeout(total=2)) as session:
+            probe: ProgressProbe | None = None
+            if join_at is None:
+                procs = [self._launch(group, i, d) for i, d in enumerate(dirs)]
+            else:
+                port = _free_port()
+                procs = [self._launch(group, 0, dirs[0], "--http", f"127.0.0.1:{port}")]
+                probe = ProgressProbe(session, port)
+            # (time, the first worker's checkpoints) for the join share
+            samples: list[tuple[float, dict[int, int]]] = []
+            done: float | None = None
+            deadline = time.monotonic() + 180 + total / 1000
+            while time.monotonic() < deadline:
+                committed = await watcher.committed(group, self.data.topic)
+                if all(committed.get(p, -1) >= e for p, e in self.data.end_offsets.items()):
+                    done = time.time()
+                    break
+                if probe is not None:
+                    samples.append((time.time(), await probe.checkpoints()))
+                    written = sum(samples[-1][1].values())
+                    if len(procs) < workers and written >= (join_at or 0) * total:
+                        procs.append(self._launch(group, len(procs), dirs[-1]))
+                await asyncio.sleep(DONE_POLL_S)
         broker_after = proc_cpu_s(self.broker)
         runs = [await p.finish() for p in procs]
         for d in dirs:
@@ -375,15 +418,19 @@ class ScaleBench:
         )
         if join_at is not None and len(runs) > 1 and runs[1].assignments:
             joined, given = runs[1].assignments[0]
-            before = [c for t, c in samples if t <= joined] or [{}]
-            case.joined_at_fraction = _committed_records(before[-1]) / total
+            # the first worker's furthest checkpoint per partition before the join (a scrape
+            # during the rebalance shows only the partitions it still serves)
+            progress: dict[int, int] = {}
+            for stamp, checkpoints in samples:
+                if stamp <= joined:
+                    for p, offset in checkpoints.items():
+                        progress[p] = max(progress.get(p, 0), offset)
+            case.joined_at_fraction = sum(progress.values()) / total
             case.joined_at = joined
             ends = self.data.end_offsets
             case.newcomer_reads = sum(ends.get(p, 0) for p in given)
             case.first_left = sum(
-                end - min(end, max(0, before[-1].get(p, 0)))
-                for p, end in ends.items()
-                if p not in given
+                end - min(end, progress.get(p, 0)) for p, end in ends.items() if p not in given
             )
         return case
 
@@ -488,7 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=500_000)
     parser.add_argument("--grains", type=int, default=25_000)
     parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--join-at", type=float, default=0.2, help="1 -> 2: committed share")
+    parser.add_argument(
+        "--join-at", type=float, default=0.2, help="1 -> 2: share in the 1st worker's store"
+    )
     parser.add_argument("--cases", default="abc", help="a: 1 worker, b: 2 together, c: 1 -> 2")
     parser.add_argument("--repeats", type=int, default=2, help="the three cases, N times")
     parser.add_argument(

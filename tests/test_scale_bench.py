@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from aiohttp import ClientSession, web
+
 from benchmarks.common import Prefill, Workload
-from benchmarks.scale_bench import ScaleCase, ScaleResult, WorkerRun
+from benchmarks.scale_bench import ProgressProbe, ScaleCase, ScaleResult, WorkerRun, _free_port
 
 
 def test_scale_out_rate_after_the_second_worker_joined() -> None:
@@ -34,3 +36,33 @@ def test_scale_out_bound_is_the_longer_of_the_two_workers_shares() -> None:
     assert "bound 2.00x at one worker's rate each: the newcomer reads its partitions from " in (
         result.table()
     )
+
+
+async def test_progress_probe_reads_the_active_checkpoints_of_a_worker_metrics() -> None:
+    """1 -> 2 launches the second worker from the first one's own progress: the active
+    partitions' checkpoint gauges of its /metrics; nothing (not an error) while it is not up."""
+    exposition = (
+        "# HELP stream_replica_partition_checkpoint The store's next offset for the partition\n"
+        "# TYPE stream_replica_partition_checkpoint gauge\n"
+        'stream_replica_partition_checkpoint{partition="0",role="active"} 1200.0\n'
+        'stream_replica_partition_checkpoint{partition="3",role="active"} 7.0\n'
+        'stream_replica_partition_checkpoint{partition="4",role="standby"} 999.0\n'
+        'stream_replica_partition_lag_records{partition="0",role="active"} 5.0\n'
+    )
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=exposition, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    port = _free_port()
+    async with ClientSession() as session:
+        probe = ProgressProbe(session, port)
+        assert await probe.checkpoints() == {}  # nothing listening yet
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            assert await probe.checkpoints() == {0: 1200, 3: 7}
+        finally:
+            await runner.cleanup()
