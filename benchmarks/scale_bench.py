@@ -1,6 +1,7 @@
 """Scale-out: one worker vs. two, on the same pre-filled topic (issue #12).
 
-Cases, each with a fresh group and fresh stores, workers launched as ``stream-replica run``:
+Cases, each with a fresh group and fresh stores, workers launched as ``stream-replica run``,
+after one unreported one-worker case that warms the broker (``--no-warm-up``: none):
 
 * ``1 worker``;
 * ``2 together``: two workers launched at the same instant;
@@ -214,6 +215,7 @@ class ScaleResult:
     load_at_end: str = ""
     worker_args: list[str] = field(default_factory=list)
     broker_note: str = ""  # where the cases ran, when not on the main broker
+    warm_up_broker_cpu_s: float | None = None  # the broker's CPU in the unreported warm-up case
 
     def baseline(self, case: ScaleCase) -> ScaleCase | None:
         """The one-worker case run just before ``case`` (ratios are taken back to back)."""
@@ -239,7 +241,14 @@ class ScaleResult:
                 f"records, {self.prefill.partitions} partitions"
                 + (f"; {self.broker_note}" if self.broker_note else "")
                 + "); each case a fresh group and "
-                "fresh stores, workers launched as `stream-replica run`. *wall s* runs from the "
+                "fresh stores, workers launched as `stream-replica run`"
+                + (
+                    ", after an unreported one-worker case that warms the broker's JVM (its CPU "
+                    f"then: {self.warm_up_broker_cpu_s:.1f} s)"
+                    if self.warm_up_broker_cpu_s is not None
+                    else ""
+                )
+                + ". *wall s* runs from the "
                 "first worker's first assignment to the group's committed offsets equal to the "
                 "end offsets (polled every 0.1 s); the ratio is to the one-worker case run just "
                 "before. 1 -> 2 launches the second worker once the first has that share of the topic "
@@ -473,12 +482,20 @@ async def run_scale(
     cases: str = "abc",
     worker_code: Path | None = None,
     progress: bool = True,
+    warm_up: bool = True,
 ) -> ScaleResult:
-    """The three cases, back to back, ``repeats`` times, on the pre-filled ``data``."""
+    """The three cases, back to back, ``repeats`` times, on the pre-filled ``data``; first
+    (``warm_up``) one unreported one-worker case: a broker started for the cases is a cold
+    JVM, which spent 1.4 s of CPU serving the first case against 0.4 s by the third."""
     workdir.mkdir(parents=True, exist_ok=True)
     bench = ScaleBench(bootstrap, data, workdir, worker_args, worker_code)
     result = ScaleResult(data, [], load_average(), worker_args=list(worker_args))
     async with GroupWatcher(bootstrap) as watcher:
+        if warm_up:
+            warm = await bench.case(watcher, "warm-up", 1)
+            result.warm_up_broker_cpu_s = warm.broker_cpu_s
+            if progress:
+                print(f"warm-up: one worker, broker CPU {_f(warm.broker_cpu_s, 1)} s", flush=True)
         for _ in range(repeats):
             for key, name, workers, at in (
                 ("a", "1 worker", 1, None),
@@ -521,6 +538,7 @@ async def _cases(args: argparse.Namespace, bootstrap: str) -> int:
             worker_args=args.worker_arg,
             cases=args.cases,
             worker_code=args.worker_code,
+            warm_up=not args.no_warm_up,
         )
     finally:
         await delete_topics(bootstrap, [topic])
@@ -557,6 +575,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=PRODUCTION_INITIAL_DELAY_MS,
         help="that broker's group.initial.rebalance.delay.ms (Kafka's default: 3000)",
+    )
+    parser.add_argument(
+        "--no-warm-up", action="store_true", help="skip the unreported one-worker case first"
     )
     parser.add_argument("--workdir", default=".bench/scale")
     parser.add_argument(
