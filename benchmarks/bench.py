@@ -73,7 +73,7 @@ from benchmarks.scale_bench import (
     own_broker,
     run_scale,
 )
-from stream_replica import admin
+from stream_replica import admin, event_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "dev" / "kafka" / "kafka.sh"
@@ -1218,6 +1218,7 @@ def machine_facts(revision: str) -> list[tuple[str, str]]:
         ("aiokafka", _version("aiokafka")),
         ("rocksdict", _version("rocksdict")),
         ("msgpack", _version("msgpack")),
+        ("event loop (ours, raw aiokafka, in-process runs)", f"uvloop {_version('uvloop')}"),
         ("quixstreams", f"{_version('quixstreams')} (librdkafka {librdkafka})"),
         ("Kafka broker", f"{kafka_version()} (single node, KRaft, same machine)"),
         ("stream-replica code", revision),
@@ -1932,11 +1933,13 @@ async def run(args: argparse.Namespace, command: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # On the loop `stream-replica run` uses by default, as its in-process runs and the raw
+    # aiokafka ceiling should be.
     if argv and argv[0] in CHILDREN:
-        return asyncio.run(CHILDREN[argv[0]](argv[1:]))
+        return event_loop.run(CHILDREN[argv[0]](argv[1:]))
     args = parse_args(argv)
     command = " ".join(["python -m benchmarks.bench", shlex.join(argv)]).strip()
-    return asyncio.run(run(args, command))
+    return event_loop.run(run(args, command))
 
 
 if __name__ == "__main__":

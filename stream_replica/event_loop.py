@@ -1,0 +1,65 @@
+"""The event loop the command line runs its commands on (``--event-loop``).
+
+``uvloop`` (the default): libuv's loop, written in C, under the same asyncio API. It runs the
+loop's own work (scheduling callbacks, polling sockets, transports) in C; a worker catching up
+spends ~15 % of its time there with asyncio's loop. Measured with `stream-replica run` on the
+bench's main topic, 9 interleaved runs each: 173,549 records/s on asyncio's loop, 179,649 on
+uvloop (medians; docs/performance-history.md, round 10). ``asyncio``: the standard library's
+loop, for a platform without a uvloop wheel or to rule the loop out while diagnosing.
+
+Programs that embed the worker (:class:`~stream_replica.worker.ReplicaWorker`) run it on
+whatever loop they run; nothing here is global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from importlib.metadata import version
+from typing import Any, Final, TypeVar
+
+from stream_replica.errors import ConfigurationError
+
+T = TypeVar("T")
+
+LOOPS: Final = ("uvloop", "asyncio")
+DEFAULT: Final = "uvloop"
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """A factory for ``asyncio.Runner`` (None: asyncio's default loop)."""
+    if name == "asyncio":
+        return None
+    if name != "uvloop":
+        raise ConfigurationError(
+            f"event loop {name!r} (--event-loop or STREAM_REPLICA_EVENT_LOOP): choose one of "
+            + ", ".join(LOOPS)
+        )
+    try:
+        import uvloop
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"--event-loop uvloop: uvloop cannot be imported ({exc}); "
+            "install it (pip install uvloop) or pass --event-loop asyncio"
+        ) from None
+    return uvloop.new_event_loop
+
+
+def run(main: Coroutine[Any, Any, T], name: str = DEFAULT) -> T:
+    """``asyncio.run(main)`` on the named loop."""
+    try:
+        factory = loop_factory(name)
+    except ConfigurationError:
+        main.close()  # never awaited: no "coroutine was never awaited" warning
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def describe() -> str:
+    """The running loop, for the worker's start-up log."""
+    loop = asyncio.get_running_loop()
+    package = type(loop).__module__.partition(".")[0]
+    if package == "uvloop":
+        return f"event loop: uvloop {version('uvloop')}"
+    return f"event loop: {package} ({type(loop).__name__})"
