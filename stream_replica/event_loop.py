@@ -1,8 +1,8 @@
 """The event loop the command line runs its commands on (``--event-loop``).
 
-``uvloop`` (the default): libuv's loop, written in C, under the same asyncio API. It runs the
-loop's own work (scheduling callbacks, polling sockets, transports) in C; a worker catching up
-spends ~15 % of its time there with asyncio's loop. Measured with `stream-replica run` on the
+``uvloop`` (the default): libuv's loop under the same asyncio API. It does the loop's own
+work (scheduling callbacks, polling sockets, transports) in C: part of the ~16 % of a
+catch-up outside the worker's timed stages (docs/bench.md). `stream-replica run` on the
 bench's main topic, 9 interleaved runs each: 173,549 records/s on asyncio's loop, 179,649 on
 uvloop (medians; docs/performance-history.md, round 10). ``asyncio``: the standard library's
 loop, for a platform without a uvloop wheel or to rule the loop out while diagnosing.
