@@ -407,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--event-loop",
         default=os.environ.get("STREAM_REPLICA_EVENT_LOOP", event_loop.DEFAULT),
         choices=event_loop.LOOPS,
-        help="uvloop (libuv, in C: ~3.5 %% faster catch-ups) or asyncio's own loop "
+        help="uvloop (libuv, in C: ~3.5 %% faster catch-ups), asyncio's own loop, or auto: "
+        "uvloop where installed, else asyncio "
         f"(env STREAM_REPLICA_EVENT_LOOP; default {event_loop.DEFAULT})",
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -1,11 +1,13 @@
 """The event loop the command line runs its commands on (``--event-loop``).
 
-``uvloop`` (the default): libuv's loop under the same asyncio API. It does the loop's own
-work (scheduling callbacks, polling sockets, transports) in C: part of the ~16 % of a
-catch-up outside the worker's timed stages (docs/bench.md). `stream-replica run` on the
-bench's main topic, 9 interleaved runs each: 173,549 records/s on asyncio's loop, 179,649 on
-uvloop (medians; docs/performance-history.md, round 10). ``asyncio``: the standard library's
-loop, for a platform without a uvloop wheel or to rule the loop out while diagnosing.
+``uvloop``: libuv's loop under the same asyncio API. It does the loop's own work (scheduling
+callbacks, polling sockets, transports) in C: part of the ~16 % of a catch-up outside the
+worker's timed stages (docs/bench.md). `stream-replica run` on the bench's main topic, 9
+interleaved runs each: 173,549 records/s on asyncio's loop, 179,649 on uvloop (medians;
+docs/performance-history.md, round 10). ``asyncio``: the standard library's loop, to rule
+the loop out while diagnosing. ``auto`` (the default): uvloop where it is installed (the
+package depends on it wherever uvloop ships wheels, i.e. not on Windows), asyncio's loop
+otherwise; the worker's start-up line names the one it got.
 
 Programs that embed the worker (:class:`~stream_replica.worker.ReplicaWorker`) run it on
 whatever loop they run; nothing here is global.
@@ -22,22 +24,24 @@ from stream_replica.errors import ConfigurationError
 
 T = TypeVar("T")
 
-LOOPS: Final = ("uvloop", "asyncio")
-DEFAULT: Final = "uvloop"
+LOOPS: Final = ("auto", "uvloop", "asyncio")
+DEFAULT: Final = "auto"
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """A factory for ``asyncio.Runner`` (None: asyncio's default loop)."""
-    if name == "asyncio":
-        return None
-    if name != "uvloop":
+    if name not in LOOPS:
         raise ConfigurationError(
             f"event loop {name!r} (--event-loop or STREAM_REPLICA_EVENT_LOOP): choose one of "
             + ", ".join(LOOPS)
         )
+    if name == "asyncio":
+        return None
     try:
         import uvloop
     except ImportError as exc:
+        if name == "auto":
+            return None
         raise ConfigurationError(
             f"--event-loop uvloop: uvloop cannot be imported ({exc}); "
             "install it (pip install uvloop) or pass --event-loop asyncio"

@@ -1,4 +1,4 @@
-"""event_loop.py: the command line's loop (uvloop by default, asyncio's on request)."""
+"""event_loop.py: the command line's loop (uvloop where installed, asyncio's on request)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ async def _loop_module() -> str:
 
 def test_uvloop_is_the_default_and_asyncio_is_on_request() -> None:
     assert event_loop.run(_loop_module()).startswith("uvloop")
+    assert event_loop.run(_loop_module(), "uvloop").startswith("uvloop")
     assert event_loop.run(_loop_module(), "asyncio").startswith("asyncio")
 
 
@@ -45,18 +46,23 @@ def test_an_unknown_loop_is_a_configuration_error_and_the_command_never_starts()
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(ConfigurationError, match=r"'tokio'.*choose one of uvloop, asyncio"):
+        with pytest.raises(
+            ConfigurationError, match=r"'tokio'.*choose one of auto, uvloop, asyncio"
+        ):
             event_loop.run(command(), "tokio")
         gc.collect()
     assert started == []
     assert not [w for w in caught if "never awaited" in str(w.message)]  # closed, not dropped
 
 
-def test_uvloop_missing_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_uvloop_missing_names_the_fix_when_asked_for_and_auto_falls_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop -> ImportError
     with pytest.raises(ConfigurationError, match=r"pip install uvloop\) or pass --event-loop"):
         event_loop.loop_factory("uvloop")
     assert event_loop.loop_factory("asyncio") is None
+    assert event_loop.run(_loop_module()).startswith("asyncio")  # auto: no uvloop, no error
 
 
 def test_cli_refuses_a_bad_loop_from_the_environment_in_one_line(
@@ -69,7 +75,7 @@ def test_cli_refuses_a_bad_loop_from_the_environment_in_one_line(
     assert code == 2
     assert err.strip().splitlines() == [
         "stream-replica: event loop 'tokio' (--event-loop or STREAM_REPLICA_EVENT_LOOP): "
-        "choose one of uvloop, asyncio"
+        "choose one of auto, uvloop, asyncio"
     ]
 
 
