@@ -466,12 +466,20 @@ class Report:
     reads: ReadFigures | None = None
     scale: ScaleResult | None = None
     memory: Any = None  # benchmarks.memory_bench.MemoryReport
+    warm_up: Row | None = None  # the unreported first read of the main topic
 
     def row(self, name: str) -> Row | None:
         for row in self.rows:
             if row.name == name and not row.failed:
                 return row
         return None
+
+
+def describe_warm_up(row: Row) -> str:
+    rate = row.rate_after_join
+    if row.failed or rate is None:
+        return f"{row.name} failed: {row.failed or 'no timing'}"
+    return f"{row.name}, {row.records:,} records, {rate:,.0f} records/s after join"
 
 
 # --- contenders -----------------------------------------------------------------------------
@@ -527,7 +535,7 @@ class Bench:
 
     # (a) raw aiokafka ------------------------------------------------------------------------
 
-    async def raw(self, data: Prefill, max_records: int = 100) -> Row:
+    async def raw(self, data: Prefill, max_records: int = 100, label: str = "raw") -> Row:
         name = f"raw aiokafka getmany({max_records})"
         cmd = [
             sys.executable,
@@ -539,7 +547,7 @@ class Bench:
             "--topic",
             data.topic,
             "--group",
-            self.group("raw"),
+            self.group(label),
             "--records",
             str(data.total_offsets),
             "--max-records",
@@ -1320,6 +1328,16 @@ def write_markdown(report: Report, path: Path) -> None:
             "",
             rows_table(report.rows),
             "",
+            *(
+                [
+                    "Before these, one unreported read of the whole topic warmed the broker "
+                    f"({describe_warm_up(report.warm_up)}): on a freshly started broker the "
+                    "first reader of a topic is the slowest.",
+                    "",
+                ]
+                if report.warm_up is not None
+                else []
+            ),
             *(f"**{line}**  " for line in ratio_lines(report)),
             "",
             "How to read it:",
@@ -1776,6 +1794,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--skip-floor", action="store_true", help="skip the per-record floor of the stack"
     )
+    parser.add_argument(
+        "--no-warm-up",
+        action="store_true",
+        help="no unreported raw aiokafka read of the main topic before the contenders",
+    )
     parser.add_argument("--steady-rate", type=int, default=5000, help="records/s (5000)")
     parser.add_argument("--steady-seconds", type=float, default=None, help="60 (--small: 10)")
     parser.add_argument(
@@ -1830,6 +1853,12 @@ async def run(args: argparse.Namespace, command: str) -> int:
             main = await bench.prefill("main", workload)
             report.main_prefill = main
             print(f"pre-fill took {main.seconds:.1f} s", flush=True)
+
+            if not args.no_warm_up:
+                # the broker's first reads of a topic (a JVM not yet warmed up on the fetch
+                # path, segments not yet in its page cache) would slow the first contender only
+                report.warm_up = await bench.raw(main, 100, label="warm-up")
+                print(f"warm-up read, not reported: {describe_warm_up(report.warm_up)}", flush=True)
 
             print("\ncatch-up, one contender at a time:", flush=True)
             contenders: list[Callable[[], Awaitable[Row]]] = [

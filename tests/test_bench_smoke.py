@@ -58,6 +58,14 @@ def test_small_bench_run(kafka_bootstrap: str, tmp_path: Path) -> None:
     text = markdown.read_text()
     assert "stream-replica run (max_records 100)" in text
     assert "raw aiokafka" in text
+    # the unreported warm-up read ran, read the whole topic, and is named as such
+    assert re.search(
+        r"^warm-up read, not reported: raw aiokafka getmany\(100\), [\d,]+ records, "
+        r"[\d,]+ records/s after join$",
+        completed.stdout,
+        re.M,
+    ), report
+    assert "one unreported read of the whole topic warmed the broker" in text, report
     assert "## The floor of this stack" in text and "head lookup" in text
     # Steady state: the delay is timed for the states written, whichever path wrote them (it
     # once timed only the reference path's: a handful of states a minute)
