@@ -54,10 +54,17 @@ class RateLimitedLog:
     """At most ``burst`` lines per ``interval_s`` through :meth:`log`; the rest are counted by
     kind and summarised in one line when the interval ends (or at :meth:`flush`)."""
 
-    def __init__(self, logger: logging.Logger, burst: int = 20, interval_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        burst: int = 20,
+        interval_s: float = 10.0,
+        summary: str = "the dead-letter topic and the counters have every record",
+    ) -> None:
         self.logger = logger
         self.burst = burst
         self.interval_s = interval_s
+        self.summary = summary  # where the suppressed lines' content can still be found
         self._window_start = time.monotonic()
         self._sent = 0
         self._suppressed: Counter[str] = Counter()
@@ -74,17 +81,26 @@ class RateLimitedLog:
         else:
             self._suppressed[kind] += 1
 
+    def tick(self) -> None:
+        """Summarise what was held back once its interval is over, even if no line follows
+        (called once per poll: a burst at the start of a catch-up is summarised ~10 s later,
+        not at the next such line, which may be hours away)."""
+        if self._suppressed and time.monotonic() - self._window_start >= self.interval_s:
+            self.flush()
+            self._window_start = time.monotonic()
+            self._sent = 0
+
     def flush(self) -> None:
         if not self._suppressed:
             return
         total = sum(self._suppressed.values())
         detail = ", ".join(f"{kind}: {count}" for kind, count in sorted(self._suppressed.items()))
         self.logger.warning(
-            "%d more lines like the above suppressed in the last %.0f s (%s); the dead-letter "
-            "topic and the counters have every record",
+            "%d more lines like the above suppressed in the last %.0f s (%s); %s",
             total,
             self.interval_s,
             detail,
+            self.summary,
             extra={"suppressed": dict(self._suppressed)},
         )
         self._suppressed.clear()

@@ -38,3 +38,62 @@ def test_rate_limit_summarises_what_it_suppressed(caplog: pytest.LogCaptureFixtu
     assert "delta: 4, invalid: 3" in messages[3]
     limited.flush()  # nothing new: no second summary
     assert len(caplog.records) == 4
+
+
+def test_tick_summarises_once_the_interval_is_over_without_another_line(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(logs.time, "monotonic", lambda: clock[0])
+    limited = logs.RateLimitedLog(
+        logging.getLogger("t"), burst=1, interval_s=10, summary="audit lists each"
+    )
+    with caplog.at_level(logging.INFO, logger="t"):
+        for index in range(4):
+            limited.log(logging.WARNING, "shadowed", "grain %d", index)
+        limited.tick()  # the interval is not over: nothing yet
+        assert [r.getMessage() for r in caplog.records] == ["grain 0"]
+        clock[0] += 10
+        limited.tick()
+        limited.tick()  # said once
+        limited.log(logging.WARNING, "shadowed", "grain %d", 9)  # a new window: let through
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "grain 0",
+        "3 more lines like the above suppressed in the last 10 s (shadowed: 3); audit lists each",
+        "grain 9",
+    ]
+
+
+def test_shadowing_lines_are_rate_limited_with_their_grain_fields(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stream_replica import worker
+    from stream_replica.fold import FoldResult, Shadowing
+
+    limited = logs.RateLimitedLog(worker.log, burst=20, interval_s=3600, summary="see audit")
+    monkeypatch.setattr(worker, "shadowings", limited)
+    result = FoldResult(
+        shadowed=[
+            Shadowing(("Counter", f"k{index}"), 2, 10 + index, 100 + index, "delta", True)
+            for index in range(25)
+        ]
+        + [Shadowing(("Counter", "k0"), 2, 10, 200, "delta", False)]  # not the first: no line
+    )
+    with caplog.at_level(logging.INFO, logger=worker.log.name):
+        worker._log_shadowing("orders", result, repairing=False)
+        limited.flush()
+    lines = [r for r in caplog.records if r.name == worker.log.name]
+    assert len(lines) == 21
+    first = lines[0]
+    assert first.getMessage().startswith("grain Counter/k0: its state (orders/2/10) is shadowed")
+    assert (first.grain_type, first.grain_key, first.partition, first.offset) == (  # type: ignore[attr-defined]
+        "Counter",
+        "k0",
+        2,
+        100,
+    )
+    assert first.state_offset == 10  # type: ignore[attr-defined]
+    assert lines[-1].getMessage() == (
+        "5 more lines like the above suppressed in the last 3600 s (shadowed: 5); see audit"
+    )
