@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 from benchmarks.common import Workload, prefill
 from stream_replica import admin
+from stream_replica import store as store_module
 from stream_replica.durability import FLUSH_INTERVAL_S, MIN_WAL_ON_S, CatchUpDurability, WalPolicy
 from stream_replica.fold import FoldCounts, GrainState
 from stream_replica.offsets import CommitBook
@@ -96,6 +98,85 @@ async def test_writes_without_the_wal_reach_other_processes_at_the_flush(tmp_pat
         assert store.wal_on
         write(store, "d", 4)
         assert seen_by_reader(db) == ({"a", "b", "c", "d"}, 4)
+    finally:
+        store.close()
+
+
+def _flush_threads(store: ReplicaStore, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record, for each memtable flush, whether it ran on the loop's thread."""
+    on_loop: list[bool] = []
+    flush = store._flush
+
+    def recorded() -> None:
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        flush()
+
+    monkeypatch.setattr(store, "_flush", recorded)
+    return on_loop
+
+
+async def test_turning_the_wal_on_flushes_off_the_loop_when_nothing_is_written_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "db"
+    store = ReplicaStore(db, "topic")
+    try:
+        store.write_without_wal()
+        write(store, "a", 1)
+        on_loop = _flush_threads(store, monkeypatch)
+        await store.write_with_wal()
+        assert store.wal_on
+        assert on_loop == [False]  # one flush, on a thread: the loop never waited for it
+        assert seen_by_reader(db) == ({"a"}, 1)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("writing_flushes", "expected"),
+    [
+        (1, [False, False]),
+        (store_module._TAIL_FLUSHES, [False] * store_module._TAIL_FLUSHES + [True]),
+    ],
+)
+async def test_writes_during_the_flushes_are_persisted_before_the_wal_is_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writing_flushes: int, expected: list[bool]
+) -> None:
+    """A write that lands after a flush on a thread did its work, before the loop hears back,
+    is not persisted by it: flush again (on a thread) until one ran with no write meanwhile,
+    or, after _TAIL_FLUSHES, on the loop, where nothing can slip in."""
+    db = tmp_path / "db"
+    store = ReplicaStore(db, "topic")
+    loop = asyncio.get_running_loop()
+    try:
+        store.write_without_wal()
+        write(store, "a", 1)
+        on_loop: list[bool] = []
+        flush = store._flush
+        keys = iter(range(2, 2 + writing_flushes))
+
+        def flush_then_a_write_on_the_loop() -> None:
+            on_thread = threading.current_thread() is not threading.main_thread()
+            on_loop.append(not on_thread)
+            flush()
+            key = next(keys, None) if on_thread else None
+            if key is not None:
+                written = threading.Event()
+
+                def write_on_the_loop() -> None:
+                    write(store, f"k{key}", key)
+                    written.set()
+
+                loop.call_soon_threadsafe(write_on_the_loop)
+                assert written.wait(10)
+
+        monkeypatch.setattr(store, "_flush", flush_then_a_write_on_the_loop)
+        await store.write_with_wal()
+        assert store.wal_on
+        assert on_loop == expected
+        last = 1 + writing_flushes
+        # WAL-less writes reach another process only through a flush: all of them did
+        assert seen_by_reader(db) == ({"a", *(f"k{k}" for k in range(2, last + 1))}, last)
     finally:
         store.close()
 
