@@ -1644,6 +1644,7 @@ def before_after_panel(report: Report, fig: Any) -> None:
             for name, before in comparison["stages_before"].items()
         )
         ax.text(0.02, 0.98, text, transform=ax.transAxes, va="top", fontsize=7, family="monospace")
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.4)  # room for the text above the tallest bar
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
 
