@@ -83,8 +83,8 @@ class RateLimitedLog:
 
     def tick(self) -> None:
         """Summarise what was held back once its interval is over, even if no line follows
-        (called once per poll: a burst at the start of a catch-up is summarised ~10 s later,
-        not at the next such line, which may be hours away)."""
+        (the worker calls it every loop turn: a burst at the start of a catch-up is
+        summarised ~10 s later, not at the next such line, which may be hours away)."""
         if self._suppressed and time.monotonic() - self._window_start >= self.interval_s:
             self.flush()
             self._window_start = time.monotonic()
