@@ -33,7 +33,7 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check stream_replica tests benchmarks
 	$(VENV)/bin/ruff format --check stream_replica tests benchmarks
-	$(VENV)/bin/mypy stream_replica
+	$(VENV)/bin/mypy stream_replica benchmarks
 
 ## Faults under load on a dedicated broker (port 19092); knobs: CHAOS_ARGS="--records 200000 ..."
 ## CHAOS_ARGS="--cluster ..." runs it on a 3-broker cluster (ports 14092/15092/16092) with

@@ -310,7 +310,7 @@ def measure_floor(workload: Workload, workdir: Path) -> Floor:
     from rocksdict import Rdict, WriteBatch, WriteOptions
 
     from benchmarks.common import generate
-    from stream_replica.contract import canonical_full_state, decode
+    from stream_replica.contract import Entry, canonical_full_state, decode
     from stream_replica.fold import FoldCounts, GrainState
     from stream_replica.store import ReplicaStore, grain_body_of_key
 
@@ -351,7 +351,7 @@ def measure_floor(workload: Workload, workdir: Path) -> Floor:
         fast_decode
     )
 
-    entries = [decode(k, v) for k, v in pairs]
+    entries = [e for e in (decode(k, v) for k, v in pairs) if isinstance(e, Entry)]
     last = {}
     for entry in entries:
         last[entry.grain] = entry
@@ -408,7 +408,8 @@ def measure_floor(workload: Workload, workdir: Path) -> Floor:
     db = Rdict(str(raw_dir), _options())
     try:
         value = bytes(typical + 40)  # the state header + source + a median payload
-        keys = [f"g{i:09d}".encode() for i in range(sample.grains)]
+        # bytes, typed as rocksdict's multi-get takes them (its stubs list a union)
+        keys: list[Any] = [f"g{i:09d}".encode() for i in range(sample.grains)]
 
         # A catch-up writes without the WAL (durability.py); a caught-up worker with it.
         without_wal = WriteOptions()
@@ -766,7 +767,7 @@ class Bench:
             await original_assigned(partitions)
             assigned.set()
 
-        worker.on_partitions_assigned = on_assigned  # type: ignore[method-assign]
+        worker.on_partitions_assigned = on_assigned  # type: ignore[method-assign,assignment]
         cleanup = contextlib.ExitStack()
         cleanup.enter_context(worker_logs(self.logs / "steady-worker.log"))
         producer_err = cleanup.enter_context((self.logs / "steady-producer.err").open("wb"))

@@ -550,8 +550,8 @@ class MemoryBench:
             if partitions:
                 revoked.set()
 
-        worker.on_partitions_assigned = assigned_hook  # type: ignore[method-assign]
-        worker.on_partitions_revoked = revoked_hook  # type: ignore[method-assign]
+        worker.on_partitions_assigned = assigned_hook  # type: ignore[method-assign,assignment]
+        worker.on_partitions_revoked = revoked_hook  # type: ignore[method-assign,assignment]
         task = asyncio.create_task(worker.run())
         other: asyncio.subprocess.Process | None = None
         failed = None

@@ -41,7 +41,7 @@ def rocksdb_options(change: Callable[[Options], None]) -> Iterator[None]:
         change(options)
         return options
 
-    store_module._options = patched  # type: ignore[assignment]
+    store_module._options = patched
     try:
         yield
     finally:
@@ -66,11 +66,11 @@ def consumer_options(**extra: Any) -> Iterator[None]:
     def patched(self: Any, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **{**kwargs, **extra})
 
-    aiokafka.AIOKafkaConsumer.__init__ = patched  # type: ignore[method-assign]
+    aiokafka.AIOKafkaConsumer.__init__ = patched
     try:
         yield
     finally:
-        aiokafka.AIOKafkaConsumer.__init__ = original  # type: ignore[method-assign]
+        aiokafka.AIOKafkaConsumer.__init__ = original
 
 
 def _no_compression(options: Options) -> None:

@@ -55,7 +55,9 @@ def build_app(args: argparse.Namespace) -> tuple[Application, dict[str, int]]:
     topic = app.topic(args.topic, key_deserializer="bytes", value_deserializer="bytes")
     counts = {"records": 0, "applied": 0, "stale_or_duplicate": 0, "tombstones": 0, "refused": 0}
 
-    def replicate(value: bytes | None, key: bytes | None, _ts: int, _h: Any, state: State) -> None:
+    def replicate(
+        value: bytes | None, key: bytes | None, _ts: int, _h: Any, state: State[Any, Any]
+    ) -> None:
         counts["records"] += 1
         if counts["records"] == 1:
             print(json.dumps({"first_record_at": time.time()}), flush=True)
