@@ -70,11 +70,7 @@ class RateLimitedLog:
         self._suppressed: Counter[str] = Counter()
 
     def log(self, level: int, kind: str, message: str, *args: Any, **extra: Any) -> None:
-        now = time.monotonic()
-        if now - self._window_start >= self.interval_s:
-            self.flush()
-            self._window_start = now
-            self._sent = 0
+        self._end_window_if_over()
         if self._sent < self.burst:
             self._sent += 1
             self.logger.log(level, message, *args, extra={"kind": kind, **extra})
@@ -85,9 +81,14 @@ class RateLimitedLog:
         """Summarise what was held back once its interval is over, even if no line follows
         (the worker calls it every loop turn: a burst at the start of a catch-up is
         summarised ~10 s later, not at the next such line, which may be hours away)."""
-        if self._suppressed and time.monotonic() - self._window_start >= self.interval_s:
+        if self._suppressed:
+            self._end_window_if_over()
+
+    def _end_window_if_over(self) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= self.interval_s:
             self.flush()
-            self._window_start = time.monotonic()
+            self._window_start = now
             self._sent = 0
 
     def flush(self) -> None:
