@@ -72,8 +72,11 @@ def add_model_flags(
         if annotation is SecretStr:
             text = f"{text} (secret: prefer env {env}; never shown)"
         else:
-            default = info.get_default(call_default_factory=True)
-            shown = "" if default in (None, [], False) else f"; default {default}"
+            if info.is_required():
+                shown = "; required"
+            else:
+                default = info.get_default(call_default_factory=True)
+                shown = "" if default in (None, [], False) else f"; default {default}"
             text = f"{text} (env {env}{shown})" if text else f"env {env}{shown}"
         options["help"] = text
         parser.add_argument(flag, **options)

@@ -44,3 +44,13 @@ def test_choices_come_from_the_model(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         parser_for().parse_args(["--security-protocol", "TLS"])
     assert "invalid choice: 'TLS'" in capsys.readouterr().err
+
+
+def test_a_required_setting_says_required_not_an_internal_default() -> None:
+    from stream_replica.settings import WorkerSettings
+
+    parser = argparse.ArgumentParser(prog="x")
+    add_model_flags(parser, WorkerSettings)
+    text = " ".join(parser.format_help().split())
+    assert "env STREAM_REPLICA_DB; required" in text
+    assert "Undefined" not in text
