@@ -18,7 +18,6 @@ Every error is JSON ``{"error": "<one line>"}``; 503 and 504 carry ``Retry-After
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import ssl
@@ -28,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import aiohttp
-import msgspec
 from aiohttp import web
 from yarl import URL
 
@@ -36,6 +34,17 @@ from stream_replica.contract import GrainId
 from stream_replica.fold import grain_json
 from stream_replica.membership import GroupAssignment
 from stream_replica.openapi import openapi
+from stream_replica.query_request import (
+    ReadError,
+    bearer_matches,
+    grain_of,
+    grain_type_of,
+    header_value,
+    int_param,
+    json_body,
+    partitions_param,
+    stale_param,
+)
 from stream_replica.routing import (
     OwnershipMap,
     ReplicaRef,
@@ -50,14 +59,12 @@ log = logging.getLogger("stream_replica.query")
 
 FORWARDED_HEADER: Final = "X-Stream-Replica-Forwarded-By"
 FRESH_HEADER: Final = "X-Stream-Replica-Fresh-Only"
-RETRY_AFTER_S: Final = 1
 MAX_WAIT_MS: Final = 60_000
 MAX_LIMIT: Final = 1000
 DEFAULT_LIMIT: Final = 100
 # With ?stale=ok a read keeps trying the replicas this long (a rebalance moves them).
 STALE_RETRY_S: Final = 5.0
 WAIT_STEP_S: Final = 0.01
-_ENCODE: Final = msgspec.json.Encoder().encode
 _NO_QUERY: Final[Mapping[str, str]] = {}
 OPEN_PATHS: Final = frozenset({"/healthz", "/readyz"})
 PROTECTED_PREFIXES: Final = ("/grains", "/partitions")
@@ -84,20 +91,6 @@ class QueryConfig:
     _partitions: int | None = field(default=None, repr=False)
 
 
-class ReadError(Exception):
-    def __init__(
-        self, status: int, message: str, retry: bool = False, extra: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry = retry
-        self.extra = extra or {}
-
-    def response(self) -> web.Response:
-        headers = {"Retry-After": str(RETRY_AFTER_S)} if self.retry else {}
-        return json_body({"error": str(self), **self.extra}, self.status, headers)
-
-
 def ownership_map(assignment: GroupAssignment | None, topic: str) -> OwnershipMap:
     if assignment is None:
         return OwnershipMap()
@@ -116,27 +109,9 @@ def state_json(grain: GrainId, state: Any) -> dict[str, Any]:
     return grain_json(grain, state)
 
 
-def json_body(
-    obj: Any, status: int = 200, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    """A JSON response encoded by msgspec (C; ~4x cheaper than ``json.dumps`` per read)."""
-    return web.Response(
-        body=_ENCODE(obj), status=status, headers=headers, content_type="application/json"
-    )
-
-
 def _query(request: web.Request) -> Mapping[str, str]:
     """The query parameters; a plain GET has none and skips building the MultiDict."""
     return request.query if request.query_string else _NO_QUERY
-
-
-def _int_param(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ReadError(400, f"query parameter {name}={raw!r}: expected an integer {low}..{high}")
-    return int(raw)
 
 
 def _rebuilding(row: PartitionRow) -> bool:
@@ -180,15 +155,13 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             config.token is not None
             and path not in OPEN_PATHS
             and path.startswith(PROTECTED_PREFIXES)
+            and not bearer_matches(request.headers.get("Authorization", ""), config.token)
         ):
-            given = request.headers.get("Authorization", "")
-            expected = f"Bearer {config.token}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return web.json_response(
-                    {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
-                    status=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
+            return web.json_response(
+                {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         try:
             return await handler(request)
         except ReadError as exc:
@@ -270,11 +243,11 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             raise ReadError(404, f"grain {grain[0]}/{grain[1]} not found", extra=fresh)
         if "application/octet-stream" in request.headers.get("Accept", ""):
             headers = {
-                "X-Grain-Type": grain[0],
-                "X-Grain-Key": grain[1],
+                "X-Grain-Type": header_value(grain[0]),
+                "X-Grain-Key": header_value(grain[1]),
                 "X-Grain-Sequence": str(state.sequence),
                 "X-Grain-Timestamp-Millis": str(state.timestamp_millis),
-                "X-Grain-Source-Cluster": state.source_cluster,
+                "X-Grain-Source-Cluster": header_value(state.source_cluster),
                 "X-Grain-Partition": str(state.partition),
                 "X-Grain-Offset": str(state.offset),
                 "X-Served-By": str(config.endpoint),
@@ -344,11 +317,11 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
         raise last
 
     async def get_grain(request: web.Request) -> web.Response:
-        grain = (request.match_info["grain_type"], request.match_info["grain_key"])
+        grain = grain_of(request.match_info)
         query = _query(request)
-        stale = query.get("stale") == "ok"
-        wait_ms = _int_param(query, "wait_ms", 0, 0, MAX_WAIT_MS)
-        min_sequence = _int_param(query, "min_sequence", 0, 0, 2**64 - 1)
+        stale = stale_param(query)
+        wait_ms = int_param(query, "wait_ms", 0, 0, MAX_WAIT_MS)
+        min_sequence = int_param(query, "min_sequence", 0, 0, 2**64 - 1)
         partition = partition_for(grain, partition_count())  # once: murmur2 is pure Python
         forwarded = FORWARDED_HEADER in request.headers
         started = time.monotonic()
@@ -405,22 +378,19 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             await asyncio.sleep(0.1)
 
     async def scan(request: web.Request) -> web.Response:
-        grain_type = request.match_info["grain_type"]
+        grain_type = grain_type_of(request.match_info)
         prefix = request.query.get("prefix", "")
-        limit = _int_param(request.query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        limit = int_param(request.query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         cursor = request.query.get("cursor")
         try:
             after = None if not cursor else decode_cursor(cursor)
         except ValueError as exc:
             raise ReadError(400, str(exc)) from None
-        stale = request.query.get("stale") == "ok"
+        stale = stale_param(request.query)
         rows = view.partition_rows()
         wanted = request.query.get("partitions")
         if wanted is not None:  # a fan-out's local step
-            try:
-                partitions = {int(p) for p in wanted.split(",") if p}
-            except ValueError:
-                raise ReadError(400, f"partitions={wanted!r}: expected 0,1,...") from None
+            partitions = partitions_param(wanted, partition_count())
             return web.json_response(
                 {"items": local_scan(grain_type, prefix, after, limit, partitions, rows, stale)}
             )
@@ -604,7 +574,8 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
     async def openapi_json(_: web.Request) -> web.Response:
         return web.json_response(openapi())
 
-    app.router.add_get("/grains/{grain_type}/{grain_key:.+}", get_grain, name="grain")
+    # [\s\S]: a grain key may hold any character, a line break too ("." would not match it)
+    app.router.add_get(r"/grains/{grain_type}/{grain_key:[\s\S]+}", get_grain, name="grain")
     app.router.add_get("/grains/{grain_type}", scan, name="scan")
     app.router.add_get("/partitions", partitions)
     app.router.add_get("/openapi.json", openapi_json)
