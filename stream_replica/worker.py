@@ -88,6 +88,12 @@ REPAIR_SWEEP_INTERVAL_S: Final = 5.0
 # Two requests a second per member: nothing for a coordinator, and a join or a leave is
 # noticed by the group within half a second (also a duplicate instance id).
 HEARTBEAT_INTERVAL_MS: Final = 500
+# A worker whose instance id another member takes within this long of its first join is the
+# newcomer of two workers sharing an id (see _check_replaced). Long enough for the taking
+# back to reach it (the other's next heartbeat, its rejoin, then ours: ~1-2 s, more while a
+# revocation waits for a poll); short, because an established worker older than this keeps
+# going, and two started within it both stop.
+NEWCOMER_WINDOW_S: Final = 10.0
 # Background commits start at most this often. One per poll cost each worker (and the
 # broker's coordinator, which appends every commit to __consumer_offsets) a request per
 # few hundred records; the store, not the group, holds positions, so a commit a little later
@@ -827,8 +833,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         static member replace the one holding its id, and aiokafka then rejoins (replacing
         the other in turn) instead of surfacing FENCED_INSTANCE_ID: two such workers would
         take the partitions from each other forever. The newcomer notices it was replaced
-        early in its life (a restart after a crash is not replaced: the old process is
-        dead) and stops; the long-running worker keeps going."""
+        early in its life, within NEWCOMER_WINDOW_S of its first join (a restart after a crash
+        is not replaced: the old process is dead), and stops; the established worker, older
+        than that when the newcomer takes its id, keeps going and takes it back."""
         consumer = self._consumer
         if consumer is None or self.settings.instance_id is None:
             return
@@ -836,10 +843,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         now = time.monotonic()
         if self._first_join is None:
             self._first_join = now
-        elif (
-            member_id != self._member_id
-            and now - self._first_join < self.settings.effective_session_timeout_ms / 1000
-        ):
+        elif member_id != self._member_id and now - self._first_join < NEWCOMER_WINDOW_S:
             raise FatalError(fenced_line(self.settings))
         self._member_id = member_id
 

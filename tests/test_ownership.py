@@ -24,6 +24,7 @@ from benchmarks.rolling import (
 from stream_replica import admin
 from stream_replica.publisher import Publisher
 from stream_replica.store import ReplicaReader
+from stream_replica.worker import NEWCOMER_WINDOW_S
 from tests.helpers import cli, wait_until
 from tests.oracle import read_oracle
 from tests.test_cluster import check_store
@@ -228,15 +229,18 @@ async def test_duplicate_instance_id_fails_with_one_line(
 ) -> None:
     topic = await filled_topic(kafka_bootstrap, unique, 600, 2)
     group = unique("dup")
-    flags = ("--instance-id", "same", "--session-timeout-ms", "6000")
+    # The default session timeout (45 s): the first worker, past the newcomer window but
+    # within a session timeout of its join, must keep going.
+    flags = ("--instance-id", "same")
     first = Worker("first", kafka_bootstrap, topic, group, tmp_path, *flags).start()
     second = Worker("second", kafka_bootstrap, topic, group, tmp_path, *flags)
     try:
         await wait_until(lambda: len(first.assignments()) > 0, 60, 0.2)
-        # A worker replaced within its first session timeout is the newcomer and stops; one
-        # in the group for longer keeps going (see ReplicaWorker._check_replaced).
+        # A worker replaced within NEWCOMER_WINDOW_S of its first join is the newcomer and
+        # stops; one in the group for longer keeps going (ReplicaWorker._check_replaced).
         joined = first.assignments()[0][0]
-        await wait_until(lambda: time.time() - joined > 6.5, 10, 0.2, what="first to settle")
+        settled = NEWCOMER_WINDOW_S + 0.5
+        await wait_until(lambda: time.time() - joined > settled, 20, 0.2, what="first to settle")
         second.start()
         assert second.process is not None
         code = await asyncio.to_thread(second.process.wait, 60)
