@@ -321,6 +321,24 @@ class Startable(Protocol):
     async def start(self) -> None: ...
 
 
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer. aiokafka 0.14's fetcher cancels its fetch tasks on close and awaits
+    them without catching their CancelledError, which then ends ``stop()`` before the client
+    is closed (seen on SIGTERM while a fetch backed off from an unreachable broker: a
+    traceback and exit 1). That CancelledError is not aimed at us: absorbed here, and the
+    client closed."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # our own task is being cancelled: not the library's stray one
+        client = getattr(consumer, "_client", None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+
 async def start_client(settings: ConnectionSettings, client: Startable) -> None:
     """Start an aiokafka client; if that fails, stop it (no leaked connections or "Unclosed"
     warnings) and raise one clear :class:`StreamReplicaError`."""

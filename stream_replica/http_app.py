@@ -8,6 +8,7 @@ It only reads: a :class:`WorkerView` gives it a snapshot; it never drives the lo
 from __future__ import annotations
 
 import ssl
+import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import Protocol
@@ -28,6 +29,8 @@ class WorkerView(Protocol):
 class HealthRules:
     max_poll_age_s: float = 30.0  # /healthz fails when the loop has not polled for this long
     ready_max_lag: int = 1000  # /readyz: every served partition within this many records
+    # /readyz: and its end offset confirmed by the broker within this long
+    end_offset_max_age_s: float = 15.0
 
 
 def build_app(view: WorkerView, rules: HealthRules) -> web.Application:
@@ -43,7 +46,14 @@ def build_app(view: WorkerView, rules: HealthRules) -> web.Application:
         age = status.last_poll_age_s
         if age is not None and age <= rules.max_poll_age_s:
             return web.json_response({"status": "ok", "last_poll_age_s": round(age, 3)})
-        reason = "no poll yet" if age is None else f"last poll {age:.1f} s ago"
+        if age is None:
+            since = max(0.0, time.time() - status.started_at)
+            reason = (
+                f"no poll yet, {since:.0f} s after start: Kafka not reached or the group not "
+                "joined (see the log)"
+            )
+        else:
+            reason = f"last poll {age:.1f} s ago"
         return web.json_response(
             {"status": "unhealthy", "reason": reason, "max_poll_age_s": rules.max_poll_age_s},
             status=503,
@@ -54,6 +64,24 @@ def build_app(view: WorkerView, rules: HealthRules) -> web.Application:
         if not status.assigned:
             return web.json_response(
                 {"status": "not ready", "reason": "no assignment yet"}, status=503
+            )
+        unconfirmed = sorted(
+            p
+            for p, row in status.partitions.items()
+            if row.end_offset_age_s is not None
+            and row.end_offset_age_s > rules.end_offset_max_age_s
+        )
+        if unconfirmed:
+            oldest = max(status.partitions[p].end_offset_age_s or 0.0 for p in unconfirmed)
+            return web.json_response(
+                {
+                    "status": "not ready",
+                    "reason": f"the broker has not confirmed the end offsets of partitions "
+                    f"{unconfirmed} for {oldest:.0f} s (over {rules.end_offset_max_age_s:g} s): "
+                    "Kafka unreachable? Answers may be stale",
+                    "partitions": unconfirmed,
+                },
+                status=503,
             )
         behind = {
             str(p): row.lag

@@ -153,6 +153,13 @@ class Metrics:
             labels,
             registry=r,
         )
+        self.end_offset_age = Gauge(
+            "stream_replica_partition_end_offset_age_seconds",
+            "Time since the broker last confirmed the partition's end offset (grows while "
+            "Kafka is unreachable; past --end-offset-max-age-s the partition is not caught up)",
+            labels,
+            registry=r,
+        )
         self.rebuilding = Gauge(
             "stream_replica_partition_rebuild_remaining_records",
             "Records left to read while a partition is rebuilt from the log start (0: caught up)",
@@ -185,12 +192,15 @@ class Metrics:
 
     def set_partitions(self, rows: Mapping[int, PartitionRow]) -> None:
         """Replace the per-partition gauges: partitions no longer served disappear."""
-        for gauge in (self.end_offset, self.checkpoint, self.lag, self.rebuilding):
+        gauges = (self.end_offset, self.end_offset_age, self.checkpoint, self.lag, self.rebuilding)
+        for gauge in gauges:
             gauge.clear()
         for partition, row in rows.items():
             labels = (str(partition), row.role)
             if row.end_offset is not None:
                 self.end_offset.labels(*labels).set(row.end_offset)
+            if row.end_offset_age_s is not None:
+                self.end_offset_age.labels(*labels).set(row.end_offset_age_s)
             self.checkpoint.labels(*labels).set(row.checkpoint)
             self.lag.labels(*labels).set(row.lag)
             self.rebuilding.labels(*labels).set(row.rebuild_remaining)

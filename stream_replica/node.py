@@ -89,7 +89,9 @@ async def run_node(settings: WorkerSettings, store: ReplicaStore, stop: asyncio.
     sizer: asyncio.Task[None] | None = None
     if settings.http:
         host, port = parse_listen(settings.http)
-        rules = HealthRules(settings.health_max_poll_age_s, settings.ready_max_lag)
+        rules = HealthRules(
+            settings.health_max_poll_age_s, settings.ready_max_lag, settings.end_offset_max_age_s
+        )
         server_ssl, client_ssl = tls_contexts(settings)
         query = QueryConfig(
             token=None

@@ -13,8 +13,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_replica.store import Checkpoint
+
+
+class EndOffset(NamedTuple):
+    """A partition's end offset (high watermark) as the broker last reported it."""
+
+    offset: int
+    confirmed_at_ms: int  # wall clock of the fetch response that carried it
+
+
+def end_offset(consumer: AIOKafkaConsumer, tp: TopicPartition) -> EndOffset | None:
+    """The end offset of an assigned partition with the time the broker confirmed it (None
+    before the first fetch response). While the broker is unreachable it does not change,
+    and its age says how far back "caught up" was true."""
+    mark: int | None = consumer.highwater(tp)
+    confirmed_ms: int | None = consumer.last_poll_timestamp(tp)
+    return None if mark is None or confirmed_ms is None else EndOffset(mark, confirmed_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,19 +76,28 @@ def resume_from(
     return Resume(checkpoint.next_offset, False, None)
 
 
+def caught_up_since(next_offset: int, end: EndOffset | None, now_ms: int) -> int | None:
+    """When a store at ``next_offset`` last held everything the log had: when the broker
+    confirmed an end offset it has reached (not now: a broker unreachable since then may have
+    taken records and, past delete.retention.ms, dropped tombstones). None: not reached."""
+    if end is None or next_offset < end.offset:
+        return None
+    return min(now_ms, end.confirmed_at_ms)
+
+
 def advance(
     next_offsets: Mapping[int, int],
-    highwater: Callable[[int], int | None],
+    end_of: Callable[[int], EndOffset | None],
     caught_up_at: dict[int, int],
     now_ms: int,
 ) -> dict[int, Checkpoint]:
     """Checkpoints for a poll's next offsets; ``caught_up_at`` is refreshed for the
-    partitions that reached the high watermark (see store.Checkpoint)."""
+    partitions that reached the end offset (see store.Checkpoint, caught_up_since)."""
     checkpoints = {}
     for partition, next_offset in next_offsets.items():
-        mark = highwater(partition)
-        if mark is not None and next_offset >= mark:
-            caught_up_at[partition] = now_ms
+        since = caught_up_since(next_offset, end_of(partition), now_ms)
+        if since is not None:
+            caught_up_at[partition] = max(since, caught_up_at.get(partition, since))
         checkpoints[partition] = Checkpoint(next_offset, caught_up_at.setdefault(partition, now_ms))
     return checkpoints
 

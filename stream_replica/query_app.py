@@ -231,6 +231,7 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             "role": row.role,
             "replica_lag": row.lag,
             "caught_up": row.caught_up,
+            "end_offset_age_s": _age(row),
         }
         if state is None:
             if not row.caught_up and not stale:
@@ -255,6 +256,9 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
                 "X-Replica-Lag": str(row.lag),
                 "X-Caught-Up": "true" if row.caught_up else "false",
             }
+            age = _age(row)
+            if age is not None:
+                headers["X-Replica-End-Offset-Age-S"] = str(age)
             return web.Response(
                 body=state.payload, headers=headers, content_type="application/octet-stream"
             )
@@ -507,6 +511,7 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
                     "role": row.role,
                     "replica_lag": row.lag,
                     "caught_up": row.caught_up,
+                    "end_offset_age_s": _age(row),
                 }
             )
             if len(items) >= limit:
@@ -579,6 +584,12 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
     app.router.add_get("/grains/{grain_type}", scan, name="scan")
     app.router.add_get("/partitions", partitions)
     app.router.add_get("/openapi.json", openapi_json)
+
+
+def _age(row: PartitionRow) -> float | None:
+    """How long ago the broker confirmed the partition's end offset (ms precision)."""
+    age = row.end_offset_age_s
+    return None if age is None else round(age, 3)
 
 
 def _count_or_none(view: QueryView) -> int | None:

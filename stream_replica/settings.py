@@ -162,6 +162,12 @@ class WorkerSettings(KafkaSettings):
     health_max_poll_age_s: float = Field(
         default=30.0, gt=0, description="/healthz fails when the loop has not polled for this long"
     )
+    end_offset_max_age_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="a partition whose end offset the broker has not confirmed for this long "
+        "(Kafka unreachable) is not reported caught up: reads say caught_up false, /readyz fails",
+    )
     ready_max_lag: int = Field(
         default=1000,
         ge=0,

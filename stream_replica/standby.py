@@ -22,10 +22,10 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
-from stream_replica.connection import start_client
+from stream_replica.connection import start_client, stop_consumer
 from stream_replica.fold import FoldCounts
 from stream_replica.memory import FETCH_MAX_BYTES
-from stream_replica.offsets import advance, resume_from
+from stream_replica.offsets import EndOffset, advance, caught_up_since, end_offset, resume_from
 from stream_replica.ownership import now_ms
 from stream_replica.poll import fold_batch
 from stream_replica.settings import WorkerSettings
@@ -189,7 +189,7 @@ class StandbyFollower:
             log.debug("standby: %d refused records left to the active owner", len(result.rejected))
         checkpoints = advance(
             result.next_offsets,
-            lambda p: self._highwater(consumer, p),
+            lambda p: self._end(consumer, p),
             self._caught_up_at,
             now_ms(),
         )
@@ -207,9 +207,8 @@ class StandbyFollower:
             if tp.topic == self.topic and tp.partition in self._positions:
                 consumer.seek(tp, self._positions[tp.partition])
 
-    def _highwater(self, consumer: AIOKafkaConsumer, partition: int) -> int | None:
-        mark: int | None = consumer.highwater(TopicPartition(self.topic, partition))
-        return mark
+    def _end(self, consumer: AIOKafkaConsumer, partition: int) -> EndOffset | None:
+        return end_offset(consumer, TopicPartition(self.topic, partition))
 
     def lags(self) -> dict[int, int]:
         """Records behind the high watermark per standby partition (-1: not known yet)."""
@@ -217,30 +216,33 @@ class StandbyFollower:
             return {}
         result = {}
         for partition in self._partitions:
-            mark = self._highwater(self._consumer, partition)
+            end = self._end(self._consumer, partition)
             position = self._positions.get(partition)
-            result[partition] = -1 if mark is None or position is None else max(0, mark - position)
+            result[partition] = (
+                -1 if end is None or position is None else max(0, end.offset - position)
+            )
         return result
 
-    def marks(self) -> dict[int, tuple[int | None, int | None]]:
-        """(next offset, high watermark) per standby partition (None: not known yet)."""
-        result: dict[int, tuple[int | None, int | None]] = {}
+    def marks(self) -> dict[int, tuple[int | None, EndOffset | None]]:
+        """(next offset, end offset) per standby partition (None: not known yet)."""
+        result: dict[int, tuple[int | None, EndOffset | None]] = {}
         for partition in self._partitions:
-            mark = None if self._consumer is None else self._highwater(self._consumer, partition)
-            result[partition] = (self._positions.get(partition), mark)
+            end = None if self._consumer is None else self._end(self._consumer, partition)
+            result[partition] = (self._positions.get(partition), end)
         return result
 
     def touch(self) -> None:
-        """Refresh the caught-up time of standby partitions at the high watermark (the
-        tombstone-retention check on takeover uses it). Call with no await in between."""
+        """Refresh the caught-up time of standby partitions at the end offset: when the
+        broker confirmed it (the tombstone-retention check on takeover uses it). Call with no
+        await in between."""
         now = now_ms()
-        checkpoints = {
-            p: Checkpoint(self._positions[p], now)
-            for p, lag in self.lags().items()
-            if lag == 0 and p in self._positions
-        }
-        for partition in checkpoints:
-            self._caught_up_at[partition] = now
+        checkpoints = {}
+        for partition, (position, end) in self.marks().items():
+            since = None if position is None else caught_up_since(position, end, now)
+            if position is not None and since is not None:
+                since = max(since, self._caught_up_at.get(partition, since))
+                self._caught_up_at[partition] = since
+                checkpoints[partition] = Checkpoint(position, since)
         if checkpoints:
             self.store.set_checkpoints(checkpoints)
 
@@ -276,5 +278,5 @@ class StandbyFollower:
     async def stop(self) -> None:
         if self._consumer is not None:
             with contextlib.suppress(Exception):
-                await self._consumer.stop()
+                await stop_consumer(self._consumer)
             self._consumer = None

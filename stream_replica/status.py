@@ -13,7 +13,14 @@ from stream_replica.fold import FoldCounts
 class PartitionRow:
     """What the worker reports about one partition it serves."""
 
-    __slots__ = ("caught_up", "checkpoint", "end_offset", "rebuild_remaining", "role")
+    __slots__ = (
+        "caught_up",
+        "checkpoint",
+        "end_offset",
+        "end_offset_age_s",
+        "rebuild_remaining",
+        "role",
+    )
 
     def __init__(
         self,
@@ -22,12 +29,16 @@ class PartitionRow:
         end_offset: int | None,
         caught_up: bool,
         rebuild_remaining: int = 0,
+        end_offset_age_s: float | None = None,
     ) -> None:
         self.role = role
         self.checkpoint = checkpoint
         self.end_offset = end_offset
+        # caught up with the end offset the broker confirmed this long ago (not caught up
+        # when that is too long ago: the broker may have taken records since)
         self.caught_up = caught_up
         self.rebuild_remaining = rebuild_remaining
+        self.end_offset_age_s = end_offset_age_s
 
     @property
     def lag(self) -> int:
@@ -38,10 +49,15 @@ class PartitionRow:
             "role": self.role,
             "checkpoint": self.checkpoint,
             "end_offset": self.end_offset,
+            "end_offset_age_s": _rounded(self.end_offset_age_s),
             "lag": self.lag,
             "caught_up": self.caught_up,
             "rebuild_remaining": self.rebuild_remaining,
         }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 @dataclass

@@ -39,7 +39,7 @@ from aiokafka.errors import (
 from stream_replica import catchup
 from stream_replica.admin import AdminError, TopicInfo, describe_topic
 from stream_replica.catchup import CatchUpFocus
-from stream_replica.connection import start_client
+from stream_replica.connection import start_client, stop_consumer
 from stream_replica.durability import CatchUpDurability
 from stream_replica.errors import KafkaAccessError, StreamReplicaError
 from stream_replica.fold import FoldCounts, FoldResult, Rejection
@@ -47,7 +47,14 @@ from stream_replica.logs import RateLimitedLog
 from stream_replica.membership import GroupAssignment
 from stream_replica.memory import FETCH_MAX_BYTES
 from stream_replica.metrics import Metrics
-from stream_replica.offsets import CommitBook, advance, resume_from
+from stream_replica.offsets import (
+    CommitBook,
+    EndOffset,
+    advance,
+    caught_up_since,
+    end_offset,
+    resume_from,
+)
 from stream_replica.ownership import Ownership, fenced_line, is_fenced, partitions_of
 from stream_replica.poll import fold_batch
 from stream_replica.repair import ShadowRepairer
@@ -332,7 +339,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 # Leaves the group. Bounded: during a rebalance aiokafka first waits for its
                 # JoinGroup, which the broker may hold up to the rebalance timeout; our offsets
                 # are committed already, so the broker expiring the member is harmless.
-                await asyncio.wait_for(self._consumer.stop(), STOP_TIMEOUT_S)
+                await asyncio.wait_for(stop_consumer(self._consumer), STOP_TIMEOUT_S)
             except TimeoutError:
                 log.warning("leaving the group took over %.0f s; exiting anyway", STOP_TIMEOUT_S)
             except Exception as exc:
@@ -506,22 +513,29 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         """Every served partition: role, the store's next offset, the end offset at the last
         fetch, and how much is left while it has not caught up since it was assigned."""
         rows: dict[int, PartitionRow] = {}
-        served: list[tuple[int, str, int | None, int | None]] = [
-            (p, "standby", position, mark) for p, (position, mark) in self.standby.marks().items()
+        served: list[tuple[int, str, int | None, EndOffset | None]] = [
+            (p, "standby", position, end) for p, (position, end) in self.standby.marks().items()
         ]
         if self._consumer is not None:
             for partition in self._owned():
-                mark = self._consumer.highwater(TopicPartition(self.topic, partition))
-                served.append((partition, "active", self._positions.get(partition), mark))
-        for partition, role, position, mark in served:
+                end = end_offset(self._consumer, TopicPartition(self.topic, partition))
+                served.append((partition, "active", self._positions.get(partition), end))
+        now = now_ms()
+        max_age_s = self.settings.end_offset_max_age_s
+        for partition, role, position, end in served:
             checkpoint = position if position is not None else 0
-            caught_up = mark is not None and position is not None and position >= mark
-            if caught_up:
+            mark = None if end is None else end.offset
+            reached = mark is not None and position is not None and position >= mark
+            if reached:
                 self._reached_end.add((partition, role))
             remaining = 0
             if (partition, role) not in self._reached_end and mark is not None:
                 remaining = max(0, mark - checkpoint)
-            rows[partition] = PartitionRow(role, checkpoint, mark, caught_up, remaining)
+            # An end offset the broker has not confirmed for long (Kafka unreachable) says
+            # nothing about what the log holds now: not caught up, however close we were.
+            age_s = None if end is None else max(0, now - end.confirmed_at_ms) / 1000
+            caught_up = reached and age_s is not None and age_s <= max_age_s
+            rows[partition] = PartitionRow(role, checkpoint, mark, caught_up, remaining, age_s)
         return rows
 
     def group_assignment(self) -> GroupAssignment | None:
@@ -571,16 +585,22 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     def _mark_caught_up(
         self, consumer: AIOKafkaConsumer, partitions: Iterable[int] | None = None
     ) -> None:
-        """Record, for owned partitions whose position has reached the high watermark, that
-        the store is caught up now (the tombstone-retention check on assignment uses it)."""
+        """Record, for owned partitions whose position has reached the high watermark, since
+        when the store is caught up: when the broker confirmed that end offset (the
+        tombstone-retention check on assignment uses it)."""
         now = now_ms()
         wanted = set(self._owned()) if partitions is None else set(partitions)
         checkpoints = {}
         for partition in wanted:
             position = self._positions.get(partition)
-            if position is not None and self._is_caught_up(consumer, partition, position):
-                self._caught_up_at[partition] = now
-                checkpoints[partition] = Checkpoint(position, now)
+            if position is None:
+                continue
+            end = end_offset(consumer, TopicPartition(self.topic, partition))
+            since = caught_up_since(position, end, now)
+            if since is not None:
+                since = max(since, self._caught_up_at.get(partition, since))
+                self._caught_up_at[partition] = since
+                checkpoints[partition] = Checkpoint(position, since)
         if checkpoints:
             self.store.set_checkpoints(checkpoints)
 
@@ -621,7 +641,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.metrics.dlq_sends.inc(len(result.rejected))
         checkpoints = advance(
             result.next_offsets,
-            lambda p: consumer.highwater(TopicPartition(self.topic, p)),
+            lambda p: end_offset(consumer, TopicPartition(self.topic, p)),
             self._caught_up_at,
             now_ms(),
         )

@@ -77,6 +77,7 @@ async def test_metrics_exposition_and_status() -> None:
             "role": "standby",
             "checkpoint": 40,
             "end_offset": 42,
+            "end_offset_age_s": None,
             "lag": 2,
             "caught_up": True,
             "rebuild_remaining": 0,

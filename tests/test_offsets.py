@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_replica.offsets import CommitBook, Resume, advance, resume_from
+from stream_replica.offsets import CommitBook, EndOffset, Resume, advance, resume_from
 from stream_replica.store import Checkpoint
 
 HOUR_MS = 3_600_000
@@ -28,15 +28,18 @@ def test_resume_from_the_checkpoint_or_rebuild() -> None:
 
 
 def test_advance_refreshes_caught_up_time_at_the_high_watermark() -> None:
-    caught_up_at = {0: 5, 1: 5}
-    marks = {0: 100, 1: 300}
-    checkpoints = advance({0: 100, 1: 200, 2: 9}, marks.get, caught_up_at, 1_000)
+    caught_up_at = {0: 5, 1: 5, 3: 5}
+    # 3: the broker confirmed its end at 400, then went quiet (unreachable): caught up as of
+    # 400, not as of now
+    marks = {0: EndOffset(100, 1_000), 1: EndOffset(300, 1_000), 3: EndOffset(7, 400)}
+    checkpoints = advance({0: 100, 1: 200, 2: 9, 3: 7}, marks.get, caught_up_at, 1_000)
     assert checkpoints == {
         0: Checkpoint(100, 1_000),
         1: Checkpoint(200, 5),
         2: Checkpoint(9, 1_000),
+        3: Checkpoint(7, 400),
     }
-    assert caught_up_at == {0: 1_000, 1: 5, 2: 1_000}  # 2: first seen, counts from now
+    assert caught_up_at == {0: 1_000, 1: 5, 2: 1_000, 3: 400}  # 2: first seen, from now
 
 
 def test_a_store_behind_the_group_commits_only_once_past_it() -> None:

@@ -4,6 +4,7 @@ rules, and a batch fetched while its partitions were re-sought is never applied 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -52,6 +53,9 @@ class ScriptedConsumer:
 
     def highwater(self, tp: TopicPartition) -> int:
         return len(self.log[tp.partition])
+
+    def last_poll_timestamp(self, tp: TopicPartition) -> int:
+        return time.time_ns() // 1_000_000  # every call "fetches": the end is always fresh
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
         batch = {}
