@@ -40,6 +40,7 @@ def configure(level: str, log_format: LogFormat = "human") -> None:
     # connection failures, which stream-replica reports itself as one line with what to check.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
     handler.addFilter(_ConnectNoise())
+    handler.addFilter(LibraryRepeats())
 
 
 class _ConnectNoise(logging.Filter):
@@ -48,6 +49,39 @@ class _ConnectNoise(logging.Filter):
             record.name.startswith("aiokafka")
             and str(record.msg).startswith(("Unable connect to", "Unable to request metadata"))
         )
+
+
+class LibraryRepeats(logging.Filter):
+    """While a broker is unreachable aiokafka logs every failed fetch, metadata and
+    coordinator request: ~30 lines a second. One line per logger and message per interval;
+    the next one to pass says how many like it were held back. Our own lines pass untouched."""
+
+    MAX_KEYS: Final = 1024  # messages with their values baked in could grow it: start over
+
+    def __init__(self, interval_s: float = 10.0, prefix: str = "aiokafka") -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.prefix = prefix
+        self._passed: dict[tuple[str, str], float] = {}
+        self._held: Counter[tuple[str, str]] = Counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefix):
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        passed = self._passed.get(key)
+        if passed is not None and now - passed < self.interval_s:
+            self._held[key] += 1
+            return False
+        if len(self._passed) >= self.MAX_KEYS:
+            self._passed.clear()
+            self._held.clear()
+        self._passed[key] = now
+        held = self._held.pop(key, 0)
+        if held and passed is not None:
+            record.msg = f"{record.msg} [{held} more like this in the last {now - passed:.0f} s]"
+        return True
 
 
 class RateLimitedLog:

@@ -97,3 +97,29 @@ def test_shadowing_lines_are_rate_limited_with_their_grain_fields(
     assert lines[-1].getMessage() == (
         "5 more lines like the above suppressed in the last 3600 s (shadowed: 5); see audit"
     )
+
+
+def test_library_lines_repeat_once_per_interval_and_say_how_many_were_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(logs.time, "monotonic", lambda: clock[0])
+    limiter = logs.LibraryRepeats(interval_s=10.0)
+
+    def record(name: str, msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, args, None)
+
+    fetch = "aiokafka.consumer.fetcher"
+    passed = [
+        limiter.filter(record(fetch, "Failed fetch from %s: %s", 1, "down")) for _ in range(30)
+    ]
+    assert passed == [True] + [False] * 29
+    assert limiter.filter(record("aiokafka", "Unable to update metadata from %s", [1]))  # another
+    assert all(limiter.filter(record("stream_replica.worker", "ours")) for _ in range(5))
+    clock[0] += 11
+    later = record(fetch, "Failed fetch from %s: %s", 1, "down")
+    assert limiter.filter(later)
+    assert later.getMessage() == "Failed fetch from 1: down [29 more like this in the last 11 s]"
+    clock[0] += 11
+    quiet = record(fetch, "Failed fetch from %s: %s", 1, "down")
+    assert limiter.filter(quiet) and quiet.getMessage() == "Failed fetch from 1: down"
