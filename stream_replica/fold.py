@@ -155,6 +155,8 @@ def fold(records: Iterable[Polled], stored: Mapping[GrainId, GrainState | None])
         """The refused or ignored ``record`` is now the last on the key of ``current``."""
         if record.partition != current.partition:
             return False  # another partition's log: compacting it cannot remove the state
+        if record.offset <= current.offset:
+            return False  # re-read from before the state (a replay): the state is the later
         first = not current.shadowed
         counts.shadowed += first
         result.shadowed.append(
@@ -211,6 +213,8 @@ def fold(records: Iterable[Polled], stored: Mapping[GrainId, GrainState | None])
             unwritten_applied.add(grain)
         elif body.sequence == current.sequence:
             counts.duplicates += 1
+            if record.partition == current.partition and record.offset <= current.offset:
+                continue  # re-read from before the state (a replay): the state is the later
             if body.payload != current.payload:
                 result.warnings.append(
                     f"grain {grain[0]}/{grain[1]}: sequence {body.sequence} redelivered at "

@@ -17,8 +17,12 @@ def entry(grain: str, sequence: int, payload: bytes = b"p", delta: bool = False)
     return Entry("t", grain, sequence, sequence * 10, "src", kind, payload)
 
 
-def records(bodies: list[Entry | Tombstone | ContractError], partition: int = 0) -> list[Polled]:
-    return [Polled(partition, offset, None, None, body) for offset, body in enumerate(bodies)]
+def records(
+    bodies: list[Entry | Tombstone | ContractError], partition: int = 0, start: int = 0
+) -> list[Polled]:
+    return [
+        Polled(partition, offset, None, None, body) for offset, body in enumerate(bodies, start)
+    ]
 
 
 def apply_batch(store: Store, batch: list[Polled]) -> None:
@@ -56,24 +60,24 @@ def test_only_final_state_is_written_and_intermediates_counted() -> None:
 def test_equal_sequence_later_record_wins_and_warns_on_different_payload() -> None:
     # As in a compacted log, where only the last record of the key survives.
     stored: Store = {("t", "a"): GrainState(4, 0, "src", b"orig", 0, 9)}
-    result = fold(records([entry("a", 4, b"orig"), entry("a", 4, b"other")]), stored)
+    result = fold(records([entry("a", 4, b"orig"), entry("a", 4, b"other")], start=10), stored)
     state = result.changes[("t", "a")]
-    assert state is not None and state.payload == b"other" and state.offset == 1
+    assert state is not None and state.payload == b"other" and state.offset == 11
     assert result.counts.duplicates == 2
     assert len(result.warnings) == 1 and "different payload" in result.warnings[0]
 
 
 def test_lower_sequence_is_stale_and_shadows_the_state() -> None:
     stored: Store = {("t", "a"): GrainState(4, 0, "src", b"orig", 0, 0)}
-    result = fold(records([entry("a", 1), entry("a", 3)]), stored)
+    result = fold(records([entry("a", 1), entry("a", 3)], start=1), stored)
     state = result.changes[("t", "a")]
     assert state is not None and state.sequence == 4 and state.payload == b"orig"
-    assert state.shadowed_by == 1
+    assert state.shadowed_by == 2
     assert result.counts.stale == 2
     assert result.counts.shadowed == 1  # a grain's state counts once until it changes
     assert [(s.state_offset, s.by_offset, s.kind) for s in result.shadowed] == [
-        (0, 0, "stale"),
         (0, 1, "stale"),
+        (0, 2, "stale"),
     ]
 
 
@@ -244,3 +248,23 @@ def test_rebuild_after_compaction_equals_live_except_shadowed_grains(
     for grain, state in live.items():
         if state.shadowed:  # what a rebuild would get is not the live state: reported
             assert rebuilt.get(grain) != state
+
+
+def test_records_re_read_from_before_the_state_change_nothing() -> None:
+    """A replay without --rebuild re-reads records older than the held state: a lower or
+    equal sequence, a Delta or an invalid record there neither shadows the state (it comes
+    before it in the log, so compaction keeps the state) nor replaces it."""
+    held = GrainState(7, 0, "src", b"later", 0, 30)
+    stored: Store = {("t", "a"): held}
+    bodies: list[Entry | Tombstone | ContractError] = [
+        entry("a", 5),
+        entry("a", 6, delta=True),
+        ContractError("bad", ("t", "a")),
+        entry("a", 7, payload=b"earlier"),
+    ]
+    result = fold(records(bodies), stored)  # offsets 0..3, all before 30
+    assert result.changes == {} and result.shadowed == [] and result.warnings == []
+    assert [r.shadows_offset for r in result.rejected] == [None, None]
+    assert (result.counts.stale, result.counts.duplicates) == (1, 1)
+    after = Polled(0, 31, None, None, entry("a", 5))  # after the state: it does shadow it
+    assert [s.by_offset for s in fold([after], stored).shadowed] == [31]
