@@ -804,18 +804,22 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         # aiokafka swallows exceptions raised here, so log them ourselves.
         try:
             async with self._batch_lock:  # waits for the in-flight poll's write + commit
-                partitions = [tp.partition for tp in revoked if tp.topic == self.topic]
-                if self._consumer is not None and partitions:
-                    await self._await_commit_task()
-                    await self.durability.persist()  # without the WAL: flushed, then committed
-                    await self._commit_pending(self._consumer, partitions)
-                    self._mark_caught_up(self._consumer, partitions)
-                if partitions:
-                    self._focus.revoked(partitions)
-                    self.ownership.revoked(partitions)
-                    log.info("released partitions %s", sorted(partitions))
-                self._rebalancing = True
-                self._seek_epoch += 1  # a poll fetched before now must not be applied
+                try:
+                    partitions = [tp.partition for tp in revoked if tp.topic == self.topic]
+                    if self._consumer is not None and partitions:
+                        await self._await_commit_task()
+                        await self.durability.persist()  # no WAL: flushed, then committed
+                        await self._commit_pending(self._consumer, partitions)
+                        self._mark_caught_up(self._consumer, partitions)
+                    if partitions:
+                        self._focus.revoked(partitions)
+                        self.ownership.revoked(partitions)
+                        log.info("released partitions %s", sorted(partitions))
+                finally:
+                    # Even if the steps above failed: nothing fetched before now may be
+                    # applied, nor committed with the old generation.
+                    self._rebalancing = True
+                    self._seek_epoch += 1
         except Exception:
             log.exception("revocation handling failed")
 

@@ -699,3 +699,22 @@ async def test_a_catch_up_lets_other_tasks_run_between_polls(
     assert len(seen) >= 100  # many polls of 10 records, most answered from aiokafka's buffer
     stuck = [n for n, (a, b) in enumerate(itertools.pairwise(seen)) if b <= a]
     assert not stuck, f"no other task ran between polls {stuck[:5]} of {len(seen)}"
+
+
+async def test_a_failed_revocation_still_fences_polls_fetched_before_it(tmp_path: Path) -> None:
+    """No broker needed: the revocation callback itself. Whatever step fails in it, a poll
+    fetched before the revocation must not be applied (the seek epoch moves) nor committed
+    with the old generation (rebalancing is set)."""
+    from aiokafka import TopicPartition
+
+    worker = InProcessWorker("127.0.0.1:1", "t", "g", tmp_path / "db")
+    replica = worker.worker
+
+    def broken(partitions: Any) -> None:
+        raise RuntimeError("store gone")
+
+    replica.ownership.revoked = broken  # type: ignore[method-assign]
+    epoch = replica._seek_epoch
+    await replica.on_partitions_revoked({TopicPartition("t", 0)})
+    assert replica._rebalancing is True and replica._seek_epoch == epoch + 1
+    worker.store.close()
