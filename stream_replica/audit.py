@@ -40,6 +40,7 @@ from stream_replica.contract import (
     parse_key,
 )
 from stream_replica.fold import GrainState, Polled, fold
+from stream_replica.offsets import READ_COMMITTED
 from stream_replica.store import ReplicaReader, StoreError
 
 PROGRESS_INTERVAL_S = 2.0
@@ -83,7 +84,9 @@ async def _read_last_records(
 ) -> dict[int, _LastRecords]:
     settings = connection(cluster)
     consumer = AIOKafkaConsumer(
-        **settings.options("consumer"), enable_auto_commit=False, auto_offset_reset="earliest"
+        **(READ_COMMITTED | settings.options("consumer")),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
     )
     await start_client(settings, consumer)
     found = {p: _LastRecords() for p in checkpoints}

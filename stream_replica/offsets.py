@@ -11,13 +11,20 @@ Two rules (README "Partition ownership and recovery"):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from stream_replica.store import Checkpoint
+
+# Every consumer that folds the log reads committed records only: a transactional producer's
+# aborted records are never applied (aiokafka's default, read_uncommitted, returns them). A
+# --kafka-option isolation_level=... still wins.
+READ_COMMITTED: Final[dict[str, str]] = {"isolation_level": "read_committed"}
 
 
 class EndOffset(NamedTuple):
@@ -74,6 +81,32 @@ def resume_from(
             f"{delete_retention_ms} (tombstones may be gone): wiping and rebuilding",
         )
     return Resume(checkpoint.next_offset, False, None)
+
+
+async def past_control_records(
+    consumer: AIOKafkaConsumer, topic: str, positions: Mapping[int, int], partitions: Iterable[int]
+) -> dict[int, int]:
+    """After an empty poll, the partitions whose consumer position is past the store's next
+    offset, with that position. A transactional producer ends each transaction with a control
+    record (a commit or abort marker) that getmany steps over without returning it (aborted
+    records too): without this the store's next offset stays before the last one and the
+    partition is never caught up (lag 1 forever, no repairs, the tombstone-retention clock
+    never refreshed). The position is past every record getmany returned, all applied by
+    then, so what lies between is control or aborted records only."""
+    moved: dict[int, int] = {}
+    for partition in partitions:
+        tp = TopicPartition(topic, partition)
+        end = consumer.highwater(tp)
+        held = positions.get(partition)
+        if end is None or held is None or held >= end:
+            continue
+        try:  # at once for a sought partition; bounded for one being reset
+            position: int = await asyncio.wait_for(consumer.position(tp), 0.05)
+        except (KafkaError, TimeoutError):
+            continue
+        if position > held:
+            moved[partition] = position
+    return moved
 
 
 def caught_up_since(next_offset: int, end: EndOffset | None, now_ms: int) -> int | None:

@@ -25,7 +25,15 @@ from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRa
 from stream_replica.connection import start_client, stop_consumer
 from stream_replica.fold import FoldCounts
 from stream_replica.memory import FETCH_MAX_BYTES
-from stream_replica.offsets import EndOffset, advance, caught_up_since, end_offset, resume_from
+from stream_replica.offsets import (
+    READ_COMMITTED,
+    EndOffset,
+    advance,
+    caught_up_since,
+    end_offset,
+    past_control_records,
+    resume_from,
+)
 from stream_replica.ownership import now_ms
 from stream_replica.poll import fold_batch
 from stream_replica.settings import WorkerSettings
@@ -120,7 +128,7 @@ class StandbyFollower:
     async def _ensure_consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(
-                **self.settings.options("consumer"),
+                **(READ_COMMITTED | self.settings.options("consumer")),
                 group_id=None,  # never part of the group, never commits
                 client_id=f"stream-replica-{self.settings.group}-standby",
                 enable_auto_commit=False,
@@ -164,6 +172,14 @@ class StandbyFollower:
                 log.warning("standby fetch failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)
                 continue
+            if not batch:
+                async with self.lock:
+                    if epoch == self._epoch:
+                        self._step_over_markers(
+                            await past_control_records(
+                                consumer, self.topic, self._positions, self._partitions
+                            )
+                        )
             if batch:
                 async with self.lock:
                     if epoch == self._epoch:
@@ -201,6 +217,15 @@ class StandbyFollower:
             raise StandbyError(f"standby: {exc}") from None
         self.counts.add(result.counts)
         self._positions.update(result.next_offsets)
+
+    def _step_over_markers(self, moved: dict[int, int]) -> None:
+        """The consumer stepped over control records (offsets.past_control_records)."""
+        if not moved or self._consumer is None:
+            return
+        consumer = self._consumer
+        checkpoints = advance(moved, lambda p: self._end(consumer, p), self._caught_up_at, now_ms())
+        self.store.set_checkpoints(checkpoints)
+        self._positions.update(moved)
 
     def _reseek(self, consumer: AIOKafkaConsumer) -> None:
         for tp in consumer.assignment():

@@ -48,11 +48,13 @@ from stream_replica.membership import GroupAssignment
 from stream_replica.memory import FETCH_MAX_BYTES
 from stream_replica.metrics import Metrics
 from stream_replica.offsets import (
+    READ_COMMITTED,
     CommitBook,
     EndOffset,
     advance,
     caught_up_since,
     end_offset,
+    past_control_records,
     resume_from,
 )
 from stream_replica.ownership import Ownership, fenced_line, is_fenced, partitions_of
@@ -247,7 +249,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         session_timeout_ms = self.settings.effective_session_timeout_ms
         self._consumer = AIOKafkaConsumer(
-            **self.settings.options("consumer"),
+            **(READ_COMMITTED | self.settings.options("consumer")),
             group_id=self.settings.group,
             client_id=f"stream-replica-{self.settings.group}",
             enable_auto_commit=False,
@@ -399,8 +401,10 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                         # Fetched before on_partitions_assigned sought (e.g. from the group's
                         # committed offset): drop it and fetch again from our own positions.
                         self._reseek(consumer)
-            elif self._book:
-                self._schedule_commit(consumer)
+            else:
+                await self._step_over_markers(consumer, epoch)
+                if self._book:
+                    self._schedule_commit(consumer)
             self._periodic()
             if self.durability.due:
                 await self._settle_durability()
@@ -450,6 +454,26 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         if self._in_fetch and fetching_task is not None:
             self._fetch_cancelled = True
             fetching_task.cancel()
+
+    async def _step_over_markers(self, consumer: AIOKafkaConsumer, epoch: int) -> None:
+        """After an empty poll: past the transaction markers the consumer stepped over
+        (offsets.past_control_records)."""
+        async with self._batch_lock:
+            if self._rebalancing or epoch != self._seek_epoch:
+                return
+            moved = await past_control_records(consumer, self.topic, self._positions, self._owned())
+            if not moved:
+                return
+            checkpoints = advance(
+                moved,
+                lambda p: end_offset(consumer, TopicPartition(self.topic, p)),
+                self._caught_up_at,
+                now_ms(),
+            )
+            self.store.set_checkpoints(checkpoints)
+            self._positions.update(moved)
+            for partition, next_offset in moved.items():
+                self._book.written(partition, next_offset)
 
     async def _sweep_repairs(self, consumer: AIOKafkaConsumer, repairer: ShadowRepairer) -> None:
         """Now and then, repair shadowed grains of caught-up partitions (also those whose

@@ -182,3 +182,23 @@ def test_commits_are_never_ahead_of_a_flush_while_held(ops: list[tuple[str, int]
                     assert due[0] <= flushed, (due, flushed)
                 group = due[0]
                 book.committed(due)
+
+
+async def test_past_control_records_takes_positions_only_where_the_consumer_is_ahead() -> None:
+    from aiokafka import TopicPartition
+
+    from stream_replica.offsets import past_control_records
+
+    class Consumer:
+        ends = {0: 10, 1: 10, 2: 10, 3: None}
+        positions = {0: 10, 1: 7, 2: 10, 3: 5}
+
+        def highwater(self, tp: TopicPartition) -> int | None:
+            return self.ends[tp.partition]
+
+        async def position(self, tp: TopicPartition) -> int:
+            return self.positions[tp.partition]
+
+    held = {0: 9, 1: 7, 2: 10, 3: 4}  # 0: a marker at 9; 1: nothing stepped over; 2: at end
+    moved = await past_control_records(Consumer(), "t", held, [0, 1, 2, 3])  # type: ignore[arg-type]
+    assert moved == {0: 10}  # 3: end offset unknown yet, left alone

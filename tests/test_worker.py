@@ -718,3 +718,50 @@ async def test_a_failed_revocation_still_fences_polls_fetched_before_it(tmp_path
     await replica.on_partitions_revoked({TopicPartition("t", 0)})
     assert replica._rebalancing is True and replica._seek_epoch == epoch + 1
     worker.store.close()
+
+
+async def test_a_transactional_producers_log_is_caught_up_and_aborted_records_never_applied(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    """A transactional producer ends each transaction with a control record (a commit or
+    abort marker) that the consumer steps over without returning it: the store's next offset
+    must still reach the end offset (caught up, committed, lag 0), and an aborted
+    transaction's records must never reach the replica."""
+    from aiokafka import AIOKafkaProducer
+
+    from stream_replica.contract import Entry, encode_key, encode_value
+
+    topic = await make_topic(partitions=1)
+
+    def record(grain_key: str, sequence: int, payload: bytes) -> dict[str, Any]:
+        entry = Entry("t", grain_key, sequence, 1, "eu", EntryType.FULL_STATE, payload)
+        return {"key": encode_key("t", grain_key), "value": encode_value(entry), "partition": 0}
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=unique("tx"))
+    await producer.start()
+    try:
+        async with producer.transaction():
+            for i in range(3):
+                await producer.send(topic, **record(f"g{i}", 1, b"committed"))
+        await producer.begin_transaction()
+        await producer.send(topic, **record("g0", 2, b"aborted"))
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+    ends = await admin.end_offsets(kafka_bootstrap, topic, 1)
+    assert ends == {0: 6}  # 3 records, a commit marker, 1 aborted record, an abort marker
+    group = unique("g")
+    worker = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "db").start()
+    try:
+        await wait_until(lambda: worker.caught_up(ends), 60, 0.1, what="next offset 6")
+        rows = worker.worker.partition_rows()
+        assert rows[0].caught_up and rows[0].lag == 0
+        state = worker.store.get(("t", "g0"))
+        assert state is not None and (state.sequence, state.payload) == (1, b"committed")
+
+        async def committed() -> bool:
+            return await admin.committed_offsets(kafka_bootstrap, group, topic) == ends
+
+        await wait_until(committed, 30, 0.2, what="offset 6 committed")
+    finally:
+        await worker.stop()
