@@ -136,21 +136,69 @@ async def cmd_publish(args: argparse.Namespace) -> int:
 
 
 async def _publish_line(publisher: Any, line: str) -> None:
-    obj = json.loads(line)
+    """Publish one stdin line; a ValueError names the field and what was expected."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc}): expected one JSON object per line") from None
     if not isinstance(obj, dict):
-        raise ValueError("expected a JSON object")
-    grain_type, grain_key = obj["grain_type"], obj["grain_key"]
-    if not isinstance(grain_type, str) or not isinstance(grain_key, str):
-        raise ValueError("grain_type and grain_key must be strings")
+        raise ValueError(f"expected a JSON object, got {_json_type(obj)}")
+    grain_type = _string_field(obj, "grain_type")
+    grain_key = _string_field(obj, "grain_key")
     if obj.get("delete") is True:
         await publisher.publish_tombstone(grain_type, grain_key)
         return
-    payload = base64.b64decode(obj["payload"], validate=True)
+    if "payload" not in obj:
+        raise ValueError(
+            "field 'payload' is missing: expected the state as a base64 string "
+            '(or "delete": true for a tombstone)'
+        )
+    encoded = obj["payload"]
+    if not isinstance(encoded, str):
+        raise ValueError(f"field 'payload': expected a base64 string, got {_json_type(encoded)}")
+    try:
+        payload = base64.b64decode(encoded, validate=True)
+    except ValueError as exc:  # binascii.Error
+        raise ValueError(
+            f"field 'payload': expected standard base64 (A-Z a-z 0-9 + /, '=' padding), got "
+            f"{_shown(encoded)} ({exc})"
+        ) from None
     sequence = obj.get("sequence")
     if sequence is not None and (type(sequence) is not int or not 1 <= sequence < 2**64):
-        raise ValueError(f"sequence {sequence!r} is not an integer in 1..2**64-1")
-    entry_type = EntryType(obj.get("entry_type", "FullState"))
+        raise ValueError(
+            f"field 'sequence': expected an integer in 1..2**64-1, got {_shown(sequence)}"
+        )
+    entry_type_name = obj.get("entry_type", EntryType.FULL_STATE.value)
+    try:
+        entry_type = EntryType(entry_type_name)
+    except ValueError:
+        expected = " or ".join(repr(e.value) for e in EntryType)
+        raise ValueError(
+            f"field 'entry_type': expected {expected}, got {_shown(entry_type_name)}"
+        ) from None
     await publisher.publish_snapshot(grain_type, grain_key, payload, sequence, entry_type)
+
+
+def _string_field(obj: dict[str, Any], name: str) -> str:
+    if name not in obj:
+        raise ValueError(f"field {name!r} is missing: expected a string")
+    value = obj[name]
+    if not isinstance(value, str):
+        raise ValueError(f"field {name!r}: expected a string, got {_json_type(value)}")
+    return value
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    names |= {list: "an array", dict: "an object"}
+    return f"{names.get(type(value), type(value).__name__)} {_shown(value)}"
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 async def cmd_run(args: argparse.Namespace) -> int:

@@ -142,3 +142,59 @@ async def test_cli_publish_json_lines(kafka_bootstrap: str, make_topic: TopicFac
     assert any(isinstance(b, Tombstone) for b in bodies)
     assert not any(getattr(b, "entry_type", None) is EntryType.DELTA for b in bodies)
     assert any(getattr(b, "sequence", None) == 7 and b.payload == b"hello" for b in bodies)  # type: ignore[union-attr]
+
+
+class _NoPublisher:
+    async def publish_tombstone(self, grain_type: str, grain_key: str) -> None:
+        raise AssertionError("nothing should be published")
+
+    async def publish_snapshot(self, *args: object) -> None:
+        raise AssertionError("nothing should be published")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            "not json",
+            "not JSON (Expecting value: line 1 column 1 (char 0)): expected one JSON object "
+            "per line",
+        ),
+        ("[1]", "expected a JSON object, got an array [1]"),
+        ('{"grain_key": "k", "payload": ""}', "field 'grain_type' is missing: expected a string"),
+        (
+            '{"grain_type": "t", "grain_key": 3}',
+            "field 'grain_key': expected a string, got a number 3",
+        ),
+        (
+            '{"grain_type": "t", "grain_key": "k"}',
+            "field 'payload' is missing: expected the state as a base64 string "
+            '(or "delete": true for a tombstone)',
+        ),
+        (
+            '{"grain_type": "t", "grain_key": "k", "payload": null}',
+            "field 'payload': expected a base64 string, got null",
+        ),
+        (
+            '{"grain_type": "t", "grain_key": "k", "payload": "!!"}',
+            "field 'payload': expected standard base64 (A-Z a-z 0-9 + /, '=' padding), got "
+            "'!!' (Only base64 data is allowed)",
+        ),
+        (
+            '{"grain_type": "t", "grain_key": "k", "payload": "", "sequence": "3"}',
+            "field 'sequence': expected an integer in 1..2**64-1, got '3'",
+        ),
+        (
+            '{"grain_type": "t", "grain_key": "k", "payload": "", "entry_type": "Snap"}',
+            "field 'entry_type': expected 'FullState' or 'Delta', got 'Snap'",
+        ),
+    ],
+)
+async def test_a_bad_stdin_line_names_the_field_and_what_was_expected(
+    line: str, message: str
+) -> None:
+    from stream_replica.cli import _publish_line
+
+    with pytest.raises(ValueError) as err:
+        await _publish_line(_NoPublisher(), line)
+    assert str(err.value) == message
