@@ -13,6 +13,7 @@ import faulthandler
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -26,7 +27,7 @@ from pydantic_settings import BaseSettings
 from stream_replica import admin, event_loop, fold, logs, tuning
 from stream_replica.cli_flags import add_model_flags, settings_from
 from stream_replica.contract import ContractError, EntryType, GrainId
-from stream_replica.errors import StreamReplicaError
+from stream_replica.errors import ConfigurationError, StreamReplicaError
 from stream_replica.fold import GrainState
 from stream_replica.settings import (
     CONTAINER_NAME,
@@ -113,6 +114,7 @@ async def cmd_publish(args: argparse.Namespace) -> int:
     from stream_replica.workload import sample_workload
 
     s = settings_from(PublishSettings, args)
+    await _require_topic(s)
     bad_lines = 0
     sent = 0
     async with Publisher(s, s.topic, s.source_cluster) as publisher:
@@ -133,6 +135,17 @@ async def cmd_publish(args: argparse.Namespace) -> int:
         await publisher.flush()
     emit({"topic": s.topic, "published": sent, "rejected_lines": bad_lines})
     return 1 if bad_lines else 0
+
+
+async def _require_topic(s: PublishSettings) -> None:
+    """Refuse a topic that does not exist before producing: the producer would wait for it
+    for 40 s (max_block_ms), logging "not found" ten times a second."""
+    if await admin.topic_partitions(s, s.topic) is None:
+        raise ConfigurationError(
+            f"topic {s.topic!r} does not exist on {s.bootstrap_servers}; create it with "
+            f"`stream-replica topic create --topic {shlex.quote(s.topic)} [--partitions N]` "
+            "(same connection settings)"
+        )
 
 
 async def _publish_line(publisher: Any, line: str) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -198,3 +200,30 @@ async def test_a_bad_stdin_line_names_the_field_and_what_was_expected(
     with pytest.raises(ValueError) as err:
         await _publish_line(_NoPublisher(), line)
     assert str(err.value) == message
+
+
+def test_publish_to_a_missing_topic_is_one_line_at_once(
+    kafka_bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    """The producer waited 40 s for the topic, logging "not found" ~400 times, then raised
+    UnknownTopicOrPartitionError."""
+    topic = unique("missing")
+    started = time.monotonic()
+    result = cli("publish", "--bootstrap-servers", kafka_bootstrap, "--topic", topic, "--demo", "5")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"stream-replica: topic {topic!r} does not exist on {kafka_bootstrap}; create it with "
+        f"`stream-replica topic create --topic {topic} [--partitions N]` "
+        "(same connection settings)"
+    ]
+    assert result.stdout == ""
+    assert time.monotonic() - started < 20
+
+
+async def test_topic_partitions_never_creates_the_topic(
+    kafka_bootstrap: str, make_topic: TopicFactory, unique: Callable[[str], str]
+) -> None:
+    assert await admin.topic_partitions(kafka_bootstrap, await make_topic(partitions=3)) == 3
+    missing = unique("missing")
+    assert await admin.topic_partitions(kafka_bootstrap, missing) is None
+    assert await admin.describe_topic(kafka_bootstrap, missing) is None
