@@ -75,6 +75,8 @@ def emit(obj: Any) -> None:
 
 
 async def cmd_topic_create(args: argparse.Namespace) -> int:
+    """Exit 0 when the topic was created, or exists as asked; 3 when it exists but differs
+    (then one line says how, and that it was left unchanged)."""
     s = settings_from(TopicSettings, args)
     configs = admin.replication_topic_configs(
         s.replication_factor, s.segment_ms, s.delete_retention_ms
@@ -83,9 +85,40 @@ async def cmd_topic_create(args: argparse.Namespace) -> int:
     info = await admin.describe_topic(s, s.topic)
     assert info is not None
     emit({"created": created, **info.as_json()})
-    if not created:
-        log.info("topic %s already existed; left as it is", s.topic)
-    return _report_compaction(info)
+    if created:
+        return _report_compaction(info)
+    differences = _differences(s, info, configs["cleanup.policy"])
+    if not differences:
+        log.info(
+            "topic %s already existed (%d partitions, cleanup.policy=%s); left as it is",
+            s.topic,
+            info.partitions,
+            info.configs.get("cleanup.policy"),
+        )
+        return 0
+    print(
+        f"stream-replica: topic {s.topic!r} already exists with {'; '.join(differences)}; "
+        "left unchanged (topic create never alters an existing topic)",
+        file=sys.stderr,
+    )
+    return 3
+
+
+def _differences(s: TopicSettings, info: admin.TopicInfo, policy: str) -> list[str]:
+    """How the existing topic differs from what was asked: the cleanup policy always (it is
+    what the command is for), the partition count and replication factor when given (flag or
+    environment; the defaults are no request)."""
+    found = []
+    if "partitions" in s.model_fields_set and info.partitions != s.partitions:
+        found.append(f"{info.partitions} partitions (asked {s.partitions})")
+    if "replication_factor" in s.model_fields_set and (
+        info.replication_factor != s.replication_factor
+    ):
+        found.append(f"replication factor {info.replication_factor} (asked {s.replication_factor})")
+    existing = info.configs.get("cleanup.policy", "delete")
+    if sorted(existing.split(",")) != sorted(policy.split(",")):
+        found.append(f"cleanup.policy={existing} (asked {policy})")
+    return found
 
 
 async def cmd_topic_describe(args: argparse.Namespace) -> int:

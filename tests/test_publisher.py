@@ -227,3 +227,32 @@ async def test_topic_partitions_never_creates_the_topic(
     missing = unique("missing")
     assert await admin.topic_partitions(kafka_bootstrap, missing) is None
     assert await admin.describe_topic(kafka_bootstrap, missing) is None
+
+
+async def test_topic_create_on_an_existing_topic_that_differs_says_so(
+    kafka_bootstrap: str, make_topic: TopicFactory
+) -> None:
+    """It exited 0 with only "already existed; left as it is"."""
+    topic = await make_topic(partitions=3)
+    base = ("topic", "create", "--bootstrap-servers", kafka_bootstrap, "--topic", topic)
+    same = cli(*base, "--partitions", "3")
+    assert same.returncode == 0, same.stderr
+    assert "already existed (3 partitions, cleanup.policy=compact); left as it is" in same.stderr
+    unasked = cli(*base)  # the default partition count is no request
+    assert unasked.returncode == 0, unasked.stderr
+    differs = cli(*base, "--partitions", "6", "--replication-factor", "1")
+    assert differs.returncode == 3
+    assert differs.stderr.strip().splitlines()[-1] == (
+        f"stream-replica: topic {topic!r} already exists with 3 partitions (asked 6); "
+        "left unchanged (topic create never alters an existing topic)"
+    )
+    assert json.loads(differs.stdout)["partitions"] == 3
+    info = await admin.describe_topic(kafka_bootstrap, topic)
+    assert info is not None and info.partitions == 3
+
+    plain = await make_topic(partitions=2, compacted=False)
+    policy = cli("topic", "create", "--bootstrap-servers", kafka_bootstrap, "--topic", plain)
+    assert policy.returncode == 3
+    assert "already exists with cleanup.policy=delete (asked compact); left unchanged" in (
+        policy.stderr
+    )
