@@ -88,6 +88,18 @@ def replication_topic_configs(
     return configs
 
 
+def dead_letter_topic_configs(
+    replication_factor: int, segment_ms: int = DEFAULT_SEGMENT_MS
+) -> dict[str, str]:
+    """A dead-letter topic: deleted by age (retention.ms, the broker's default), never
+    compacted (a grain's refused records would replace each other, and a compacted topic
+    refuses records without a key)."""
+    configs = {"cleanup.policy": "delete", "segment.ms": str(segment_ms)}
+    if replication_factor > 1:
+        configs["min.insync.replicas"] = str(max(1, min(2, replication_factor - 1)))
+    return configs
+
+
 async def _retrying(
     call: Callable[[], Awaitable[T]], only: tuple[type[KafkaError], ...] | None = None
 ) -> T:

@@ -78,15 +78,18 @@ async def cmd_topic_create(args: argparse.Namespace) -> int:
     """Exit 0 when the topic was created, or exists as asked; 3 when it exists but differs
     (then one line says how, and that it was left unchanged)."""
     s = settings_from(TopicSettings, args)
-    configs = admin.replication_topic_configs(
-        s.replication_factor, s.segment_ms, s.delete_retention_ms
-    )
+    if s.cleanup_policy == "delete":
+        configs = admin.dead_letter_topic_configs(s.replication_factor, s.segment_ms)
+    else:
+        configs = admin.replication_topic_configs(
+            s.replication_factor, s.segment_ms, s.delete_retention_ms
+        )
     created = await admin.create_topic(s, s.topic, s.partitions, s.replication_factor, configs)
     info = await admin.describe_topic(s, s.topic)
     assert info is not None
     emit({"created": created, **info.as_json()})
     if created:
-        return _report_compaction(info)
+        return _report_compaction(info) if s.cleanup_policy == "compact" else 0
     differences = _differences(s, info, configs["cleanup.policy"])
     if not differences:
         log.info(
@@ -509,9 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     topic = commands.add_parser("topic", help="create or describe the replication topic")
     topic_commands = topic.add_subparsers(dest="topic_command", required=True)
-    _sub(topic_commands, "create", "create the topic, compacted", TopicSettings).set_defaults(
-        handler=cmd_topic_create
-    )
+    _sub(
+        topic_commands,
+        "create",
+        "create the topic, compacted (--cleanup-policy delete: a dead-letter topic)",
+        TopicSettings,
+    ).set_defaults(handler=cmd_topic_create)
     _sub(topic_commands, "describe", "show partitions and configs", KafkaSettings).set_defaults(
         handler=cmd_topic_describe
     )

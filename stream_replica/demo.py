@@ -40,7 +40,7 @@ async def run_demo(bootstrap_servers: str, grains: int, workers: int, workdir: s
     root.mkdir(parents=True)
 
     await admin.create_topic(bootstrap_servers, topic, PARTITIONS)
-    await admin.create_topic(bootstrap_servers, dlq, 1, configs={"cleanup.policy": "delete"})
+    await admin.create_topic(bootstrap_servers, dlq, 1, configs=admin.dead_letter_topic_configs(1))
     console.print(f"[bold]topic[/] {topic} ({PARTITIONS} partitions, compacted), DLQ {dlq}")
 
     processes = []

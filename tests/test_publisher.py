@@ -256,3 +256,27 @@ async def test_topic_create_on_an_existing_topic_that_differs_says_so(
     assert "already exists with cleanup.policy=delete (asked compact); left unchanged" in (
         policy.stderr
     )
+
+
+async def test_topic_create_makes_a_dead_letter_topic(
+    kafka_bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    """topic create always made a compacted topic; a dead-letter topic must not be one."""
+    name = unique("dlq")
+    base = ("topic", "create", "--bootstrap-servers", kafka_bootstrap, "--topic", name)
+    try:
+        created = cli(*base, "--cleanup-policy", "delete", "--partitions", "1")
+        assert created.returncode == 0, created.stderr
+        assert json.loads(created.stdout)["created"] is True
+        info = await admin.describe_topic(kafka_bootstrap, name)
+        assert info is not None and not info.compacted and info.partitions == 1
+        assert info.configs["cleanup.policy"] == "delete"
+        again = cli(*base, "--cleanup-policy", "delete")
+        assert again.returncode == 0, again.stderr
+        as_replicated = cli(*base)
+        assert as_replicated.returncode == 3
+        assert "cleanup.policy=delete (asked compact)" in as_replicated.stderr
+        env = {"STREAM_REPLICA_CLEANUP_POLICY": "delete"}  # like every setting
+        assert cli(*base, env=env).returncode == 0
+    finally:
+        await admin.delete_topic(kafka_bootstrap, name)
