@@ -586,7 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--grains", type=int, default=5000, help="grains to publish (default 5000)")
     demo.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
     demo.add_argument(
-        "--workdir", default=".demo", help="where the workers' stores go (default .demo)"
+        "--workdir",
+        default=".demo",
+        help="where the workers' stores go: emptied by each run, so new, empty or an earlier "
+        "demo's (default .demo)",
     )
     demo.set_defaults(handler=cmd_demo)
     return parser
