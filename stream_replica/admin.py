@@ -19,6 +19,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     for_code,
 )
+from aiokafka.protocol.metadata import MetadataRequest
 
 from stream_replica.connection import ConnectionSettings, start_client
 from stream_replica.errors import KafkaAccessError, StreamReplicaError
@@ -83,6 +84,18 @@ def replication_topic_configs(
     }
     if replication_factor > 1:
         # With acks=all a write needs this many in-sync copies: survive one broker down.
+        configs["min.insync.replicas"] = str(max(1, min(2, replication_factor - 1)))
+    return configs
+
+
+def dead_letter_topic_configs(
+    replication_factor: int, segment_ms: int = DEFAULT_SEGMENT_MS
+) -> dict[str, str]:
+    """A dead-letter topic: deleted by age (retention.ms, the broker's default), never
+    compacted (a grain's refused records would replace each other, and a compacted topic
+    refuses records without a key)."""
+    configs = {"cleanup.policy": "delete", "segment.ms": str(segment_ms)}
+    if replication_factor > 1:
         configs["min.insync.replicas"] = str(max(1, min(2, replication_factor - 1)))
     return configs
 
@@ -166,6 +179,31 @@ async def create_topic(
 async def delete_topic(bootstrap_servers: Cluster, topic: str) -> None:
     async with admin_client(bootstrap_servers) as client:
         await client.delete_topics([topic])
+
+
+async def topic_partitions(bootstrap_servers: Cluster, topic: str) -> int | None:
+    """The topic's partition count from the cluster metadata alone; None when it does not
+    exist. Needs only Describe on the topic (which Write implies), not DescribeConfigs, and
+    never makes a broker with auto.create.topics.enable create it."""
+
+    async def ask() -> int | None:
+        async with admin_client(bootstrap_servers) as client:
+            response: Any = await client._send_request(
+                MetadataRequest([topic], allow_auto_topic_creation=False)
+            )
+        for found in response.to_object()["topics"]:
+            if found["topic"] != topic:
+                continue
+            if found["error_code"] == TopicAuthorizationFailedError.errno:
+                raise KafkaAccessError(
+                    f"not authorized to describe topic {topic!r} (TOPIC_AUTHORIZATION_FAILED): "
+                    "grant this user Describe (or Write) on it"
+                )
+            if found["error_code"] == 0:
+                return len(found["partitions"])
+        return None
+
+    return await _retrying(ask)
 
 
 async def describe_topic(bootstrap_servers: Cluster, topic: str) -> TopicInfo | None:

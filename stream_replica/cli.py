@@ -13,6 +13,7 @@ import faulthandler
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -26,7 +27,7 @@ from pydantic_settings import BaseSettings
 from stream_replica import admin, event_loop, fold, logs, tuning
 from stream_replica.cli_flags import add_model_flags, settings_from
 from stream_replica.contract import ContractError, EntryType, GrainId
-from stream_replica.errors import StreamReplicaError
+from stream_replica.errors import ConfigurationError, StreamReplicaError
 from stream_replica.fold import GrainState
 from stream_replica.settings import (
     CONTAINER_NAME,
@@ -74,17 +75,53 @@ def emit(obj: Any) -> None:
 
 
 async def cmd_topic_create(args: argparse.Namespace) -> int:
+    """Exit 0 when the topic was created, or exists as asked; 3 when it exists but differs
+    (then one line says how, and that it was left unchanged)."""
     s = settings_from(TopicSettings, args)
-    configs = admin.replication_topic_configs(
-        s.replication_factor, s.segment_ms, s.delete_retention_ms
-    )
+    if s.cleanup_policy == "delete":
+        configs = admin.dead_letter_topic_configs(s.replication_factor, s.segment_ms)
+    else:
+        configs = admin.replication_topic_configs(
+            s.replication_factor, s.segment_ms, s.delete_retention_ms
+        )
     created = await admin.create_topic(s, s.topic, s.partitions, s.replication_factor, configs)
     info = await admin.describe_topic(s, s.topic)
     assert info is not None
     emit({"created": created, **info.as_json()})
-    if not created:
-        log.info("topic %s already existed; left as it is", s.topic)
-    return _report_compaction(info)
+    if created:
+        return _report_compaction(info) if s.cleanup_policy == "compact" else 0
+    differences = _differences(s, info, configs["cleanup.policy"])
+    if not differences:
+        log.info(
+            "topic %s already existed (%d partitions, cleanup.policy=%s); left as it is",
+            s.topic,
+            info.partitions,
+            info.configs.get("cleanup.policy"),
+        )
+        return 0
+    print(
+        f"stream-replica: topic {s.topic!r} already exists with {'; '.join(differences)}; "
+        "left unchanged (topic create never alters an existing topic)",
+        file=sys.stderr,
+    )
+    return 3
+
+
+def _differences(s: TopicSettings, info: admin.TopicInfo, policy: str) -> list[str]:
+    """How the existing topic differs from what was asked: the cleanup policy always (it is
+    what the command is for), the partition count and replication factor when given (flag or
+    environment; the defaults are no request)."""
+    found = []
+    if "partitions" in s.model_fields_set and info.partitions != s.partitions:
+        found.append(f"{info.partitions} partitions (asked {s.partitions})")
+    if "replication_factor" in s.model_fields_set and (
+        info.replication_factor != s.replication_factor
+    ):
+        found.append(f"replication factor {info.replication_factor} (asked {s.replication_factor})")
+    existing = info.configs.get("cleanup.policy", "delete")
+    if sorted(existing.split(",")) != sorted(policy.split(",")):
+        found.append(f"cleanup.policy={existing} (asked {policy})")
+    return found
 
 
 async def cmd_topic_describe(args: argparse.Namespace) -> int:
@@ -113,6 +150,7 @@ async def cmd_publish(args: argparse.Namespace) -> int:
     from stream_replica.workload import sample_workload
 
     s = settings_from(PublishSettings, args)
+    await _require_topic(s)
     bad_lines = 0
     sent = 0
     async with Publisher(s, s.topic, s.source_cluster) as publisher:
@@ -135,22 +173,81 @@ async def cmd_publish(args: argparse.Namespace) -> int:
     return 1 if bad_lines else 0
 
 
+async def _require_topic(s: PublishSettings) -> None:
+    """Refuse a topic that does not exist before producing: the producer would wait for it
+    for 40 s (max_block_ms), logging "not found" ten times a second."""
+    if await admin.topic_partitions(s, s.topic) is None:
+        raise ConfigurationError(
+            f"topic {s.topic!r} does not exist on {s.bootstrap_servers}; create it with "
+            f"`stream-replica topic create --topic {shlex.quote(s.topic)} [--partitions N]` "
+            "(same connection settings)"
+        )
+
+
 async def _publish_line(publisher: Any, line: str) -> None:
-    obj = json.loads(line)
+    """Publish one stdin line; a ValueError names the field and what was expected."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc}): expected one JSON object per line") from None
     if not isinstance(obj, dict):
-        raise ValueError("expected a JSON object")
-    grain_type, grain_key = obj["grain_type"], obj["grain_key"]
-    if not isinstance(grain_type, str) or not isinstance(grain_key, str):
-        raise ValueError("grain_type and grain_key must be strings")
+        raise ValueError(f"expected a JSON object, got {_json_type(obj)}")
+    grain_type = _string_field(obj, "grain_type")
+    grain_key = _string_field(obj, "grain_key")
     if obj.get("delete") is True:
         await publisher.publish_tombstone(grain_type, grain_key)
         return
-    payload = base64.b64decode(obj["payload"], validate=True)
+    if "payload" not in obj:
+        raise ValueError(
+            "field 'payload' is missing: expected the state as a base64 string "
+            '(or "delete": true for a tombstone)'
+        )
+    encoded = obj["payload"]
+    if not isinstance(encoded, str):
+        raise ValueError(f"field 'payload': expected a base64 string, got {_json_type(encoded)}")
+    try:
+        payload = base64.b64decode(encoded, validate=True)
+    except ValueError as exc:  # binascii.Error
+        raise ValueError(
+            f"field 'payload': expected standard base64 (A-Z a-z 0-9 + /, '=' padding), got "
+            f"{_shown(encoded)} ({exc})"
+        ) from None
     sequence = obj.get("sequence")
     if sequence is not None and (type(sequence) is not int or not 1 <= sequence < 2**64):
-        raise ValueError(f"sequence {sequence!r} is not an integer in 1..2**64-1")
-    entry_type = EntryType(obj.get("entry_type", "FullState"))
+        raise ValueError(
+            f"field 'sequence': expected an integer in 1..2**64-1, got {_shown(sequence)}"
+        )
+    entry_type_name = obj.get("entry_type", EntryType.FULL_STATE.value)
+    try:
+        entry_type = EntryType(entry_type_name)
+    except ValueError:
+        expected = " or ".join(repr(e.value) for e in EntryType)
+        raise ValueError(
+            f"field 'entry_type': expected {expected}, got {_shown(entry_type_name)}"
+        ) from None
     await publisher.publish_snapshot(grain_type, grain_key, payload, sequence, entry_type)
+
+
+def _string_field(obj: dict[str, Any], name: str) -> str:
+    if name not in obj:
+        raise ValueError(f"field {name!r} is missing: expected a string")
+    value = obj[name]
+    if not isinstance(value, str):
+        raise ValueError(f"field {name!r}: expected a string, got {_json_type(value)}")
+    return value
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    names |= {list: "an array", dict: "an object"}
+    return f"{names.get(type(value), type(value).__name__)} {_shown(value)}"
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
@@ -415,9 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     topic = commands.add_parser("topic", help="create or describe the replication topic")
     topic_commands = topic.add_subparsers(dest="topic_command", required=True)
-    _sub(topic_commands, "create", "create the topic, compacted", TopicSettings).set_defaults(
-        handler=cmd_topic_create
-    )
+    _sub(
+        topic_commands,
+        "create",
+        "create the topic, compacted (--cleanup-policy delete: a dead-letter topic)",
+        TopicSettings,
+    ).set_defaults(handler=cmd_topic_create)
     _sub(topic_commands, "describe", "show partitions and configs", KafkaSettings).set_defaults(
         handler=cmd_topic_describe
     )
@@ -486,7 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--grains", type=int, default=5000, help="grains to publish (default 5000)")
     demo.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
     demo.add_argument(
-        "--workdir", default=".demo", help="where the workers' stores go (default .demo)"
+        "--workdir",
+        default=".demo",
+        help="where the workers' stores go: emptied by each run, so new, empty or an earlier "
+        "demo's (default .demo)",
     )
     demo.set_defaults(handler=cmd_demo)
     return parser

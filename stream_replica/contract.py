@@ -145,13 +145,33 @@ _POSITIONAL_LEN: Final = len(_REQUIRED)
 POSITIONAL_FIELDS: Final = _REQUIRED
 
 
+# What msgpack's exceptions mean: FormatError and StackError carry no message at all, which
+# left reasons such as "(FormatError: )" in logs and dead-letter headers.
+_MSGPACK_MEANINGS: Final = {
+    "FormatError": "malformed: a byte that starts no msgpack type, or bad framing",
+    "StackError": "nested too deeply",
+    "ExtraData": "extra bytes after the value",
+    "BufferFull": "value too large",
+    "OutOfData": "truncated: the value ends early",
+}
+
+
+def msgpack_failure(exc: Exception) -> str:
+    """``Type: message`` for a msgpack unpacking failure, with the type's meaning when the
+    exception says nothing itself."""
+    text = str(exc).strip()
+    if not text:
+        text = _MSGPACK_MEANINGS.get(type(exc).__name__, "no detail given by msgpack")
+    return f"{type(exc).__name__}: {text}"
+
+
 def unpack_fields(value: bytes) -> dict[str, Any] | list[Any]:
     """Unpack a msgpack value that must be a map with string keys (the named form) or an
     array (the positional form, checked by the validator)."""
     try:
         obj = msgpack.unpackb(value, raw=False, strict_map_key=False, timestamp=0)
     except Exception as exc:  # msgpack raises many unrelated types on malformed input
-        raise ContractError(f"value: not valid msgpack ({type(exc).__name__}: {exc})") from None
+        raise ContractError(f"value: not valid msgpack ({msgpack_failure(exc)})") from None
     if type(obj) is list:
         return obj
     if not isinstance(obj, dict):
@@ -352,9 +372,7 @@ def _decode_value_unpacked(grain: GrainId, value: bytes) -> Entry:
     try:
         fields = msgpack.unpackb(value, raw=False, strict_map_key=False, timestamp=0)
     except Exception as exc:  # msgpack raises many unrelated types on malformed input
-        raise ContractError(
-            f"value: not valid msgpack ({type(exc).__name__}: {exc})", grain
-        ) from None
+        raise ContractError(f"value: not valid msgpack ({msgpack_failure(exc)})", grain) from None
     if type(fields) is dict:
         if fields.keys() != _REQUIRED_SET:
             return _decode_fields(fields, grain)

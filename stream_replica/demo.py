@@ -5,12 +5,18 @@ a summary, a check of every replica against the log, and a sample ``get``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -21,6 +27,7 @@ from rich.table import Table
 
 from stream_replica import admin
 from stream_replica.contract import ContractError, Entry, GrainId, Tombstone, decode
+from stream_replica.errors import ConfigurationError
 from stream_replica.fold import FoldCounts, GrainState, Polled, fold
 from stream_replica.publisher import Publisher
 from stream_replica.store import ReplicaReader
@@ -32,15 +39,22 @@ console = Console(stderr=True)
 
 async def run_demo(bootstrap_servers: str, grains: int, workers: int, workdir: str) -> int:
     root = Path(workdir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    topic, dlq, group = f"demo-grains-{stamp}", f"demo-grains-{stamp}-dlq", f"demo-{stamp}"
-    await admin.wait_for_broker(bootstrap_servers)
-    await _drop_old_demo_topics(bootstrap_servers)
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    # Unique per run: another demo on the same broker (another user's, another workdir) has
+    # other names, and only the names recorded in this workdir are ever deleted.
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    topic, dlq, group = f"demo-grains-{run_id}", f"demo-grains-{run_id}-dlq", f"demo-{run_id}"
+    with DemoWorkdir.claim(root) as claimed:
+        await admin.wait_for_broker(bootstrap_servers)
+        await _drop_topics(bootstrap_servers, claimed.previous_topics)
+        claimed.reset(bootstrap_servers, [topic, dlq])
+        return await _run(bootstrap_servers, grains, workers, root, topic, dlq, group)
 
+
+async def _run(
+    bootstrap_servers: str, grains: int, workers: int, root: Path, topic: str, dlq: str, group: str
+) -> int:
     await admin.create_topic(bootstrap_servers, topic, PARTITIONS)
-    await admin.create_topic(bootstrap_servers, dlq, 1, configs={"cleanup.policy": "delete"})
+    await admin.create_topic(bootstrap_servers, dlq, 1, configs=admin.dead_letter_topic_configs(1))
     console.print(f"[bold]topic[/] {topic} ({PARTITIONS} partitions, compacted), DLQ {dlq}")
 
     processes = []
@@ -119,11 +133,98 @@ async def run_demo(bootstrap_servers: str, grains: int, workers: int, workdir: s
     return 0
 
 
-async def _drop_old_demo_topics(bootstrap_servers: str) -> None:
+class DemoWorkdir:
+    """The demo's working directory, which it may empty because it made it.
+
+    It holds ``MARKER`` (JSON: the topics of the run that used it last); a directory without
+    it is the demo's only when it does not exist, is empty, or holds nothing but what the
+    demo writes (``worker-N.db``, ``worker-N.log``: a workdir of a demo from before the
+    marker). Anything else is refused, never emptied. The marker is locked while the demo
+    runs, so a second demo in the same workdir cannot delete the first's topics.
+    """
+
+    def __init__(self, root: Path, fd: int, previous_topics: list[str]) -> None:
+        self.root = root
+        self._fd = fd
+        self.previous_topics = previous_topics
+
+    @classmethod
+    @contextlib.contextmanager
+    def claim(cls, root: Path) -> Iterator[DemoWorkdir]:
+        """Check, create and lock the workdir; ConfigurationError (one line) when it is not
+        the demo's or another demo runs in it."""
+        marker = root / MARKER
+        if root.exists() and not root.is_dir():
+            raise ConfigurationError(f"--workdir {root}: exists and is not a directory")
+        if root.is_dir() and not marker.exists():
+            foreign = sorted(p.name for p in root.iterdir() if not _LEGACY_ENTRY.fullmatch(p.name))
+            if foreign:
+                raise ConfigurationError(
+                    f"--workdir {root}: not empty and not made by the demo (no {MARKER} in it; "
+                    f"it holds {_listing(foreign)}); the demo empties its workdir, so give a new "
+                    "or empty directory"
+                )
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(marker, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigurationError(
+                    f"--workdir {root}: another demo is running in it; wait for it or give "
+                    "another --workdir"
+                ) from None
+            yield cls(root, fd, _recorded_topics(os.read(fd, 1 << 20)))
+        finally:
+            os.close(fd)  # releases the lock
+
+    def reset(self, bootstrap_servers: str, topics: list[str]) -> None:
+        """Empty the workdir (the marker stays) and record this run's topics before creating
+        them, so a run that dies halfway still has them deleted by the next one."""
+        for entry in self.root.iterdir():
+            if entry.name == MARKER:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        record = {"bootstrap_servers": bootstrap_servers, "topics": topics}
+        data = (json.dumps(record, indent=1) + "\n").encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+        os.fsync(self._fd)
+
+
+MARKER = ".stream-replica-demo"
+_LEGACY_ENTRY = re.compile(r"worker-\d+\.(db|log)")
+_DEMO_TOPIC = re.compile(r"demo-grains-[0-9A-Za-z._-]+")
+
+
+def _recorded_topics(data: bytes) -> list[str]:
+    """The demo topics a marker records (an unreadable marker records none)."""
+    try:
+        topics = json.loads(data or b"{}").get("topics", [])
+    except (ValueError, AttributeError):
+        return []
+    if not isinstance(topics, list):
+        return []
+    return [t for t in topics if isinstance(t, str) and _DEMO_TOPIC.fullmatch(t)]
+
+
+def _listing(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+async def _drop_topics(bootstrap_servers: str, topics: list[str]) -> None:
+    """Delete the topics an earlier run in this workdir created (those still there)."""
+    if not topics:
+        return
     async with admin.admin_client(bootstrap_servers) as client:
-        old = [t for t in await client.list_topics() if t.startswith("demo-grains-")]
-        if old:
-            await client.delete_topics(old)
+        existing = set(await client.list_topics())
+        ours = [t for t in topics if t in existing]
+        if ours:
+            await client.delete_topics(ours)
 
 
 async def _wait_for_members(bootstrap_servers: str, group: str, count: int) -> None:

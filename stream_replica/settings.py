@@ -4,6 +4,7 @@ defaults, validated by pydantic-settings. The CLI passes only the flags the user
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,11 @@ class KafkaSettings(ConnectionSettings):
 
 class TopicSettings(KafkaSettings):
     partitions: int = Field(default=6, ge=1, description="partitions of a new topic")
+    cleanup_policy: Literal["compact", "delete"] = Field(
+        default="compact",
+        description="compact: the replicated topic; delete: a dead-letter topic (run "
+        "--dlq-topic), whose records of one grain must not replace each other",
+    )
     replication_factor: int = Field(default=1, ge=1, description="copies of each partition")
     segment_ms: int = Field(
         default=60 * 60 * 1000,
@@ -60,7 +66,9 @@ class WorkerSettings(KafkaSettings):
         default=100, ge=1, le=100_000, description="records fetched per poll at most"
     )
     dlq_topic: str | None = Field(
-        default=None, description="dead-letter topic for refused records (cleanup.policy=delete)"
+        default=None,
+        description="dead-letter topic for refused records (cleanup.policy=delete: topic "
+        "create --cleanup-policy delete)",
     )
     allow_non_compacted: bool = Field(
         default=False, description="run on a topic that is not compacted"

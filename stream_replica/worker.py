@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -162,8 +163,18 @@ async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInf
         dlq = await describe_topic(settings, settings.dlq_topic)
         if dlq is None:
             raise FatalError(
-                f"dead-letter topic {settings.dlq_topic!r} does not exist; create it "
-                "(cleanup.policy=delete: a compacted topic refuses records without a key)"
+                f"dead-letter topic {settings.dlq_topic!r} does not exist; create it with "
+                f"`stream-replica topic create --topic {shlex.quote(settings.dlq_topic)} "
+                "--cleanup-policy delete` (a compacted topic refuses records without a key)"
+            )
+        if dlq.compacted:
+            log.warning(
+                "dead-letter topic %r is compacted (cleanup.policy=%s): dead letters of one "
+                "grain will replace each other at compaction, and a refused record without a "
+                "key will be refused by the broker (which stops this worker); use a topic with "
+                "cleanup.policy=delete (topic create --cleanup-policy delete)",
+                settings.dlq_topic,
+                dlq.configs.get("cleanup.policy"),
             )
     return info
 

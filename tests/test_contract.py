@@ -264,3 +264,22 @@ def test_fast_decoder_matches_pydantic_model_positional(
             except ContractError:
                 outcomes.append(None)
         assert outcomes[0] == outcomes[1], (fields, outcomes)
+
+
+@pytest.mark.parametrize(
+    ("value", "meaning"),
+    [
+        (b"\xc1", "FormatError: malformed: a byte that starts no msgpack type, or bad framing"),
+        (b"\x91" * 2000, "StackError: nested too deeply"),
+    ],
+    ids=["format-error", "stack-error"],
+)
+def test_a_msgpack_error_without_a_message_still_says_what_is_wrong(
+    value: bytes, meaning: str
+) -> None:
+    """msgpack raises FormatError and StackError with an empty message: the reason (logs and
+    the dead-letter header) said "(FormatError: )"."""
+    for validator in (decode, validate_with_model):
+        with pytest.raises(ContractError) as err:
+            validator(KEY, value)
+        assert err.value.reason == f"value: not valid msgpack ({meaning})", validator

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -142,3 +144,139 @@ async def test_cli_publish_json_lines(kafka_bootstrap: str, make_topic: TopicFac
     assert any(isinstance(b, Tombstone) for b in bodies)
     assert not any(getattr(b, "entry_type", None) is EntryType.DELTA for b in bodies)
     assert any(getattr(b, "sequence", None) == 7 and b.payload == b"hello" for b in bodies)  # type: ignore[union-attr]
+
+
+class _NoPublisher:
+    async def publish_tombstone(self, grain_type: str, grain_key: str) -> None:
+        raise AssertionError("nothing should be published")
+
+    async def publish_snapshot(self, *args: object) -> None:
+        raise AssertionError("nothing should be published")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            "not json",
+            "not JSON (Expecting value: line 1 column 1 (char 0)): expected one JSON object "
+            "per line",
+        ),
+        ("[1]", "expected a JSON object, got an array [1]"),
+        ('{"grain_key": "k", "payload": ""}', "field 'grain_type' is missing: expected a string"),
+        (
+            '{"grain_type": "t", "grain_key": 3}',
+            "field 'grain_key': expected a string, got a number 3",
+        ),
+        (
+            '{"grain_type": "t", "grain_key": "k"}',
+            "field 'payload' is missing: expected the state as a base64 string "
+            '(or "delete": true for a tombstone)',
+        ),
+        (
+            '{"grain_type": "t", "grain_key": "k", "payload": null}',
+            "field 'payload': expected a base64 string, got null",
+        ),
+        (
+            '{"grain_type": "t", "grain_key": "k", "payload": "!!"}',
+            "field 'payload': expected standard base64 (A-Z a-z 0-9 + /, '=' padding), got "
+            "'!!' (Only base64 data is allowed)",
+        ),
+        (
+            '{"grain_type": "t", "grain_key": "k", "payload": "", "sequence": "3"}',
+            "field 'sequence': expected an integer in 1..2**64-1, got '3'",
+        ),
+        (
+            '{"grain_type": "t", "grain_key": "k", "payload": "", "entry_type": "Snap"}',
+            "field 'entry_type': expected 'FullState' or 'Delta', got 'Snap'",
+        ),
+    ],
+)
+async def test_a_bad_stdin_line_names_the_field_and_what_was_expected(
+    line: str, message: str
+) -> None:
+    from stream_replica.cli import _publish_line
+
+    with pytest.raises(ValueError) as err:
+        await _publish_line(_NoPublisher(), line)
+    assert str(err.value) == message
+
+
+def test_publish_to_a_missing_topic_is_one_line_at_once(
+    kafka_bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    """The producer waited 40 s for the topic, logging "not found" ~400 times, then raised
+    UnknownTopicOrPartitionError."""
+    topic = unique("missing")
+    started = time.monotonic()
+    result = cli("publish", "--bootstrap-servers", kafka_bootstrap, "--topic", topic, "--demo", "5")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"stream-replica: topic {topic!r} does not exist on {kafka_bootstrap}; create it with "
+        f"`stream-replica topic create --topic {topic} [--partitions N]` "
+        "(same connection settings)"
+    ]
+    assert result.stdout == ""
+    assert time.monotonic() - started < 20
+
+
+async def test_topic_partitions_never_creates_the_topic(
+    kafka_bootstrap: str, make_topic: TopicFactory, unique: Callable[[str], str]
+) -> None:
+    assert await admin.topic_partitions(kafka_bootstrap, await make_topic(partitions=3)) == 3
+    missing = unique("missing")
+    assert await admin.topic_partitions(kafka_bootstrap, missing) is None
+    assert await admin.describe_topic(kafka_bootstrap, missing) is None
+
+
+async def test_topic_create_on_an_existing_topic_that_differs_says_so(
+    kafka_bootstrap: str, make_topic: TopicFactory
+) -> None:
+    """It exited 0 with only "already existed; left as it is"."""
+    topic = await make_topic(partitions=3)
+    base = ("topic", "create", "--bootstrap-servers", kafka_bootstrap, "--topic", topic)
+    same = cli(*base, "--partitions", "3")
+    assert same.returncode == 0, same.stderr
+    assert "already existed (3 partitions, cleanup.policy=compact); left as it is" in same.stderr
+    unasked = cli(*base)  # the default partition count is no request
+    assert unasked.returncode == 0, unasked.stderr
+    differs = cli(*base, "--partitions", "6", "--replication-factor", "1")
+    assert differs.returncode == 3
+    assert differs.stderr.strip().splitlines()[-1] == (
+        f"stream-replica: topic {topic!r} already exists with 3 partitions (asked 6); "
+        "left unchanged (topic create never alters an existing topic)"
+    )
+    assert json.loads(differs.stdout)["partitions"] == 3
+    info = await admin.describe_topic(kafka_bootstrap, topic)
+    assert info is not None and info.partitions == 3
+
+    plain = await make_topic(partitions=2, compacted=False)
+    policy = cli("topic", "create", "--bootstrap-servers", kafka_bootstrap, "--topic", plain)
+    assert policy.returncode == 3
+    assert "already exists with cleanup.policy=delete (asked compact); left unchanged" in (
+        policy.stderr
+    )
+
+
+async def test_topic_create_makes_a_dead_letter_topic(
+    kafka_bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    """topic create always made a compacted topic; a dead-letter topic must not be one."""
+    name = unique("dlq")
+    base = ("topic", "create", "--bootstrap-servers", kafka_bootstrap, "--topic", name)
+    try:
+        created = cli(*base, "--cleanup-policy", "delete", "--partitions", "1")
+        assert created.returncode == 0, created.stderr
+        assert json.loads(created.stdout)["created"] is True
+        info = await admin.describe_topic(kafka_bootstrap, name)
+        assert info is not None and not info.compacted and info.partitions == 1
+        assert info.configs["cleanup.policy"] == "delete"
+        again = cli(*base, "--cleanup-policy", "delete")
+        assert again.returncode == 0, again.stderr
+        as_replicated = cli(*base)
+        assert as_replicated.returncode == 3
+        assert "cleanup.policy=delete (asked compact)" in as_replicated.stderr
+        env = {"STREAM_REPLICA_CLEANUP_POLICY": "delete"}  # like every setting
+        assert cli(*base, env=env).returncode == 0
+    finally:
+        await admin.delete_topic(kafka_bootstrap, name)

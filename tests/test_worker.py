@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import signal
 import subprocess
 import time
@@ -345,8 +346,40 @@ async def test_missing_or_non_compacted_topic_refused(
         unique("none"),
     )
     assert no_dlq.returncode == 1 and "dead-letter topic" in no_dlq.stderr
+    assert "--cleanup-policy delete`" in no_dlq.stderr  # how to create it
     assert no_dlq.stderr.strip().splitlines()[-1].startswith("stream-replica: dead-letter")
     assert "Traceback" not in refused.stderr + missing.stderr
+
+
+async def test_a_compacted_dead_letter_topic_is_warned_about(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dead letters of one grain share a key: a compacted DLQ keeps only the last."""
+    from stream_replica.settings import WorkerSettings
+    from stream_replica.worker import check_topic
+
+    topic = await make_topic()
+    compacted = await make_topic(prefix="dlq")
+    plain = await make_topic(compacted=False, prefix="dlq")
+    settings = WorkerSettings(
+        bootstrap_servers=kafka_bootstrap, topic=topic, db=tmp_path / "db", dlq_topic=compacted
+    )
+    with caplog.at_level(logging.WARNING, logger="stream_replica.worker"):
+        await check_topic(settings, asyncio.Event())
+        warned = [r for r in caplog.records if "dead-letter" in r.getMessage()]
+        assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+        assert (
+            warned[0]
+            .getMessage()
+            .startswith(
+                f"dead-letter topic {compacted!r} is compacted (cleanup.policy=compact): dead "
+                "letters of one grain will replace each other at compaction"
+            )
+        )
+        assert "topic create --cleanup-policy delete" in warned[0].getMessage()
+        caplog.clear()
+        await check_topic(settings.model_copy(update={"dlq_topic": plain}), asyncio.Event())
+        assert not [r for r in caplog.records if "dead-letter" in r.getMessage()]
 
 
 def test_bad_option_is_one_line(tmp_path: Path) -> None:
