@@ -632,6 +632,13 @@ class ReplicaStore(_StoreView):
             batch.put(_TOPIC_KEY, topic.encode())
             batch.put(_FORMAT_KEY, STORE_FORMAT)
             self._write(batch)
+        elif stored_topic != topic and self._never_replicated():
+            # A run refused before it reached its topic (a typo in --topic, a topic not
+            # compacted) left only the name: nothing to lose, so the directory is not stuck.
+            batch = WriteBatch(raw_mode=True)
+            batch.put(_TOPIC_KEY, topic.encode())
+            self._write(batch)
+            self._check_format(migrate=True)
         elif stored_topic != topic:
             self._db.close()
             raise StoreError(
@@ -645,6 +652,15 @@ class ReplicaStore(_StoreView):
         self._counts = self.counts()
         if not self._state_partitions():
             self._start_grain_filter()
+
+    def _never_replicated(self) -> bool:
+        """Nothing but the topic's name: never bound to the topic, no checkpoint, no grain."""
+        return (
+            self.topic_identity() is None
+            and not self.checkpoints()
+            and not self._state_partitions()
+            and next(self._scan(_INDEX_PREFIX), None) is None
+        )
 
     def _migrate_from_4(self) -> None:
         """Format 4 → 5: every state moves from ``g`` + grain to ``p`` + partition + grain,

@@ -274,13 +274,30 @@ async def test_checkpoint_older_than_delete_retention_is_rebuilt(
 
 
 def test_wrong_topic_store_refused(tmp_path: Path) -> None:
-    ReplicaStore(tmp_path / "db", "topic-a").close()
+    store = ReplicaStore(tmp_path / "db", "topic-a")
+    store.set_checkpoints({0: Checkpoint(5, 0)})  # it replicated something of topic-a
+    store.close()
     with pytest.raises(StoreError, match="holds a replica of topic 'topic-a'"):
         ReplicaStore(tmp_path / "db", "topic-b")
     result = cli("run", "--db", str(tmp_path / "db"), "--topic", "topic-b", "--group", "g")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "holds a replica of topic 'topic-a'" in result.stderr
+
+
+def test_a_store_that_never_reached_its_topic_takes_another(
+    kafka_bootstrap: str, tmp_path: Path, unique: Any
+) -> None:
+    """A run refused before it reached its topic (a typo in --topic) leaves a directory with
+    only the topic's name: the next run, with the right topic, takes it."""
+    result = cli("run", "--db", str(tmp_path / "db"), "--topic", unique("typo"), "--group", "g",
+                 "--bootstrap-servers", kafka_bootstrap)  # fmt: skip
+    assert result.returncode != 0
+    with ReplicaReader(tmp_path / "db") as reader:
+        assert str(reader.topic).startswith("typo")
+    store = ReplicaStore(tmp_path / "db", "right")
+    assert store.topic == "right"
+    store.close()
 
 
 def test_store_of_another_format_refused(tmp_path: Path) -> None:
