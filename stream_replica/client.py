@@ -23,7 +23,7 @@ from urllib.parse import quote
 import httpx
 
 from stream_replica.client_aio import AioGetter, TransportError
-from stream_replica.routing import partition_for
+from stream_replica.routing import FORWARD_TIMEOUT_S, client_timeout_s, partition_for
 
 DOWN_FOR_S: Final = 2.0  # an endpoint that refused a connection is tried last for this long
 
@@ -91,9 +91,12 @@ class _Router:
         self.replicas: dict[int, list[tuple[str, str]]] = {}  # partition -> [(base, role)]
         self.down: dict[str, float] = {}
         self.stale_map = True
+        # The workers' --read-forward-timeout-s, as /partitions reports it.
+        self.forward_timeout_s = FORWARD_TIMEOUT_S
 
     def learn(self, obj: dict[str, Any]) -> None:
         self.partitions = obj.get("partition_count") or self.partitions
+        self.forward_timeout_s = float(obj.get("forward_timeout_s") or self.forward_timeout_s)
         replicas: dict[int, list[tuple[str, str]]] = {}
         for p, entry in obj.get("partitions", {}).items():
             replicas[int(p)] = [
@@ -206,19 +209,36 @@ def _judge(router: _Router, grain: tuple[str, str], base: str, response: _Answer
 
 
 def _http_options(
-    token: str | None, verify: bool | str | ssl.SSLContext, timeout_s: float
-) -> dict[str, Any]:
-    """What both clients give httpx: the bearer token, the CA to trust, the timeout."""
+    token: str | None, verify: bool | str | ssl.SSLContext
+) -> tuple[dict[str, str], bool | ssl.SSLContext]:
+    """What both clients send and trust: the bearer token's header, the CA to verify with."""
     if isinstance(verify, str):
         verify = ssl.create_default_context(cafile=verify)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return {"headers": headers, "verify": verify, "timeout": timeout_s}
+    return headers, verify
 
 
-class ReplicaClient:
+class _Timeouts:
+    """The per-request timeout both clients use: ``timeout_s`` when given, else longer than
+    the workers' forward timeout (learned from /partitions) by ``CLIENT_TIMEOUT_MARGIN_S``, so
+    that a worker forwarding to a silent owner answers 503 before the client gives up on it."""
+
+    router: _Router
+    timeout_s: float | None
+
+    @property
+    def request_timeout_s(self) -> float:
+        if self.timeout_s is not None:
+            return self.timeout_s
+        return client_timeout_s(self.router.forward_timeout_s)
+
+
+class ReplicaClient(_Timeouts):
     """Synchronous client (httpx). ``verify``: True, False, or a CA bundle path / SSLContext
-    for HTTPS workers; ``token``: the workers' bearer token; ``deadline_s``: how long one
-    read keeps retrying other workers."""
+    for HTTPS workers; ``token``: the workers' bearer token; ``timeout_s``: how long to wait
+    for one worker (default: the workers' ``--read-forward-timeout-s`` + 2 s, see
+    :class:`_Timeouts`), plus ``wait_ms``; ``deadline_s``: how long one read keeps retrying
+    other workers."""
 
     def __init__(
         self,
@@ -226,11 +246,12 @@ class ReplicaClient:
         *,
         token: str | None = None,
         verify: bool | str | ssl.SSLContext = True,
-        timeout_s: float = 5.0,
+        timeout_s: float | None = None,
         deadline_s: float = 15.0,
     ) -> None:
         self.router = _Router(endpoints)
-        self.http = httpx.Client(**_http_options(token, verify, timeout_s))
+        headers, trust = _http_options(token, verify)
+        self.http = httpx.Client(headers=headers, verify=trust)
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
 
@@ -247,7 +268,7 @@ class ReplicaClient:
         """Learn the ownership map from the first worker that answers."""
         for base in self.router.refresh_order():
             try:
-                response = self.http.get(base + "/partitions")
+                response = self.http.get(base + "/partitions", timeout=self.request_timeout_s)
             except httpx.TransportError:
                 self.router.mark_down(base)
                 continue
@@ -280,7 +301,7 @@ class ReplicaClient:
                     response = self.http.get(
                         base + _path(grain_type, grain_key),
                         params=_params(stale, min_sequence, wait_ms),
-                        timeout=self.timeout_s + (wait_ms or 0) / 1000,
+                        timeout=self.request_timeout_s + (wait_ms or 0) / 1000,
                     )
                 except httpx.TransportError as exc:
                     self.router.mark_down(base)
@@ -317,7 +338,9 @@ class ReplicaClient:
         while True:
             for base in self.router.refresh_order():
                 try:
-                    response = self.http.get(base + path, params=params)
+                    response = self.http.get(
+                        base + path, params=params, timeout=self.request_timeout_s
+                    )
                 except httpx.TransportError as exc:
                     self.router.mark_down(base)
                     last = f"{base}: {type(exc).__name__}"
@@ -332,7 +355,7 @@ class ReplicaClient:
             time.sleep(0.2)
 
 
-class AsyncReplicaClient:
+class AsyncReplicaClient(_Timeouts):
     """The asyncio twin of :class:`ReplicaClient` (same arguments and behaviour), on one
     pooled aiohttp session (see client_aio for why not httpx)."""
 
@@ -342,12 +365,12 @@ class AsyncReplicaClient:
         *,
         token: str | None = None,
         verify: bool | str | ssl.SSLContext = True,
-        timeout_s: float = 5.0,
+        timeout_s: float | None = None,
         deadline_s: float = 15.0,
     ) -> None:
         self.router = _Router(endpoints)
-        options = _http_options(token, verify, timeout_s)
-        self.http = AioGetter(options["headers"], options["verify"], timeout_s)
+        headers, trust = _http_options(token, verify)
+        self.http = AioGetter(headers, trust)
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
         self._refreshing = asyncio.Lock()
@@ -367,7 +390,9 @@ class AsyncReplicaClient:
                 return  # another task just did it
             for base in self.router.refresh_order():
                 try:
-                    response = await self.http.get(base + "/partitions")
+                    response = await self.http.get(
+                        base + "/partitions", timeout_s=self.request_timeout_s
+                    )
                 except TransportError:
                     self.router.mark_down(base)
                     continue
@@ -398,7 +423,7 @@ class AsyncReplicaClient:
                     response = await self.http.get(
                         base + _path(grain_type, grain_key),
                         params=_params(stale, min_sequence, wait_ms),
-                        timeout_s=self.timeout_s + (wait_ms or 0) / 1000,
+                        timeout_s=self.request_timeout_s + (wait_ms or 0) / 1000,
                     )
                 except TransportError as exc:
                     self.router.mark_down(base)
@@ -427,7 +452,9 @@ class AsyncReplicaClient:
             for base in self.router.refresh_order():
                 try:
                     response = await self.http.get(
-                        base + f"/grains/{quote(grain_type, safe='')}", params=params
+                        base + f"/grains/{quote(grain_type, safe='')}",
+                        params=params,
+                        timeout_s=self.request_timeout_s,
                     )
                 except TransportError:
                     self.router.mark_down(base)

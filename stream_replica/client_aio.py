@@ -43,14 +43,11 @@ class AioGetter:
     """GETs on a lazily opened session (it needs the running loop; the client may be built
     outside one)."""
 
-    def __init__(
-        self, headers: Mapping[str, str], verify: bool | ssl.SSLContext, timeout_s: float
-    ) -> None:
+    def __init__(self, headers: Mapping[str, str], verify: bool | ssl.SSLContext) -> None:
         self._headers = dict(headers)
         self._ssl: bool | ssl.SSLContext = (
             verify if isinstance(verify, ssl.SSLContext) else bool(verify)
         )
-        self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
@@ -61,12 +58,11 @@ class AioGetter:
         return self._session
 
     async def get(
-        self, url: str, params: Mapping[str, str] | None = None, timeout_s: float | None = None
+        self, url: str, *, timeout_s: float, params: Mapping[str, str] | None = None
     ) -> Reply:
-        seconds = self._timeout_s if timeout_s is None else timeout_s
-        limit = self._timeouts.get(seconds)
+        limit = self._timeouts.get(timeout_s)
         if limit is None:
-            limit = self._timeouts.setdefault(seconds, aiohttp.ClientTimeout(total=seconds))
+            limit = self._timeouts.setdefault(timeout_s, aiohttp.ClientTimeout(total=timeout_s))
         try:
             async with self._open().get(url, params=params or None, timeout=limit) as response:
                 body = await response.read()

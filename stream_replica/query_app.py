@@ -46,6 +46,7 @@ from stream_replica.query_request import (
     stale_param,
 )
 from stream_replica.routing import (
+    FORWARD_TIMEOUT_S,
     OwnershipMap,
     ReplicaRef,
     decode_cursor,
@@ -87,7 +88,7 @@ class QueryConfig:
     token: str | None = None
     scheme: str = "http"
     client_ssl: ssl.SSLContext | None = None
-    forward_timeout_s: float = 5.0
+    forward_timeout_s: float = FORWARD_TIMEOUT_S
     _partitions: int | None = field(default=None, repr=False)
 
 
@@ -567,6 +568,8 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
                 "partition_count": config._partitions or _count_or_none(view),
                 "epoch": owners.epoch,
                 "scheme": config.scheme,
+                # clients wait longer than this for a worker (routing.client_timeout_s)
+                "forward_timeout_s": config.forward_timeout_s,
                 "partitions": result,
             }
         )
