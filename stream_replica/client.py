@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import httpx
 
-from stream_replica.client_aio import AioGetter, TransportError
+from stream_replica.client_aio import AioGetter, Reply, TransportError, describe
 from stream_replica.routing import FORWARD_TIMEOUT_S, client_timeout_s, partition_for
 
 DOWN_FOR_S: Final = 2.0  # an endpoint that refused a connection is tried last for this long
@@ -208,6 +208,42 @@ def _judge(router: _Router, grain: tuple[str, str], base: str, response: _Answer
     raise ReplicaClientError(f"{base}: {_error_line(response)}", status)
 
 
+class _Last:
+    """What a read's last attempt ran into, for the error raised at its deadline: the
+    worker's line and status (503), or no status when the last worker did not answer."""
+
+    def __init__(self) -> None:
+        self.line = "no worker answered"
+        self.status: int | None = None
+
+    def refused(self, base: str, response: _Answer) -> None:
+        self.line, self.status = f"{base}: {_error_line(response)}", response.status_code
+
+    def unreachable(self, base: str, why: str) -> None:
+        self.line, self.status = f"{base}: {why}", None
+
+    def timed_out(self, deadline_s: float) -> ReplicaClientError:
+        return ReplicaClientError(f"no answer within {deadline_s:.0f} s ({self.line})", self.status)
+
+
+def _any_answered(base: str, response: _Answer, last: _Last) -> bool:
+    """Whether a scan page's answer is the one (200); a 503 means try the next worker (the
+    same rules for both clients); any other refusal (400, 401, ...) ends the scan."""
+    if response.status_code == 200:
+        return True
+    last.refused(base, response)
+    if response.status_code != 503:
+        raise ReplicaClientError(last.line, response.status_code)
+    return False
+
+
+def _scan_params(prefix: str, limit: int, cursor: str | None) -> dict[str, str]:
+    return {"prefix": prefix, "limit": str(limit), **({"cursor": cursor} if cursor else {})}
+
+
+ANY_PAUSE_S: Final = 0.2  # between rounds over every worker, when each was down or said 503
+
+
 def _http_options(
     token: str | None, verify: bool | str | ssl.SSLContext
 ) -> tuple[dict[str, str], bool | ssl.SSLContext]:
@@ -291,7 +327,7 @@ class ReplicaClient(_Timeouts):
         no worker answered within the deadline."""
         grain = (grain_type, grain_key)
         deadline = time.monotonic() + self.deadline_s
-        last = "no worker answered"
+        last = _Last()
         while True:
             if self.router.stale_map:
                 self.refresh()
@@ -305,27 +341,25 @@ class ReplicaClient(_Timeouts):
                     )
                 except httpx.TransportError as exc:
                     self.router.mark_down(base)
-                    last = f"{base}: {type(exc).__name__}"
+                    last.unreachable(base, describe(exc))
                     continue
                 outcome = _judge(self.router, grain, base, response)
                 if outcome.done:
                     return outcome.value
-                last, pause = f"{base}: {_error_line(response)}", outcome.pause
+                last.refused(base, response)
+                pause = outcome.pause
                 break
             if time.monotonic() + pause > deadline:
-                raise ReplicaClientError(f"no answer within {self.deadline_s:.0f} s ({last})")
+                raise last.timed_out(self.deadline_s)
             time.sleep(pause)
 
     def scan(self, grain_type: str, prefix: str = "", limit: int = 100) -> Iterator[dict[str, Any]]:
-        """Every grain of a type (whose key starts with ``prefix``), in key order, page by page."""
+        """Every grain of a type (whose key starts with ``prefix``), in key order, page by
+        page; each page from any worker, retried (503, down) until the deadline."""
         cursor: str | None = None
         while True:
-            params = {
-                "prefix": prefix,
-                "limit": str(limit),
-                **({"cursor": cursor} if cursor else {}),
-            }
-            response = self._any(f"/grains/{quote(grain_type, safe='')}", params)
+            path = f"/grains/{quote(grain_type, safe='')}"
+            response = self._any(path, _scan_params(prefix, limit, cursor))
             page = response.json()
             yield from page["items"]
             cursor = page["next_cursor"]
@@ -333,8 +367,10 @@ class ReplicaClient(_Timeouts):
                 return
 
     def _any(self, path: str, params: dict[str, str]) -> httpx.Response:
+        """The first 200 of any worker (those seen down last), round after round until the
+        deadline."""
         deadline = time.monotonic() + self.deadline_s
-        last = "no worker answered"
+        last = _Last()
         while True:
             for base in self.router.refresh_order():
                 try:
@@ -343,16 +379,13 @@ class ReplicaClient(_Timeouts):
                     )
                 except httpx.TransportError as exc:
                     self.router.mark_down(base)
-                    last = f"{base}: {type(exc).__name__}"
+                    last.unreachable(base, describe(exc))
                     continue
-                if response.status_code == 200:
+                if _any_answered(base, response, last):
                     return response
-                last = f"{base}: {_error_line(response)}"
-                if response.status_code != 503:
-                    raise ReplicaClientError(last, response.status_code)
-            if time.monotonic() > deadline:
-                raise ReplicaClientError(f"no answer within {self.deadline_s:.0f} s ({last})")
-            time.sleep(0.2)
+            if time.monotonic() + ANY_PAUSE_S > deadline:
+                raise last.timed_out(self.deadline_s)
+            time.sleep(ANY_PAUSE_S)
 
 
 class AsyncReplicaClient(_Timeouts):
@@ -413,7 +446,7 @@ class AsyncReplicaClient(_Timeouts):
     ) -> GrainRead | None:
         grain = (grain_type, grain_key)
         deadline = time.monotonic() + self.deadline_s
-        last = "no worker answered"
+        last = _Last()
         while True:
             if self.router.stale_map:
                 await self.refresh()
@@ -427,15 +460,16 @@ class AsyncReplicaClient(_Timeouts):
                     )
                 except TransportError as exc:
                     self.router.mark_down(base)
-                    last = f"{base}: {exc}"
+                    last.unreachable(base, str(exc))
                     continue
                 outcome = _judge(self.router, grain, base, response)
                 if outcome.done:
                     return outcome.value
-                last, pause = f"{base}: {_error_line(response)}", outcome.pause
+                last.refused(base, response)
+                pause = outcome.pause
                 break
             if time.monotonic() + pause > deadline:
-                raise ReplicaClientError(f"no answer within {self.deadline_s:.0f} s ({last})")
+                raise last.timed_out(self.deadline_s)
             await asyncio.sleep(pause)
 
     async def scan(
@@ -443,30 +477,31 @@ class AsyncReplicaClient(_Timeouts):
     ) -> AsyncIterator[dict[str, Any]]:
         cursor: str | None = None
         while True:
-            params = {
-                "prefix": prefix,
-                "limit": str(limit),
-                **({"cursor": cursor} if cursor else {}),
-            }
-            response = None
-            for base in self.router.refresh_order():
-                try:
-                    response = await self.http.get(
-                        base + f"/grains/{quote(grain_type, safe='')}",
-                        params=params,
-                        timeout_s=self.request_timeout_s,
-                    )
-                except TransportError:
-                    self.router.mark_down(base)
-                    continue
-                if response.status_code == 200:
-                    break
-            if response is None or response.status_code != 200:
-                line = "no worker answered" if response is None else _error_line(response)
-                raise ReplicaClientError(f"scan {grain_type}: {line}")
+            path = f"/grains/{quote(grain_type, safe='')}"
+            response = await self._any(path, _scan_params(prefix, limit, cursor))
             page = response.json()
             for item in page["items"]:
                 yield item
             cursor = page["next_cursor"]
             if not cursor:
                 return
+
+    async def _any(self, path: str, params: dict[str, str]) -> Reply:
+        """:meth:`ReplicaClient._any`, awaited."""
+        deadline = time.monotonic() + self.deadline_s
+        last = _Last()
+        while True:
+            for base in self.router.refresh_order():
+                try:
+                    response = await self.http.get(
+                        base + path, params=params, timeout_s=self.request_timeout_s
+                    )
+                except TransportError as exc:
+                    self.router.mark_down(base)
+                    last.unreachable(base, str(exc))
+                    continue
+                if _any_answered(base, response, last):
+                    return response
+            if time.monotonic() + ANY_PAUSE_S > deadline:
+                raise last.timed_out(self.deadline_s)
+            await asyncio.sleep(ANY_PAUSE_S)

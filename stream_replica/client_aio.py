@@ -23,6 +23,11 @@ class TransportError(Exception):
     """The worker could not be reached or did not answer in time."""
 
 
+def describe(exc: BaseException) -> str:
+    """An exception as one line: its type, and its message when it has one."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """A read answer with the part of httpx.Response's surface the client judges."""
@@ -68,7 +73,7 @@ class AioGetter:
                 body = await response.read()
                 return Reply(response.status, response.headers, body)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+            raise TransportError(describe(exc)) from exc
 
     async def aclose(self) -> None:
         if self._session is not None:

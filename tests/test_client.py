@@ -161,3 +161,136 @@ async def test_a_forwarding_workers_503_arrives_before_the_client_gives_up_on_it
         assert "did not answer (TimeoutError)" in str(error), error
         assert front not in down and down == {f"http://127.0.0.1:{owner.port}"}
     assert time.monotonic() - started < 15
+
+
+# --- the same retry rules and errors in both clients -------------------------------------
+
+KINDS = ("sync", "async")
+
+
+async def scan_with(
+    kind: str, endpoints: list[str], grain_type: str = "acct", **options: Any
+) -> tuple[list[dict[str, Any]], set[str]]:
+    """Every item of a scan with either client (the sync one in a thread, as the servers
+    run on this loop); and the endpoints the client saw down."""
+    if kind == "sync":
+
+        def scan() -> tuple[list[dict[str, Any]], set[str]]:
+            with ReplicaClient(endpoints, **options) as client:
+                return list(client.scan(grain_type, limit=1)), set(client.router.down)
+
+        return await asyncio.to_thread(scan)
+    async with AsyncReplicaClient(endpoints, **options) as client:
+        return [item async for item in client.scan(grain_type, limit=1)], set(client.router.down)
+
+
+async def get_with(kind: str, endpoints: list[str], **options: Any) -> Any:
+    if kind == "sync":
+
+        def get() -> Any:
+            with ReplicaClient(endpoints, **options) as client:
+                return client.get("acct", "plain")
+
+        return await asyncio.to_thread(get)
+    async with AsyncReplicaClient(endpoints, **options) as client:
+        return await client.get("acct", "plain")
+
+
+def scripted(answers: list[tuple[int, dict[str, Any]]]) -> web.Application:
+    """A worker answering reads and scan pages with ``answers`` in turn (the last one from
+    then on); its /partitions says nothing useful (no partition count)."""
+    left = list(answers)
+
+    async def answer(_: web.Request) -> web.Response:
+        status, body = left.pop(0) if len(left) > 1 else left[0]
+        headers = {"Retry-After": "1"} if status == 503 else {}
+        return web.json_response(body, status=status, headers=headers)
+
+    async def partitions(_: web.Request) -> web.Response:
+        return web.json_response({"partition_count": None, "partitions": {}})
+
+    app = web.Application()
+    app.router.add_get("/partitions", partitions)
+    app.router.add_get("/grains/{grain_type}", answer)
+    app.router.add_get("/grains/{grain_type}/{grain_key}", answer)
+    return app
+
+
+def closed_port() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+BUSY = (503, {"error": "partition 1 is being rebuilt"})
+
+
+def page(key: str, cursor: str | None) -> tuple[int, dict[str, Any]]:
+    return 200, {"items": [{"grain_key": key}], "next_cursor": cursor}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_scan_retries_a_503_and_passes_over_a_down_worker(kind: str, serve: Started) -> None:
+    flaky = await serve(scripted([BUSY, BUSY, page("a", "YQ"), BUSY, page("b", None)]))
+    dead = closed_port()
+    items, down = await scan_with(kind, [dead, str(flaky.make_url("")).rstrip("/")])
+    assert [i["grain_key"] for i in items] == ["a", "b"]
+    assert down == {dead}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_scan_and_get_give_up_at_the_deadline_with_the_last_status(
+    kind: str, serve: Started
+) -> None:
+    busy = await serve(scripted([BUSY]))
+    base = str(busy.make_url("")).rstrip("/")
+    started = time.monotonic()
+    with pytest.raises(ReplicaClientError) as caught:
+        await scan_with(kind, [base], deadline_s=0.5)
+    assert 0.3 <= time.monotonic() - started < 5  # retried (gives up when a pause would pass it)
+    assert caught.value.status == 503
+    assert "no answer within" in str(caught.value) and "being rebuilt" in str(caught.value)
+    with pytest.raises(ReplicaClientError) as caught:
+        await get_with(kind, [base], deadline_s=0.5)
+    assert caught.value.status == 503 and "being rebuilt" in str(caught.value)
+    dead = closed_port()
+    with pytest.raises(ReplicaClientError) as caught:
+        await scan_with(kind, [dead], deadline_s=0.3)
+    assert caught.value.status is None and dead in str(caught.value)  # nobody answered
+
+
+class LocalView:
+    """A worker serving every partition, caught up, from a real store."""
+
+    topic = "t"
+
+    def __init__(self, store: ReplicaStore) -> None:
+        self.store = store
+
+    def partition_rows(self) -> dict[int, PartitionRow]:
+        return {p: PartitionRow("active", 10, 10, True) for p in range(PARTITIONS)}
+
+    def group_assignment(self) -> GroupAssignment | None:
+        return None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_refusals_carry_their_status(kind: str, serve: Started, tmp_path: Path) -> None:
+    store = ReplicaStore(tmp_path / "db", "t")
+    app = web.Application()
+    config = QueryConfig(endpoint="here:1", token="s3cret", _partitions=PARTITIONS)
+    add_query_routes(app, LocalView(store), config)
+    base = str((await serve(app)).make_url("")).rstrip("/")
+    try:
+        for call in (get_with, scan_with):
+            with pytest.raises(ReplicaClientError) as caught:
+                await call(kind, [base], token="wrong")
+            assert caught.value.status == 401, call
+            assert "bearer token" in str(caught.value)
+        with pytest.raises(ReplicaClientError) as caught:
+            await scan_with(kind, [base], grain_type="a/b", token="s3cret")
+        assert caught.value.status == 400 and "contains '/'" in str(caught.value)
+    finally:
+        store.close()
