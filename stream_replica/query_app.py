@@ -35,6 +35,9 @@ from stream_replica.fold import grain_json
 from stream_replica.membership import GroupAssignment
 from stream_replica.openapi import openapi
 from stream_replica.query_request import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_WAIT_MS,
     ReadError,
     bearer_matches,
     grain_of,
@@ -60,9 +63,6 @@ log = logging.getLogger("stream_replica.query")
 
 FORWARDED_HEADER: Final = "X-Stream-Replica-Forwarded-By"
 FRESH_HEADER: Final = "X-Stream-Replica-Fresh-Only"
-MAX_WAIT_MS: Final = 60_000
-MAX_LIMIT: Final = 1000
-DEFAULT_LIMIT: Final = 100
 # With ?stale=ok a read keeps trying the replicas this long (a rebalance moves them).
 STALE_RETRY_S: Final = 5.0
 WAIT_STEP_S: Final = 0.01
