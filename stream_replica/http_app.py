@@ -74,7 +74,10 @@ def build_app(view: WorkerView, rules: HealthRules) -> web.Application:
         return web.json_response({"status": "ready", "partitions": len(status.partitions)})
 
     async def status_json(_: web.Request) -> web.Response:
-        return web.json_response(view.status().as_json())
+        # The page's health dot follows /healthz's rule: it needs the threshold too.
+        return web.json_response(
+            view.status().as_json() | {"health_max_poll_age_s": rules.max_poll_age_s}
+        )
 
     async def page(_: web.Request) -> web.Response:
         html = resources.files("stream_replica").joinpath("status.html").read_text("utf-8")

@@ -77,6 +77,7 @@ async def test_metrics_exposition_and_status() -> None:
         assert 'stream_replica_records_refused_total{kind="delta"} 2.0' in text
         assert 'stream_replica_partition_lag_records{partition="3",role="standby"} 2.0' in text
         status = await (await client.get("/status.json")).json()
+        assert status["health_max_poll_age_s"] == 5.0  # the page's health dot needs it
         assert status["partitions"]["3"] == {
             "role": "standby",
             "checkpoint": 40,
