@@ -22,8 +22,8 @@ from urllib.parse import quote
 
 import httpx
 
-from stream_replica.client_aio import AioGetter, TransportError
-from stream_replica.routing import partition_for
+from stream_replica.client_aio import AioGetter, Reply, TransportError, describe
+from stream_replica.routing import FORWARD_TIMEOUT_S, client_timeout_s, partition_for
 
 DOWN_FOR_S: Final = 2.0  # an endpoint that refused a connection is tried last for this long
 
@@ -91,9 +91,12 @@ class _Router:
         self.replicas: dict[int, list[tuple[str, str]]] = {}  # partition -> [(base, role)]
         self.down: dict[str, float] = {}
         self.stale_map = True
+        # The workers' --read-forward-timeout-s, as /partitions reports it.
+        self.forward_timeout_s = FORWARD_TIMEOUT_S
 
     def learn(self, obj: dict[str, Any]) -> None:
         self.partitions = obj.get("partition_count") or self.partitions
+        self.forward_timeout_s = float(obj.get("forward_timeout_s") or self.forward_timeout_s)
         replicas: dict[int, list[tuple[str, str]]] = {}
         for p, entry in obj.get("partitions", {}).items():
             replicas[int(p)] = [
@@ -205,20 +208,73 @@ def _judge(router: _Router, grain: tuple[str, str], base: str, response: _Answer
     raise ReplicaClientError(f"{base}: {_error_line(response)}", status)
 
 
+class _Last:
+    """What a read's last attempt ran into, for the error raised at its deadline: the
+    worker's line and status (503), or no status when the last worker did not answer."""
+
+    def __init__(self) -> None:
+        self.line = "no worker answered"
+        self.status: int | None = None
+
+    def refused(self, base: str, response: _Answer) -> None:
+        self.line, self.status = f"{base}: {_error_line(response)}", response.status_code
+
+    def unreachable(self, base: str, why: str) -> None:
+        self.line, self.status = f"{base}: {why}", None
+
+    def timed_out(self, deadline_s: float) -> ReplicaClientError:
+        return ReplicaClientError(f"no answer within {deadline_s:.0f} s ({self.line})", self.status)
+
+
+def _any_answered(base: str, response: _Answer, last: _Last) -> bool:
+    """Whether a scan page's answer is the one (200); a 503 means try the next worker (the
+    same rules for both clients); any other refusal (400, 401, ...) ends the scan."""
+    if response.status_code == 200:
+        return True
+    last.refused(base, response)
+    if response.status_code != 503:
+        raise ReplicaClientError(last.line, response.status_code)
+    return False
+
+
+def _scan_params(prefix: str, limit: int, cursor: str | None) -> dict[str, str]:
+    return {"prefix": prefix, "limit": str(limit), **({"cursor": cursor} if cursor else {})}
+
+
+ANY_PAUSE_S: Final = 0.2  # between rounds over every worker, when each was down or said 503
+
+
 def _http_options(
-    token: str | None, verify: bool | str | ssl.SSLContext, timeout_s: float
-) -> dict[str, Any]:
-    """What both clients give httpx: the bearer token, the CA to trust, the timeout."""
+    token: str | None, verify: bool | str | ssl.SSLContext
+) -> tuple[dict[str, str], bool | ssl.SSLContext]:
+    """What both clients send and trust: the bearer token's header, the CA to verify with."""
     if isinstance(verify, str):
         verify = ssl.create_default_context(cafile=verify)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return {"headers": headers, "verify": verify, "timeout": timeout_s}
+    return headers, verify
 
 
-class ReplicaClient:
+class _Timeouts:
+    """The per-request timeout both clients use: ``timeout_s`` when given, else longer than
+    the workers' forward timeout (learned from /partitions) by ``CLIENT_TIMEOUT_MARGIN_S``, so
+    that a worker forwarding to a silent owner answers 503 before the client gives up on it."""
+
+    router: _Router
+    timeout_s: float | None
+
+    @property
+    def request_timeout_s(self) -> float:
+        if self.timeout_s is not None:
+            return self.timeout_s
+        return client_timeout_s(self.router.forward_timeout_s)
+
+
+class ReplicaClient(_Timeouts):
     """Synchronous client (httpx). ``verify``: True, False, or a CA bundle path / SSLContext
-    for HTTPS workers; ``token``: the workers' bearer token; ``deadline_s``: how long one
-    read keeps retrying other workers."""
+    for HTTPS workers; ``token``: the workers' bearer token; ``timeout_s``: how long to wait
+    for one worker (default: the workers' ``--read-forward-timeout-s`` + 2 s, see
+    :class:`_Timeouts`), plus ``wait_ms``; ``deadline_s``: how long one read keeps retrying
+    other workers."""
 
     def __init__(
         self,
@@ -226,11 +282,12 @@ class ReplicaClient:
         *,
         token: str | None = None,
         verify: bool | str | ssl.SSLContext = True,
-        timeout_s: float = 5.0,
+        timeout_s: float | None = None,
         deadline_s: float = 15.0,
     ) -> None:
         self.router = _Router(endpoints)
-        self.http = httpx.Client(**_http_options(token, verify, timeout_s))
+        headers, trust = _http_options(token, verify)
+        self.http = httpx.Client(headers=headers, verify=trust)
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
 
@@ -247,7 +304,7 @@ class ReplicaClient:
         """Learn the ownership map from the first worker that answers."""
         for base in self.router.refresh_order():
             try:
-                response = self.http.get(base + "/partitions")
+                response = self.http.get(base + "/partitions", timeout=self.request_timeout_s)
             except httpx.TransportError:
                 self.router.mark_down(base)
                 continue
@@ -270,7 +327,7 @@ class ReplicaClient:
         no worker answered within the deadline."""
         grain = (grain_type, grain_key)
         deadline = time.monotonic() + self.deadline_s
-        last = "no worker answered"
+        last = _Last()
         while True:
             if self.router.stale_map:
                 self.refresh()
@@ -280,31 +337,29 @@ class ReplicaClient:
                     response = self.http.get(
                         base + _path(grain_type, grain_key),
                         params=_params(stale, min_sequence, wait_ms),
-                        timeout=self.timeout_s + (wait_ms or 0) / 1000,
+                        timeout=self.request_timeout_s + (wait_ms or 0) / 1000,
                     )
                 except httpx.TransportError as exc:
                     self.router.mark_down(base)
-                    last = f"{base}: {type(exc).__name__}"
+                    last.unreachable(base, describe(exc))
                     continue
                 outcome = _judge(self.router, grain, base, response)
                 if outcome.done:
                     return outcome.value
-                last, pause = f"{base}: {_error_line(response)}", outcome.pause
+                last.refused(base, response)
+                pause = outcome.pause
                 break
             if time.monotonic() + pause > deadline:
-                raise ReplicaClientError(f"no answer within {self.deadline_s:.0f} s ({last})")
+                raise last.timed_out(self.deadline_s)
             time.sleep(pause)
 
     def scan(self, grain_type: str, prefix: str = "", limit: int = 100) -> Iterator[dict[str, Any]]:
-        """Every grain of a type (whose key starts with ``prefix``), in key order, page by page."""
+        """Every grain of a type (whose key starts with ``prefix``), in key order, page by
+        page; each page from any worker, retried (503, down) until the deadline."""
         cursor: str | None = None
         while True:
-            params = {
-                "prefix": prefix,
-                "limit": str(limit),
-                **({"cursor": cursor} if cursor else {}),
-            }
-            response = self._any(f"/grains/{quote(grain_type, safe='')}", params)
+            path = f"/grains/{quote(grain_type, safe='')}"
+            response = self._any(path, _scan_params(prefix, limit, cursor))
             page = response.json()
             yield from page["items"]
             cursor = page["next_cursor"]
@@ -312,27 +367,28 @@ class ReplicaClient:
                 return
 
     def _any(self, path: str, params: dict[str, str]) -> httpx.Response:
+        """The first 200 of any worker (those seen down last), round after round until the
+        deadline."""
         deadline = time.monotonic() + self.deadline_s
-        last = "no worker answered"
+        last = _Last()
         while True:
             for base in self.router.refresh_order():
                 try:
-                    response = self.http.get(base + path, params=params)
+                    response = self.http.get(
+                        base + path, params=params, timeout=self.request_timeout_s
+                    )
                 except httpx.TransportError as exc:
                     self.router.mark_down(base)
-                    last = f"{base}: {type(exc).__name__}"
+                    last.unreachable(base, describe(exc))
                     continue
-                if response.status_code == 200:
+                if _any_answered(base, response, last):
                     return response
-                last = f"{base}: {_error_line(response)}"
-                if response.status_code != 503:
-                    raise ReplicaClientError(last, response.status_code)
-            if time.monotonic() > deadline:
-                raise ReplicaClientError(f"no answer within {self.deadline_s:.0f} s ({last})")
-            time.sleep(0.2)
+            if time.monotonic() + ANY_PAUSE_S > deadline:
+                raise last.timed_out(self.deadline_s)
+            time.sleep(ANY_PAUSE_S)
 
 
-class AsyncReplicaClient:
+class AsyncReplicaClient(_Timeouts):
     """The asyncio twin of :class:`ReplicaClient` (same arguments and behaviour), on one
     pooled aiohttp session (see client_aio for why not httpx)."""
 
@@ -342,12 +398,12 @@ class AsyncReplicaClient:
         *,
         token: str | None = None,
         verify: bool | str | ssl.SSLContext = True,
-        timeout_s: float = 5.0,
+        timeout_s: float | None = None,
         deadline_s: float = 15.0,
     ) -> None:
         self.router = _Router(endpoints)
-        options = _http_options(token, verify, timeout_s)
-        self.http = AioGetter(options["headers"], options["verify"], timeout_s)
+        headers, trust = _http_options(token, verify)
+        self.http = AioGetter(headers, trust)
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
         self._refreshing = asyncio.Lock()
@@ -367,7 +423,9 @@ class AsyncReplicaClient:
                 return  # another task just did it
             for base in self.router.refresh_order():
                 try:
-                    response = await self.http.get(base + "/partitions")
+                    response = await self.http.get(
+                        base + "/partitions", timeout_s=self.request_timeout_s
+                    )
                 except TransportError:
                     self.router.mark_down(base)
                     continue
@@ -388,7 +446,7 @@ class AsyncReplicaClient:
     ) -> GrainRead | None:
         grain = (grain_type, grain_key)
         deadline = time.monotonic() + self.deadline_s
-        last = "no worker answered"
+        last = _Last()
         while True:
             if self.router.stale_map:
                 await self.refresh()
@@ -398,19 +456,20 @@ class AsyncReplicaClient:
                     response = await self.http.get(
                         base + _path(grain_type, grain_key),
                         params=_params(stale, min_sequence, wait_ms),
-                        timeout_s=self.timeout_s + (wait_ms or 0) / 1000,
+                        timeout_s=self.request_timeout_s + (wait_ms or 0) / 1000,
                     )
                 except TransportError as exc:
                     self.router.mark_down(base)
-                    last = f"{base}: {exc}"
+                    last.unreachable(base, str(exc))
                     continue
                 outcome = _judge(self.router, grain, base, response)
                 if outcome.done:
                     return outcome.value
-                last, pause = f"{base}: {_error_line(response)}", outcome.pause
+                last.refused(base, response)
+                pause = outcome.pause
                 break
             if time.monotonic() + pause > deadline:
-                raise ReplicaClientError(f"no answer within {self.deadline_s:.0f} s ({last})")
+                raise last.timed_out(self.deadline_s)
             await asyncio.sleep(pause)
 
     async def scan(
@@ -418,28 +477,31 @@ class AsyncReplicaClient:
     ) -> AsyncIterator[dict[str, Any]]:
         cursor: str | None = None
         while True:
-            params = {
-                "prefix": prefix,
-                "limit": str(limit),
-                **({"cursor": cursor} if cursor else {}),
-            }
-            response = None
-            for base in self.router.refresh_order():
-                try:
-                    response = await self.http.get(
-                        base + f"/grains/{quote(grain_type, safe='')}", params=params
-                    )
-                except TransportError:
-                    self.router.mark_down(base)
-                    continue
-                if response.status_code == 200:
-                    break
-            if response is None or response.status_code != 200:
-                line = "no worker answered" if response is None else _error_line(response)
-                raise ReplicaClientError(f"scan {grain_type}: {line}")
+            path = f"/grains/{quote(grain_type, safe='')}"
+            response = await self._any(path, _scan_params(prefix, limit, cursor))
             page = response.json()
             for item in page["items"]:
                 yield item
             cursor = page["next_cursor"]
             if not cursor:
                 return
+
+    async def _any(self, path: str, params: dict[str, str]) -> Reply:
+        """:meth:`ReplicaClient._any`, awaited."""
+        deadline = time.monotonic() + self.deadline_s
+        last = _Last()
+        while True:
+            for base in self.router.refresh_order():
+                try:
+                    response = await self.http.get(
+                        base + path, params=params, timeout_s=self.request_timeout_s
+                    )
+                except TransportError as exc:
+                    self.router.mark_down(base)
+                    last.unreachable(base, str(exc))
+                    continue
+                if _any_answered(base, response, last):
+                    return response
+            if time.monotonic() + ANY_PAUSE_S > deadline:
+                raise last.timed_out(self.deadline_s)
+            await asyncio.sleep(ANY_PAUSE_S)

@@ -23,6 +23,11 @@ class TransportError(Exception):
     """The worker could not be reached or did not answer in time."""
 
 
+def describe(exc: BaseException) -> str:
+    """An exception as one line: its type, and its message when it has one."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """A read answer with the part of httpx.Response's surface the client judges."""
@@ -43,14 +48,11 @@ class AioGetter:
     """GETs on a lazily opened session (it needs the running loop; the client may be built
     outside one)."""
 
-    def __init__(
-        self, headers: Mapping[str, str], verify: bool | ssl.SSLContext, timeout_s: float
-    ) -> None:
+    def __init__(self, headers: Mapping[str, str], verify: bool | ssl.SSLContext) -> None:
         self._headers = dict(headers)
         self._ssl: bool | ssl.SSLContext = (
             verify if isinstance(verify, ssl.SSLContext) else bool(verify)
         )
-        self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
@@ -61,18 +63,17 @@ class AioGetter:
         return self._session
 
     async def get(
-        self, url: str, params: Mapping[str, str] | None = None, timeout_s: float | None = None
+        self, url: str, *, timeout_s: float, params: Mapping[str, str] | None = None
     ) -> Reply:
-        seconds = self._timeout_s if timeout_s is None else timeout_s
-        limit = self._timeouts.get(seconds)
+        limit = self._timeouts.get(timeout_s)
         if limit is None:
-            limit = self._timeouts.setdefault(seconds, aiohttp.ClientTimeout(total=seconds))
+            limit = self._timeouts.setdefault(timeout_s, aiohttp.ClientTimeout(total=timeout_s))
         try:
             async with self._open().get(url, params=params or None, timeout=limit) as response:
                 body = await response.read()
                 return Reply(response.status, response.headers, body)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+            raise TransportError(describe(exc)) from exc
 
     async def aclose(self) -> None:
         if self._session is not None:

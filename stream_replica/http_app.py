@@ -15,7 +15,8 @@ from typing import Protocol
 
 from aiohttp import web
 
-from stream_replica.metrics import Metrics
+from stream_replica.http_metrics import request_metrics
+from stream_replica.metrics import CONTENT_TYPE, Metrics
 from stream_replica.status import NodeStatus
 
 
@@ -35,11 +36,12 @@ class HealthRules:
 
 def build_app(view: WorkerView, rules: HealthRules) -> web.Application:
     app = web.Application()
+    app.middlewares.append(request_metrics(view.metrics))  # first: it sees every answer
 
     async def metrics(_: web.Request) -> web.Response:
         view.status()  # refreshes the per-partition gauges a scrape reads
         body = view.metrics.exposition()
-        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz(_: web.Request) -> web.Response:
         status = view.status()
@@ -100,17 +102,21 @@ def build_app(view: WorkerView, rules: HealthRules) -> web.Application:
         return web.json_response({"status": "ready", "partitions": len(status.partitions)})
 
     async def status_json(_: web.Request) -> web.Response:
-        return web.json_response(view.status().as_json())
+        # The page's health dot follows /healthz's rule: it needs the threshold too.
+        return web.json_response(
+            view.status().as_json() | {"health_max_poll_age_s": rules.max_poll_age_s}
+        )
 
     async def page(_: web.Request) -> web.Response:
         html = resources.files("stream_replica").joinpath("status.html").read_text("utf-8")
         return web.Response(text=html, content_type="text/html")
 
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/status.json", status_json)
-    app.router.add_get("/", page)
+    # The names are the ``route`` label of the HTTP metrics (http_metrics.py).
+    app.router.add_get("/metrics", metrics, name="metrics")
+    app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/readyz", readyz, name="readyz")
+    app.router.add_get("/status.json", status_json, name="status")
+    app.router.add_get("/", page, name="page")
     return app
 
 

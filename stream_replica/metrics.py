@@ -42,6 +42,11 @@ _LATENCY_BUCKETS: Final = (
     5,
 )
 _BATCH_BUCKETS: Final = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
+# HTTP answers: a read may wait up to 60 s (?wait_ms), a forward up to its timeout.
+_HTTP_BUCKETS: Final = (*_LATENCY_BUCKETS, 10, 30, 60)
+# What a forward to another worker came to: any answer but a 503, a 503, none in time, none.
+FORWARD_OUTCOMES: Final = ("answered", "unavailable", "timeout", "unreachable")
+FORWARDING_ROUTES: Final = ("grain", "scan", "partitions")
 
 # FoldCounts field → (metric name, help). Refusals get one metric with a ``kind`` label.
 _FOLD_COUNTERS: Final = {
@@ -179,6 +184,33 @@ class Metrics:
             "Unix time of the last completed poll (also empty ones)",
             registry=r,
         )
+        # The HTTP face (http_metrics.py): ``route`` is a route's name (grain, scan,
+        # partitions, openapi, metrics, healthz, readyz, status, page; unmatched), never a path.
+        self.http_requests = Counter(
+            "stream_replica_http_requests",
+            "HTTP requests answered, by route name and status code",
+            ["route", "status"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "stream_replica_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route name (a read's wait_ms and forwards "
+            "included)",
+            ["route"],
+            buckets=_HTTP_BUCKETS,
+            registry=r,
+        )
+        self.forwards = Counter(
+            "stream_replica_read_forwards",
+            "Requests sent to another worker for a read, by route and outcome: answered (any "
+            "status but 503), unavailable (503), timeout (--read-forward-timeout-s), "
+            "unreachable (no connection)",
+            ["route", "outcome"],
+            registry=r,
+        )
+        for route in FORWARDING_ROUTES:
+            for outcome in FORWARD_OUTCOMES:
+                self.forwards.labels(route, outcome)
 
     def add_fold(self, counts: FoldCounts) -> None:
         for field, counter in self._fold.items():

@@ -102,7 +102,7 @@ async def run_node(settings: WorkerSettings, store: ReplicaStore, stop: asyncio.
             forward_timeout_s=settings.read_forward_timeout_s,
         )
         app = build_app(worker, rules)
-        add_query_routes(app, worker, query)
+        add_query_routes(app, worker, query, worker.metrics)
         server = HttpServer(app, host, port, server_ssl)
         try:
             await server.start()

@@ -32,9 +32,14 @@ from yarl import URL
 
 from stream_replica.contract import GrainId
 from stream_replica.fold import grain_json
+from stream_replica.http_metrics import ForwardCounter
 from stream_replica.membership import GroupAssignment
+from stream_replica.metrics import Metrics
 from stream_replica.openapi import openapi
 from stream_replica.query_request import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_WAIT_MS,
     ReadError,
     bearer_matches,
     grain_of,
@@ -46,6 +51,7 @@ from stream_replica.query_request import (
     stale_param,
 )
 from stream_replica.routing import (
+    FORWARD_TIMEOUT_S,
     OwnershipMap,
     ReplicaRef,
     decode_cursor,
@@ -59,9 +65,6 @@ log = logging.getLogger("stream_replica.query")
 
 FORWARDED_HEADER: Final = "X-Stream-Replica-Forwarded-By"
 FRESH_HEADER: Final = "X-Stream-Replica-Fresh-Only"
-MAX_WAIT_MS: Final = 60_000
-MAX_LIMIT: Final = 1000
-DEFAULT_LIMIT: Final = 100
 # With ?stale=ok a read keeps trying the replicas this long (a rebalance moves them).
 STALE_RETRY_S: Final = 5.0
 WAIT_STEP_S: Final = 0.01
@@ -87,7 +90,7 @@ class QueryConfig:
     token: str | None = None
     scheme: str = "http"
     client_ssl: ssl.SSLContext | None = None
-    forward_timeout_s: float = 5.0
+    forward_timeout_s: float = FORWARD_TIMEOUT_S
     _partitions: int | None = field(default=None, repr=False)
 
 
@@ -119,7 +122,11 @@ def _rebuilding(row: PartitionRow) -> bool:
     return row.end_offset is None or row.rebuild_remaining > 0
 
 
-def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig) -> None:
+def add_query_routes(
+    app: web.Application, view: QueryView, config: QueryConfig, metrics: Metrics | None = None
+) -> None:
+    """The read routes on ``app``; ``metrics``: where forwards are counted (by outcome)."""
+    forwards = ForwardCounter(metrics)
     session_holder: dict[str, aiohttp.ClientSession] = {}
     timeouts: dict[float, aiohttp.ClientTimeout] = {}
     # The routing table of the last assignment seen (rebuilt only when the assignment object
@@ -193,18 +200,27 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
         return headers
 
     async def call(
-        endpoint: str, path_qs: str, headers: Mapping[str, str], timeout_s: float
+        route: str, endpoint: str, path_qs: str, headers: Mapping[str, str], timeout_s: float
     ) -> tuple[int, bytes, Mapping[str, str]]:
-        """One GET on the pooled keep-alive session (no connect per read). ``path_qs`` is
-        already percent-encoded (a request's own, or built by yarl): not parsed again."""
+        """One GET on the pooled keep-alive session (no connect per read), counted under
+        ``route``. ``path_qs`` is already percent-encoded (a request's own, or built by
+        yarl): not parsed again."""
         session = session_holder["s"]
         url = URL(f"{config.scheme}://{endpoint}{path_qs}", encoded=True)
         timeout = timeouts.get(timeout_s)
         if timeout is None:
             timeout = timeouts.setdefault(timeout_s, aiohttp.ClientTimeout(total=timeout_s))
-        async with session.get(url, headers=headers, timeout=timeout) as response:
-            body = await response.read()
-            return response.status, body, response.headers
+        try:
+            async with session.get(url, headers=headers, timeout=timeout) as response:
+                body = await response.read()
+        except TimeoutError:  # aiohttp's timeouts are TimeoutErrors (and ClientErrors)
+            forwards.count(route, "timeout")
+            raise
+        except (aiohttp.ClientError, OSError):
+            forwards.count(route, "unreachable")
+            raise
+        forwards.count(route, "unavailable" if response.status == 503 else "answered")
+        return response.status, body, response.headers
 
     def serve_local(
         request: web.Request,
@@ -288,6 +304,7 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             assert replica.endpoint is not None
             try:
                 status, body, headers = await call(
+                    "grain",
                     replica.endpoint,
                     request.path_qs,
                     forward_headers(request) | ({FRESH_HEADER: "1"} if fresh_only else {}),
@@ -410,7 +427,7 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
             path = request.app.router["scan"].url_for(grain_type=grain_type).with_query(query)
             try:
                 status, body, _ = await call(
-                    endpoint, str(path), forward_headers(request), config.forward_timeout_s
+                    "scan", endpoint, str(path), forward_headers(request), config.forward_timeout_s
                 )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 return f"did not answer ({type(exc).__name__})"
@@ -537,7 +554,7 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
                 return local_rows()
             try:
                 status, body, _ = await call(
-                    endpoint, "/partitions?local=1", forward_headers(request), 2.0
+                    "partitions", endpoint, "/partitions?local=1", forward_headers(request), 2.0
                 )
             except (aiohttp.ClientError, TimeoutError, OSError):
                 return None
@@ -572,6 +589,8 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
                 "partition_count": config._partitions or _count_or_none(view),
                 "epoch": owners.epoch,
                 "scheme": config.scheme,
+                # clients wait longer than this for a worker (routing.client_timeout_s)
+                "forward_timeout_s": config.forward_timeout_s,
                 "partitions": result,
             }
         )
@@ -582,8 +601,8 @@ def add_query_routes(app: web.Application, view: QueryView, config: QueryConfig)
     # [\s\S]: a grain key may hold any character, a line break too ("." would not match it)
     app.router.add_get(r"/grains/{grain_type}/{grain_key:[\s\S]+}", get_grain, name="grain")
     app.router.add_get("/grains/{grain_type}", scan, name="scan")
-    app.router.add_get("/partitions", partitions)
-    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/partitions", partitions, name="partitions")
+    app.router.add_get("/openapi.json", openapi_json, name="openapi")
 
 
 def _age(row: PartitionRow) -> float | None:

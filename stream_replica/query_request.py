@@ -17,6 +17,10 @@ from stream_replica.contract import ContractError, GrainId, check_grain
 
 RETRY_AFTER_S: Final = 1
 STALE_VALUE: Final = "ok"  # ?stale=ok: the one value that accepts a possibly stale answer
+MAX_WAIT_MS: Final = 60_000  # ?wait_ms=
+MAX_SEQUENCE: Final = 2**64 - 1  # ?min_sequence= (a sequence is a u64)
+MAX_LIMIT: Final = 1000  # a scan's ?limit=
+DEFAULT_LIMIT: Final = 100
 _ENCODE: Final = msgspec.json.Encoder().encode
 # Header values keep printable ASCII as it is; anything else (non-ASCII, control characters,
 # and "%" itself) is percent-encoded as UTF-8, so a header never breaks and always decodes.

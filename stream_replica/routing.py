@@ -7,10 +7,23 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from aiokafka.partitioner import murmur2
 
 from stream_replica.contract import GrainId, encode_key
+
+# How long a worker waits for the worker it forwards a read to (--read-forward-timeout-s),
+# and how much longer a client waits for the worker it asked: a client must outwait the
+# forward, or it times out on a healthy worker just before that worker's 503 ("the owner did
+# not answer") arrives, and takes the healthy worker for a dead one.
+FORWARD_TIMEOUT_S: Final = 5.0
+CLIENT_TIMEOUT_MARGIN_S: Final = 2.0
+
+
+def client_timeout_s(forward_timeout_s: float) -> float:
+    """A client's per-request timeout against workers forwarding with ``forward_timeout_s``."""
+    return forward_timeout_s + CLIENT_TIMEOUT_MARGIN_S
 
 
 def partition_for(grain: GrainId, partitions: int) -> int:

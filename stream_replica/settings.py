@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream_replica.connection import ConnectionSettings
 from stream_replica.memory import DEFAULT_BUDGET_MIB, MemoryPlan, plan_memory
+from stream_replica.routing import FORWARD_TIMEOUT_S
 
 DEFAULT_TOPIC = "grain-replication"
 STATIC_SESSION_TIMEOUT_MS = 45_000  # Kafka's consumer default
@@ -165,7 +166,10 @@ class WorkerSettings(KafkaSettings):
         "(default: the system's)",
     )
     read_forward_timeout_s: float = Field(
-        default=5.0, gt=0, description="longest wait for another worker's answer to a read (s)"
+        default=FORWARD_TIMEOUT_S,
+        gt=0,
+        description="longest wait for another worker's answer to a read (s); /partitions "
+        "reports it, and the Python client waits 2 s longer for a worker",
     )
     health_max_poll_age_s: float = Field(
         default=30.0, gt=0, description="/healthz fails when the loop has not polled for this long"

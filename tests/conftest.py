@@ -68,8 +68,12 @@ def kafka_bootstrap() -> Iterator[str]:
 
 @pytest.fixture
 def unique() -> Callable[[str], str]:
+    """Unique names for topics (and the groups named after them); STREAM_REPLICA_TEST_PREFIX
+    prefixes them, so runs sharing one broker tell their topics and groups apart."""
+    shared = os.environ.get("STREAM_REPLICA_TEST_PREFIX", "")
+
     def make(prefix: str) -> str:
-        return f"{prefix}-{uuid.uuid4().hex[:10]}"
+        return f"{shared}{prefix}-{uuid.uuid4().hex[:10]}"
 
     return make
 

@@ -8,7 +8,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from stream_replica.fold import FoldCounts
 from stream_replica.http_app import HealthRules, build_app
-from stream_replica.metrics import Metrics
+from stream_replica.metrics import CONTENT_TYPE, Metrics
 from stream_replica.status import NodeStatus, PartitionRow
 
 
@@ -66,13 +66,18 @@ async def test_metrics_exposition_and_status() -> None:
     worker.snapshot.partitions = {3: PartitionRow("standby", 40, 42, True)}
     client = await client_for(worker)
     try:
-        text = await (await client.get("/metrics")).text()
+        scrape = await client.get("/metrics")
+        # prometheus_client's own content type (with its format version and the charset)
+        assert scrape.headers["Content-Type"] == CONTENT_TYPE
+        assert "charset=utf-8" in CONTENT_TYPE
+        text = await scrape.text()
         # A scrape alone (as Prometheus does) refreshes the snapshot behind the gauges.
         assert worker.status_calls == 1
         assert "stream_replica_records_read_total 10.0" in text
         assert 'stream_replica_records_refused_total{kind="delta"} 2.0' in text
         assert 'stream_replica_partition_lag_records{partition="3",role="standby"} 2.0' in text
         status = await (await client.get("/status.json")).json()
+        assert status["health_max_poll_age_s"] == 5.0  # the page's health dot needs it
         assert status["partitions"]["3"] == {
             "role": "standby",
             "checkpoint": 40,

@@ -33,7 +33,7 @@ def get(base: str, path: str) -> tuple[int, str]:
 def start_worker(
     bootstrap: str, topic: str, db: Path, *extra: str
 ) -> tuple[subprocess.Popen[str], str]:
-    command = worker_command(bootstrap, topic, "node-group", db, "--http", "127.0.0.1:0", *extra)
+    command = worker_command(bootstrap, topic, f"{topic}-node", db, "--http", "127.0.0.1:0", *extra)
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     for line in process.stderr:

@@ -81,7 +81,7 @@ class Node:
 def start_nodes(
     bootstrap: str, topic: str, tmp: Path, count: int, *extra: str, scheme: str = "http"
 ) -> list[Node]:
-    group = f"q-{topic}"
+    group = f"{topic}-q"
     return [
         Node(
             worker_command(
@@ -538,7 +538,7 @@ async def test_rolling_restart_during_a_read_loop(
 
     def command(index: int) -> list[str]:
         return worker_command(
-            kafka_bootstrap, topic, f"q-{topic}", tmp_path / f"db{index}",
+            kafka_bootstrap, topic, f"{topic}-q", tmp_path / f"db{index}",
             "--http", f"127.0.0.1:{ports[index]}", "--instance-id", f"reader-{index}",
             "--session-timeout-ms", "20000",
         )  # fmt: skip

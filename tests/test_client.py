@@ -1,0 +1,296 @@
+"""Both Python clients (ReplicaClient, AsyncReplicaClient) against aiohttp test servers: a
+real read API (add_query_routes) in front of stub owners, or stubs alone. No broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from aiokafka.structs import TopicPartition
+
+from stream_replica.client import AsyncReplicaClient, ReplicaClient, ReplicaClientError
+from stream_replica.membership import GroupAssignment, PartitionOwners, Replica
+from stream_replica.query_app import FORWARDED_HEADER, QueryConfig, add_query_routes
+from stream_replica.routing import CLIENT_TIMEOUT_MARGIN_S
+from stream_replica.settings import WorkerSettings
+from stream_replica.status import PartitionRow
+from stream_replica.store import ReplicaStore
+
+PARTITIONS = 3
+
+
+class FrontView:
+    """A worker that serves no partition itself: every partition's owner is ``owner``."""
+
+    topic = "t"
+
+    def __init__(self, store: ReplicaStore, owner: str) -> None:
+        self.store = store
+        self.owner = owner
+
+    def partition_rows(self) -> dict[int, PartitionRow]:
+        return {}
+
+    def group_assignment(self) -> GroupAssignment:
+        owners = PartitionOwners(Replica("owner", self.owner), ())
+        return GroupAssignment(
+            1,
+            frozenset(),
+            frozenset(),
+            {TopicPartition("t", p): owners for p in range(PARTITIONS)},
+        )
+
+
+def silent_owner() -> web.Application:
+    """An owner that is stopped (SIGSTOP) as far as forwarded reads see: it never answers
+    them; a client's own connection to it is dropped at once (so the test does not wait out
+    the client's timeout on it too). Its ``/partitions?local=1`` answers (nothing served)."""
+
+    async def grain(request: web.Request) -> web.StreamResponse:
+        if FORWARDED_HEADER in request.headers:
+            await asyncio.sleep(3600)
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response()
+
+    async def local(_: web.Request) -> web.Response:
+        return web.json_response({"endpoint": "owner", "partitions": {}})
+
+    app = web.Application()
+    app.router.add_get("/partitions", local)
+    app.router.add_get("/grains/{grain_type}/{grain_key}", grain)
+    return app
+
+
+Started = Callable[[web.Application], Awaitable[TestServer]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Started]:
+    servers: list[TestServer] = []
+
+    async def start(app: web.Application) -> TestServer:
+        server = TestServer(app)
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+async def front_of(
+    serve: Started, tmp_path: Path, owner: TestServer, **config: Any
+) -> tuple[str, ReplicaStore]:
+    """A real read API in front of ``owner``; its base URL."""
+    store = ReplicaStore(tmp_path / "front", "t")
+    app = web.Application()
+    query = QueryConfig(_partitions=PARTITIONS, **config)
+    add_query_routes(app, FrontView(store, f"127.0.0.1:{owner.port}"), query)
+    server = await serve(app)
+    query.endpoint = f"127.0.0.1:{server.port}"
+    return f"http://{query.endpoint}", store
+
+
+def test_the_client_timeout_outwaits_the_forward_timeout() -> None:
+    forward = WorkerSettings.model_fields["read_forward_timeout_s"].default
+    assert forward == QueryConfig().forward_timeout_s
+    with ReplicaClient(["http://a:1"]) as client:
+        assert client.request_timeout_s == forward + CLIENT_TIMEOUT_MARGIN_S
+        client.router.learn({"partition_count": 3, "forward_timeout_s": 12.5, "partitions": {}})
+        assert client.request_timeout_s == 12.5 + CLIENT_TIMEOUT_MARGIN_S
+    with ReplicaClient(["http://a:1"], timeout_s=1.5) as client:
+        assert client.request_timeout_s == 1.5  # given: kept as it is
+    assert AsyncReplicaClient(["http://a:1"]).request_timeout_s == forward + CLIENT_TIMEOUT_MARGIN_S
+
+
+async def test_clients_learn_the_forward_timeout_from_partitions(
+    serve: Started, tmp_path: Path
+) -> None:
+    owner = await serve(silent_owner())
+    front, store = await front_of(serve, tmp_path, owner, forward_timeout_s=0.25)
+    try:
+        async with AsyncReplicaClient([front]) as client:
+            await client.refresh()
+            assert client.request_timeout_s == 0.25 + CLIENT_TIMEOUT_MARGIN_S
+
+        def sync() -> float:
+            with ReplicaClient([front]) as client:
+                client.refresh()
+                return client.request_timeout_s
+
+        assert await asyncio.to_thread(sync) == 0.25 + CLIENT_TIMEOUT_MARGIN_S
+    finally:
+        store.close()
+
+
+async def test_a_forwarding_workers_503_arrives_before_the_client_gives_up_on_it(
+    serve: Started, tmp_path: Path
+) -> None:
+    """The owner hangs (as under SIGSTOP); the client reads through a healthy worker whose
+    forward times out after the default --read-forward-timeout-s. The client must get that
+    worker's 503 (not time out on it first) and must not take it for a dead worker."""
+    owner = await serve(silent_owner())
+    front, store = await front_of(serve, tmp_path, owner)  # the default forward timeout
+    started = time.monotonic()
+
+    def sync() -> tuple[ReplicaClientError, set[str]]:
+        with ReplicaClient([front], deadline_s=1) as client:
+            with pytest.raises(ReplicaClientError) as caught:
+                client.get("acct", "1")
+            return caught.value, set(client.router.down)
+
+    async def aio() -> tuple[ReplicaClientError, set[str]]:
+        async with AsyncReplicaClient([front], deadline_s=1) as client:
+            with pytest.raises(ReplicaClientError) as caught:
+                await client.get("acct", "1")
+            return caught.value, set(client.router.down)
+
+    try:
+        answers = await asyncio.gather(asyncio.to_thread(sync), aio())
+    finally:
+        store.close()
+    for error, down in answers:
+        assert "did not answer (TimeoutError)" in str(error), error
+        assert front not in down and down == {f"http://127.0.0.1:{owner.port}"}
+    assert time.monotonic() - started < 15
+
+
+# --- the same retry rules and errors in both clients -------------------------------------
+
+KINDS = ("sync", "async")
+
+
+async def scan_with(
+    kind: str, endpoints: list[str], grain_type: str = "acct", **options: Any
+) -> tuple[list[dict[str, Any]], set[str]]:
+    """Every item of a scan with either client (the sync one in a thread, as the servers
+    run on this loop); and the endpoints the client saw down."""
+    if kind == "sync":
+
+        def scan() -> tuple[list[dict[str, Any]], set[str]]:
+            with ReplicaClient(endpoints, **options) as client:
+                return list(client.scan(grain_type, limit=1)), set(client.router.down)
+
+        return await asyncio.to_thread(scan)
+    async with AsyncReplicaClient(endpoints, **options) as client:
+        return [item async for item in client.scan(grain_type, limit=1)], set(client.router.down)
+
+
+async def get_with(kind: str, endpoints: list[str], **options: Any) -> Any:
+    if kind == "sync":
+
+        def get() -> Any:
+            with ReplicaClient(endpoints, **options) as client:
+                return client.get("acct", "plain")
+
+        return await asyncio.to_thread(get)
+    async with AsyncReplicaClient(endpoints, **options) as client:
+        return await client.get("acct", "plain")
+
+
+def scripted(answers: list[tuple[int, dict[str, Any]]]) -> web.Application:
+    """A worker answering reads and scan pages with ``answers`` in turn (the last one from
+    then on); its /partitions says nothing useful (no partition count)."""
+    left = list(answers)
+
+    async def answer(_: web.Request) -> web.Response:
+        status, body = left.pop(0) if len(left) > 1 else left[0]
+        headers = {"Retry-After": "1"} if status == 503 else {}
+        return web.json_response(body, status=status, headers=headers)
+
+    async def partitions(_: web.Request) -> web.Response:
+        return web.json_response({"partition_count": None, "partitions": {}})
+
+    app = web.Application()
+    app.router.add_get("/partitions", partitions)
+    app.router.add_get("/grains/{grain_type}", answer)
+    app.router.add_get("/grains/{grain_type}/{grain_key}", answer)
+    return app
+
+
+def closed_port() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+BUSY = (503, {"error": "partition 1 is being rebuilt"})
+
+
+def page(key: str, cursor: str | None) -> tuple[int, dict[str, Any]]:
+    return 200, {"items": [{"grain_key": key}], "next_cursor": cursor}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_scan_retries_a_503_and_passes_over_a_down_worker(kind: str, serve: Started) -> None:
+    flaky = await serve(scripted([BUSY, BUSY, page("a", "YQ"), BUSY, page("b", None)]))
+    dead = closed_port()
+    items, down = await scan_with(kind, [dead, str(flaky.make_url("")).rstrip("/")])
+    assert [i["grain_key"] for i in items] == ["a", "b"]
+    assert down == {dead}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_scan_and_get_give_up_at_the_deadline_with_the_last_status(
+    kind: str, serve: Started
+) -> None:
+    busy = await serve(scripted([BUSY]))
+    base = str(busy.make_url("")).rstrip("/")
+    started = time.monotonic()
+    with pytest.raises(ReplicaClientError) as caught:
+        await scan_with(kind, [base], deadline_s=0.5)
+    assert 0.3 <= time.monotonic() - started < 5  # retried (gives up when a pause would pass it)
+    assert caught.value.status == 503
+    assert "no answer within" in str(caught.value) and "being rebuilt" in str(caught.value)
+    with pytest.raises(ReplicaClientError) as caught:
+        await get_with(kind, [base], deadline_s=0.5)
+    assert caught.value.status == 503 and "being rebuilt" in str(caught.value)
+    dead = closed_port()
+    with pytest.raises(ReplicaClientError) as caught:
+        await scan_with(kind, [dead], deadline_s=0.3)
+    assert caught.value.status is None and dead in str(caught.value)  # nobody answered
+
+
+class LocalView:
+    """A worker serving every partition, caught up, from a real store."""
+
+    topic = "t"
+
+    def __init__(self, store: ReplicaStore) -> None:
+        self.store = store
+
+    def partition_rows(self) -> dict[int, PartitionRow]:
+        return {p: PartitionRow("active", 10, 10, True) for p in range(PARTITIONS)}
+
+    def group_assignment(self) -> GroupAssignment | None:
+        return None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_refusals_carry_their_status(kind: str, serve: Started, tmp_path: Path) -> None:
+    store = ReplicaStore(tmp_path / "db", "t")
+    app = web.Application()
+    config = QueryConfig(endpoint="here:1", token="s3cret", _partitions=PARTITIONS)
+    add_query_routes(app, LocalView(store), config)
+    base = str((await serve(app)).make_url("")).rstrip("/")
+    try:
+        for call in (get_with, scan_with):
+            with pytest.raises(ReplicaClientError) as caught:
+                await call(kind, [base], token="wrong")
+            assert caught.value.status == 401, call
+            assert "bearer token" in str(caught.value)
+        with pytest.raises(ReplicaClientError) as caught:
+            await scan_with(kind, [base], grain_type="a/b", token="s3cret")
+        assert caught.value.status == 400 and "contains '/'" in str(caught.value)
+    finally:
+        store.close()
