@@ -46,7 +46,15 @@ _FRESHNESS: dict[str, dict[str, Any]] = {
     "served_by": {"type": "string", "description": "the answering worker's endpoint"},
     "role": {"type": "string", "enum": ["active", "standby"]},
     "replica_lag": {**_INT, "description": "records the answering copy is behind its end"},
-    "caught_up": {"type": "boolean"},
+    "caught_up": {
+        "type": "boolean",
+        "description": "the copy holds the end offset the broker confirmed within "
+        "--end-offset-max-age-s (false while Kafka is unreachable)",
+    },
+    "end_offset_age_s": {
+        "type": ["number", "null"],
+        "description": "seconds since the broker confirmed that end offset (null: not yet)",
+    },
 }
 
 
