@@ -38,6 +38,16 @@ def _env_name(name: str, info: FieldInfo) -> str:
     return f"STREAM_REPLICA_{name.upper()}"
 
 
+def _shown_default(default: Any) -> str:
+    """The help's "; default ..." part. Only None (the description says what happens then)
+    and an empty list are left out: ``0 == False``, so a membership test hid every 0."""
+    if default is None or (isinstance(default, list) and not default):
+        return ""
+    if isinstance(default, bool):
+        return "; default on" if default else "; default off"
+    return f"; default {default}"
+
+
 def add_model_flags(
     parser: argparse.ArgumentParser,
     model: type[BaseModel],
@@ -75,8 +85,7 @@ def add_model_flags(
             if info.is_required():
                 shown = "; required"
             else:
-                default = info.get_default(call_default_factory=True)
-                shown = "" if default in (None, [], False) else f"; default {default}"
+                shown = _shown_default(info.get_default(call_default_factory=True))
             text = f"{text} (env {env}{shown})" if text else f"env {env}{shown}"
         options["help"] = text
         parser.add_argument(flag, **options)
