@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from stream_replica import admin, event_loop, fold, logs, tuning
-from stream_replica.cli_flags import add_model_flags, settings_from
+from stream_replica.cli_flags import add_model_flags, option_label, settings_from
 from stream_replica.contract import ContractError, EntryType, GrainId
 from stream_replica.errors import StreamReplicaError
 from stream_replica.fold import GrainState
@@ -492,12 +492,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What pydantic puts before the message of an error raised in a validator.
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
 def _validation_line(exc: ValidationError) -> str:
+    """One line naming each setting at fault as its flag and environment variable. An error
+    of the model as a whole (several options at once) has no location: its message names
+    the options itself."""
     parts = []
     for error in exc.errors():
-        field = ".".join(str(p) for p in error["loc"]) or "settings"
-        env = f"STREAM_REPLICA_{field.upper()}"
-        parts.append(f"{field}: {error['msg']} (flag --{field.replace('_', '-')} or {env})")
+        message = error["msg"]
+        for prefix in _PYDANTIC_PREFIXES:
+            message = message.removeprefix(prefix)
+        if error["loc"]:
+            name = str(error["loc"][0])
+            if name == "KAFKA_BOOTSTRAP_SERVERS" or name.startswith("STREAM_REPLICA_"):
+                name = name.removeprefix("KAFKA_").removeprefix("STREAM_REPLICA_").lower()
+            message = f"{option_label(name)}: {message}"
+        parts.append(message)
     return "configuration error: " + "; ".join(parts)
 
 

@@ -26,6 +26,7 @@ from aiokafka.helpers import create_ssl_context
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stream_replica.cli_flags import option_label
 from stream_replica.errors import KafkaAccessError, KafkaUnavailableError, StreamReplicaError
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -167,37 +168,53 @@ class ConnectionSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> ConnectionSettings:
+        # Each message names every option involved, as flag and environment variable: the
+        # model as a whole has no flag of its own.
+        protocol = f"--security-protocol is {self.security_protocol}"
         sasl = self.security_protocol.startswith("SASL_")
         if self.sasl_password_file is not None:
             if self.sasl_password is not None:
-                raise ValueError("give the SASL password once: --sasl-password-file or the env")
+                raise ValueError(
+                    f"give the SASL password once: {option_label('sasl_password')} or "
+                    f"{option_label('sasl_password_file')}, not both"
+                )
             secret = self.sasl_password_file.read_text(encoding="utf-8").rstrip("\r\n")
             self.sasl_password = SecretStr(secret)
         if sasl:
             missing = [
-                flag
-                for flag, value in (
-                    ("--sasl-mechanism", self.sasl_mechanism),
-                    ("--sasl-username", self.sasl_username),
-                    ("--sasl-password-file or STREAM_REPLICA_SASL_PASSWORD", self.sasl_password),
+                label
+                for label, value in (
+                    (option_label("sasl_mechanism"), self.sasl_mechanism),
+                    (option_label("sasl_username"), self.sasl_username),
+                    (
+                        "--sasl-password-file or env STREAM_REPLICA_SASL_PASSWORD",
+                        self.sasl_password,
+                    ),
                 )
                 if value is None
             ]
             if missing:
-                raise ValueError(f"{self.security_protocol} needs {', '.join(missing)}")
-        elif self.sasl_mechanism or self.sasl_username:  # (a stray password is just unused)
-            raise ValueError(
-                f"SASL settings given but --security-protocol is {self.security_protocol} "
-                "(use SASL_SSL or SASL_PLAINTEXT)"
-            )
+                raise ValueError(f"{protocol}, which needs {_and(missing)}")
+        else:
+            given = _given(self, "sasl_mechanism", "sasl_username", "sasl_password")
+            if self.sasl_password_file is not None:  # (its content is in sasl_password now)
+                given[-1] = option_label("sasl_password_file")
+            if given:
+                raise ValueError(
+                    f"{_and(given)} given, but {protocol} (env STREAM_REPLICA_SECURITY_PROTOCOL):"
+                    " SASL needs SASL_SSL or SASL_PLAINTEXT"
+                )
         tls = self.security_protocol in ("SSL", "SASL_SSL")
-        if not tls and (self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile):
+        if not tls and (files := _given(self, "ssl_cafile", "ssl_certfile", "ssl_keyfile")):
             raise ValueError(
-                f"TLS files given but --security-protocol is {self.security_protocol} "
-                "(use SSL or SASL_SSL)"
+                f"{_and(files)} given, but {protocol} (env STREAM_REPLICA_SECURITY_PROTOCOL): "
+                "TLS needs SSL or SASL_SSL"
             )
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
-            raise ValueError("mutual TLS needs both --ssl-certfile and --ssl-keyfile")
+            raise ValueError(
+                f"mutual TLS needs both {option_label('ssl_certfile')} and "
+                f"{option_label('ssl_keyfile')}"
+            )
         parse_kafka_options(self.kafka_option)  # fail at start-up, not at first use
         return self
 
@@ -236,6 +253,14 @@ class ConnectionSettings(BaseSettings):
         """For logs: never the password."""
         who = f" as {self.sasl_username} ({self.sasl_mechanism})" if self.sasl_username else ""
         return f"{self.bootstrap_servers} over {self.security_protocol}{who}"
+
+
+def _given(settings: ConnectionSettings, *names: str) -> list[str]:
+    return [option_label(n) for n in names if getattr(settings, n) is not None]
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _hosts(bootstrap_servers: str) -> list[tuple[str, int]]:

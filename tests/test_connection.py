@@ -51,8 +51,17 @@ def test_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("given", "message"),
     [
-        ({"security_protocol": "SASL_SSL"}, "SASL_SSL needs --sasl-mechanism, --sasl-username"),
-        ({"sasl_username": "u"}, "SASL settings given but --security-protocol is PLAINTEXT"),
+        (
+            {"security_protocol": "SASL_SSL"},
+            "SASL_SSL, which needs --sasl-mechanism \\(env STREAM_REPLICA_SASL_MECHANISM\\), "
+            "--sasl-username",
+        ),
+        (
+            {"sasl_username": "u"},
+            "--sasl-username \\(env STREAM_REPLICA_SASL_USERNAME\\) given, but "
+            "--security-protocol is PLAINTEXT",
+        ),
+        ({"sasl_password": "p"}, "--sasl-password .* given, but --security-protocol is PLAINTEXT"),
         ({"security_protocol": "TLS"}, "security_protocol"),
         ({"security_protocol": "SSL", "ssl_cafile": "/nonexistent/ca.pem"}, "not a readable file"),
         ({"kafka_option": ["no-equals"]}, "expected NAME=VALUE"),
@@ -69,7 +78,7 @@ def test_misconfiguration_is_one_clear_message(given: dict[str, object], message
 def test_mutual_tls_needs_both_files(tmp_path: Path) -> None:
     cert = tmp_path / "client.pem"
     cert.write_text("x")
-    with pytest.raises(ValidationError, match="needs both --ssl-certfile and --ssl-keyfile"):
+    with pytest.raises(ValidationError, match=r"needs both --ssl-certfile .* and --ssl-keyfile"):
         ConnectionSettings(security_protocol="SSL", ssl_certfile=cert)
 
 

@@ -352,7 +352,7 @@ async def test_missing_or_non_compacted_topic_refused(
 def test_bad_option_is_one_line(tmp_path: Path) -> None:
     result = cli("run", "--db", str(tmp_path / "db"), "--max-records", "0")
     assert result.returncode == 2
-    assert "max_records" in result.stderr and "STREAM_REPLICA_MAX_RECORDS" in result.stderr
+    assert "--max-records (env STREAM_REPLICA_MAX_RECORDS): " in result.stderr
     assert result.stderr.strip().count("\n") == 0
 
 

@@ -1,0 +1,69 @@
+"""The command line's error lines: one line, naming the flags and environment variables at
+fault, exit 2 for misconfiguration (README "Command line")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stream_replica.cli import main
+
+
+def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run the command line; it must refuse with exit 2 and one line, which is returned."""
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("stream-replica: "), err
+    assert "Traceback" not in err
+    return err.strip()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            ["--security-protocol", "SASL_PLAINTEXT", "--sasl-username", "u"],
+            "--security-protocol is SASL_PLAINTEXT, which needs --sasl-mechanism "
+            "(env STREAM_REPLICA_SASL_MECHANISM) and --sasl-password-file or env "
+            "STREAM_REPLICA_SASL_PASSWORD",
+        ),
+        (
+            ["--sasl-password", "pw"],
+            "--sasl-password (env STREAM_REPLICA_SASL_PASSWORD) given, but --security-protocol "
+            "is PLAINTEXT (env STREAM_REPLICA_SECURITY_PROTOCOL)",
+        ),
+        (["--kafka-option", "no_such=1"], "configuration error: --kafka-option no_such: not a"),
+    ],
+)
+def test_an_error_of_several_options_names_the_real_flags(
+    capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    line = refused(capsys, "topic", "describe", *flags)
+    assert expected in line
+    assert "--settings" not in line and "STREAM_REPLICA_SETTINGS" not in line
+
+
+def test_a_field_error_names_flag_and_env_without_pydantic_prefixes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "ca.pem"
+    line = refused(
+        capsys, "topic", "describe", "--security-protocol", "SSL", "--ssl-cafile", str(missing)
+    )
+    assert line == (
+        "stream-replica: configuration error: --ssl-cafile (env STREAM_REPLICA_SSL_CAFILE): "
+        f"{missing} is not a readable file"
+    )
+    line = refused(capsys, "run", "--db", str(tmp_path / "db"), "--max-records", "0")
+    assert "--max-records (env STREAM_REPLICA_MAX_RECORDS): Input should be" in line
+    assert "Value error" not in line and "max_records" not in line
+
+
+def test_an_environment_variable_is_named_as_such(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "")
+    line = refused(capsys, "topic", "describe")
+    assert "--bootstrap-servers (env KAFKA_BOOTSTRAP_SERVERS): " in line
