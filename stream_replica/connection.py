@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import re
+import socket
 import ssl
 from functools import cache
 from pathlib import Path
@@ -115,6 +117,57 @@ def parse_kafka_options(items: list[str]) -> dict[str, object]:
     return options
 
 
+_HOST_NAME: Final = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+_BOOTSTRAP_FORMAT: Final = "expected HOST:PORT[,HOST:PORT...] (IPv6: [ADDRESS]:PORT)"
+
+
+def parse_bootstrap_servers(text: str) -> list[tuple[str, int]]:
+    """``"b1:9092,[::1]:9093"`` → ``[("b1", 9092), ("::1", 9093)]``, or ValueError saying
+    what is wrong with which entry. Stricter than aiokafka, which takes a missing port as
+    9092 and fails inside its connect (retried as if the network were down) on a bad one."""
+    hosts = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            raise ValueError(f"{text!r} has an empty entry; {_BOOTSTRAP_FORMAT}")
+        if "://" in item:
+            raise ValueError(
+                f"{item!r}: no scheme here, the protocol is --security-protocol's; "
+                f"{_BOOTSTRAP_FORMAT}"
+            )
+        if item.startswith("["):
+            address, closed, rest = item[1:].partition("]")
+            if not closed or not _is_ipv6(address.partition("%")[0]):  # (%: a zone)
+                raise ValueError(f"{item!r}: {address!r} is not an IPv6 address")
+            host, sep, port = address, rest[:1], rest[1:]
+            if rest and sep != ":":
+                raise ValueError(f"{item!r}: {_BOOTSTRAP_FORMAT}")
+        else:
+            host, sep, port = item.rpartition(":")
+            if _is_ipv6(item) or _is_ipv6(host):
+                raise ValueError(f"{item!r}: an IPv6 address goes in brackets, e.g. [::1]:9092")
+            if not sep:
+                host, port = item, ""
+            elif not _HOST_NAME.fullmatch(host):
+                raise ValueError(f"{item!r}: {host!r} is not a host name; {_BOOTSTRAP_FORMAT}")
+        if not sep or not port:
+            raise ValueError(f"{item!r} has no port; {_BOOTSTRAP_FORMAT}")
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(
+                f"{item!r}: the port {port!r} is not a number from 1 to 65535; {_BOOTSTRAP_FORMAT}"
+            )
+        hosts.append((host, int(port)))
+    return hosts
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 class ConnectionSettings(BaseSettings):
     """Where the cluster is and how to authenticate. Secrets come from the environment or a
     file (never a default, never echoed)."""
@@ -158,6 +211,12 @@ class ConnectionSettings(BaseSettings):
         description="NAME=VALUE passed to the Kafka clients (repeatable), e.g. "
         "request_timeout_ms=60000",
     )
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _bootstrap(cls, text: str) -> str:
+        parse_bootstrap_servers(text)  # refused here, by every command, before any connection
+        return ",".join(item.strip() for item in text.split(","))
 
     @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_password_file")
     @classmethod
@@ -263,14 +322,6 @@ def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
-def _hosts(bootstrap_servers: str) -> list[tuple[str, int]]:
-    hosts = []
-    for item in bootstrap_servers.split(","):
-        host, _, port = item.strip().rpartition(":")
-        hosts.append((host.strip("[]") or item.strip(), int(port) if port.isdigit() else 9092))
-    return hosts
-
-
 async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> None:
     """Open one connection to a bootstrap server. Raises :class:`KafkaAccessError` for what
     retrying cannot fix (credentials, certificates); other errors propagate unchanged (the
@@ -278,7 +329,7 @@ async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> No
     last: BaseException | None = None
     context = settings.ssl_context()
     password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
-    for host, port in _hosts(settings.bootstrap_servers):
+    for host, port in parse_bootstrap_servers(settings.bootstrap_servers):
         try:
             conn = await asyncio.wait_for(
                 create_conn(

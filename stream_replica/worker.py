@@ -37,11 +37,11 @@ from aiokafka.errors import (
 )
 
 from stream_replica import catchup
-from stream_replica.admin import AdminError, TopicInfo, describe_topic
+from stream_replica.admin import TopicInfo, describe_topic
 from stream_replica.catchup import CatchUpFocus
 from stream_replica.connection import start_client
 from stream_replica.durability import CatchUpDurability
-from stream_replica.errors import KafkaAccessError, StreamReplicaError
+from stream_replica.errors import KafkaUnavailableError, StreamReplicaError
 from stream_replica.fold import FoldCounts, FoldResult, Rejection
 from stream_replica.logs import RateLimitedLog
 from stream_replica.membership import GroupAssignment
@@ -120,15 +120,15 @@ def c_parser_loaded() -> bool:
 
 
 async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInfo:
-    """Describe the topic, retrying an unreachable broker with backoff until stopped."""
+    """Describe the topic, retrying an unreachable broker with backoff until stopped. Only
+    that is retried: anything else (credentials, certificates, ACLs, a bug) retrying cannot
+    fix, so it ends the worker."""
     backoff = 1.0
     while True:
         try:
             info = await describe_topic(settings, settings.topic)
             break
-        except (AdminError, KafkaAccessError):
-            raise  # credentials, certificates, ACLs: retrying cannot fix them
-        except Exception as exc:
+        except (KafkaUnavailableError, KafkaError, OSError, TimeoutError) as exc:
             if stop.is_set():
                 raise Stopped from None
             log.warning("%s; retrying in %.0f s", _unreachable(settings, exc), backoff)

@@ -3,6 +3,7 @@ fault, exit 2 for misconfiguration (README "Command line")."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,31 @@ def test_an_environment_variable_is_named_as_such(
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "")
     line = refused(capsys, "topic", "describe")
     assert "--bootstrap-servers (env KAFKA_BOOTSTRAP_SERVERS): " in line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "--db", "{tmp}/db"],
+        ["topic", "describe"],
+        ["topic", "create"],
+        ["publish", "--demo", "1"],
+        ["audit", "--db", "{tmp}/db"],
+        ["replay", "--db", "{tmp}/db", "--from-beginning"],
+        ["demo", "--workdir", "{tmp}/demo"],
+    ],
+)
+def test_every_command_refuses_a_malformed_bootstrap_address_at_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: list[str]
+) -> None:
+    """It used to reach aiokafka's connect: ``run`` retried a ValueError forever, the others
+    exited 1 with ``ValueError: invalid literal for int()``."""
+    argv = [part.replace("{tmp}", str(tmp_path)) for part in command]
+    started = time.monotonic()
+    line = refused(capsys, *argv, "--bootstrap-servers", "host:notaport")
+    assert line.startswith(
+        "stream-replica: configuration error: --bootstrap-servers (env KAFKA_BOOTSTRAP_SERVERS): "
+        "'host:notaport': the port 'notaport' is not a number from 1 to 65535"
+    )
+    assert time.monotonic() - started < 5
+    assert not (tmp_path / "db").exists() and not (tmp_path / "demo").exists()

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from stream_replica.connection import ConnectionSettings, parse_kafka_options
+from stream_replica.connection import (
+    ConnectionSettings,
+    parse_bootstrap_servers,
+    parse_kafka_options,
+)
 
 
 def test_plaintext_defaults_give_plain_options() -> None:
@@ -92,3 +97,44 @@ def test_passthrough_goes_only_to_clients_that_accept_it() -> None:
     assert "linger_ms" not in settings.options("consumer")
     assert settings.options("consumer")["fetch_max_wait_ms"] == 50
     assert parse_kafka_options(["check_crcs=false"]) == {"check_crcs": False}
+
+
+@pytest.mark.parametrize(
+    ("given", "hosts"),
+    [
+        ("b:9092", [("b", 9092)]),
+        (" b1:1 , 10.0.0.2:65535", [("b1", 1), ("10.0.0.2", 65535)]),
+        (
+            "[::1]:9092,kafka-0.kafka.svc.cluster.local.:9093",
+            [("::1", 9092), ("kafka-0.kafka.svc.cluster.local.", 9093)],
+        ),
+    ],
+)
+def test_bootstrap_servers_accepted(given: str, hosts: list[tuple[str, int]]) -> None:
+    assert parse_bootstrap_servers(given) == hosts
+    settings = ConnectionSettings(bootstrap_servers=given)
+    assert settings.bootstrap_servers == ",".join(i.strip() for i in given.split(","))
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("host:notaport", "the port 'notaport' is not a number from 1 to 65535"),
+        ("foo:bar:baz", "'foo:bar' is not a host name"),
+        ("b:0", "the port '0' is not a number"),
+        ("b:65536", "the port '65536' is not a number"),
+        ("b", "'b' has no port"),
+        ("[::1]", "'[::1]' has no port"),
+        ("::1", "an IPv6 address goes in brackets"),
+        ("[nope]:1", "'nope' is not an IPv6 address"),
+        ("a:1,,b:2", "has an empty entry"),
+        ("PLAINTEXT://b:9092", "no scheme here"),
+        ("my host:9092", "'my host' is not a host name"),
+    ],
+)
+def test_malformed_bootstrap_servers_refused(given: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_bootstrap_servers(given)
+    with pytest.raises(ValidationError, match=re.escape(message)) as refused:
+        ConnectionSettings(bootstrap_servers=given)
+    assert refused.value.errors()[0]["loc"] == ("bootstrap_servers",)
