@@ -24,8 +24,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
-from aiokafka.helpers import create_ssl_context
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream_replica.cli_flags import option_label
@@ -173,7 +179,11 @@ class ConnectionSettings(BaseSettings):
     file (never a default, never echoed)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="STREAM_REPLICA_", extra="ignore", populate_by_name=True, validate_default=True
+        env_prefix="STREAM_REPLICA_",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+        hide_input_in_errors=True,  # the input of an error of the whole model has the secrets
     )
 
     bootstrap_servers: str = Field(
@@ -203,6 +213,9 @@ class ConnectionSettings(BaseSettings):
     )
     ssl_certfile: Path | None = Field(default=None, description="client certificate (mutual TLS)")
     ssl_keyfile: Path | None = Field(default=None, description="client private key (mutual TLS)")
+    ssl_key_password: SecretStr | None = Field(
+        default=None, description="password of an encrypted --ssl-keyfile"
+    )
     ssl_check_hostname: bool = Field(
         default=True, description="verify that the broker certificate names the host"
     )
@@ -211,6 +224,10 @@ class ConnectionSettings(BaseSettings):
         description="NAME=VALUE passed to the Kafka clients (repeatable), e.g. "
         "request_timeout_ms=60000",
     )
+
+    # Built once, when the settings are validated (start-up): a file that cannot be loaded
+    # is a configuration error then, never a connection failure retried later.
+    _ssl_context: ssl.SSLContext | None = PrivateAttr(default=None)
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -264,9 +281,10 @@ class ConnectionSettings(BaseSettings):
                     " SASL needs SASL_SSL or SASL_PLAINTEXT"
                 )
         tls = self.security_protocol in ("SSL", "SASL_SSL")
-        if not tls and (files := _given(self, "ssl_cafile", "ssl_certfile", "ssl_keyfile")):
+        given = _given(self, "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
+        if not tls and given:
             raise ValueError(
-                f"{_and(files)} given, but {protocol} (env STREAM_REPLICA_SECURITY_PROTOCOL): "
+                f"{_and(given)} given, but {protocol} (env STREAM_REPLICA_SECURITY_PROTOCOL): "
                 "TLS needs SSL or SASL_SSL"
             )
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
@@ -274,19 +292,80 @@ class ConnectionSettings(BaseSettings):
                 f"mutual TLS needs both {option_label('ssl_certfile')} and "
                 f"{option_label('ssl_keyfile')}"
             )
+        if self.ssl_key_password is not None and self.ssl_keyfile is None:
+            raise ValueError(
+                f"{option_label('ssl_key_password')} given without {option_label('ssl_keyfile')}"
+            )
         parse_kafka_options(self.kafka_option)  # fail at start-up, not at first use
+        if tls:
+            self._ssl_context = self._load_tls()
         return self
 
-    def ssl_context(self) -> ssl.SSLContext | None:
-        if self.security_protocol not in ("SSL", "SASL_SSL"):
-            return None
-        context: ssl.SSLContext = create_ssl_context(
-            cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
-            certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
-            keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
-        )
+    def _load_tls(self) -> ssl.SSLContext:
+        """The client's TLS context, loaded step by step so that a failure names the file
+        (and option) at fault. OpenSSL never prompts for a key's password on the terminal."""
+        cafile = self.ssl_cafile
+        try:
+            context = ssl.create_default_context(
+                ssl.Purpose.SERVER_AUTH, cafile=None if cafile is None else str(cafile)
+            )
+        except (OSError, ssl.SSLError) as exc:
+            if cafile is None:
+                raise ValueError(
+                    f"cannot load the system's CA certificates ({_tls_why(exc)}); "
+                    f"give {option_label('ssl_cafile')}"
+                ) from None
+            raise ValueError(
+                f"{option_label('ssl_cafile')}: cannot load {cafile} as CA certificates "
+                f"({_tls_why(exc)})"
+            ) from None
         context.check_hostname = self.ssl_check_hostname
+        certfile, keyfile = self.ssl_certfile, self.ssl_keyfile
+        if certfile is None or keyfile is None:
+            return context
+        try:  # the certificate on its own first: load_cert_chain does not say which file
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(certfile))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"{option_label('ssl_certfile')}: cannot load {certfile} as a certificate "
+                f"({_tls_why(exc)})"
+            ) from None
+        asked = False
+
+        def password() -> str:
+            nonlocal asked
+            asked = True
+            if self.ssl_key_password is None:
+                raise _KeyEncryptedError
+            return self.ssl_key_password.get_secret_value()
+
+        try:
+            context.load_cert_chain(str(certfile), str(keyfile), password)
+        except _KeyEncryptedError:
+            raise ValueError(
+                f"{option_label('ssl_keyfile')}: {keyfile} is encrypted; give its password "
+                "with --ssl-key-password or env STREAM_REPLICA_SSL_KEY_PASSWORD"
+            ) from None
+        except (OSError, ssl.SSLError) as exc:
+            if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+                raise ValueError(
+                    f"--ssl-keyfile {keyfile} does not hold the key of the certificate in "
+                    f"--ssl-certfile {certfile} (env STREAM_REPLICA_SSL_KEYFILE, "
+                    "STREAM_REPLICA_SSL_CERTFILE)"
+                ) from None
+            if asked:
+                raise ValueError(
+                    f"{option_label('ssl_key_password')}: it does not decrypt {keyfile}"
+                ) from None
+            raise ValueError(
+                f"{option_label('ssl_keyfile')}: cannot load {keyfile} as a private key "
+                f"({_tls_why(exc)})"
+            ) from None
         return context
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context built at validation; None without TLS."""
+        return self._ssl_context
 
     def options(self, client: Literal["consumer", "producer", "admin"]) -> dict[str, Any]:
         """Keyword arguments for one aiokafka client class."""
@@ -312,6 +391,22 @@ class ConnectionSettings(BaseSettings):
         """For logs: never the password."""
         who = f" as {self.sasl_username} ({self.sasl_mechanism})" if self.sasl_username else ""
         return f"{self.bootstrap_servers} over {self.security_protocol}{who}"
+
+
+class _KeyEncryptedError(Exception):
+    """The private key needs a password and none was given."""
+
+
+def _tls_why(exc: OSError) -> str:
+    """OpenSSL's reason in words where it has a common one."""
+    reason = getattr(exc, "reason", None)
+    if reason == "NO_CERTIFICATE_OR_CRL_FOUND":
+        return "no PEM certificate in it"
+    if isinstance(exc, ssl.SSLError):
+        if reason is None and "PEM lib" in str(exc):
+            return "not in PEM format, or not what this option takes"
+        return f"{exc.library}: {reason}" if reason else str(exc)
+    return exc.strerror or str(exc)
 
 
 def _given(settings: ConnectionSettings, *names: str) -> list[str]:

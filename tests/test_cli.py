@@ -96,3 +96,20 @@ def test_every_command_refuses_a_malformed_bootstrap_address_at_once(
     )
     assert time.monotonic() - started < 5
     assert not (tmp_path / "db").exists() and not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("command", [["run", "--db", "{tmp}/db"], ["topic", "describe"]])
+def test_a_ca_file_that_is_not_pem_is_refused_at_start(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: list[str]
+) -> None:
+    """run retried the SSLError (X509: NO_CERTIFICATE_OR_CRL_FOUND) forever; the other
+    commands exited 1 without naming --ssl-cafile."""
+    cafile = tmp_path / "ca.pem"
+    cafile.write_text("not a certificate\n")
+    argv = [part.replace("{tmp}", str(tmp_path)) for part in command]
+    line = refused(capsys, *argv, "--security-protocol", "SSL", "--ssl-cafile", str(cafile))
+    assert line == (
+        "stream-replica: configuration error: --ssl-cafile (env STREAM_REPLICA_SSL_CAFILE): "
+        f"cannot load {cafile} as CA certificates (no PEM certificate in it)"
+    )
+    assert not (tmp_path / "db").exists()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import shutil
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,90 @@ def test_malformed_bootstrap_servers_refused(given: str, message: str) -> None:
     with pytest.raises(ValidationError, match=re.escape(message)) as refused:
         ConnectionSettings(bootstrap_servers=given)
     assert refused.value.errors()[0]["loc"] == ("bootstrap_servers",)
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two self-signed certificates with their keys (a, b), a's key encrypted with password
+    'pw', and a file that is not PEM."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not found")
+    directory = tmp_path_factory.mktemp("pem")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    for name in ("a", "b"):
+        openssl(
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "1", "-subj", f"/CN={name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.pem",
+        )  # fmt: skip
+    openssl("pkey", "-in", "a.key", "-aes256", "-passout", "pass:pw", "-out", "a-enc.key")
+    (directory / "not-pem.txt").write_text("not a certificate\n")
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            {"ssl_cafile": "not-pem.txt"},
+            "--ssl-cafile (env STREAM_REPLICA_SSL_CAFILE): cannot load {dir}/not-pem.txt as CA "
+            "certificates (no PEM certificate in it)",
+        ),
+        (
+            {"ssl_certfile": "not-pem.txt", "ssl_keyfile": "a.key"},
+            "--ssl-certfile (env STREAM_REPLICA_SSL_CERTFILE): cannot load {dir}/not-pem.txt as "
+            "a certificate",
+        ),
+        (
+            {"ssl_certfile": "a.pem", "ssl_keyfile": "not-pem.txt"},
+            "--ssl-keyfile (env STREAM_REPLICA_SSL_KEYFILE): cannot load {dir}/not-pem.txt as a "
+            "private key",
+        ),
+        (
+            {"ssl_certfile": "a.pem", "ssl_keyfile": "b.key"},
+            "--ssl-keyfile {dir}/b.key does not hold the key of the certificate in "
+            "--ssl-certfile {dir}/a.pem",
+        ),
+        (
+            {"ssl_certfile": "a.pem", "ssl_keyfile": "a-enc.key"},
+            "--ssl-keyfile (env STREAM_REPLICA_SSL_KEYFILE): {dir}/a-enc.key is encrypted; give "
+            "its password with --ssl-key-password",
+        ),
+        (
+            {"ssl_certfile": "a.pem", "ssl_keyfile": "a-enc.key", "ssl_key_password": "wrong"},
+            "--ssl-key-password (env STREAM_REPLICA_SSL_KEY_PASSWORD): it does not decrypt "
+            "{dir}/a-enc.key",
+        ),
+        (
+            {"ssl_key_password": "pw"},
+            "--ssl-key-password (env STREAM_REPLICA_SSL_KEY_PASSWORD) given without --ssl-keyfile",
+        ),
+    ],
+)
+def test_tls_files_that_cannot_be_loaded_are_refused_naming_option_and_file(
+    pem: Path, files: dict[str, str], message: str
+) -> None:
+    given = {k: v if k == "ssl_key_password" else pem / v for k, v in files.items()}
+    with pytest.raises(ValidationError) as refused:
+        ConnectionSettings(security_protocol="SSL", **given)  # type: ignore[arg-type]
+    assert message.format(dir=pem) in str(refused.value)
+    assert "wrong" not in str(refused.value)  # a password is never echoed
+
+
+def test_the_tls_context_is_built_once_with_an_encrypted_key(pem: Path) -> None:
+    settings = ConnectionSettings(
+        security_protocol="SSL",
+        ssl_cafile=pem / "b.pem",
+        ssl_certfile=pem / "a.pem",
+        ssl_keyfile=pem / "a-enc.key",
+        ssl_key_password="pw",  # type: ignore[arg-type]
+        ssl_check_hostname=False,
+    )
+    context = settings.options("consumer")["ssl_context"]
+    assert context is settings.options("producer")["ssl_context"] is settings.ssl_context()
+    assert isinstance(context, ssl.SSLContext) and not context.check_hostname
+    assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "b"),),)]
+    assert "pw" not in repr(settings)
