@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import re
 import socket
 import ssl
@@ -23,7 +24,12 @@ from typing import Any, Final, Literal, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
+from aiokafka.errors import (
+    IllegalSaslStateError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 from pydantic import (
     AliasChoices,
     Field,
@@ -36,6 +42,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream_replica.cli_flags import option_label
 from stream_replica.errors import KafkaAccessError, KafkaUnavailableError, StreamReplicaError
+
+log = logging.getLogger(__name__)
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -419,9 +427,11 @@ def _and(items: list[str]) -> str:
 
 async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> None:
     """Open one connection to a bootstrap server. Raises :class:`KafkaAccessError` for what
-    retrying cannot fix (credentials, certificates); other errors propagate unchanged (the
-    caller retries those with backoff)."""
-    last: BaseException | None = None
+    retrying cannot fix (credentials, certificates, a listener of another protocol), else
+    :class:`KafkaUnavailableError` saying what happened at each address (the caller may
+    retry that with backoff)."""
+    failures: list[tuple[str, int, str]] = []
+    unresolved: list[tuple[str, str]] = []  # (host, why)
     context = settings.ssl_context()
     password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
     for host, port in parse_bootstrap_servers(settings.bootstrap_servers):
@@ -445,6 +455,16 @@ async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> No
                 f"{settings.sasl_username!r} ({settings.sasl_mechanism}): check the user name "
                 f"and password ({_reason(exc)})"
             ) from None
+        except IllegalSaslStateError:
+            # The broker answered ApiVersions, then refused SaslHandshake as not valid in
+            # this state: the listener has no SASL (Kafka's answer on a PLAINTEXT or SSL
+            # listener). Not a network failure: retrying cannot fix it.
+            plain = "PLAINTEXT" if settings.security_protocol == "SASL_PLAINTEXT" else "SSL"
+            raise KafkaAccessError(
+                f"the broker at {host}:{port} answered, but the SASL handshake failed "
+                f"(ILLEGAL_SASL_STATE): is that listener {plain}, without SASL? check "
+                f"{option_label('security_protocol')} and the port"
+            ) from None
         except ssl.SSLCertVerificationError as exc:
             raise KafkaAccessError(
                 f"TLS: the certificate of {host}:{port} is not trusted "
@@ -455,13 +475,47 @@ async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> No
                 f"TLS handshake with {host}:{port} failed ({exc.reason or exc}); check "
                 "--security-protocol, the client certificate and key"
             ) from None
-        except (OSError, TimeoutError, KafkaError) as exc:
-            last = exc
-            continue
-        conn.close()
-        return
-    assert last is not None
-    raise last
+        except socket.gaierror as exc:
+            unresolved.append((host, exc.strerror or str(exc)))
+            failures.append((host, port, f"cannot resolve host {host!r} ({exc.strerror})"))
+        except ConnectionRefusedError:
+            failures.append((host, port, "connection refused"))
+        except TimeoutError:
+            failures.append((host, port, f"no answer within {timeout_s:g} s"))
+        except ConnectionResetError:
+            why = "connection reset"
+            if context is not None:  # (what a PLAINTEXT listener does to a TLS handshake)
+                why += " during the TLS handshake: is that listener PLAINTEXT?"
+            failures.append((host, port, why))
+        except (OSError, KafkaError) as exc:
+            failures.append((host, port, f"{type(exc).__name__}: {exc}"))
+        else:
+            conn.close()
+            return
+    raise _unavailable(settings, failures, unresolved)
+
+
+def _unavailable(
+    settings: ConnectionSettings,
+    failures: list[tuple[str, int, str]],
+    unresolved: list[tuple[str, str]],
+) -> KafkaUnavailableError:
+    servers = settings.bootstrap_servers
+    if len(failures) == len(unresolved):  # DNS only (can be transient: a pod not up yet)
+        names = ", ".join(repr(host) for host, _ in unresolved)
+        reasons = sorted({why for _, why in unresolved})
+        return KafkaUnavailableError(
+            f"cannot resolve host {names} of --bootstrap-servers {servers} "
+            f"({'; '.join(reasons)}); check the host names and DNS"
+        )
+    if len(failures) == 1:
+        detail = failures[0][2]
+    else:
+        detail = "; ".join(f"{host}:{port}: {why}" for host, port, why in failures)
+    return KafkaUnavailableError(
+        f"no Kafka broker answered at {servers} over {settings.security_protocol} ({detail}); "
+        "check --bootstrap-servers, --security-protocol and that the brokers are up"
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -470,21 +524,24 @@ def _reason(exc: BaseException) -> str:
 
 
 async def explain_failure(settings: ConnectionSettings, exc: BaseException) -> StreamReplicaError:
-    """Why a client could not start, as one line: credentials and certificates (learned from
-    a pre-flight connection, since aiokafka only logs those), else the address."""
+    """Why a client could not start, as one line, learned from a pre-flight connection
+    (aiokafka only logs the cause and raises "Unable to bootstrap"): credentials,
+    certificates, a listener of another protocol, an unknown host, a refused connection."""
     try:
         await preflight(settings)
-    except KafkaAccessError as access:
-        return access
+    except StreamReplicaError as explained:
+        return explained
     except Exception:
-        pass
-    detail = str(exc)
-    if "Unable to bootstrap" in detail or not detail:
-        detail = "connection refused or timed out"
+        log.debug("pre-flight connection failed", exc_info=True)
+    # The pre-flight connection worked: the client's failure was passing (or not about
+    # connecting), so say what the client said.
+    detail = str(exc) or type(exc).__name__
+    if "Unable to bootstrap" in detail:
+        detail = "no bootstrap server gave the cluster metadata, though one accepted a connection"
     return KafkaUnavailableError(
-        f"no Kafka broker answered at {settings.bootstrap_servers} over "
-        f"{settings.security_protocol} ({detail}); check --bootstrap-servers, "
-        "--security-protocol and that the brokers are up"
+        f"Kafka at {settings.bootstrap_servers} over {settings.security_protocol} failed to "
+        f"start a client ({detail}); check --bootstrap-servers, --security-protocol and that "
+        "the brokers are up"
     )
 
 

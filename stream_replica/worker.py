@@ -962,8 +962,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def _unreachable(settings: WorkerSettings, exc: BaseException) -> str:
-    detail = str(exc) if isinstance(exc, StreamReplicaError) else f"{type(exc).__name__}: {exc}"
-    return f"Kafka not reachable ({detail})"
+    if isinstance(exc, StreamReplicaError):
+        return str(exc)  # already says what failed where
+    return f"Kafka not reachable at {settings.bootstrap_servers} ({type(exc).__name__}: {exc})"
 
 
 def _log_rejection(topic: str, rejection: Rejection) -> None:

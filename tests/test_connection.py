@@ -15,7 +15,9 @@ from stream_replica.connection import (
     ConnectionSettings,
     parse_bootstrap_servers,
     parse_kafka_options,
+    preflight,
 )
+from stream_replica.errors import ConfigurationError, KafkaAccessError, KafkaUnavailableError
 
 
 def test_plaintext_defaults_give_plain_options() -> None:
@@ -227,3 +229,44 @@ def test_the_tls_context_is_built_once_with_an_encrypted_key(pem: Path) -> None:
     assert isinstance(context, ssl.SSLContext) and not context.check_hostname
     assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "b"),),)]
     assert "pw" not in repr(settings)
+
+
+@pytest.mark.broker
+async def test_sasl_against_a_plaintext_listener_is_a_protocol_mismatch(
+    kafka_bootstrap: str,
+) -> None:
+    """The broker answers ApiVersions, then refuses SaslHandshake (ILLEGAL_SASL_STATE):
+    configuration, not a broker that is down."""
+    settings = ConnectionSettings(
+        bootstrap_servers=kafka_bootstrap,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="u",
+        sasl_password="p",  # type: ignore[arg-type]
+    )
+    with pytest.raises(KafkaAccessError) as refused:
+        await preflight(settings)
+    assert isinstance(refused.value, ConfigurationError) and refused.value.exit_code == 2
+    host, port = parse_bootstrap_servers(kafka_bootstrap)[0]
+    assert str(refused.value).startswith(
+        f"the broker at {host}:{port} answered, but the SASL handshake failed "
+        "(ILLEGAL_SASL_STATE): is that listener PLAINTEXT, without SASL? check "
+        "--security-protocol"
+    )
+
+
+async def test_an_unknown_host_is_named_as_such_not_as_refused() -> None:
+    settings = ConnectionSettings(bootstrap_servers="nosuchhost.invalid:9092")
+    with pytest.raises(KafkaUnavailableError) as unavailable:
+        await preflight(settings, timeout_s=5)
+    assert str(unavailable.value).startswith(
+        "cannot resolve host 'nosuchhost.invalid' of --bootstrap-servers nosuchhost.invalid:9092"
+    )
+    assert "refused" not in str(unavailable.value)
+    settings = ConnectionSettings(bootstrap_servers="nosuchhost.invalid:9092,127.0.0.1:1")
+    with pytest.raises(KafkaUnavailableError) as unavailable:
+        await preflight(settings, timeout_s=5)
+    assert "nosuchhost.invalid:9092: cannot resolve host 'nosuchhost.invalid'" in str(
+        unavailable.value
+    )
+    assert "127.0.0.1:1: connection refused" in str(unavailable.value)

@@ -447,11 +447,46 @@ def test_sigterm_while_waiting_for_broker_exits_cleanly(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    read_until(process, "not reachable")  # the worker is up and backing off
+    read_until(process, "connection refused); check")  # the worker is up and backing off
     process.send_signal(signal.SIGTERM)
     rest = finish(process, 30)
     assert process.returncode == 0, rest
     assert "Traceback" not in rest
+
+
+def test_an_unknown_host_is_retried_and_said_so(tmp_path: Path) -> None:
+    """DNS can fail for a while (a broker pod not up yet): retried, but not reported as
+    'connection refused or timed out'."""
+    process = subprocess.Popen(
+        worker_command("nosuchhost.invalid:9092", "t", "g", tmp_path / "db"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    read_until(process, "cannot resolve host 'nosuchhost.invalid'")
+    read_until(process, "retrying in")
+    process.send_signal(signal.SIGTERM)
+    rest = finish(process, 30)
+    assert process.returncode == 0, rest
+
+
+def test_sasl_against_a_plaintext_listener_ends_run_with_one_line(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """It was retried forever as 'no Kafka broker answered ... (connection refused or timed
+    out)', although the broker had answered."""
+    started = time.monotonic()
+    result = cli(
+        "run", "--bootstrap-servers", kafka_bootstrap, "--topic", "fix-conn-t", "--db",
+        str(tmp_path / "db"), "--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism",
+        "PLAIN", "--sasl-username", "u", env={"STREAM_REPLICA_SASL_PASSWORD": "p"}, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("stream-replica: the broker at ") and (
+        "answered, but the SASL handshake failed" in last
+    ), result.stderr[-2000:]
+    assert "retrying" not in result.stderr and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 30
 
 
 async def test_sigterm_during_a_long_rebalance_exits_promptly(
