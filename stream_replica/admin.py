@@ -40,7 +40,10 @@ T = TypeVar("T")
 
 
 class AdminError(StreamReplicaError):
-    """A topic/group problem reported to the operator as one line."""
+    """A topic/group problem reported to the operator as one line: the topic or group as
+    configured cannot be used (refused, cannot be created or described)."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +283,10 @@ async def wait_for_broker(bootstrap_servers: Cluster, timeout_s: float = 60.0) -
             return
         except (KafkaUnavailableError, KafkaError, OSError, TimeoutError) as exc:
             if asyncio.get_running_loop().time() > deadline:
-                raise AdminError(
-                    f"broker {settings.bootstrap_servers} not reachable: {exc}"
+                if isinstance(exc, KafkaUnavailableError):
+                    raise
+                raise KafkaUnavailableError(
+                    f"Kafka at {settings.bootstrap_servers} did not answer within "
+                    f"{timeout_s:g} s ({type(exc).__name__}: {exc})"
                 ) from None
             await asyncio.sleep(0.5)

@@ -41,7 +41,12 @@ from stream_replica.admin import TopicInfo, describe_topic
 from stream_replica.catchup import CatchUpFocus
 from stream_replica.connection import start_client
 from stream_replica.durability import CatchUpDurability
-from stream_replica.errors import KafkaUnavailableError, StreamReplicaError
+from stream_replica.errors import (
+    ConfigurationError,
+    KafkaUnavailableError,
+    StreamReplicaError,
+    TopicNotCompactedError,
+)
 from stream_replica.fold import FoldCounts, FoldResult, Rejection
 from stream_replica.logs import RateLimitedLog
 from stream_replica.membership import GroupAssignment
@@ -135,10 +140,14 @@ async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInf
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, 30.0)
+    # The same problems, the same exit codes as `topic describe` (errors.py).
     if info is None:
-        raise FatalError(f"topic {settings.topic!r} does not exist on {settings.bootstrap_servers}")
+        raise ConfigurationError(
+            f"topic {settings.topic!r} does not exist on {settings.bootstrap_servers} "
+            "(--topic, env STREAM_REPLICA_TOPIC)"
+        )
     if not info.compacted and not settings.allow_non_compacted:
-        raise FatalError(
+        raise TopicNotCompactedError(
             f"topic {settings.topic!r} is not compacted "
             f"(cleanup.policy={info.configs.get('cleanup.policy')}); "
             "pass --allow-non-compacted to run anyway"
@@ -146,9 +155,9 @@ async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInf
     if settings.dlq_topic:
         dlq = await describe_topic(settings, settings.dlq_topic)
         if dlq is None:
-            raise FatalError(
-                f"dead-letter topic {settings.dlq_topic!r} does not exist; create it "
-                "(cleanup.policy=delete: a compacted topic refuses records without a key)"
+            raise ConfigurationError(
+                f"dead-letter topic {settings.dlq_topic!r} (--dlq-topic) does not exist; create "
+                "it (cleanup.policy=delete: a compacted topic refuses records without a key)"
             )
     return info
 

@@ -113,3 +113,12 @@ def test_a_ca_file_that_is_not_pem_is_refused_at_start(
         f"cannot load {cafile} as CA certificates (no PEM certificate in it)"
     )
     assert not (tmp_path / "db").exists()
+
+
+def test_the_error_line_is_one_line_whatever_the_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from stream_replica.cli import fail
+
+    fail("first\nsecond\r\n  third")
+    assert capsys.readouterr().err == "stream-replica: first second third\n"

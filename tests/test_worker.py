@@ -305,48 +305,33 @@ def test_locked_store_refused(tmp_path: Path) -> None:
 async def test_missing_or_non_compacted_topic_refused(
     kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
 ) -> None:
-    missing = cli(
-        "run",
-        "--bootstrap-servers",
-        kafka_bootstrap,
-        "--topic",
-        unique("nope"),
-        "--group",
-        "g",
-        "--db",
-        str(tmp_path / "a"),
-    )
-    assert missing.returncode == 1 and "does not exist" in missing.stderr
-    plain = await make_topic(compacted=False)
-    refused = cli(
-        "run",
-        "--bootstrap-servers",
-        kafka_bootstrap,
-        "--topic",
-        plain,
-        "--group",
-        "g",
-        "--db",
-        str(tmp_path / "b"),
-    )
-    assert refused.returncode == 1 and "is not compacted" in refused.stderr
-    compacted = await make_topic()
-    no_dlq = cli(
-        "run",
-        "--bootstrap-servers",
-        kafka_bootstrap,
-        "--topic",
-        compacted,
-        "--group",
-        "g",
-        "--db",
-        str(tmp_path / "c"),
-        "--dlq-topic",
-        unique("none"),
-    )
-    assert no_dlq.returncode == 1 and "dead-letter topic" in no_dlq.stderr
-    assert no_dlq.stderr.strip().splitlines()[-1].startswith("stream-replica: dead-letter")
-    assert "Traceback" not in refused.stderr + missing.stderr
+    """run and topic describe give the same exit code for the same problem (README "Exit
+    codes"): 2 for a topic that does not exist, 3 for one not compacted; run also 2 for a
+    missing dead-letter topic. run's INFO lines come first; the error is the last line."""
+
+    def run(topic: str, db: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return cli(
+            "run", "--bootstrap-servers", kafka_bootstrap, "--topic", topic, "--group",
+            "fix-conn-g", "--db", str(tmp_path / db), *extra,
+        )  # fmt: skip
+
+    def describe(topic: str) -> subprocess.CompletedProcess[str]:
+        return cli("topic", "describe", "--bootstrap-servers", kafka_bootstrap, "--topic", topic)
+
+    def last_line(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+        assert result.returncode == code, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("stream-replica: ") and text in last, result.stderr[-2000:]
+
+    nope = unique("fix-conn-nope")
+    last_line(run(nope, "a"), 2, f"topic {nope!r} does not exist")
+    last_line(describe(nope), 2, f"topic {nope!r} does not exist")
+    plain = await make_topic(compacted=False, prefix="fix-conn-plain")
+    last_line(run(plain, "b"), 3, f"topic {plain!r} is not compacted")
+    last_line(describe(plain), 3, f"topic {plain!r} is NOT compacted")
+    compacted = await make_topic(prefix="fix-conn-t")
+    last_line(run(compacted, "c", "--dlq-topic", unique("fix-conn-none")), 2, "dead-letter topic")
 
 
 def test_bad_option_is_one_line(tmp_path: Path) -> None:
