@@ -71,6 +71,17 @@ _MANAGED: Final = frozenset(
         "loop",
     }
 )
+# The flag that sets a managed option, where there is one.
+_MANAGED_BY: Final = {
+    "bootstrap_servers": "--bootstrap-servers",
+    "security_protocol": "--security-protocol",
+    "ssl_context": "--ssl-cafile, --ssl-certfile, --ssl-keyfile and --ssl-check-hostname",
+    "sasl_mechanism": "--sasl-mechanism",
+    "sasl_plain_username": "--sasl-username",
+    "sasl_plain_password": "--sasl-password-file or env STREAM_REPLICA_SASL_PASSWORD",
+    "group_id": "--group",
+    "group_instance_id": "--instance-id",
+}
 _CLIENTS: Final = {
     "consumer": AIOKafkaConsumer,
     "producer": AIOKafkaProducer,
@@ -119,9 +130,8 @@ def parse_kafka_options(items: list[str]) -> dict[str, object]:
         if not sep or not name:
             raise ValueError(f"--kafka-option {item!r}: expected NAME=VALUE")
         if name in _MANAGED:
-            raise ValueError(
-                f"--kafka-option {raw_name}: set by stream-replica itself (use its own flag)"
-            )
+            instead = f": use {_MANAGED_BY[name]}" if name in _MANAGED_BY else ""
+            raise ValueError(f"--kafka-option {raw_name}: set by stream-replica itself{instead}")
         if name not in known:
             raise ValueError(
                 f"--kafka-option {raw_name}: not a setting of the Kafka client (aiokafka); "

@@ -74,7 +74,7 @@ def test_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"security_protocol": "TLS"}, "security_protocol"),
         ({"security_protocol": "SSL", "ssl_cafile": "/nonexistent/ca.pem"}, "not a readable file"),
         ({"kafka_option": ["no-equals"]}, "expected NAME=VALUE"),
-        ({"kafka_option": ["group_id=x"]}, "set by stream-replica itself"),
+        ({"kafka_option": ["group_id=x"]}, "group_id: set by stream-replica itself: use --group"),
         ({"kafka_option": ["fetch.max.bites=1"]}, "not a setting of the Kafka client"),
         ({"kafka_option": ["request_timeout_ms=soon"]}, "expected an integer"),
     ],
