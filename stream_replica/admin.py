@@ -22,7 +22,7 @@ from aiokafka.errors import (
 from aiokafka.protocol.metadata import MetadataRequest
 
 from stream_replica.connection import ConnectionSettings, start_client
-from stream_replica.errors import KafkaAccessError, StreamReplicaError
+from stream_replica.errors import KafkaAccessError, KafkaUnavailableError, StreamReplicaError
 from stream_replica.topic_id import fetch_topic_id
 
 # Why each setting (README "Topic configuration"):
@@ -41,7 +41,10 @@ T = TypeVar("T")
 
 
 class AdminError(StreamReplicaError):
-    """A topic/group problem reported to the operator as one line."""
+    """A topic/group problem reported to the operator as one line: the topic or group as
+    configured cannot be used (refused, cannot be created or described)."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,15 +310,21 @@ async def end_offsets(bootstrap_servers: Cluster, topic: str, partitions: int) -
 
 
 async def wait_for_broker(bootstrap_servers: Cluster, timeout_s: float = 60.0) -> None:
+    """Wait for the cluster to answer. Only an unreachable broker is waited for: settings
+    it refuses (a malformed address, credentials) are raised at once."""
+    settings = connection(bootstrap_servers)  # a malformed address: ValidationError, now
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         try:
-            async with admin_client(bootstrap_servers) as client:
+            async with admin_client(settings) as client:
                 await client.describe_cluster()
             return
-        except KafkaAccessError:
-            raise
-        except Exception as exc:
+        except (KafkaUnavailableError, KafkaError, OSError, TimeoutError) as exc:
             if asyncio.get_running_loop().time() > deadline:
-                raise AdminError(f"broker {bootstrap_servers} not reachable: {exc}") from None
+                if isinstance(exc, KafkaUnavailableError):
+                    raise
+                raise KafkaUnavailableError(
+                    f"Kafka at {settings.bootstrap_servers} did not answer within "
+                    f"{timeout_s:g} s ({type(exc).__name__}: {exc})"
+                ) from None
             await asyncio.sleep(0.5)

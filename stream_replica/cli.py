@@ -25,9 +25,9 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from stream_replica import admin, event_loop, fold, logs, tuning
-from stream_replica.cli_flags import add_model_flags, settings_from
+from stream_replica.cli_flags import add_model_flags, option_label, settings_from
 from stream_replica.contract import ContractError, EntryType, GrainId
-from stream_replica.errors import ConfigurationError, StreamReplicaError
+from stream_replica.errors import ConfigurationError, StreamReplicaError, TopicNotCompactedError
 from stream_replica.fold import GrainState
 from stream_replica.settings import (
     CONTAINER_NAME,
@@ -69,6 +69,12 @@ def grain_json(
 
 def emit(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+
+def fail(message: str) -> None:
+    """The one line an operator reads on stderr: ``stream-replica: <message>``, even when
+    the message (an exception's text) has line breaks."""
+    print(f"stream-replica: {' '.join(message.split())}", file=sys.stderr)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -128,21 +134,24 @@ async def cmd_topic_describe(args: argparse.Namespace) -> int:
     s = settings_from(KafkaSettings, args)
     info = await admin.describe_topic(s, s.topic)
     if info is None:
-        raise UsageError(f"topic {s.topic!r} does not exist on {s.bootstrap_servers}")
+        raise ConfigurationError(
+            f"topic {s.topic!r} does not exist on {s.bootstrap_servers} "
+            "(--topic, env STREAM_REPLICA_TOPIC)"
+        )
     emit(info.as_json())
     return _report_compaction(info)
 
 
 def _report_compaction(info: admin.TopicInfo) -> int:
+    """After the description is printed: the line and exit code `run` refuses it with."""
     if info.compacted:
         return 0
-    print(
-        f"stream-replica: topic {info.name!r} is NOT compacted "
+    fail(
+        f"topic {info.name!r} is NOT compacted "
         f"(cleanup.policy={info.configs.get('cleanup.policy')}); replicas need "
-        "cleanup.policy=compact",
-        file=sys.stderr,
+        "cleanup.policy=compact"
     )
-    return 3
+    return TopicNotCompactedError.exit_code
 
 
 async def cmd_publish(args: argparse.Namespace) -> int:
@@ -283,7 +292,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
         except StoreError as exc:
             log.error("%s", exc)
     if fatal is not None:  # printed last: the one line an operator needs
-        print(f"stream-replica: {fatal}", file=sys.stderr)
+        fail(fatal)
         return code
     return 0
 
@@ -595,12 +604,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What pydantic puts before the message of an error raised in a validator.
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
 def _validation_line(exc: ValidationError) -> str:
+    """One line naming each setting at fault as its flag and environment variable. An error
+    of the model as a whole (several options at once) has no location: its message names
+    the options itself."""
     parts = []
     for error in exc.errors():
-        field = ".".join(str(p) for p in error["loc"]) or "settings"
-        env = f"STREAM_REPLICA_{field.upper()}"
-        parts.append(f"{field}: {error['msg']} (flag --{field.replace('_', '-')} or {env})")
+        message = error["msg"]
+        for prefix in _PYDANTIC_PREFIXES:
+            message = message.removeprefix(prefix)
+        if error["loc"]:
+            name = str(error["loc"][0])
+            if name == "KAFKA_BOOTSTRAP_SERVERS" or name.startswith("STREAM_REPLICA_"):
+                name = name.removeprefix("KAFKA_").removeprefix("STREAM_REPLICA_").lower()
+            message = f"{option_label(name)}: {message}"
+        parts.append(message)
     return "configuration error: " + "; ".join(parts)
 
 
@@ -612,21 +634,19 @@ def _run_handler(handler: Callable[[argparse.Namespace], Any], args: argparse.Na
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from stream_replica.replay import ReplayError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.configure(args.log_level, args.log_format)
     try:
         return _run_handler(args.handler, args)
     except ValidationError as exc:
-        print(f"stream-replica: {_validation_line(exc)}", file=sys.stderr)
-        return 2
-    except (UsageError, StoreError, admin.AdminError, ReplayError) as exc:
-        print(f"stream-replica: {exc}", file=sys.stderr)
-        return 2
-    except StreamReplicaError as exc:
-        print(f"stream-replica: {exc}", file=sys.stderr)
+        fail(_validation_line(exc))
+        return ConfigurationError.exit_code
+    except (UsageError, StoreError) as exc:
+        fail(str(exc))
+        return ConfigurationError.exit_code
+    except StreamReplicaError as exc:  # admin, replay and connection errors among them
+        fail(str(exc))
         return exc.exit_code
     except BrokenPipeError:
         # `stream-replica dump | head`: the reader is done; exit quietly as Unix tools do.
@@ -638,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         # Last resort: one readable line; the traceback only at debug level.
         log.debug("unexpected error", exc_info=True)
-        print(f"stream-replica: {type(exc).__name__}: {exc}", file=sys.stderr)
+        fail(f"{type(exc).__name__}: {exc}")
         return 1
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, SecretStr
-from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
 S = TypeVar("S", bound=BaseSettings)
@@ -32,10 +31,30 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
-def _env_name(name: str, info: FieldInfo) -> str:
+def env_name(name: str) -> str:
+    """The environment variable of the setting ``name``."""
     if name == "bootstrap_servers":
         return "KAFKA_BOOTSTRAP_SERVERS"
     return f"STREAM_REPLICA_{name.upper()}"
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def option_label(name: str) -> str:
+    """How an error names the setting ``name``: ``--ssl-cafile (env STREAM_REPLICA_SSL_CAFILE)``."""
+    return f"{flag_name(name)} (env {env_name(name)})"
+
+
+def _shown_default(default: Any) -> str:
+    """The help's "; default ..." part. Only None (the description says what happens then)
+    and an empty list are left out: ``0 == False``, so a membership test hid every 0."""
+    if default is None or (isinstance(default, list) and not default):
+        return ""
+    if isinstance(default, bool):
+        return "; default on" if default else "; default off"
+    return f"; default {default}"
 
 
 def add_model_flags(
@@ -51,10 +70,10 @@ def add_model_flags(
     for name, info in model.model_fields.items():
         if (wanted is not None and name not in wanted) or name in skipped:
             continue
-        flag = "--" + name.replace("_", "-")
+        flag = flag_name(name)
         annotation = _unwrap_optional(info.annotation)
         text = info.description or ""
-        env = _env_name(name, info)
+        env = env_name(name)
         options: dict[str, Any] = {"dest": name, "default": None}
         if annotation is bool:
             options["action"] = argparse.BooleanOptionalAction
@@ -75,8 +94,7 @@ def add_model_flags(
             if info.is_required():
                 shown = "; required"
             else:
-                default = info.get_default(call_default_factory=True)
-                shown = "" if default in (None, [], False) else f"; default {default}"
+                shown = _shown_default(info.get_default(call_default_factory=True))
             text = f"{text} (env {env}{shown})" if text else f"env {env}{shown}"
         options["help"] = text
         parser.add_argument(flag, **options)

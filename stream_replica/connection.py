@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
+import re
+import socket
 import ssl
 from functools import cache
 from pathlib import Path
@@ -21,12 +24,26 @@ from typing import Any, Final, Literal, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
-from aiokafka.helpers import create_ssl_context
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from aiokafka.errors import (
+    IllegalSaslStateError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stream_replica.cli_flags import option_label
 from stream_replica.errors import KafkaAccessError, KafkaUnavailableError, StreamReplicaError
+
+log = logging.getLogger(__name__)
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -54,6 +71,17 @@ _MANAGED: Final = frozenset(
         "loop",
     }
 )
+# The flag that sets a managed option, where there is one.
+_MANAGED_BY: Final = {
+    "bootstrap_servers": "--bootstrap-servers",
+    "security_protocol": "--security-protocol",
+    "ssl_context": "--ssl-cafile, --ssl-certfile, --ssl-keyfile and --ssl-check-hostname",
+    "sasl_mechanism": "--sasl-mechanism",
+    "sasl_plain_username": "--sasl-username",
+    "sasl_plain_password": "--sasl-password-file or env STREAM_REPLICA_SASL_PASSWORD",
+    "group_id": "--group",
+    "group_instance_id": "--instance-id",
+}
 _CLIENTS: Final = {
     "consumer": AIOKafkaConsumer,
     "producer": AIOKafkaProducer,
@@ -102,9 +130,8 @@ def parse_kafka_options(items: list[str]) -> dict[str, object]:
         if not sep or not name:
             raise ValueError(f"--kafka-option {item!r}: expected NAME=VALUE")
         if name in _MANAGED:
-            raise ValueError(
-                f"--kafka-option {raw_name}: set by stream-replica itself (use its own flag)"
-            )
+            instead = f": use {_MANAGED_BY[name]}" if name in _MANAGED_BY else ""
+            raise ValueError(f"--kafka-option {raw_name}: set by stream-replica itself{instead}")
         if name not in known:
             raise ValueError(
                 f"--kafka-option {raw_name}: not a setting of the Kafka client (aiokafka); "
@@ -114,12 +141,67 @@ def parse_kafka_options(items: list[str]) -> dict[str, object]:
     return options
 
 
+_HOST_NAME: Final = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+_BOOTSTRAP_FORMAT: Final = "expected HOST:PORT[,HOST:PORT...] (IPv6: [ADDRESS]:PORT)"
+
+
+def parse_bootstrap_servers(text: str) -> list[tuple[str, int]]:
+    """``"b1:9092,[::1]:9093"`` → ``[("b1", 9092), ("::1", 9093)]``, or ValueError saying
+    what is wrong with which entry. Stricter than aiokafka, which takes a missing port as
+    9092 and fails inside its connect (retried as if the network were down) on a bad one."""
+    hosts = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            raise ValueError(f"{text!r} has an empty entry; {_BOOTSTRAP_FORMAT}")
+        if "://" in item:
+            raise ValueError(
+                f"{item!r}: no scheme here, the protocol is --security-protocol's; "
+                f"{_BOOTSTRAP_FORMAT}"
+            )
+        if item.startswith("["):
+            address, closed, rest = item[1:].partition("]")
+            if not closed or not _is_ipv6(address.partition("%")[0]):  # (%: a zone)
+                raise ValueError(f"{item!r}: {address!r} is not an IPv6 address")
+            host, sep, port = address, rest[:1], rest[1:]
+            if rest and sep != ":":
+                raise ValueError(f"{item!r}: {_BOOTSTRAP_FORMAT}")
+        else:
+            host, sep, port = item.rpartition(":")
+            if _is_ipv6(item) or _is_ipv6(host):
+                raise ValueError(f"{item!r}: an IPv6 address goes in brackets, e.g. [::1]:9092")
+            if not sep:
+                host, port = item, ""
+            elif not _HOST_NAME.fullmatch(host):
+                raise ValueError(f"{item!r}: {host!r} is not a host name; {_BOOTSTRAP_FORMAT}")
+        if not sep or not port:
+            raise ValueError(f"{item!r} has no port; {_BOOTSTRAP_FORMAT}")
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(
+                f"{item!r}: the port {port!r} is not a number from 1 to 65535; {_BOOTSTRAP_FORMAT}"
+            )
+        hosts.append((host, int(port)))
+    return hosts
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 class ConnectionSettings(BaseSettings):
     """Where the cluster is and how to authenticate. Secrets come from the environment or a
     file (never a default, never echoed)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="STREAM_REPLICA_", extra="ignore", populate_by_name=True, validate_default=True
+        env_prefix="STREAM_REPLICA_",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+        hide_input_in_errors=True,  # the input of an error of the whole model has the secrets
     )
 
     bootstrap_servers: str = Field(
@@ -149,6 +231,9 @@ class ConnectionSettings(BaseSettings):
     )
     ssl_certfile: Path | None = Field(default=None, description="client certificate (mutual TLS)")
     ssl_keyfile: Path | None = Field(default=None, description="client private key (mutual TLS)")
+    ssl_key_password: SecretStr | None = Field(
+        default=None, description="password of an encrypted --ssl-keyfile"
+    )
     ssl_check_hostname: bool = Field(
         default=True, description="verify that the broker certificate names the host"
     )
@@ -157,6 +242,16 @@ class ConnectionSettings(BaseSettings):
         description="NAME=VALUE passed to the Kafka clients (repeatable), e.g. "
         "request_timeout_ms=60000",
     )
+
+    # Built once, when the settings are validated (start-up): a file that cannot be loaded
+    # is a configuration error then, never a connection failure retried later.
+    _ssl_context: ssl.SSLContext | None = PrivateAttr(default=None)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _bootstrap(cls, text: str) -> str:
+        parse_bootstrap_servers(text)  # refused here, by every command, before any connection
+        return ",".join(item.strip() for item in text.split(","))
 
     @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_password_file")
     @classmethod
@@ -167,50 +262,128 @@ class ConnectionSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> ConnectionSettings:
+        # Each message names every option involved, as flag and environment variable: the
+        # model as a whole has no flag of its own.
+        protocol = f"--security-protocol is {self.security_protocol}"
         sasl = self.security_protocol.startswith("SASL_")
         if self.sasl_password_file is not None:
             if self.sasl_password is not None:
-                raise ValueError("give the SASL password once: --sasl-password-file or the env")
+                raise ValueError(
+                    f"give the SASL password once: {option_label('sasl_password')} or "
+                    f"{option_label('sasl_password_file')}, not both"
+                )
             secret = self.sasl_password_file.read_text(encoding="utf-8").rstrip("\r\n")
             self.sasl_password = SecretStr(secret)
         if sasl:
             missing = [
-                flag
-                for flag, value in (
-                    ("--sasl-mechanism", self.sasl_mechanism),
-                    ("--sasl-username", self.sasl_username),
-                    ("--sasl-password-file or STREAM_REPLICA_SASL_PASSWORD", self.sasl_password),
+                label
+                for label, value in (
+                    (option_label("sasl_mechanism"), self.sasl_mechanism),
+                    (option_label("sasl_username"), self.sasl_username),
+                    (
+                        "--sasl-password-file or env STREAM_REPLICA_SASL_PASSWORD",
+                        self.sasl_password,
+                    ),
                 )
                 if value is None
             ]
             if missing:
-                raise ValueError(f"{self.security_protocol} needs {', '.join(missing)}")
-        elif self.sasl_mechanism or self.sasl_username:  # (a stray password is just unused)
-            raise ValueError(
-                f"SASL settings given but --security-protocol is {self.security_protocol} "
-                "(use SASL_SSL or SASL_PLAINTEXT)"
-            )
+                raise ValueError(f"{protocol}, which needs {_and(missing)}")
+        else:
+            given = _given(self, "sasl_mechanism", "sasl_username", "sasl_password")
+            if self.sasl_password_file is not None:  # (its content is in sasl_password now)
+                given[-1] = option_label("sasl_password_file")
+            if given:
+                raise ValueError(
+                    f"{_and(given)} given, but {protocol} (env STREAM_REPLICA_SECURITY_PROTOCOL):"
+                    " SASL needs SASL_SSL or SASL_PLAINTEXT"
+                )
         tls = self.security_protocol in ("SSL", "SASL_SSL")
-        if not tls and (self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile):
+        given = _given(self, "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
+        if not tls and given:
             raise ValueError(
-                f"TLS files given but --security-protocol is {self.security_protocol} "
-                "(use SSL or SASL_SSL)"
+                f"{_and(given)} given, but {protocol} (env STREAM_REPLICA_SECURITY_PROTOCOL): "
+                "TLS needs SSL or SASL_SSL"
             )
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
-            raise ValueError("mutual TLS needs both --ssl-certfile and --ssl-keyfile")
+            raise ValueError(
+                f"mutual TLS needs both {option_label('ssl_certfile')} and "
+                f"{option_label('ssl_keyfile')}"
+            )
+        if self.ssl_key_password is not None and self.ssl_keyfile is None:
+            raise ValueError(
+                f"{option_label('ssl_key_password')} given without {option_label('ssl_keyfile')}"
+            )
         parse_kafka_options(self.kafka_option)  # fail at start-up, not at first use
+        if tls:
+            self._ssl_context = self._load_tls()
         return self
 
-    def ssl_context(self) -> ssl.SSLContext | None:
-        if self.security_protocol not in ("SSL", "SASL_SSL"):
-            return None
-        context: ssl.SSLContext = create_ssl_context(
-            cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
-            certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
-            keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
-        )
+    def _load_tls(self) -> ssl.SSLContext:
+        """The client's TLS context, loaded step by step so that a failure names the file
+        (and option) at fault. OpenSSL never prompts for a key's password on the terminal."""
+        cafile = self.ssl_cafile
+        try:
+            context = ssl.create_default_context(
+                ssl.Purpose.SERVER_AUTH, cafile=None if cafile is None else str(cafile)
+            )
+        except (OSError, ssl.SSLError) as exc:
+            if cafile is None:
+                raise ValueError(
+                    f"cannot load the system's CA certificates ({_tls_why(exc)}); "
+                    f"give {option_label('ssl_cafile')}"
+                ) from None
+            raise ValueError(
+                f"{option_label('ssl_cafile')}: cannot load {cafile} as CA certificates "
+                f"({_tls_why(exc)})"
+            ) from None
         context.check_hostname = self.ssl_check_hostname
+        certfile, keyfile = self.ssl_certfile, self.ssl_keyfile
+        if certfile is None or keyfile is None:
+            return context
+        try:  # the certificate on its own first: load_cert_chain does not say which file
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(certfile))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"{option_label('ssl_certfile')}: cannot load {certfile} as a certificate "
+                f"({_tls_why(exc)})"
+            ) from None
+        asked = False
+
+        def password() -> str:
+            nonlocal asked
+            asked = True
+            if self.ssl_key_password is None:
+                raise _KeyEncryptedError
+            return self.ssl_key_password.get_secret_value()
+
+        try:
+            context.load_cert_chain(str(certfile), str(keyfile), password)
+        except _KeyEncryptedError:
+            raise ValueError(
+                f"{option_label('ssl_keyfile')}: {keyfile} is encrypted; give its password "
+                "with --ssl-key-password or env STREAM_REPLICA_SSL_KEY_PASSWORD"
+            ) from None
+        except (OSError, ssl.SSLError) as exc:
+            if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+                raise ValueError(
+                    f"--ssl-keyfile {keyfile} does not hold the key of the certificate in "
+                    f"--ssl-certfile {certfile} (env STREAM_REPLICA_SSL_KEYFILE, "
+                    "STREAM_REPLICA_SSL_CERTFILE)"
+                ) from None
+            if asked:
+                raise ValueError(
+                    f"{option_label('ssl_key_password')}: it does not decrypt {keyfile}"
+                ) from None
+            raise ValueError(
+                f"{option_label('ssl_keyfile')}: cannot load {keyfile} as a private key "
+                f"({_tls_why(exc)})"
+            ) from None
         return context
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context built at validation; None without TLS."""
+        return self._ssl_context
 
     def options(self, client: Literal["consumer", "producer", "admin"]) -> dict[str, Any]:
         """Keyword arguments for one aiokafka client class."""
@@ -238,22 +411,40 @@ class ConnectionSettings(BaseSettings):
         return f"{self.bootstrap_servers} over {self.security_protocol}{who}"
 
 
-def _hosts(bootstrap_servers: str) -> list[tuple[str, int]]:
-    hosts = []
-    for item in bootstrap_servers.split(","):
-        host, _, port = item.strip().rpartition(":")
-        hosts.append((host.strip("[]") or item.strip(), int(port) if port.isdigit() else 9092))
-    return hosts
+class _KeyEncryptedError(Exception):
+    """The private key needs a password and none was given."""
+
+
+def _tls_why(exc: OSError) -> str:
+    """OpenSSL's reason in words where it has a common one."""
+    reason = getattr(exc, "reason", None)
+    if reason == "NO_CERTIFICATE_OR_CRL_FOUND":
+        return "no PEM certificate in it"
+    if isinstance(exc, ssl.SSLError):
+        if reason is None and "PEM lib" in str(exc):
+            return "not in PEM format, or not what this option takes"
+        return f"{exc.library}: {reason}" if reason else str(exc)
+    return exc.strerror or str(exc)
+
+
+def _given(settings: ConnectionSettings, *names: str) -> list[str]:
+    return [option_label(n) for n in names if getattr(settings, n) is not None]
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> None:
     """Open one connection to a bootstrap server. Raises :class:`KafkaAccessError` for what
-    retrying cannot fix (credentials, certificates); other errors propagate unchanged (the
-    caller retries those with backoff)."""
-    last: BaseException | None = None
+    retrying cannot fix (credentials, certificates, a listener of another protocol), else
+    :class:`KafkaUnavailableError` saying what happened at each address (the caller may
+    retry that with backoff)."""
+    failures: list[tuple[str, int, str]] = []
+    unresolved: list[tuple[str, str]] = []  # (host, why)
     context = settings.ssl_context()
     password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
-    for host, port in _hosts(settings.bootstrap_servers):
+    for host, port in parse_bootstrap_servers(settings.bootstrap_servers):
         try:
             conn = await asyncio.wait_for(
                 create_conn(
@@ -274,6 +465,16 @@ async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> No
                 f"{settings.sasl_username!r} ({settings.sasl_mechanism}): check the user name "
                 f"and password ({_reason(exc)})"
             ) from None
+        except IllegalSaslStateError:
+            # The broker answered ApiVersions, then refused SaslHandshake as not valid in
+            # this state: the listener has no SASL (Kafka's answer on a PLAINTEXT or SSL
+            # listener). Not a network failure: retrying cannot fix it.
+            plain = "PLAINTEXT" if settings.security_protocol == "SASL_PLAINTEXT" else "SSL"
+            raise KafkaAccessError(
+                f"the broker at {host}:{port} answered, but the SASL handshake failed "
+                f"(ILLEGAL_SASL_STATE): is that listener {plain}, without SASL? check "
+                f"{option_label('security_protocol')} and the port"
+            ) from None
         except ssl.SSLCertVerificationError as exc:
             raise KafkaAccessError(
                 f"TLS: the certificate of {host}:{port} is not trusted "
@@ -284,13 +485,47 @@ async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> No
                 f"TLS handshake with {host}:{port} failed ({exc.reason or exc}); check "
                 "--security-protocol, the client certificate and key"
             ) from None
-        except (OSError, TimeoutError, KafkaError) as exc:
-            last = exc
-            continue
-        conn.close()
-        return
-    assert last is not None
-    raise last
+        except socket.gaierror as exc:
+            unresolved.append((host, exc.strerror or str(exc)))
+            failures.append((host, port, f"cannot resolve host {host!r} ({exc.strerror})"))
+        except ConnectionRefusedError:
+            failures.append((host, port, "connection refused"))
+        except TimeoutError:
+            failures.append((host, port, f"no answer within {timeout_s:g} s"))
+        except ConnectionResetError:
+            why = "connection reset"
+            if context is not None:  # (what a PLAINTEXT listener does to a TLS handshake)
+                why += " during the TLS handshake: is that listener PLAINTEXT?"
+            failures.append((host, port, why))
+        except (OSError, KafkaError) as exc:
+            failures.append((host, port, f"{type(exc).__name__}: {exc}"))
+        else:
+            conn.close()
+            return
+    raise _unavailable(settings, failures, unresolved)
+
+
+def _unavailable(
+    settings: ConnectionSettings,
+    failures: list[tuple[str, int, str]],
+    unresolved: list[tuple[str, str]],
+) -> KafkaUnavailableError:
+    servers = settings.bootstrap_servers
+    if len(failures) == len(unresolved):  # DNS only (can be transient: a pod not up yet)
+        names = ", ".join(repr(host) for host, _ in unresolved)
+        reasons = sorted({why for _, why in unresolved})
+        return KafkaUnavailableError(
+            f"cannot resolve host {names} of --bootstrap-servers {servers} "
+            f"({'; '.join(reasons)}); check the host names and DNS"
+        )
+    if len(failures) == 1:
+        detail = failures[0][2]
+    else:
+        detail = "; ".join(f"{host}:{port}: {why}" for host, port, why in failures)
+    return KafkaUnavailableError(
+        f"no Kafka broker answered at {servers} over {settings.security_protocol} ({detail}); "
+        "check --bootstrap-servers, --security-protocol and that the brokers are up"
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -299,21 +534,24 @@ def _reason(exc: BaseException) -> str:
 
 
 async def explain_failure(settings: ConnectionSettings, exc: BaseException) -> StreamReplicaError:
-    """Why a client could not start, as one line: credentials and certificates (learned from
-    a pre-flight connection, since aiokafka only logs those), else the address."""
+    """Why a client could not start, as one line, learned from a pre-flight connection
+    (aiokafka only logs the cause and raises "Unable to bootstrap"): credentials,
+    certificates, a listener of another protocol, an unknown host, a refused connection."""
     try:
         await preflight(settings)
-    except KafkaAccessError as access:
-        return access
+    except StreamReplicaError as explained:
+        return explained
     except Exception:
-        pass
-    detail = str(exc)
-    if "Unable to bootstrap" in detail or not detail:
-        detail = "connection refused or timed out"
+        log.debug("pre-flight connection failed", exc_info=True)
+    # The pre-flight connection worked: the client's failure was passing (or not about
+    # connecting), so say what the client said.
+    detail = str(exc) or type(exc).__name__
+    if "Unable to bootstrap" in detail:
+        detail = "no bootstrap server gave the cluster metadata, though one accepted a connection"
     return KafkaUnavailableError(
-        f"no Kafka broker answered at {settings.bootstrap_servers} over "
-        f"{settings.security_protocol} ({detail}); check --bootstrap-servers, "
-        "--security-protocol and that the brokers are up"
+        f"Kafka at {settings.bootstrap_servers} over {settings.security_protocol} failed to "
+        f"start a client ({detail}); check --bootstrap-servers, --security-protocol and that "
+        "the brokers are up"
     )
 
 

@@ -43,6 +43,7 @@ async def run_demo(bootstrap_servers: str, grains: int, workers: int, workdir: s
     # other names, and only the names recorded in this workdir are ever deleted.
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     topic, dlq, group = f"demo-grains-{run_id}", f"demo-grains-{run_id}-dlq", f"demo-{run_id}"
+    admin.connection(bootstrap_servers)  # a malformed address is refused before the workdir
     with DemoWorkdir.claim(root) as claimed:
         await admin.wait_for_broker(bootstrap_servers)
         await _drop_topics(bootstrap_servers, claimed.previous_topics)

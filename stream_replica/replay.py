@@ -20,7 +20,9 @@ log = logging.getLogger("stream_replica.replay")
 
 
 class ReplayError(StreamReplicaError):
-    pass
+    """A replay refused as asked (live members, a store it would corrupt): exit 2."""
+
+    exit_code = 2
 
 
 def parse_offsets(text: str) -> dict[int, int]:

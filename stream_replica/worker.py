@@ -38,11 +38,16 @@ from aiokafka.errors import (
 )
 
 from stream_replica import catchup
-from stream_replica.admin import AdminError, TopicInfo, describe_topic
+from stream_replica.admin import TopicInfo, describe_topic
 from stream_replica.catchup import CatchUpFocus
 from stream_replica.connection import start_client, stop_consumer
 from stream_replica.durability import CatchUpDurability
-from stream_replica.errors import KafkaAccessError, StreamReplicaError
+from stream_replica.errors import (
+    ConfigurationError,
+    KafkaUnavailableError,
+    StreamReplicaError,
+    TopicNotCompactedError,
+)
 from stream_replica.fold import FoldCounts, FoldResult, Rejection
 from stream_replica.logs import RateLimitedLog
 from stream_replica.membership import GroupAssignment
@@ -136,25 +141,29 @@ def c_parser_loaded() -> bool:
 
 
 async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInfo:
-    """Describe the topic, retrying an unreachable broker with backoff until stopped."""
+    """Describe the topic, retrying an unreachable broker with backoff until stopped. Only
+    that is retried: anything else (credentials, certificates, ACLs, a bug) retrying cannot
+    fix, so it ends the worker."""
     backoff = 1.0
     while True:
         try:
             info = await describe_topic(settings, settings.topic)
             break
-        except (AdminError, KafkaAccessError):
-            raise  # credentials, certificates, ACLs: retrying cannot fix them
-        except Exception as exc:
+        except (KafkaUnavailableError, KafkaError, OSError, TimeoutError) as exc:
             if stop.is_set():
                 raise Stopped from None
             log.warning("%s; retrying in %.0f s", _unreachable(settings, exc), backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, 30.0)
+    # The same problems, the same exit codes as `topic describe` (errors.py).
     if info is None:
-        raise FatalError(f"topic {settings.topic!r} does not exist on {settings.bootstrap_servers}")
+        raise ConfigurationError(
+            f"topic {settings.topic!r} does not exist on {settings.bootstrap_servers} "
+            "(--topic, env STREAM_REPLICA_TOPIC)"
+        )
     if not info.compacted and not settings.allow_non_compacted:
-        raise FatalError(
+        raise TopicNotCompactedError(
             f"topic {settings.topic!r} is not compacted "
             f"(cleanup.policy={info.configs.get('cleanup.policy')}); "
             "pass --allow-non-compacted to run anyway"
@@ -162,9 +171,9 @@ async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInf
     if settings.dlq_topic:
         dlq = await describe_topic(settings, settings.dlq_topic)
         if dlq is None:
-            raise FatalError(
-                f"dead-letter topic {settings.dlq_topic!r} does not exist; create it with "
-                f"`stream-replica topic create --topic {shlex.quote(settings.dlq_topic)} "
+            raise ConfigurationError(
+                f"dead-letter topic {settings.dlq_topic!r} (--dlq-topic) does not exist; create "
+                f"it with `stream-replica topic create --topic {shlex.quote(settings.dlq_topic)} "
                 "--cleanup-policy delete` (a compacted topic refuses records without a key)"
             )
         if dlq.compacted:
@@ -1025,8 +1034,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def _unreachable(settings: WorkerSettings, exc: BaseException) -> str:
-    detail = str(exc) if isinstance(exc, StreamReplicaError) else f"{type(exc).__name__}: {exc}"
-    return f"Kafka not reachable ({detail})"
+    if isinstance(exc, StreamReplicaError):
+        return str(exc)  # already says what failed where
+    return f"Kafka not reachable at {settings.bootstrap_servers} ({type(exc).__name__}: {exc})"
 
 
 def _log_rejection(topic: str, rejection: Rejection) -> None:

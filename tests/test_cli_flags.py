@@ -54,3 +54,18 @@ def test_a_required_setting_says_required_not_an_internal_default() -> None:
     text = " ".join(parser.format_help().split())
     assert "env STREAM_REPLICA_DB; required" in text
     assert "Undefined" not in text
+
+
+def test_every_default_is_shown_even_false_and_zero() -> None:
+    from stream_replica.settings import WorkerSettings
+
+    parser = argparse.ArgumentParser(prog="x")
+    add_model_flags(parser, WorkerSettings)
+    text = " ".join(parser.format_help().split())
+    assert "env STREAM_REPLICA_STANDBY_REPLICAS; default 0)" in text
+    assert "env STREAM_REPLICA_ALLOW_NON_COMPACTED; default off)" in text
+    assert "env STREAM_REPLICA_REPAIR_SHADOWED; default off)" in text
+    assert "env STREAM_REPLICA_SSL_CHECK_HOSTNAME; default on)" in text
+    assert "env STREAM_REPLICA_MAX_RECORDS; default 100)" in text
+    assert "env STREAM_REPLICA_DLQ_TOPIC)" in text  # None: the description says what then
+    assert "env STREAM_REPLICA_KAFKA_OPTION)" in text  # an empty list

@@ -1,0 +1,124 @@
+"""The command line's error lines: one line, naming the flags and environment variables at
+fault, exit 2 for misconfiguration (README "Command line")."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from stream_replica.cli import main
+
+
+def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run the command line; it must refuse with exit 2 and one line, which is returned."""
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("stream-replica: "), err
+    assert "Traceback" not in err
+    return err.strip()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            ["--security-protocol", "SASL_PLAINTEXT", "--sasl-username", "u"],
+            "--security-protocol is SASL_PLAINTEXT, which needs --sasl-mechanism "
+            "(env STREAM_REPLICA_SASL_MECHANISM) and --sasl-password-file or env "
+            "STREAM_REPLICA_SASL_PASSWORD",
+        ),
+        (
+            ["--sasl-password", "pw"],
+            "--sasl-password (env STREAM_REPLICA_SASL_PASSWORD) given, but --security-protocol "
+            "is PLAINTEXT (env STREAM_REPLICA_SECURITY_PROTOCOL)",
+        ),
+        (["--kafka-option", "no_such=1"], "configuration error: --kafka-option no_such: not a"),
+    ],
+)
+def test_an_error_of_several_options_names_the_real_flags(
+    capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    line = refused(capsys, "topic", "describe", *flags)
+    assert expected in line
+    assert "--settings" not in line and "STREAM_REPLICA_SETTINGS" not in line
+
+
+def test_a_field_error_names_flag_and_env_without_pydantic_prefixes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "ca.pem"
+    line = refused(
+        capsys, "topic", "describe", "--security-protocol", "SSL", "--ssl-cafile", str(missing)
+    )
+    assert line == (
+        "stream-replica: configuration error: --ssl-cafile (env STREAM_REPLICA_SSL_CAFILE): "
+        f"{missing} is not a readable file"
+    )
+    line = refused(capsys, "run", "--db", str(tmp_path / "db"), "--max-records", "0")
+    assert "--max-records (env STREAM_REPLICA_MAX_RECORDS): Input should be" in line
+    assert "Value error" not in line and "max_records" not in line
+
+
+def test_an_environment_variable_is_named_as_such(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "")
+    line = refused(capsys, "topic", "describe")
+    assert "--bootstrap-servers (env KAFKA_BOOTSTRAP_SERVERS): " in line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "--db", "{tmp}/db"],
+        ["topic", "describe"],
+        ["topic", "create"],
+        ["publish", "--demo", "1"],
+        ["audit", "--db", "{tmp}/db"],
+        ["replay", "--db", "{tmp}/db", "--from-beginning"],
+        ["demo", "--workdir", "{tmp}/demo"],
+    ],
+)
+def test_every_command_refuses_a_malformed_bootstrap_address_at_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: list[str]
+) -> None:
+    """It used to reach aiokafka's connect: ``run`` retried a ValueError forever, the others
+    exited 1 with ``ValueError: invalid literal for int()``."""
+    argv = [part.replace("{tmp}", str(tmp_path)) for part in command]
+    started = time.monotonic()
+    line = refused(capsys, *argv, "--bootstrap-servers", "host:notaport")
+    assert line.startswith(
+        "stream-replica: configuration error: --bootstrap-servers (env KAFKA_BOOTSTRAP_SERVERS): "
+        "'host:notaport': the port 'notaport' is not a number from 1 to 65535"
+    )
+    assert time.monotonic() - started < 5
+    assert not (tmp_path / "db").exists() and not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("command", [["run", "--db", "{tmp}/db"], ["topic", "describe"]])
+def test_a_ca_file_that_is_not_pem_is_refused_at_start(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: list[str]
+) -> None:
+    """run retried the SSLError (X509: NO_CERTIFICATE_OR_CRL_FOUND) forever; the other
+    commands exited 1 without naming --ssl-cafile."""
+    cafile = tmp_path / "ca.pem"
+    cafile.write_text("not a certificate\n")
+    argv = [part.replace("{tmp}", str(tmp_path)) for part in command]
+    line = refused(capsys, *argv, "--security-protocol", "SSL", "--ssl-cafile", str(cafile))
+    assert line == (
+        "stream-replica: configuration error: --ssl-cafile (env STREAM_REPLICA_SSL_CAFILE): "
+        f"cannot load {cafile} as CA certificates (no PEM certificate in it)"
+    )
+    assert not (tmp_path / "db").exists()
+
+
+def test_the_error_line_is_one_line_whatever_the_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from stream_replica.cli import fail
+
+    fail("first\nsecond\r\n  third")
+    assert capsys.readouterr().err == "stream-replica: first second third\n"
