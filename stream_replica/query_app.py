@@ -32,6 +32,7 @@ from yarl import URL
 
 from stream_replica.contract import GrainId
 from stream_replica.fold import grain_json
+from stream_replica.grain_waits import GrainWaits
 from stream_replica.http_metrics import ForwardCounter
 from stream_replica.membership import GroupAssignment
 from stream_replica.metrics import Metrics
@@ -67,7 +68,6 @@ FORWARDED_HEADER: Final = "X-Stream-Replica-Forwarded-By"
 FRESH_HEADER: Final = "X-Stream-Replica-Fresh-Only"
 # With ?stale=ok a read keeps trying the replicas this long (a rebalance moves them).
 STALE_RETRY_S: Final = 5.0
-WAIT_STEP_S: Final = 0.01
 _NO_QUERY: Final[Mapping[str, str]] = {}
 OPEN_PATHS: Final = frozenset({"/healthz", "/readyz"})
 PROTECTED_PREFIXES: Final = ("/grains", "/partitions")
@@ -78,6 +78,7 @@ class QueryView(Protocol):
 
     topic: str
     store: ReplicaStore
+    grain_waits: GrainWaits  # a read with ?min_sequence waits here for its grain's write
 
     def partition_rows(self) -> dict[int, PartitionRow]: ...
 
@@ -371,7 +372,7 @@ def add_query_routes(
                         retry=True,
                         extra={"sequence": None if state is None else state.sequence},
                     )
-                await asyncio.sleep(WAIT_STEP_S)
+                await view.grain_waits.wait(grain, wait_deadline - time.monotonic())
                 continue
             if forwarded:  # never forward twice: the sender's map is out of date
                 raise ReadError(

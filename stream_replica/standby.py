@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from itertools import chain
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -24,6 +25,7 @@ from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRa
 
 from stream_replica.connection import start_client, stop_consumer
 from stream_replica.fold import FoldCounts
+from stream_replica.grain_waits import GrainWaits
 from stream_replica.memory import FETCH_MAX_BYTES
 from stream_replica.offsets import (
     READ_COMMITTED,
@@ -54,8 +56,10 @@ class StandbyFollower:
         settings: WorkerSettings,
         store: ReplicaStore,
         lock: asyncio.Lock,
+        grain_waits: GrainWaits | None = None,
         delete_retention_ms: int = 0,
     ) -> None:
+        self.grain_waits = grain_waits if grain_waits is not None else GrainWaits()
         self.settings = settings
         self.store = store
         self.topic = settings.topic
@@ -215,6 +219,8 @@ class StandbyFollower:
             )
         except StoreError as exc:
             raise StandbyError(f"standby: {exc}") from None
+        if self.grain_waits:  # stale reads waiting on this copy (?stale=ok&min_sequence)
+            self.grain_waits.written(chain(result.changes, (p[0] for p in folded.prepared)))
         self.counts.add(result.counts)
         self._positions.update(result.next_offsets)
 

@@ -24,6 +24,7 @@ import logging
 import shlex
 import time
 from collections.abc import Iterable, Mapping
+from itertools import chain
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -49,6 +50,7 @@ from stream_replica.errors import (
     TopicNotCompactedError,
 )
 from stream_replica.fold import FoldCounts, FoldResult, Rejection
+from stream_replica.grain_waits import GrainWaits
 from stream_replica.logs import RateLimitedLog
 from stream_replica.membership import GroupAssignment
 from stream_replica.memory import FETCH_MAX_BYTES
@@ -239,7 +241,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             standby_replicas=settings.standby_replicas,
             lost_partition_grace_ms=settings.lost_partition_grace_ms,
         )
-        self.standby = StandbyFollower(settings, store, self._batch_lock)
+        self.grain_waits = GrainWaits()
+        self.standby = StandbyFollower(settings, store, self._batch_lock, self.grain_waits)
         self._standby_task: asyncio.Task[None] | None = None
         # Static membership: the member id the broker gave at the last join, and when this
         # process first joined (see _check_replaced).
@@ -696,6 +699,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             )
         except StoreError as exc:
             raise FatalError(f"{exc}; offsets of this poll were not committed") from None
+        if self.grain_waits:  # reads waiting for one of these grains (?min_sequence)
+            self.grain_waits.written(chain(result.changes, (p[0] for p in folded.prepared)))
         done = time.perf_counter()
         self.counts.add(result.counts)
         self.metrics.add_fold(result.counts)

@@ -20,6 +20,7 @@ from aiokafka.structs import TopicPartition
 from openapi_spec_validator import validate
 
 from stream_replica.fold import FoldCounts, GrainState
+from stream_replica.grain_waits import GrainWaits
 from stream_replica.http_app import HealthRules, build_app
 from stream_replica.membership import GroupAssignment, PartitionOwners, Replica
 from stream_replica.openapi import openapi
@@ -65,6 +66,7 @@ class App:
 
     def __init__(self, store: ReplicaStore) -> None:
         self.store = store
+        self.grain_waits = GrainWaits()
         self.worker = FakeWorker()
         self.metrics = self.worker.metrics
         self.rows = {p: PartitionRow("active", 10, 10, True) for p in range(PARTITIONS)}

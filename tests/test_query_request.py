@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from stream_replica.fold import FoldCounts, GrainState
+from stream_replica.grain_waits import GrainWaits
 from stream_replica.membership import GroupAssignment
 from stream_replica.query_app import QueryConfig, add_query_routes
 from stream_replica.query_request import (
@@ -83,6 +84,7 @@ class _View:
 
     def __init__(self, store: ReplicaStore) -> None:
         self.store = store
+        self.grain_waits = GrainWaits()
 
     def partition_rows(self) -> dict[int, PartitionRow]:
         return {p: PartitionRow("active", 10, 10, True) for p in range(PARTITIONS)}
