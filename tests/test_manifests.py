@@ -67,7 +67,11 @@ def test_dashboard_queries_only_metrics_the_worker_exposes() -> None:
     from stream_replica.status import PartitionRow
 
     metrics = Metrics("t")
-    metrics.set_partitions({0: PartitionRow("active", 1, 2, False)})
+    metrics.set_partitions({0: PartitionRow("active", 1, 2, False, end_offset_age_s=0.2)})
+    # labelled series appear once used: one answered read, one forward
+    metrics.http_requests.labels("grain", "200").inc()
+    metrics.http_seconds.labels("grain").observe(0.001)
+    metrics.forwards.labels("grain", "answered").inc()
     exposed = {
         line.split("{")[0].split(" ")[0]
         for line in metrics.exposition().decode().splitlines()
