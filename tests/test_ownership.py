@@ -262,5 +262,5 @@ async def test_duplicate_instance_id_fails_with_one_line(
 def test_bad_instance_id_is_one_line(tmp_path: Path) -> None:
     result = cli("run", "--db", str(tmp_path / "db"), "--instance-id", "has space")
     assert result.returncode == 2
-    assert "instance_id" in result.stderr and "STREAM_REPLICA_INSTANCE_ID" in result.stderr
+    assert "--instance-id" in result.stderr and "STREAM_REPLICA_INSTANCE_ID" in result.stderr
     assert result.stderr.strip().count("\n") == 0
