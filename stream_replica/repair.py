@@ -158,11 +158,15 @@ class ShadowRepairer:
     async def _send(
         self, key: bytes, value: bytes, partition: int, headers: list[tuple[str, bytes]]
     ) -> int:
-        try:
+        async def acknowledged() -> int:
             future = await self._producer.send(
                 self.topic, key=key, value=value, partition=partition, headers=headers
             )
-            metadata = await asyncio.wait_for(future, SEND_TIMEOUT_S)
+            return int((await future).offset)
+
+        # Bounded as a whole: send() itself waits for metadata and buffer space, and the sweep
+        # holds the worker's batch lock, which a revocation waits for.
+        try:
+            return await asyncio.wait_for(acknowledged(), SEND_TIMEOUT_S)
         except TimeoutError:
             raise KafkaError(f"no acknowledgement within {SEND_TIMEOUT_S:.0f} s") from None
-        return int(metadata.offset)

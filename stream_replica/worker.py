@@ -95,6 +95,11 @@ _REFUSED: Final = (
 
 COMMIT_TIMEOUT_S: Final = 15.0
 DLQ_TIMEOUT_S: Final = 60.0
+# How long the group waits for a member to rejoin, so the longest revocation: the in-flight
+# poll (its dead-letter sends, DLQ_TIMEOUT_S, or a repair sweep's, repair.SEND_TIMEOUT_S), the
+# background commit it awaits and the revocation's own (COMMIT_TIMEOUT_S each, +1 s): ~91 s
+# at worst, well under a second normally. A member still revoking is not evicted meanwhile.
+REBALANCE_TIMEOUT_MS: Final = 120_000
 STOP_TIMEOUT_S: Final = 10.0
 TOUCH_INTERVAL_S: Final = 60.0
 PROGRESS_INTERVAL_S: Final = 10.0
@@ -286,8 +291,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             # aiokafka members rejoin in a loop: groups never settled (docs/assignor.md).
             partition_assignment_strategy=(self.ownership.binding.strategy,),
             max_poll_interval_ms=300_000,
-            # Revocation waits for the in-flight poll and one commit (<= ~31 s): well inside.
-            rebalance_timeout_ms=60_000,
+            rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
             fetch_max_bytes=FETCH_MAX_BYTES,  # part of the memory budget's fixed share

@@ -836,3 +836,13 @@ async def test_a_transactional_producers_log_is_caught_up_and_aborted_records_ne
         await wait_until(committed, 30, 0.2, what="offset 6 committed")
     finally:
         await worker.stop()
+
+
+def test_the_group_waits_for_the_longest_revocation() -> None:
+    """The rebalance timeout covers what a revocation may wait for: the in-flight poll's
+    dead-letter sends (or a repair sweep's) and two commits."""
+    from stream_replica.repair import SEND_TIMEOUT_S
+    from stream_replica.worker import COMMIT_TIMEOUT_S, DLQ_TIMEOUT_S, REBALANCE_TIMEOUT_MS
+
+    longest_s = max(DLQ_TIMEOUT_S, SEND_TIMEOUT_S) + 2 * COMMIT_TIMEOUT_S + 1
+    assert longest_s + 10 < REBALANCE_TIMEOUT_MS / 1000  # and room for the flush and the write
