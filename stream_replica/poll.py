@@ -8,7 +8,7 @@ path, :func:`decode_batch` (contract.decode) and :func:`fold_polled` (fold.fold)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,12 @@ class FoldedBatch:
     @property
     def grains_written(self) -> int:
         return len(self.result.changes) + len(self.prepared)
+
+    def written(self) -> Iterator[GrainId]:
+        """Every grain this batch writes (reads waiting on one are woken: grain_waits.py)."""
+        yield from self.result.changes
+        for prepared in self.prepared:
+            yield prepared[0]
 
 
 async def fold_batch(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from itertools import chain
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -220,7 +219,7 @@ class StandbyFollower:
         except StoreError as exc:
             raise StandbyError(f"standby: {exc}") from None
         if self.grain_waits:  # stale reads waiting on this copy (?stale=ok&min_sequence)
-            self.grain_waits.written(chain(result.changes, (p[0] for p in folded.prepared)))
+            self.grain_waits.written(folded.written())
         self.counts.add(result.counts)
         self._positions.update(result.next_offsets)
 

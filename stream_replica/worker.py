@@ -24,7 +24,6 @@ import logging
 import shlex
 import time
 from collections.abc import Iterable, Mapping
-from itertools import chain
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -704,7 +703,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         except StoreError as exc:
             raise FatalError(f"{exc}; offsets of this poll were not committed") from None
         if self.grain_waits:  # reads waiting for one of these grains (?min_sequence)
-            self.grain_waits.written(chain(result.changes, (p[0] for p in folded.prepared)))
+            self.grain_waits.written(folded.written())
         done = time.perf_counter()
         self.counts.add(result.counts)
         self.metrics.add_fold(result.counts)
