@@ -135,6 +135,17 @@ def advance(
     return checkpoints
 
 
+@dataclass(frozen=True)
+class Flushing:
+    """What a flush starting now covers: per partition, the written offset and the tenure
+    (assignment) it was written in."""
+
+    offsets: Mapping[int, tuple[int, int]]
+
+    def offset(self, partition: int) -> int:
+        return self.offsets[partition][0] if partition in self.offsets else -1
+
+
 class CommitBook:
     """Per owned partition: the group's committed offset (the floor: commits never go below
     it) and the store's written offset not yet committed.
@@ -149,10 +160,18 @@ class CommitBook:
         # only once a memtable flush covers it, and only durable offsets are committed (as
         # Kafka Streams flushes its stores before it commits). None: every written offset is.
         self._durable: dict[int, int] | None = None
+        # Raised whenever a partition is assigned or forgotten: a flush that began before
+        # persisted the store as it was then, which says nothing about the partition's new
+        # tenure (its store may be wiped and rebuilt meanwhile).
+        self._tenure: dict[int, int] = {}
 
     def assigned(self, partition: int, committed: int | None) -> None:
         self._floor[partition] = -1 if committed is None else committed
         self._pending.pop(partition, None)
+        self._new_tenure(partition)
+
+    def _new_tenure(self, partition: int) -> None:
+        self._tenure[partition] = self._tenure.get(partition, 0) + 1
         if self._durable is not None:
             self._durable.pop(partition, None)
 
@@ -165,14 +184,19 @@ class CommitBook:
         """Every written offset is durable again (flushed, and the WAL is on)."""
         self._durable = None
 
-    def flushing(self) -> dict[int, int]:
+    def flushing(self) -> Flushing:
         """The written offsets a flush starting now makes durable (pass them to persisted)."""
-        return dict(self._pending)
+        return Flushing(
+            {p: (offset, self._tenure.get(p, 0)) for p, offset in self._pending.items()}
+        )
 
-    def persisted(self, offsets: Mapping[int, int]) -> None:
+    def persisted(self, flushing: Flushing) -> None:
+        """A flush begun at ``flushing`` finished: its offsets are durable, except those of
+        partitions assigned or forgotten since it began."""
         if self._durable is not None:
-            for partition, offset in offsets.items():
-                self._durable[partition] = max(self._durable.get(partition, -1), offset)
+            for partition, (offset, tenure) in flushing.offsets.items():
+                if self._tenure.get(partition, 0) == tenure:
+                    self._durable[partition] = max(self._durable.get(partition, -1), offset)
 
     def floor(self, partition: int) -> int:
         return self._floor.get(partition, -1)
@@ -217,8 +241,7 @@ class CommitBook:
 
     def forget(self, partition: int) -> None:
         self._pending.pop(partition, None)
-        if self._durable is not None:
-            self._durable.pop(partition, None)
+        self._new_tenure(partition)
 
     def __bool__(self) -> bool:
         """Whether some offset is ready to commit."""

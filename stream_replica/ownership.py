@@ -87,6 +87,15 @@ class Ownership:
         self._dirty: dict[int, Served] = {}
         self._last_write = 0.0
 
+    def reload(self) -> None:
+        """Read claims and served records from the store again: it was wiped (the topic was
+        recreated or repartitioned) after this object read them. Stale copies would claim
+        the old partitions at the first join and skip writing roles the store no longer
+        has (readers would see those partitions as not served)."""
+        self.claims = self.store.last_assignment()
+        self._served = self.store.served()
+        self._dirty = {}
+
     # --- the group side ------------------------------------------------------------------
 
     def local_state(self) -> LocalState:

@@ -265,6 +265,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         changed = self.store.bind_topic(TopicIdentity(info.topic_id, info.partitions))
         if changed is not None:
             log.warning("%s: dropped the local replica, rebuilding every partition", changed)
+            self.ownership.reload()
         log.info(
             "replicating topic %s (%d partitions, delete.retention.ms=%d) as group %s%s into %s",
             self.topic,

@@ -3,10 +3,18 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_replica.offsets import CommitBook, EndOffset, Resume, advance, resume_from
+from stream_replica.offsets import (
+    CommitBook,
+    EndOffset,
+    Flushing,
+    Resume,
+    advance,
+    resume_from,
+)
 from stream_replica.store import Checkpoint
 
 HOUR_MS = 3_600_000
@@ -139,28 +147,65 @@ def test_a_reassigned_partition_forgets_what_was_flushed() -> None:
     assert book.due([0]) == {}
 
 
+@pytest.mark.parametrize("moved", ["assigned", "forgotten"])
+def test_a_flush_begun_before_a_reassignment_does_not_cover_the_new_tenure(moved: str) -> None:
+    """A flush snapshot taken while the partition was at offset 10; the partition is revoked
+    (its commit failed) and assigned again, its store wiped and rebuilt to 12 without the WAL.
+    The flush finishing now persisted the old store, not the rebuilt one: nothing is due."""
+    book = CommitBook()
+    book.assigned(0, None)
+    book.hold()
+    book.written(0, 10)
+    flushing = book.flushing()
+    if moved == "forgotten":
+        book.forget(0)
+    book.assigned(0, None)
+    book.written(0, 12)
+    book.persisted(flushing)
+    assert book.due([0]) == {} and not book
+    book.persisted(book.flushing())  # a flush begun in this tenure covers it
+    assert book.due([0]) == {0: 12}
+
+
 @given(
     st.lists(
         st.one_of(
             st.tuples(st.just("assigned"), st.integers(-1, 1_000)),
             st.tuples(st.just("written"), st.integers(0, 1_000)),
-            st.sampled_from([("commit", 0), ("hold", 0), ("flush", 0), ("release", 0)]),
+            st.sampled_from(
+                [("commit", 0), ("hold", 0), ("flush", 0), ("release", 0), ("forget", 0)]
+                + [("flush_start", 0), ("flush_end", 0)]
+            ),
         ),
         max_size=40,
     )
 )
 def test_commits_are_never_ahead_of_a_flush_while_held(ops: list[tuple[str, int]]) -> None:
     """With the WAL off, an offset is committed only if a flush covered it; with it on, any
-    written offset is; either way the group's offset only rises."""
+    written offset is; either way the group's offset only rises. A flush that spans an
+    assignment or a forget covers nothing of the new tenure."""
     book = CommitBook()
     group = -1
     held = False
     flushed = -1  # the highest offset a flush since the assignment persisted
+    in_flight: Flushing | None = None  # a flush begun, not yet finished
+    in_flight_current = False  # no assignment nor forget since it began
     for op, value in ops:
-        if op == "assigned":
-            group = max(group, value)
-            book.assigned(0, None if group < 0 else group)
+        if op in ("assigned", "forget"):
+            if op == "assigned":
+                group = max(group, value)
+                book.assigned(0, None if group < 0 else group)
+            else:
+                book.forget(0)
             flushed = -1
+            in_flight_current = False
+        elif op == "flush_start" and in_flight is None:
+            in_flight, in_flight_current = book.flushing(), True
+        elif op == "flush_end" and in_flight is not None:
+            book.persisted(in_flight)
+            if in_flight_current:
+                flushed = max(flushed, in_flight.offset(0))
+            in_flight = None
         elif op == "written":
             book.written(0, value)
         elif op == "hold":
@@ -172,7 +217,7 @@ def test_commits_are_never_ahead_of_a_flush_while_held(ops: list[tuple[str, int]
         elif op == "flush":
             snapshot = book.flushing()
             book.persisted(snapshot)
-            flushed = max(flushed, snapshot.get(0, -1))
+            flushed = max(flushed, snapshot.offset(0))
         else:
             due = book.due([0])
             assert bool(book) == bool(due)

@@ -161,3 +161,27 @@ def test_container_name_from_reverse_dns(monkeypatch: pytest.MonkeyPatch) -> Non
     names["172.18.0.5"] = "3f2a9c1b7d0e"  # no container DNS: only the hostname comes back
     with pytest.raises(cli.UsageError, match="set the instance id explicitly"):
         cli.container_name()
+
+
+def test_reload_after_the_store_was_wiped_forgets_claims_and_roles(tmp_path: Path) -> None:
+    """The worker builds its ownership before it binds the store to the topic; when the
+    topic was recreated the bind wipes the store, and the ownership must not keep claiming
+    the old partitions nor believe roles are recorded that the store no longer has."""
+    from stream_replica.store import TopicIdentity
+
+    store = ReplicaStore(tmp_path / "db", TOPIC)
+    store.bind_topic(TopicIdentity("id-1", 4))
+    store.set_checkpoints({0: Checkpoint(10, 111)})
+    own = ownership(store)
+    own._on_group_assignment(group_assignment({0}, {1}))
+    own.assigned([0])
+    restarted = ownership(store)
+    assert restarted.local_state().active == {0}
+
+    assert store.bind_topic(TopicIdentity("id-2", 4)) is not None  # recreated: wiped
+    restarted.reload()
+    local = restarted.local_state()
+    assert (local.epoch, local.active, local.standby) == (0, frozenset(), frozenset())
+    restarted.assigned([0])
+    assert store.served()[0].role == "active"  # written, not skipped as unchanged
+    store.close()
