@@ -173,8 +173,13 @@ def test_a_flush_begun_before_a_reassignment_does_not_cover_the_new_tenure(moved
             st.tuples(st.just("assigned"), st.integers(-1, 1_000)),
             st.tuples(st.just("written"), st.integers(0, 1_000)),
             st.sampled_from(
-                [("commit", 0), ("hold", 0), ("flush", 0), ("release", 0), ("forget", 0)]
-                + [("flush_start", 0), ("flush_end", 0)]
+                [
+                    (op, 0)
+                    for op in (
+                        *("commit", "hold", "flush", "release", "forget"),
+                        *("flush_start", "flush_end"),
+                    )
+                ]
             ),
         ),
         max_size=40,
