@@ -8,6 +8,13 @@ import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import SecretStr
+
+from stream_replica.connection import ConnectionSettings
+
+S = TypeVar("S", bound=ConnectionSettings)
 
 KAFKA_SH = Path(__file__).resolve().parent.parent / "dev" / "kafka" / "kafka.sh"
 
@@ -68,6 +75,39 @@ class SecureBroker:
             text=True,
             timeout=timeout,
             check=False,
+        )
+
+    def grant(
+        self,
+        user: str,
+        operations: list[str],
+        *,
+        topics: tuple[str, ...] = (),
+        groups: tuple[str, ...] = (),
+    ) -> None:
+        """Allow ``user`` each operation on each topic and group (Kafka's AclCommand, over
+        the PLAINTEXT listener, whose ANONYMOUS principal is a super user)."""
+        args = ["--add", "--allow-principal", f"User:{user}"]
+        args += [a for op in operations for a in ("--operation", op)]
+        args += [a for topic in topics for a in ("--topic", topic)]
+        args += [a for group in groups for a in ("--group", group)]
+        done = self.kafka_sh(
+            "tool", "org.apache.kafka.tools.AclCommand", "--bootstrap-server", self.plaintext,
+            *args, timeout=120,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"AclCommand {args} failed:\n{done.stdout}\n{done.stderr}")
+
+    def settings(self, model: type[S], user: str = "replica", **fields: Any) -> S:
+        """What :meth:`client_env` gives a process, as settings for the test process."""
+        return model(
+            bootstrap_servers=self.sasl_ssl,
+            security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username=user,
+            sasl_password=SecretStr(f"{user}-secret"),
+            ssl_cafile=self.tls / "ca.pem",
+            **fields,
         )
 
     def client_env(self, user: str = "replica", password: str | None = None) -> dict[str, str]:

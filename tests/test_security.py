@@ -4,6 +4,7 @@ process within seconds with one line saying which."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -14,8 +15,12 @@ from pathlib import Path
 import pytest
 
 from stream_replica import admin
-from stream_replica.store import ReplicaReader
-from tests.helpers import cli, finish, read_until, worker_command
+from stream_replica.connection import ConnectionSettings
+from stream_replica.errors import KafkaAccessError
+from stream_replica.settings import WorkerSettings
+from stream_replica.standby import StandbyFollower
+from stream_replica.store import Checkpoint, ReplicaReader, ReplicaStore
+from tests.helpers import cli, finish, read_until, wait_until, worker_command
 from tests.secure_broker import SecureBroker, free_port_block
 
 pytestmark = pytest.mark.broker
@@ -130,8 +135,6 @@ def test_no_client_leaks_when_the_broker_is_unreachable() -> None:
 
 
 async def test_admin_functions_take_a_connection(secure: SecureBroker) -> None:
-    from stream_replica.connection import ConnectionSettings
-
     settings = ConnectionSettings(
         bootstrap_servers=secure.sasl_ssl,
         security_protocol="SASL_SSL",
@@ -143,3 +146,96 @@ async def test_admin_functions_take_a_connection(secure: SecureBroker) -> None:
     assert await admin.create_topic(settings, "conn-grains", 1)
     info = await admin.describe_topic(settings, "conn-grains")
     assert info is not None and info.topic_id
+
+
+# ACL refusals that arrive after start-up: user "limited" may describe both topics and join
+# JOINABLE, but may not read UNREADABLE, nor join (or commit in) DESCRIBE_ONLY.
+UNREADABLE, READABLE = "acl-unreadable", "acl-readable"
+JOINABLE, DESCRIBE_ONLY = "acl-joinable", "acl-describe-only"
+
+
+@pytest.fixture(scope="module")
+def acls(secure: SecureBroker) -> None:
+    env = secure.client_env("replica")
+    for topic in (UNREADABLE, READABLE):
+        created = cli("topic", "create", "--topic", topic, "--partitions", "1", env=env)
+        assert created.returncode == 0, created.stderr
+        published = cli("publish", "--topic", topic, "--demo", "5", env=env)
+        assert published.returncode == 0, published.stderr
+    described = ["Describe", "DescribeConfigs"]  # what `run` checks at start-up
+    secure.grant("limited", described, topics=(UNREADABLE, READABLE), groups=(DESCRIBE_ONLY,))
+    secure.grant("limited", ["Read"], topics=(READABLE,), groups=(JOINABLE,))
+    limited = secure.settings(ConnectionSettings, "limited")
+
+    async def granted() -> bool:  # the broker applies ACLs from its metadata log, a bit later
+        try:
+            await admin.describe_group(limited, JOINABLE)
+            return await admin.describe_topic(limited, UNREADABLE) is not None
+        except KafkaAccessError:
+            return False
+
+    asyncio.run(wait_until(granted, timeout=30, what="the ACLs of user 'limited'"))
+
+
+@pytest.mark.parametrize(
+    ("topic", "group", "refused", "flag"),
+    [
+        (UNREADABLE, JOINABLE, f"topic {UNREADABLE!r} while fetching", "--topic"),
+        (READABLE, DESCRIBE_ONLY, f"group {DESCRIBE_ONLY!r} while joining the group", "--group"),
+    ],
+)
+@pytest.mark.usefixtures("acls")
+def test_acl_refusal_after_start_up_is_exit_2(
+    secure: SecureBroker, tmp_path: Path, topic: str, group: str, refused: str, flag: str
+) -> None:
+    started = time.monotonic()
+    args = ["run", "--topic", topic, "--group", group, "--db", str(tmp_path / "db")]
+    result = cli(*args, env=secure.client_env("limited"), timeout=60)
+    one_line_failure(result, f"Kafka refused user 'limited' on {refused}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "grant User:limited Read" in last and f"check {flag} and --sasl-username" in last
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.usefixtures("acls")
+def test_audit_refused_read_is_exit_2(secure: SecureBroker, tmp_path: Path) -> None:
+    store = ReplicaStore(tmp_path / "db", UNREADABLE)
+    store.set_checkpoints({0: Checkpoint(1, 0)})
+    store.close()
+    result = cli("audit", "--db", str(tmp_path / "db"), env=secure.client_env("limited"))
+    one_line_failure(result, f"Kafka refused user 'limited' on topic {UNREADABLE!r} while reading")
+    assert result.returncode == 2, result.stderr[-2000:]
+
+
+@pytest.mark.usefixtures("acls")
+def test_replay_refused_commit_is_exit_2(secure: SecureBroker, tmp_path: Path) -> None:
+    args = ["replay", "--topic", READABLE, "--group", DESCRIBE_ONLY, "--db", str(tmp_path / "db")]
+    result = cli(*args, "--from-beginning", "--rebuild", env=secure.client_env("limited"))
+    one_line_failure(
+        result, f"Kafka refused user 'limited' on group {DESCRIBE_ONLY!r} while committing"
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+
+
+@pytest.mark.usefixtures("acls")
+async def test_standby_refused_read_is_an_access_error(
+    secure: SecureBroker, tmp_path: Path
+) -> None:
+    """The standby follower reads with a consumer of its own: refused, it stops the worker
+    with the same line instead of retrying for ever."""
+    settings = secure.settings(
+        WorkerSettings, "limited", topic=UNREADABLE, group=JOINABLE, db=tmp_path / "db"
+    )
+    store = ReplicaStore(settings.db, UNREADABLE)
+    follower = StandbyFollower(settings, store, asyncio.Lock())
+    try:
+        await follower.follow(frozenset({0}))
+        with pytest.raises(KafkaAccessError) as refused:
+            await asyncio.wait_for(follower.run(asyncio.Event()), 20)
+    finally:
+        await follower.stop()
+        store.close()
+    assert str(refused.value).startswith(
+        f"Kafka refused user 'limited' on topic {UNREADABLE!r} while following standby"
+    )
