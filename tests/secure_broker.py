@@ -1,5 +1,6 @@
-"""A broker in secure mode (KAFKA_SECURE=1 dev/kafka/kafka.sh): SASL_SSL with SCRAM and
-mutual TLS, certificates made by dev/kafka/secure.sh, users admin/replica/limited."""
+"""A broker in secure mode (KAFKA_SECURE=1 dev/kafka/kafka.sh): SASL_SSL with SCRAM, mutual
+TLS and SASL_PLAINTEXT, certificates made by dev/kafka/secure.sh, users
+admin/replica/limited."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ S = TypeVar("S", bound=ConnectionSettings)
 KAFKA_SH = Path(__file__).resolve().parent.parent / "dev" / "kafka" / "kafka.sh"
 
 
-def free_port_block(size: int = 4) -> int:
-    """A port p with p+1..p+size-1 also free (plain, controller, SASL_SSL, TLS)."""
+def free_port_block(size: int = 5) -> int:
+    """A port p with p+1..p+size-1 also free (plain, controller, SASL_SSL, TLS,
+    SASL_PLAINTEXT)."""
     for _ in range(100):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -62,6 +64,10 @@ class SecureBroker:
     @property
     def mutual_tls(self) -> str:
         return f"127.0.0.1:{self.port + 3}"
+
+    @property
+    def sasl_plaintext(self) -> str:
+        return f"127.0.0.1:{self.port + 4}"
 
     @property
     def tls(self) -> Path:

@@ -6,6 +6,7 @@
 #   PORT       PLAINTEXT   for the broker's own use and Kafka's tools (principal ANONYMOUS)
 #   PORT+2     SASL_SSL    SCRAM-SHA-256/512 over TLS
 #   PORT+3     SSL         mutual TLS (client certificate required)
+#   PORT+4     SASL_PLAINTEXT  SCRAM-SHA-256/512 without TLS (tests of protocol mismatches)
 #
 # Users are created at format time (SCRAM): admin and replica are super users; "limited" has
 # no ACLs, so the StandardAuthorizer refuses it every topic and group (tests use it for ACL
@@ -48,16 +49,19 @@ certs() {
 
 properties() {
   local dir=$1 host=$2 port=$3
-  local sasl=$((port + 2)) tls=$((port + 3))
+  local sasl=$((port + 2)) tls=$((port + 3)) sasl_plain=$((port + 4))
   cat <<EOF
 
-# Secure mode (dev/kafka/secure.sh): SASL_SSL with SCRAM on $sasl, mutual TLS on $tls.
-listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$((port + 1)),SASL_SSL://$host:$sasl,SSL://$host:$tls
-advertised.listeners=PLAINTEXT://$host:$port,SASL_SSL://$host:$sasl,SSL://$host:$tls
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
+# Secure mode (dev/kafka/secure.sh): SASL_SSL with SCRAM on $sasl, mutual TLS on $tls,
+# SASL_PLAINTEXT with SCRAM on $sasl_plain.
+listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$((port + 1)),SASL_SSL://$host:$sasl,SSL://$host:$tls,SASL_PLAINTEXT://$host:$sasl_plain
+advertised.listeners=PLAINTEXT://$host:$port,SASL_SSL://$host:$sasl,SSL://$host:$tls,SASL_PLAINTEXT://$host:$sasl_plain
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT
 sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 ssl.keystore.type=PEM
 ssl.keystore.location=$dir/broker.bundle.pem
 ssl.truststore.type=PEM
