@@ -239,3 +239,47 @@ async def test_standby_refused_read_is_an_access_error(
     assert str(refused.value).startswith(
         f"Kafka refused user 'limited' on topic {UNREADABLE!r} while following standby"
     )
+
+
+# A client without SASL, or without TLS, against a listener with it: the broker answers (a
+# TLS handshake, SaslHandshake's mechanisms), so this is configuration, not an outage.
+@pytest.mark.parametrize("command", ["describe", "run"])
+@pytest.mark.parametrize(
+    ("listener", "protocol", "expected"),
+    [
+        (
+            "sasl_ssl",
+            "PLAINTEXT",
+            "speaks TLS, but --security-protocol is PLAINTEXT: use --security-protocol SASL_SSL",
+        ),
+        (
+            "mutual_tls",
+            "PLAINTEXT",
+            "speaks TLS, but --security-protocol is PLAINTEXT: use --security-protocol SSL or "
+            "SASL_SSL",
+        ),
+        (
+            "sasl_plaintext",
+            "PLAINTEXT",
+            "but --security-protocol is PLAINTEXT: use --security-protocol SASL_PLAINTEXT",
+        ),
+        ("sasl_ssl", "SSL", "but --security-protocol is SSL: use --security-protocol SASL_SSL"),
+    ],
+)
+def test_a_client_without_the_listeners_protocol_is_one_line_exit_2(
+    secure: SecureBroker, tmp_path: Path, command: str, listener: str, protocol: str, expected: str
+) -> None:
+    address = getattr(secure, listener)
+    env = {"KAFKA_BOOTSTRAP_SERVERS": address, "STREAM_REPLICA_SECURITY_PROTOCOL": protocol}
+    if protocol == "SSL":
+        env["STREAM_REPLICA_SSL_CAFILE"] = str(secure.tls / "ca.pem")
+    started = time.monotonic()
+    args = ["topic", "describe"] if command == "describe" else ["run", "--db", str(tmp_path / "db")]
+    result = cli(*args, "--topic", TOPIC, env=env, timeout=60)
+    one_line_failure(result, f"the broker at {address} ")
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert expected in last, last
+    if "speaks TLS" not in expected:  # the mechanisms it named, for --sasl-mechanism
+        assert "expects SASL (SCRAM-SHA-" in last, last
+    assert time.monotonic() - started < 30
