@@ -1,6 +1,6 @@
 """A broker in secure mode (KAFKA_SECURE=1 dev/kafka/kafka.sh): SASL_SSL with SCRAM, mutual
 TLS and SASL_PLAINTEXT, certificates made by dev/kafka/secure.sh, users
-admin/replica/limited."""
+admin/replica/limited/writer."""
 
 from __future__ import annotations
 
@@ -85,15 +85,15 @@ class SecureBroker:
 
     def grant(
         self,
-        user: str,
+        users: tuple[str, ...],
         operations: list[str],
         *,
         topics: tuple[str, ...] = (),
         groups: tuple[str, ...] = (),
     ) -> None:
-        """Allow ``user`` each operation on each topic and group (Kafka's AclCommand, over
+        """Allow each user each operation on each topic and group (Kafka's AclCommand, over
         the PLAINTEXT listener, whose ANONYMOUS principal is a super user)."""
-        args = ["--add", "--allow-principal", f"User:{user}"]
+        args = ["--add", *(a for user in users for a in ("--allow-principal", f"User:{user}"))]
         args += [a for op in operations for a in ("--operation", op)]
         args += [a for topic in topics for a in ("--topic", topic)]
         args += [a for group in groups for a in ("--group", group)]

@@ -8,16 +8,16 @@
 #   PORT+3     SSL         mutual TLS (client certificate required)
 #   PORT+4     SASL_PLAINTEXT  SCRAM-SHA-256/512 without TLS (tests of protocol mismatches)
 #
-# Users are created at format time (SCRAM): admin and replica are super users; "limited" has
-# no ACLs, so the StandardAuthorizer refuses it every topic and group (tests use it for ACL
-# refusals). Passwords are "<user>-secret" — a local test broker, never a real one.
+# Users are created at format time (SCRAM): admin and replica are super users; "limited" and
+# "writer" have no ACLs, so the StandardAuthorizer refuses them every topic and group (tests
+# grant them some, for ACL refusals). Passwords are "<user>-secret" — a local test broker, never a real one.
 #
 #   dev/kafka/secure.sh certs DIR        create DIR/{ca,broker,client}.{pem,key} (idempotent)
 #   dev/kafka/secure.sh properties DIR HOST PORT
 #   dev/kafka/secure.sh scram-args       arguments for `kafka-storage format`
 set -euo pipefail
 
-USERS=(admin replica limited)
+USERS=(admin replica limited writer)
 
 die() { echo "kafka-secure: error: $*" >&2; exit 1; }
 
