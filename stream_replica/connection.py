@@ -43,6 +43,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from stream_replica import listener
 from stream_replica.cli_flags import option_label
 from stream_replica.errors import KafkaAccessError, KafkaUnavailableError, StreamReplicaError
+from stream_replica.refusals import refusal
 
 log = logging.getLogger(__name__)
 
@@ -627,9 +628,12 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
                 await client.close()
 
 
-async def start_client(settings: ConnectionSettings, client: Startable) -> None:
+async def start_client(
+    settings: ConnectionSettings, client: Startable, writes: tuple[str, str] | None = None
+) -> None:
     """Start an aiokafka client; if that fails, stop it (no leaked connections or "Unclosed"
-    warnings) and raise one clear :class:`StreamReplicaError`."""
+    warnings) and raise one clear :class:`StreamReplicaError`. ``writes``: a producer's
+    topic and the flag that names it (an idempotent producer's start needs Write on it)."""
     try:
         await client.start()
     except (KafkaError, OSError) as exc:
@@ -637,4 +641,10 @@ async def start_client(settings: ConnectionSettings, client: Startable) -> None:
         if stop is not None:
             with contextlib.suppress(Exception):
                 await stop()
+        if writes is not None:
+            topic, flag = writes
+            doing = "starting the producer"
+            refused = refusal(exc, settings, doing=doing, topic=topic, topic_flag=flag)
+            if refused is not None:
+                raise refused from None
         raise await explain_failure(settings, exc) from None

@@ -6,15 +6,19 @@ check) and exit 2 (errors.KafkaAccessError): retrying cannot fix an ACL."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
     GroupAuthorizationFailedError,
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
 )
 
-from stream_replica.connection import ConnectionSettings
 from stream_replica.errors import KafkaAccessError
+
+if TYPE_CHECKING:  # (connection.py uses this module when a producer cannot start)
+    from stream_replica.connection import ConnectionSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,15 @@ def refusal(
         return KafkaAccessError(
             f"Kafka rejected the credentials of {who.described} while {doing} (SASL "
             f"authentication failed): check {who.flag} and the password"
+        )
+    if isinstance(exc, ClusterAuthorizationFailedError):
+        # Our producers are idempotent: InitProducerId takes IdempotentWrite on the cluster,
+        # which Kafka implies from Write on any topic.
+        return KafkaAccessError(
+            f"Kafka refused {who.described} on the cluster while {doing} "
+            f"(CLUSTER_AUTHORIZATION_FAILED): an idempotent producer needs IdempotentWrite, "
+            f"which Write on topic {topic!r} implies: grant {who.grantee} Write on it (an "
+            f"ACL), or check {topic_flag} and {who.flag}"
         )
     if isinstance(exc, TopicAuthorizationFailedError):
         what, flag, needs = f"topic {topic!r}", topic_flag, topic_needs

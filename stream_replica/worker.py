@@ -302,7 +302,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             await start_client(self.settings, self._consumer)
             if self._dlq is not None:
-                await start_client(self.settings, self._dlq)
+                dlq = (self.settings.dlq_topic or "", "--dlq-topic")
+                await start_client(self.settings, self._dlq, dlq)
             if self._repairer is not None:
                 await self._repairer.start()
             self._consumer.subscribe([self.topic], listener=self)

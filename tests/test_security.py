@@ -17,6 +17,7 @@ import pytest
 from stream_replica import admin
 from stream_replica.connection import ConnectionSettings
 from stream_replica.errors import KafkaAccessError
+from stream_replica.publisher import Publisher
 from stream_replica.settings import WorkerSettings
 from stream_replica.standby import StandbyFollower
 from stream_replica.store import Checkpoint, ReplicaReader, ReplicaStore
@@ -148,9 +149,10 @@ async def test_admin_functions_take_a_connection(secure: SecureBroker) -> None:
     assert info is not None and info.topic_id
 
 
-# ACL refusals that arrive after start-up: user "limited" may describe both topics and join
-# JOINABLE, but may not read UNREADABLE, nor join (or commit in) DESCRIBE_ONLY.
-UNREADABLE, READABLE = "acl-unreadable", "acl-readable"
+# ACL refusals that arrive after start-up: users "limited" and "writer" may describe every
+# topic here and join JOINABLE, but may not read UNREADABLE, nor join (or commit in)
+# DESCRIBE_ONLY; "writer" may also write READABLE (which holds an invalid record), not DLQ.
+UNREADABLE, READABLE, DLQ = "acl-unreadable", "acl-readable", "acl-dlq"
 JOINABLE, DESCRIBE_ONLY = "acl-joinable", "acl-describe-only"
 
 
@@ -162,19 +164,29 @@ def acls(secure: SecureBroker) -> None:
         assert created.returncode == 0, created.stderr
         published = cli("publish", "--topic", topic, "--demo", "5", env=env)
         assert published.returncode == 0, published.stderr
+    created = cli("topic", "create", "--topic", DLQ, "--cleanup-policy", "delete", env=env)
+    assert created.returncode == 0, created.stderr
+    users = ("limited", "writer")
     described = ["Describe", "DescribeConfigs"]  # what `run` checks at start-up
-    secure.grant("limited", described, topics=(UNREADABLE, READABLE), groups=(DESCRIBE_ONLY,))
-    secure.grant("limited", ["Read"], topics=(READABLE,), groups=(JOINABLE,))
-    limited = secure.settings(ConnectionSettings, "limited")
+    secure.grant(users, described, topics=(UNREADABLE, READABLE, DLQ), groups=(DESCRIBE_ONLY,))
+    secure.grant(users, ["Read"], topics=(READABLE,), groups=(JOINABLE,))
+    secure.grant(("writer",), ["Write"], topics=(READABLE,))
+
+    async def invalid_record() -> None:
+        async with Publisher(secure.settings(ConnectionSettings), READABLE) as publisher:
+            await publisher.publish_raw(b"not a grain key", b"not a snapshot")
+            await publisher.flush()
 
     async def granted() -> bool:  # the broker applies ACLs from its metadata log, a bit later
         try:
-            await admin.describe_group(limited, JOINABLE)
-            return await admin.describe_topic(limited, UNREADABLE) is not None
+            writer = secure.settings(ConnectionSettings, "writer")
+            await admin.describe_group(writer, JOINABLE)
+            return await admin.describe_topic(writer, DLQ) is not None
         except KafkaAccessError:
             return False
 
-    asyncio.run(wait_until(granted, timeout=30, what="the ACLs of user 'limited'"))
+    asyncio.run(invalid_record())
+    asyncio.run(wait_until(granted, timeout=30, what="the ACLs of users 'limited' and 'writer'"))
 
 
 @pytest.mark.parametrize(
@@ -283,3 +295,40 @@ def test_a_client_without_the_listeners_protocol_is_one_line_exit_2(
     if "speaks TLS" not in expected:  # the mechanisms it named, for --sasl-mechanism
         assert "expects SASL (SCRAM-SHA-" in last, last
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.usefixtures("acls")
+@pytest.mark.parametrize("command", ["publish", "run"])
+def test_a_producer_refused_at_start_is_exit_2(
+    secure: SecureBroker, tmp_path: Path, command: str
+) -> None:
+    """Our producers are idempotent: their start takes IdempotentWrite on the cluster, which
+    Kafka implies from Write on any topic. Refused, that was "failed to start a client ...
+    check that the brokers are up" and exit 1."""
+    if command == "publish":
+        args, topic, flag = ["publish", "--topic", READABLE, "--demo", "1"], READABLE, "--topic"
+    else:
+        args = ["run", "--topic", READABLE, "--group", JOINABLE, "--db", str(tmp_path / "db")]
+        args, topic, flag = [*args, "--dlq-topic", DLQ], DLQ, "--dlq-topic"
+    result = cli(*args, env=secure.client_env("limited"), timeout=60)
+    one_line_failure(
+        result,
+        "Kafka refused user 'limited' on the cluster while starting the producer "
+        "(CLUSTER_AUTHORIZATION_FAILED)",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "grant User:limited Write on it" in last and f"topic {topic!r}" in last, last
+    assert f"check {flag} and --sasl-username" in last, last
+
+
+@pytest.mark.usefixtures("acls")
+def test_a_refused_dead_letter_send_is_exit_2(secure: SecureBroker, tmp_path: Path) -> None:
+    args = ["run", "--topic", READABLE, "--group", JOINABLE, "--db", str(tmp_path / "db")]
+    result = cli(*args, "--dlq-topic", DLQ, env=secure.client_env("writer"), timeout=60)
+    one_line_failure(
+        result,
+        f"Kafka refused user 'writer' on topic {DLQ!r} while sending refused records to the "
+        "dead-letter topic (TOPIC_AUTHORIZATION_FAILED): grant User:writer Write",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
