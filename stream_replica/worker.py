@@ -407,7 +407,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             except KafkaError as exc:
                 if is_fenced(exc):
                     raise FatalError(fenced_line(self.settings)) from None
-                refused = self._refusal(exc, "fetching", "joining the group")
+                refused = self._refusal(exc, "fetching", "joining it or in a heartbeat")
                 if refused is not None:
                     raise refused from None
                 log.warning("fetch failed (%s); retrying", exc)

@@ -90,10 +90,12 @@ class SecureBroker:
         *,
         topics: tuple[str, ...] = (),
         groups: tuple[str, ...] = (),
+        revoke: bool = False,
     ) -> None:
-        """Allow each user each operation on each topic and group (Kafka's AclCommand, over
-        the PLAINTEXT listener, whose ANONYMOUS principal is a super user)."""
-        args = ["--add", *(a for user in users for a in ("--allow-principal", f"User:{user}"))]
+        """Allow each user each operation on each topic and group, or take that back (Kafka's
+        AclCommand, over the PLAINTEXT listener, whose ANONYMOUS principal is a super user)."""
+        args = ["--remove", "--force"] if revoke else ["--add"]
+        args += [a for user in users for a in ("--allow-principal", f"User:{user}")]
         args += [a for op in operations for a in ("--operation", op)]
         args += [a for topic in topics for a in ("--topic", topic)]
         args += [a for group in groups for a in ("--group", group)]

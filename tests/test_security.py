@@ -153,7 +153,7 @@ async def test_admin_functions_take_a_connection(secure: SecureBroker) -> None:
 # topic here and join JOINABLE, but may not read UNREADABLE, nor join (or commit in)
 # DESCRIBE_ONLY; "writer" may also write READABLE (which holds an invalid record), not DLQ.
 UNREADABLE, READABLE, DLQ = "acl-unreadable", "acl-readable", "acl-dlq"
-JOINABLE, DESCRIBE_ONLY = "acl-joinable", "acl-describe-only"
+JOINABLE, DESCRIBE_ONLY, REVOKED = "acl-joinable", "acl-describe-only", "acl-revoked"
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def acls(secure: SecureBroker) -> None:
     users = ("limited", "writer")
     described = ["Describe", "DescribeConfigs"]  # what `run` checks at start-up
     secure.grant(users, described, topics=(UNREADABLE, READABLE, DLQ), groups=(DESCRIBE_ONLY,))
-    secure.grant(users, ["Read"], topics=(READABLE,), groups=(JOINABLE,))
+    secure.grant(users, ["Read"], topics=(READABLE,), groups=(JOINABLE, REVOKED))
     secure.grant(("writer",), ["Write"], topics=(READABLE,))
 
     async def invalid_record() -> None:
@@ -193,7 +193,7 @@ def acls(secure: SecureBroker) -> None:
     ("topic", "group", "refused", "flag"),
     [
         (UNREADABLE, JOINABLE, f"topic {UNREADABLE!r} while fetching", "--topic"),
-        (READABLE, DESCRIBE_ONLY, f"group {DESCRIBE_ONLY!r} while joining the group", "--group"),
+        (READABLE, DESCRIBE_ONLY, f"group {DESCRIBE_ONLY!r} while joining it", "--group"),
     ],
 )
 @pytest.mark.usefixtures("acls")
@@ -332,3 +332,24 @@ def test_a_refused_dead_letter_send_is_exit_2(secure: SecureBroker, tmp_path: Pa
         "dead-letter topic (TOPIC_AUTHORIZATION_FAILED): grant User:writer Write",
     )
     assert result.returncode == 2, result.stderr[-2000:]
+
+
+@pytest.mark.usefixtures("acls")
+def test_an_acl_revoked_while_running_is_exit_2(secure: SecureBroker, tmp_path: Path) -> None:
+    """Read on the group taken back from a running worker: its next heartbeat, join or commit
+    is refused, and it stops with the line instead of retrying."""
+    command = worker_command(secure.sasl_ssl, READABLE, REVOKED, tmp_path / "db")
+    env = {**secure.env, **secure.client_env("writer")}
+    worker = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        read_until(worker, "assigned partitions")
+        secure.grant(("writer",), ["Read"], groups=(REVOKED,), revoke=True)
+        rest = finish(worker, 60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            finish(worker, 30)
+    assert worker.returncode == 2, rest[-2000:]
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith(f"stream-replica: Kafka refused user 'writer' on group {REVOKED!r}")
+    assert "grant User:writer Read on group" in last, last
