@@ -1,7 +1,8 @@
-"""Kafka refusing a client that did start: an ACL refusal (TOPIC_ or GROUP_AUTHORIZATION_FAILED)
-or rejected credentials arriving at fetch, join or commit time rather than at start-up. As
-the one line an operator acts on (who was refused, on what, what to grant, which flag to
-check) and exit 2 (errors.KafkaAccessError): retrying cannot fix an ACL."""
+"""Kafka refusing a client past the connection: an ACL refusal (TOPIC_, GROUP_ or
+CLUSTER_AUTHORIZATION_FAILED) or rejected credentials, arriving at fetch, join, heartbeat,
+commit or send time, or when an idempotent producer starts. As the one line an operator acts
+on (who was refused, on what, what to grant, which flag to check) and exit 2
+(errors.KafkaAccessError): retrying cannot fix an ACL."""
 
 from __future__ import annotations
 
