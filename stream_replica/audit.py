@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from stream_replica.admin import Cluster, connection, describe_topic
 from stream_replica.connection import start_client
@@ -41,6 +42,7 @@ from stream_replica.contract import (
 )
 from stream_replica.fold import GrainState, Polled, fold
 from stream_replica.offsets import READ_COMMITTED
+from stream_replica.refusals import refusal
 from stream_replica.store import ReplicaReader, StoreError
 
 PROGRESS_INTERVAL_S = 2.0
@@ -119,6 +121,11 @@ async def _read_last_records(
                 done = sum(b.read for b in found.values())
                 progress(f"audit: read {done} of at most {total} records")
                 last_report = time.monotonic()
+    except KafkaError as exc:
+        refused = refusal(exc, settings, doing="reading it", topic=topic, topic_flag="--db")
+        if refused is not None:
+            raise refused from None
+        raise
     finally:
         await consumer.stop()
     return found

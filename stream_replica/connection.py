@@ -40,8 +40,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stream_replica import listener
 from stream_replica.cli_flags import option_label
 from stream_replica.errors import KafkaAccessError, KafkaUnavailableError, StreamReplicaError
+from stream_replica.refusals import refusal
 
 log = logging.getLogger(__name__)
 
@@ -493,16 +495,65 @@ async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> No
         except TimeoutError:
             failures.append((host, port, f"no answer within {timeout_s:g} s"))
         except ConnectionResetError:
+            if (mismatch := await _plaintext_on_tls(settings, host, port, timeout_s)) is not None:
+                raise mismatch from None
             why = "connection reset"
             if context is not None:  # (what a PLAINTEXT listener does to a TLS handshake)
                 why += " during the TLS handshake: is that listener PLAINTEXT?"
             failures.append((host, port, why))
         except (OSError, KafkaError) as exc:
+            # (A TLS listener closes a plain connection on its first request.)
+            if (mismatch := await _plaintext_on_tls(settings, host, port, timeout_s)) is not None:
+                raise mismatch from None
             failures.append((host, port, f"{type(exc).__name__}: {exc}"))
         else:
-            conn.close()
+            try:
+                answer = None
+                if not settings.security_protocol.startswith("SASL_"):
+                    answer = await listener.ask_sasl(conn, timeout_s)
+            finally:
+                conn.close()
+            if answer is not None and answer.takes_sasl:
+                raise KafkaAccessError(_wants_sasl(settings, host, port, answer.mechanisms))
             return
     raise _unavailable(settings, failures, unresolved)
+
+
+def _wants_sasl(
+    settings: ConnectionSettings, host: str, port: int, mechanisms: tuple[str, ...]
+) -> str:
+    """A listener with SASL answered a client without (PLAINTEXT: it is SASL_PLAINTEXT)."""
+    protocol = settings.security_protocol
+    sasl = "SASL_SSL" if protocol == "SSL" else "SASL_PLAINTEXT"
+    return (
+        f"the broker at {host}:{port} expects SASL ({', '.join(mechanisms) or 'no mechanism'}), "
+        f"but --security-protocol is {protocol}: use --security-protocol {sasl} with "
+        "--sasl-mechanism, --sasl-username and a password, or check the port"
+    )
+
+
+async def _plaintext_on_tls(
+    settings: ConnectionSettings, host: str, port: int, timeout_s: float
+) -> KafkaAccessError | None:
+    """A PLAINTEXT client that a TLS listener hung up on: the mismatch, with the protocol to
+    use; None if the listener does not speak TLS (or the client does)."""
+    if settings.security_protocol != "PLAINTEXT":
+        return None
+    protocol = await listener.tls_protocol(host, port, timeout_s)
+    if protocol is None:
+        return None
+    how = {
+        "SASL_SSL": "SASL_SSL (that listener expects SASL too), with --ssl-cafile and SASL",
+        "SSL": "SSL, with --ssl-cafile",
+    }.get(
+        protocol,
+        "SSL or SASL_SSL (it would not say which; mutual TLS asks for "
+        "--ssl-certfile and --ssl-keyfile)",
+    )
+    return KafkaAccessError(
+        f"the broker at {host}:{port} speaks TLS, but --security-protocol is PLAINTEXT: use "
+        f"--security-protocol {how}, or check the port"
+    )
 
 
 def _unavailable(
@@ -577,9 +628,12 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
                 await client.close()
 
 
-async def start_client(settings: ConnectionSettings, client: Startable) -> None:
+async def start_client(
+    settings: ConnectionSettings, client: Startable, writes: tuple[str, str] | None = None
+) -> None:
     """Start an aiokafka client; if that fails, stop it (no leaked connections or "Unclosed"
-    warnings) and raise one clear :class:`StreamReplicaError`."""
+    warnings) and raise one clear :class:`StreamReplicaError`. ``writes``: a producer's
+    topic and the flag that names it (an idempotent producer's start needs Write on it)."""
     try:
         await client.start()
     except (KafkaError, OSError) as exc:
@@ -587,4 +641,10 @@ async def start_client(settings: ConnectionSettings, client: Startable) -> None:
         if stop is not None:
             with contextlib.suppress(Exception):
                 await stop()
+        if writes is not None:
+            topic, flag = writes
+            doing = "starting the producer"
+            refused = refusal(exc, settings, doing=doing, topic=topic, topic_flag=flag)
+            if refused is not None:
+                raise refused from None
         raise await explain_failure(settings, exc) from None

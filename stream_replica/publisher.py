@@ -61,7 +61,7 @@ class Publisher:
     async def start(self) -> None:
         """Raises :class:`~stream_replica.errors.StreamReplicaError` (one line) when the
         cluster cannot be reached or refuses the credentials; nothing is left open then."""
-        await start_client(self._connection, self._producer)
+        await start_client(self._connection, self._producer, (self.topic, "--topic"))
 
     async def stop(self) -> None:
         try:

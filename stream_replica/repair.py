@@ -90,7 +90,7 @@ class ShadowRepairer:
 
     async def start(self) -> None:
         if self._connection is not None:
-            await start_client(self._connection, self._producer)
+            await start_client(self._connection, self._producer, (self.topic, "--topic"))
         else:
             await self._producer.start()
 

@@ -8,10 +8,12 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from stream_replica.admin import AdminError, describe_topic, group_members, offsets_reader
 from stream_replica.connection import start_client
 from stream_replica.errors import StreamReplicaError
+from stream_replica.refusals import refusal
 from stream_replica.settings import ReplaySettings
 from stream_replica.store import Checkpoint, ReplicaStore
 from stream_replica.worker import now_ms
@@ -127,6 +129,13 @@ async def replay(
     try:
         committer.assign(tps)
         await committer.commit({TopicPartition(settings.topic, p): o for p, o in targets.items()})
+    except KafkaError as exc:
+        refused = refusal(
+            exc, settings, doing="committing offsets", topic=settings.topic, group=settings.group
+        )
+        if refused is not None:
+            raise refused from None
+        raise
     finally:
         await committer.stop()
     return {

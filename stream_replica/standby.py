@@ -37,6 +37,7 @@ from stream_replica.offsets import (
 )
 from stream_replica.ownership import now_ms
 from stream_replica.poll import fold_batch
+from stream_replica.refusals import refusal
 from stream_replica.settings import WorkerSettings
 from stream_replica.store import Checkpoint, ReplicaStore, StoreError
 
@@ -144,6 +145,8 @@ class StandbyFollower:
         return self._consumer
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Follow until stopped. Raises :class:`StandbyError` when the store refuses a write,
+        :class:`~stream_replica.errors.KafkaAccessError` when Kafka refuses the reads."""
         while not stop.is_set():
             consumer = self._consumer
             if consumer is None or not self._partitions:
@@ -172,6 +175,11 @@ class StandbyFollower:
                 await asyncio.sleep(0.05)
                 continue
             except KafkaError as exc:
+                refused = refusal(
+                    exc, self.settings, doing="following standby partitions", topic=self.topic
+                )
+                if refused is not None:
+                    raise refused from None
                 log.warning("standby fetch failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)
                 continue

@@ -28,13 +28,10 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import (
-    GroupAuthorizationFailedError,
     KafkaError,
     MessageSizeTooLargeError,
     NoOffsetForPartitionError,
     OffsetOutOfRangeError,
-    SaslAuthenticationFailed,
-    TopicAuthorizationFailedError,
 )
 
 from stream_replica import catchup
@@ -66,6 +63,7 @@ from stream_replica.offsets import (
 )
 from stream_replica.ownership import Ownership, fenced_line, is_fenced, partitions_of
 from stream_replica.poll import fold_batch
+from stream_replica.refusals import refusal
 from stream_replica.repair import ShadowRepairer
 from stream_replica.settings import WorkerSettings
 from stream_replica.standby import StandbyError, StandbyFollower
@@ -86,12 +84,6 @@ shadowings = RateLimitedLog(
     summary="`stream-replica stats` counts the grains shadowed now and `stream-replica audit` "
     "lists each",
 )
-_REFUSED: Final = (
-    GroupAuthorizationFailedError,
-    TopicAuthorizationFailedError,
-    SaslAuthenticationFailed,
-)
-
 COMMIT_TIMEOUT_S: Final = 15.0
 DLQ_TIMEOUT_S: Final = 60.0
 # How long the group waits for a member to rejoin, so the longest revocation: the in-flight
@@ -226,7 +218,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._rebalancing = False
         self._focus = CatchUpFocus(settings.catch_up_partitions, catchup.MIN_LAG)
         self._caught_up_at: dict[int, int] = {}  # see store.Checkpoint
-        self._fatal: str | None = None  # set by a callback that could not do its job
+        # Set by a callback or task that could not do its job: FatalError (exit 1) or a
+        # StreamReplicaError with its own exit code (an ACL refusal: 2).
+        self._fatal: Exception | None = None
         self._delete_retention_ms = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq: AIOKafkaProducer | None = None
@@ -308,17 +302,20 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             await start_client(self.settings, self._consumer)
             if self._dlq is not None:
-                await start_client(self.settings, self._dlq)
+                dlq = (self.settings.dlq_topic or "", "--dlq-topic")
+                await start_client(self.settings, self._dlq, dlq)
             if self._repairer is not None:
                 await self._repairer.start()
             self._consumer.subscribe([self.topic], listener=self)
             self._standby_task = asyncio.create_task(self._run_standby())
             await self._loop(self._consumer)
             if self._fatal is not None:
-                raise FatalError(self._fatal)
+                raise self._fatal
             await self._settle_durability()  # flushed: every written offset can be committed
             await self._await_commit_task()
             await self._commit_pending(self._consumer, None)
+            if self._fatal is not None:  # that commit refused (an ACL)
+                raise self._fatal
             self._mark_caught_up(self._consumer)
             self.ownership.stopped()
         finally:
@@ -345,11 +342,14 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             await self.standby.run(self.stop)
         except StandbyError as exc:
-            self._fatal = str(exc)
+            self._fatal = FatalError(str(exc))
+            self.stop.set()
+        except StreamReplicaError as exc:  # refused by Kafka (refusals.py)
+            self._fatal = exc
             self.stop.set()
         except Exception as exc:
             log.debug("standby follower failed", exc_info=True)
-            self._fatal = f"standby follower failed ({type(exc).__name__}: {exc})"
+            self._fatal = FatalError(f"standby follower failed ({type(exc).__name__}: {exc})")
             self.stop.set()
 
     async def _stop_standby(self) -> None:
@@ -407,19 +407,16 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             except KafkaError as exc:
                 if is_fenced(exc):
                     raise FatalError(fenced_line(self.settings)) from None
-                if isinstance(exc, _REFUSED):
-                    raise FatalError(
-                        f"Kafka refused this worker ({type(exc).__name__}: {exc}): check the "
-                        f"credentials and the ACLs of group {self.settings.group!r} and topic "
-                        f"{self.topic!r}"
-                    ) from None
+                refused = self._refusal(exc, "fetching", "joining it or in a heartbeat")
+                if refused is not None:
+                    raise refused from None
                 log.warning("fetch failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)
                 continue
             if batch:
                 async with self._batch_lock:
                     if self._fatal is not None:
-                        raise FatalError(self._fatal)
+                        raise self._fatal
                     if self._rebalancing:
                         pass  # fetched before the revocation: the next owner reads it
                     elif epoch == self._seek_epoch:
@@ -747,6 +744,16 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             await asyncio.wait_for(self._send_all(self._dlq, rejected), DLQ_TIMEOUT_S)
         except (KafkaError, TimeoutError) as exc:
+            refused = refusal(
+                exc,
+                self.settings,
+                doing="sending refused records to the dead-letter topic",
+                topic=self.settings.dlq_topic,
+                topic_needs="Write",
+                topic_flag="--dlq-topic",
+            )
+            if refused is not None:
+                raise refused from None
             raise FatalError(
                 f"dead-letter topic {self.settings.dlq_topic!r}: send failed "
                 f"({type(exc).__name__}: {exc}); nothing of this poll was written or committed"
@@ -843,6 +850,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_S)
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
         except (KafkaError, TimeoutError) as exc:
+            refused = self._refusal(exc, "committing offsets")
+            if refused is not None:  # retrying cannot fix an ACL: stop after this poll
+                self._fatal = self._fatal or refused
+                self.stop.set()
+                return False
             log.warning(
                 "offset commit of %s not done (%s); local checkpoints are written, will retry",
                 {tp.partition: o for tp, o in offsets.items()},
@@ -890,20 +902,34 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 standby = self.ownership.assigned(tp.partition for tp in actives)
                 await self.standby.follow(standby)
             except FatalError as exc:
-                self._fatal = str(exc)
+                self._fatal = exc
                 self.stop.set()
             except Exception as exc:
                 # Some partitions may not be sought: nothing fetched may be applied any more.
                 log.debug("assignment handling failed", exc_info=True)
-                self._fatal = (
-                    f"could not position the assigned partitions "
-                    f"{sorted(tp.partition for tp in assigned)} ({type(exc).__name__}: {exc}); "
-                    "restart the worker"
+                self._fatal = self._refusal(exc, "positioning the assigned partitions") or (
+                    FatalError(
+                        f"could not position the assigned partitions "
+                        f"{sorted(tp.partition for tp in assigned)} ({type(exc).__name__}: "
+                        f"{exc}); restart the worker"
+                    )
                 )
                 self.stop.set()
             finally:
                 self._seek_epoch += 1
                 self._rebalancing = False
+
+    def _refusal(
+        self, exc: BaseException, doing: str, group_doing: str | None = None
+    ) -> StreamReplicaError | None:
+        return refusal(
+            exc,
+            self.settings,
+            doing=doing,
+            group_doing=group_doing,
+            topic=self.topic,
+            group=self.settings.group,
+        )
 
     def _check_replaced(self) -> None:
         """Detect a second live worker with our instance id. The broker lets a joining

@@ -1,5 +1,6 @@
-"""A broker in secure mode (KAFKA_SECURE=1 dev/kafka/kafka.sh): SASL_SSL with SCRAM and
-mutual TLS, certificates made by dev/kafka/secure.sh, users admin/replica/limited."""
+"""A broker in secure mode (KAFKA_SECURE=1 dev/kafka/kafka.sh): SASL_SSL with SCRAM, mutual
+TLS and SASL_PLAINTEXT, certificates made by dev/kafka/secure.sh, users
+admin/replica/limited/writer."""
 
 from __future__ import annotations
 
@@ -8,12 +9,20 @@ import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import SecretStr
+
+from stream_replica.connection import ConnectionSettings
+
+S = TypeVar("S", bound=ConnectionSettings)
 
 KAFKA_SH = Path(__file__).resolve().parent.parent / "dev" / "kafka" / "kafka.sh"
 
 
-def free_port_block(size: int = 4) -> int:
-    """A port p with p+1..p+size-1 also free (plain, controller, SASL_SSL, TLS)."""
+def free_port_block(size: int = 5) -> int:
+    """A port p with p+1..p+size-1 also free (plain, controller, SASL_SSL, TLS,
+    SASL_PLAINTEXT)."""
     for _ in range(100):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -57,6 +66,10 @@ class SecureBroker:
         return f"127.0.0.1:{self.port + 3}"
 
     @property
+    def sasl_plaintext(self) -> str:
+        return f"127.0.0.1:{self.port + 4}"
+
+    @property
     def tls(self) -> Path:
         return self.run_dir / "tls"
 
@@ -68,6 +81,41 @@ class SecureBroker:
             text=True,
             timeout=timeout,
             check=False,
+        )
+
+    def grant(
+        self,
+        users: tuple[str, ...],
+        operations: list[str],
+        *,
+        topics: tuple[str, ...] = (),
+        groups: tuple[str, ...] = (),
+        revoke: bool = False,
+    ) -> None:
+        """Allow each user each operation on each topic and group, or take that back (Kafka's
+        AclCommand, over the PLAINTEXT listener, whose ANONYMOUS principal is a super user)."""
+        args = ["--remove", "--force"] if revoke else ["--add"]
+        args += [a for user in users for a in ("--allow-principal", f"User:{user}")]
+        args += [a for op in operations for a in ("--operation", op)]
+        args += [a for topic in topics for a in ("--topic", topic)]
+        args += [a for group in groups for a in ("--group", group)]
+        done = self.kafka_sh(
+            "tool", "org.apache.kafka.tools.AclCommand", "--bootstrap-server", self.plaintext,
+            *args, timeout=120,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"AclCommand {args} failed:\n{done.stdout}\n{done.stderr}")
+
+    def settings(self, model: type[S], user: str = "replica", **fields: Any) -> S:
+        """What :meth:`client_env` gives a process, as settings for the test process."""
+        return model(
+            bootstrap_servers=self.sasl_ssl,
+            security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username=user,
+            sasl_password=SecretStr(f"{user}-secret"),
+            ssl_cafile=self.tls / "ca.pem",
+            **fields,
         )
 
     def client_env(self, user: str = "replica", password: str | None = None) -> dict[str, str]:

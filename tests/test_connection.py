@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import ssl
@@ -270,3 +271,23 @@ async def test_an_unknown_host_is_named_as_such_not_as_refused() -> None:
         unavailable.value
     )
     assert "127.0.0.1:1: connection refused" in str(unavailable.value)
+
+
+async def test_a_listener_that_hangs_up_stays_unavailable_not_a_mismatch() -> None:
+    """What a broker shutting down (or a load balancer with none behind it) does: accept and
+    close. The protocol probes get none of a broker's answers (a TLS handshake, SaslHandshake),
+    so this stays an outage, which `run` retries."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        settings = ConnectionSettings(bootstrap_servers=f"127.0.0.1:{port}")
+        with pytest.raises(KafkaUnavailableError) as unavailable:
+            await preflight(settings, timeout_s=5)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert str(unavailable.value).startswith(f"no Kafka broker answered at 127.0.0.1:{port}")

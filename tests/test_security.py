@@ -4,6 +4,7 @@ process within seconds with one line saying which."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -14,8 +15,13 @@ from pathlib import Path
 import pytest
 
 from stream_replica import admin
-from stream_replica.store import ReplicaReader
-from tests.helpers import cli, finish, read_until, worker_command
+from stream_replica.connection import ConnectionSettings
+from stream_replica.errors import KafkaAccessError
+from stream_replica.publisher import Publisher
+from stream_replica.settings import WorkerSettings
+from stream_replica.standby import StandbyFollower
+from stream_replica.store import Checkpoint, ReplicaReader, ReplicaStore
+from tests.helpers import cli, finish, read_until, wait_until, worker_command
 from tests.secure_broker import SecureBroker, free_port_block
 
 pytestmark = pytest.mark.broker
@@ -130,8 +136,6 @@ def test_no_client_leaks_when_the_broker_is_unreachable() -> None:
 
 
 async def test_admin_functions_take_a_connection(secure: SecureBroker) -> None:
-    from stream_replica.connection import ConnectionSettings
-
     settings = ConnectionSettings(
         bootstrap_servers=secure.sasl_ssl,
         security_protocol="SASL_SSL",
@@ -143,3 +147,209 @@ async def test_admin_functions_take_a_connection(secure: SecureBroker) -> None:
     assert await admin.create_topic(settings, "conn-grains", 1)
     info = await admin.describe_topic(settings, "conn-grains")
     assert info is not None and info.topic_id
+
+
+# ACL refusals that arrive after start-up: users "limited" and "writer" may describe every
+# topic here and join JOINABLE, but may not read UNREADABLE, nor join (or commit in)
+# DESCRIBE_ONLY; "writer" may also write READABLE (which holds an invalid record), not DLQ.
+UNREADABLE, READABLE, DLQ = "acl-unreadable", "acl-readable", "acl-dlq"
+JOINABLE, DESCRIBE_ONLY, REVOKED = "acl-joinable", "acl-describe-only", "acl-revoked"
+
+
+@pytest.fixture(scope="module")
+def acls(secure: SecureBroker) -> None:
+    env = secure.client_env("replica")
+    for topic in (UNREADABLE, READABLE):
+        created = cli("topic", "create", "--topic", topic, "--partitions", "1", env=env)
+        assert created.returncode == 0, created.stderr
+        published = cli("publish", "--topic", topic, "--demo", "5", env=env)
+        assert published.returncode == 0, published.stderr
+    created = cli("topic", "create", "--topic", DLQ, "--cleanup-policy", "delete", env=env)
+    assert created.returncode == 0, created.stderr
+    users = ("limited", "writer")
+    described = ["Describe", "DescribeConfigs"]  # what `run` checks at start-up
+    secure.grant(users, described, topics=(UNREADABLE, READABLE, DLQ), groups=(DESCRIBE_ONLY,))
+    secure.grant(users, ["Read"], topics=(READABLE,), groups=(JOINABLE, REVOKED))
+    secure.grant(("writer",), ["Write"], topics=(READABLE,))
+
+    async def invalid_record() -> None:
+        async with Publisher(secure.settings(ConnectionSettings), READABLE) as publisher:
+            await publisher.publish_raw(b"not a grain key", b"not a snapshot")
+            await publisher.flush()
+
+    async def granted() -> bool:  # the broker applies ACLs from its metadata log, a bit later
+        try:
+            writer = secure.settings(ConnectionSettings, "writer")
+            await admin.describe_group(writer, JOINABLE)
+            return await admin.describe_topic(writer, DLQ) is not None
+        except KafkaAccessError:
+            return False
+
+    asyncio.run(invalid_record())
+    asyncio.run(wait_until(granted, timeout=30, what="the ACLs of users 'limited' and 'writer'"))
+
+
+@pytest.mark.parametrize(
+    ("topic", "group", "refused", "flag"),
+    [
+        (UNREADABLE, JOINABLE, f"topic {UNREADABLE!r} while fetching", "--topic"),
+        (READABLE, DESCRIBE_ONLY, f"group {DESCRIBE_ONLY!r} while joining it", "--group"),
+    ],
+)
+@pytest.mark.usefixtures("acls")
+def test_acl_refusal_after_start_up_is_exit_2(
+    secure: SecureBroker, tmp_path: Path, topic: str, group: str, refused: str, flag: str
+) -> None:
+    started = time.monotonic()
+    args = ["run", "--topic", topic, "--group", group, "--db", str(tmp_path / "db")]
+    result = cli(*args, env=secure.client_env("limited"), timeout=60)
+    one_line_failure(result, f"Kafka refused user 'limited' on {refused}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "grant User:limited Read" in last and f"check {flag} and --sasl-username" in last
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.usefixtures("acls")
+def test_audit_refused_read_is_exit_2(secure: SecureBroker, tmp_path: Path) -> None:
+    store = ReplicaStore(tmp_path / "db", UNREADABLE)
+    store.set_checkpoints({0: Checkpoint(1, 0)})
+    store.close()
+    result = cli("audit", "--db", str(tmp_path / "db"), env=secure.client_env("limited"))
+    one_line_failure(result, f"Kafka refused user 'limited' on topic {UNREADABLE!r} while reading")
+    assert result.returncode == 2, result.stderr[-2000:]
+
+
+@pytest.mark.usefixtures("acls")
+def test_replay_refused_commit_is_exit_2(secure: SecureBroker, tmp_path: Path) -> None:
+    args = ["replay", "--topic", READABLE, "--group", DESCRIBE_ONLY, "--db", str(tmp_path / "db")]
+    result = cli(*args, "--from-beginning", "--rebuild", env=secure.client_env("limited"))
+    one_line_failure(
+        result, f"Kafka refused user 'limited' on group {DESCRIBE_ONLY!r} while committing"
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+
+
+@pytest.mark.usefixtures("acls")
+async def test_standby_refused_read_is_an_access_error(
+    secure: SecureBroker, tmp_path: Path
+) -> None:
+    """The standby follower reads with a consumer of its own: refused, it stops the worker
+    with the same line instead of retrying for ever."""
+    settings = secure.settings(
+        WorkerSettings, "limited", topic=UNREADABLE, group=JOINABLE, db=tmp_path / "db"
+    )
+    store = ReplicaStore(settings.db, UNREADABLE)
+    follower = StandbyFollower(settings, store, asyncio.Lock())
+    try:
+        await follower.follow(frozenset({0}))
+        with pytest.raises(KafkaAccessError) as refused:
+            await asyncio.wait_for(follower.run(asyncio.Event()), 20)
+    finally:
+        await follower.stop()
+        store.close()
+    assert str(refused.value).startswith(
+        f"Kafka refused user 'limited' on topic {UNREADABLE!r} while following standby"
+    )
+
+
+# A client without SASL, or without TLS, against a listener with it: the broker answers (a
+# TLS handshake, SaslHandshake's mechanisms), so this is configuration, not an outage.
+@pytest.mark.parametrize("command", ["describe", "run"])
+@pytest.mark.parametrize(
+    ("listener", "protocol", "expected"),
+    [
+        (
+            "sasl_ssl",
+            "PLAINTEXT",
+            "speaks TLS, but --security-protocol is PLAINTEXT: use --security-protocol SASL_SSL",
+        ),
+        (
+            "mutual_tls",
+            "PLAINTEXT",
+            "speaks TLS, but --security-protocol is PLAINTEXT: use --security-protocol SSL or "
+            "SASL_SSL",
+        ),
+        (
+            "sasl_plaintext",
+            "PLAINTEXT",
+            "but --security-protocol is PLAINTEXT: use --security-protocol SASL_PLAINTEXT",
+        ),
+        ("sasl_ssl", "SSL", "but --security-protocol is SSL: use --security-protocol SASL_SSL"),
+    ],
+)
+def test_a_client_without_the_listeners_protocol_is_one_line_exit_2(
+    secure: SecureBroker, tmp_path: Path, command: str, listener: str, protocol: str, expected: str
+) -> None:
+    address = getattr(secure, listener)
+    env = {"KAFKA_BOOTSTRAP_SERVERS": address, "STREAM_REPLICA_SECURITY_PROTOCOL": protocol}
+    if protocol == "SSL":
+        env["STREAM_REPLICA_SSL_CAFILE"] = str(secure.tls / "ca.pem")
+    started = time.monotonic()
+    args = ["topic", "describe"] if command == "describe" else ["run", "--db", str(tmp_path / "db")]
+    result = cli(*args, "--topic", TOPIC, env=env, timeout=60)
+    one_line_failure(result, f"the broker at {address} ")
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert expected in last, last
+    if "speaks TLS" not in expected:  # the mechanisms it named, for --sasl-mechanism
+        assert "expects SASL (SCRAM-SHA-" in last, last
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.usefixtures("acls")
+@pytest.mark.parametrize("command", ["publish", "run"])
+def test_a_producer_refused_at_start_is_exit_2(
+    secure: SecureBroker, tmp_path: Path, command: str
+) -> None:
+    """Our producers are idempotent: their start takes IdempotentWrite on the cluster, which
+    Kafka implies from Write on any topic. Refused, that was "failed to start a client ...
+    check that the brokers are up" and exit 1."""
+    if command == "publish":
+        args, topic, flag = ["publish", "--topic", READABLE, "--demo", "1"], READABLE, "--topic"
+    else:
+        args = ["run", "--topic", READABLE, "--group", JOINABLE, "--db", str(tmp_path / "db")]
+        args, topic, flag = [*args, "--dlq-topic", DLQ], DLQ, "--dlq-topic"
+    result = cli(*args, env=secure.client_env("limited"), timeout=60)
+    one_line_failure(
+        result,
+        "Kafka refused user 'limited' on the cluster while starting the producer "
+        "(CLUSTER_AUTHORIZATION_FAILED)",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "grant User:limited Write on it" in last and f"topic {topic!r}" in last, last
+    assert f"check {flag} and --sasl-username" in last, last
+
+
+@pytest.mark.usefixtures("acls")
+def test_a_refused_dead_letter_send_is_exit_2(secure: SecureBroker, tmp_path: Path) -> None:
+    args = ["run", "--topic", READABLE, "--group", JOINABLE, "--db", str(tmp_path / "db")]
+    result = cli(*args, "--dlq-topic", DLQ, env=secure.client_env("writer"), timeout=60)
+    one_line_failure(
+        result,
+        f"Kafka refused user 'writer' on topic {DLQ!r} while sending refused records to the "
+        "dead-letter topic (TOPIC_AUTHORIZATION_FAILED): grant User:writer Write",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+
+
+@pytest.mark.usefixtures("acls")
+def test_an_acl_revoked_while_running_is_exit_2(secure: SecureBroker, tmp_path: Path) -> None:
+    """Read on the group taken back from a running worker: its next heartbeat, join or commit
+    is refused, and it stops with the line instead of retrying."""
+    command = worker_command(secure.sasl_ssl, READABLE, REVOKED, tmp_path / "db")
+    env = {**secure.env, **secure.client_env("writer")}
+    worker = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        read_until(worker, "assigned partitions")
+        secure.grant(("writer",), ["Read"], groups=(REVOKED,), revoke=True)
+        rest = finish(worker, 60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            finish(worker, 30)
+    assert worker.returncode == 2, rest[-2000:]
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith(f"stream-replica: Kafka refused user 'writer' on group {REVOKED!r}")
+    assert "grant User:writer Read on group" in last, last

@@ -8,7 +8,9 @@ import itertools
 import json
 import logging
 import signal
+import socketserver
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -503,6 +505,31 @@ def test_an_unknown_host_is_retried_and_said_so(tmp_path: Path) -> None:
     process.send_signal(signal.SIGTERM)
     rest = finish(process, 30)
     assert process.returncode == 0, rest
+
+
+class _HangUp(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        pass  # the server closes the connection when this returns
+
+
+def test_a_listener_that_hangs_up_is_retried(tmp_path: Path) -> None:
+    """A broker shutting down (or a load balancer with none behind it) accepts and closes:
+    an outage, retried, never taken for a protocol mismatch (connection.py's probes)."""
+    with socketserver.TCPServer(("127.0.0.1", 0), _HangUp) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+        process = subprocess.Popen(
+            worker_command(f"127.0.0.1:{port}", "t", "g", tmp_path / "db"),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            read_until(process, "retrying in")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            rest = finish(process, 30)
+            server.shutdown()
+    assert process.returncode == 0, rest  # still running when signalled
 
 
 def test_sasl_against_a_plaintext_listener_ends_run_with_one_line(

@@ -6,17 +6,18 @@
 #   PORT       PLAINTEXT   for the broker's own use and Kafka's tools (principal ANONYMOUS)
 #   PORT+2     SASL_SSL    SCRAM-SHA-256/512 over TLS
 #   PORT+3     SSL         mutual TLS (client certificate required)
+#   PORT+4     SASL_PLAINTEXT  SCRAM-SHA-256/512 without TLS (tests of protocol mismatches)
 #
-# Users are created at format time (SCRAM): admin and replica are super users; "limited" has
-# no ACLs, so the StandardAuthorizer refuses it every topic and group (tests use it for ACL
-# refusals). Passwords are "<user>-secret" — a local test broker, never a real one.
+# Users are created at format time (SCRAM): admin and replica are super users; "limited" and
+# "writer" have no ACLs, so the StandardAuthorizer refuses them every topic and group (tests
+# grant them some, for ACL refusals). Passwords are "<user>-secret" — a local test broker, never a real one.
 #
 #   dev/kafka/secure.sh certs DIR        create DIR/{ca,broker,client}.{pem,key} (idempotent)
 #   dev/kafka/secure.sh properties DIR HOST PORT
 #   dev/kafka/secure.sh scram-args       arguments for `kafka-storage format`
 set -euo pipefail
 
-USERS=(admin replica limited)
+USERS=(admin replica limited writer)
 
 die() { echo "kafka-secure: error: $*" >&2; exit 1; }
 
@@ -48,16 +49,19 @@ certs() {
 
 properties() {
   local dir=$1 host=$2 port=$3
-  local sasl=$((port + 2)) tls=$((port + 3))
+  local sasl=$((port + 2)) tls=$((port + 3)) sasl_plain=$((port + 4))
   cat <<EOF
 
-# Secure mode (dev/kafka/secure.sh): SASL_SSL with SCRAM on $sasl, mutual TLS on $tls.
-listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$((port + 1)),SASL_SSL://$host:$sasl,SSL://$host:$tls
-advertised.listeners=PLAINTEXT://$host:$port,SASL_SSL://$host:$sasl,SSL://$host:$tls
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
+# Secure mode (dev/kafka/secure.sh): SASL_SSL with SCRAM on $sasl, mutual TLS on $tls,
+# SASL_PLAINTEXT with SCRAM on $sasl_plain.
+listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$((port + 1)),SASL_SSL://$host:$sasl,SSL://$host:$tls,SASL_PLAINTEXT://$host:$sasl_plain
+advertised.listeners=PLAINTEXT://$host:$port,SASL_SSL://$host:$sasl,SSL://$host:$tls,SASL_PLAINTEXT://$host:$sasl_plain
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT
 sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 ssl.keystore.type=PEM
 ssl.keystore.location=$dir/broker.bundle.pem
 ssl.truststore.type=PEM
