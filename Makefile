@@ -16,8 +16,13 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# With KAFKA_BOOTSTRAP_SERVERS set, the targets use that broker and start none.
 broker:
+ifdef KAFKA_BOOTSTRAP_SERVERS
+	@echo "broker: using KAFKA_BOOTSTRAP_SERVERS=$(KAFKA_BOOTSTRAP_SERVERS); the local one is not started"
+else
 	$(KAFKA) start
+endif
 
 broker-stop:
 	$(KAFKA) stop

@@ -141,7 +141,8 @@ class WorkerSettings(KafkaSettings):
     )
     http: str | None = Field(
         default=None,
-        description="serve /metrics, /healthz, /readyz and a status page on HOST:PORT",
+        description="serve reads (/grains, /partitions), /metrics, /healthz, /readyz, "
+        "/openapi.json and a status page on HOST:PORT",
     )
     advertise: str | None = Field(
         default=None,
