@@ -332,6 +332,12 @@ _TAIL_FLUSHES: Final = 4
 MAX_OPEN_FILES: Final = 512
 
 
+# L0 files that start a compaction: RocksDB's default, and while the store is written without
+# its WAL (a catch-up; see ReplicaStore._set_wal).
+L0_COMPACTION_TRIGGER: Final = 4
+CATCH_UP_L0_COMPACTION_TRIGGER: Final = 8
+
+
 def _options(plan: MemoryPlan = DEFAULT_PLAN) -> Options:
     """RocksDB's memory stays within the plan's memtables + block cache whatever the number
     of grains: the memtables are charged to the block cache (one cap for both), index and
@@ -346,6 +352,7 @@ def _options(plan: MemoryPlan = DEFAULT_PLAN) -> Options:
     options.set_write_buffer_size(plan.write_buffer_bytes)
     options.set_max_write_buffer_number(plan.write_buffers)
     options.set_max_open_files(MAX_OPEN_FILES)
+    options.set_level_zero_file_num_compaction_trigger(L0_COMPACTION_TRIGGER)
     cache = Cache(plan.block_cache_bytes + plan.memtables_bytes)
     options.set_write_buffer_manager(
         WriteBufferManager.new_write_buffer_manager_with_cache(plan.memtables_bytes, False, cache)
@@ -967,6 +974,11 @@ class ReplicaStore(_StoreView):
         # a property at run time; rocksdict's stubs declare a method
         self._write_options.disable_wal = not on  # type: ignore[method-assign,assignment]
         self._wal_on = on
+        # A catch-up rewrites each grain many times: compacting L0 half as often there cut
+        # RocksDB's compaction CPU by a third (a 3M-record rebuild: 4.7 -> 2.9 s) at the
+        # price of more L0 files to look through, which only head-cache misses do.
+        trigger = L0_COMPACTION_TRIGGER if on else CATCH_UP_L0_COMPACTION_TRIGGER
+        self._db.set_options({"level0_file_num_compaction_trigger": str(trigger)})
 
     async def flush_async(self) -> None:
         """Flush the memtables to table files on a thread (the loop runs on meanwhile)."""

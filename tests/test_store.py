@@ -18,6 +18,8 @@ from stream_replica.fold import FoldCounts, GrainState
 from stream_replica.memory import DEFAULT_BUDGET_MIB, minimum_budget_mib, plan_memory
 from stream_replica.read_thread import ReadPlacement
 from stream_replica.store import (
+    CATCH_UP_L0_COMPACTION_TRIGGER,
+    L0_COMPACTION_TRIGGER,
     Checkpoint,
     ReplicaReader,
     ReplicaStore,
@@ -464,3 +466,26 @@ async def test_a_cancelled_read_changes_no_head_and_close_waits_for_it(tmp_path:
     assert not closer.is_alive()
     with ReplicaReader(tmp_path / "db") as reader:
         assert dict(reader.grains()) == {a: state(1, 0)}
+
+
+async def test_a_catch_up_compacts_level_0_less_often(tmp_path: Path) -> None:
+    """Written without the WAL (a catch-up), L0 compactions wait for twice as many files;
+    with the WAL back on, RocksDB's default again. RocksDB records options changed at run
+    time in a new OPTIONS file, which is what this reads."""
+
+    def l0_trigger() -> int:
+        latest = max(tmp_path.glob("db/OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+        for line in latest.read_text().splitlines():
+            if line.strip().startswith("level0_file_num_compaction_trigger="):
+                return int(line.split("=")[1])
+        raise AssertionError(f"no L0 trigger in {latest}")
+
+    store = ReplicaStore(tmp_path / "db", "t")
+    try:
+        assert l0_trigger() == L0_COMPACTION_TRIGGER == 4
+        store.write_without_wal()
+        assert l0_trigger() == CATCH_UP_L0_COMPACTION_TRIGGER == 8
+        await store.write_with_wal()
+        assert l0_trigger() == L0_COMPACTION_TRIGGER
+    finally:
+        store.close()
