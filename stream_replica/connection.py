@@ -478,10 +478,7 @@ async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> No
                 f"{option_label('security_protocol')} and the port"
             ) from None
         except ssl.SSLCertVerificationError as exc:
-            raise KafkaAccessError(
-                f"TLS: the certificate of {host}:{port} is not trusted "
-                f"({exc.verify_message}); check --ssl-cafile and the broker's host name"
-            ) from None
+            raise KafkaAccessError(_untrusted(host, port, exc)) from None
         except ssl.SSLError as exc:
             raise KafkaAccessError(
                 f"TLS handshake with {host}:{port} failed ({exc.reason or exc}); check "
@@ -529,6 +526,23 @@ def _wants_sasl(
         f"the broker at {host}:{port} expects SASL ({', '.join(mechanisms) or 'no mechanism'}), "
         f"but --security-protocol is {protocol}: use --security-protocol {sasl} with "
         "--sasl-mechanism, --sasl-username and a password, or check the port"
+    )
+
+
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH: the CA is trusted, the name is not in the certificate.
+_HOSTNAME_MISMATCH: Final = 62
+
+
+def _untrusted(host: str, port: int, exc: ssl.SSLCertVerificationError) -> str:
+    if exc.verify_code == _HOSTNAME_MISMATCH:
+        return (
+            f"TLS: the certificate of {host}:{port} does not name that host "
+            f"({exc.verify_message}): connect by a host name or address it holds, or turn "
+            "the check off with --no-ssl-check-hostname"
+        )
+    return (
+        f"TLS: the certificate of {host}:{port} is not trusted ({exc.verify_message}); "
+        "check --ssl-cafile (the CA that signed the broker's certificate)"
     )
 
 

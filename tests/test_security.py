@@ -353,3 +353,15 @@ def test_an_acl_revoked_while_running_is_exit_2(secure: SecureBroker, tmp_path: 
     last = rest.strip().splitlines()[-1]
     assert last.startswith(f"stream-replica: Kafka refused user 'writer' on group {REVOKED!r}")
     assert "grant User:writer Read on group" in last, last
+
+
+def test_a_broker_certificate_for_another_host_names_the_hostname_check(
+    secure: SecureBroker,
+) -> None:
+    # 127.1 is 127.0.0.1, but not a name in the broker's certificate (IP:127.0.0.1, localhost).
+    address = secure.sasl_ssl.replace("127.0.0.1", "127.1")
+    env = {**secure.client_env("replica"), "KAFKA_BOOTSTRAP_SERVERS": address}
+    result = cli("topic", "describe", "--topic", TOPIC, env=env)
+    one_line_failure(result, f"the certificate of {address} does not name that host")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "turn the check off with --no-ssl-check-hostname" in result.stderr, result.stderr
