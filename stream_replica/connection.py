@@ -549,23 +549,26 @@ def _untrusted(host: str, port: int, exc: ssl.SSLCertVerificationError) -> str:
 async def _plaintext_on_tls(
     settings: ConnectionSettings, host: str, port: int, timeout_s: float
 ) -> KafkaAccessError | None:
-    """A PLAINTEXT client that a TLS listener hung up on: the mismatch, with the protocol to
+    """A client without TLS that a TLS listener hung up on: the mismatch, with the protocol to
     use; None if the listener does not speak TLS (or the client does)."""
-    if settings.security_protocol != "PLAINTEXT":
+    client = settings.security_protocol
+    if client not in ("PLAINTEXT", "SASL_PLAINTEXT"):
         return None
     protocol = await listener.tls_protocol(host, port, timeout_s)
     if protocol is None:
         return None
+    with_sasl = "" if client == "SASL_PLAINTEXT" else " and SASL"
+    no_sasl = " (that listener takes no SASL)" if client == "SASL_PLAINTEXT" else ""
     how = {
-        "SASL_SSL": "SASL_SSL (that listener expects SASL too), with --ssl-cafile and SASL",
-        "SSL": "SSL, with --ssl-cafile",
+        "SASL_SSL": f"SASL_SSL (that listener expects SASL too), with --ssl-cafile{with_sasl}",
+        "SSL": f"SSL{no_sasl}, with --ssl-cafile",
     }.get(
         protocol,
         "SSL or SASL_SSL (it would not say which; mutual TLS asks for "
         "--ssl-certfile and --ssl-keyfile)",
     )
     return KafkaAccessError(
-        f"the broker at {host}:{port} speaks TLS, but --security-protocol is PLAINTEXT: use "
+        f"the broker at {host}:{port} speaks TLS, but --security-protocol is {client}: use "
         f"--security-protocol {how}, or check the port"
     )
 

@@ -253,6 +253,23 @@ async def test_standby_refused_read_is_an_access_error(
     )
 
 
+def _client_env(secure: SecureBroker, address: str, protocol: str, **files: str) -> dict[str, str]:
+    """A client over ``protocol`` at ``address``: TLS trusting the test CA, SASL as replica;
+    ``files``: ssl_certfile/ssl_keyfile/ssl_cafile names in the broker's tls dir."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": address, "STREAM_REPLICA_SECURITY_PROTOCOL": protocol}
+    if protocol.startswith("SASL_"):
+        env |= {
+            "STREAM_REPLICA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "STREAM_REPLICA_SASL_USERNAME": "replica",
+            "STREAM_REPLICA_SASL_PASSWORD": "replica-secret",
+        }
+    if protocol.endswith("SSL"):
+        env["STREAM_REPLICA_SSL_CAFILE"] = str(secure.tls / "ca.pem")
+        for name, file in files.items():
+            env[f"STREAM_REPLICA_{name.upper()}"] = str(secure.tls / file)
+    return env
+
+
 # A client without SASL, or without TLS, against a listener with it: the broker answers (a
 # TLS handshake, SaslHandshake's mechanisms), so this is configuration, not an outage.
 @pytest.mark.parametrize("command", ["describe", "run"])
@@ -276,15 +293,25 @@ async def test_standby_refused_read_is_an_access_error(
             "but --security-protocol is PLAINTEXT: use --security-protocol SASL_PLAINTEXT",
         ),
         ("sasl_ssl", "SSL", "but --security-protocol is SSL: use --security-protocol SASL_SSL"),
+        (
+            "sasl_ssl",
+            "SASL_PLAINTEXT",
+            "speaks TLS, but --security-protocol is SASL_PLAINTEXT: use --security-protocol "
+            "SASL_SSL (that listener expects SASL too), with --ssl-cafile, or",
+        ),
+        (
+            "mutual_tls",
+            "SASL_PLAINTEXT",
+            "speaks TLS, but --security-protocol is SASL_PLAINTEXT: use --security-protocol SSL "
+            "or SASL_SSL",
+        ),
     ],
 )
 def test_a_client_without_the_listeners_protocol_is_one_line_exit_2(
     secure: SecureBroker, tmp_path: Path, command: str, listener: str, protocol: str, expected: str
 ) -> None:
     address = getattr(secure, listener)
-    env = {"KAFKA_BOOTSTRAP_SERVERS": address, "STREAM_REPLICA_SECURITY_PROTOCOL": protocol}
-    if protocol == "SSL":
-        env["STREAM_REPLICA_SSL_CAFILE"] = str(secure.tls / "ca.pem")
+    env = _client_env(secure, address, protocol)
     started = time.monotonic()
     args = ["topic", "describe"] if command == "describe" else ["run", "--db", str(tmp_path / "db")]
     result = cli(*args, "--topic", TOPIC, env=env, timeout=60)
@@ -360,7 +387,7 @@ def test_a_broker_certificate_for_another_host_names_the_hostname_check(
 ) -> None:
     # 127.1 is 127.0.0.1, but not a name in the broker's certificate (IP:127.0.0.1, localhost).
     address = secure.sasl_ssl.replace("127.0.0.1", "127.1")
-    env = {**secure.client_env("replica"), "KAFKA_BOOTSTRAP_SERVERS": address}
+    env = _client_env(secure, address, "SASL_SSL")
     result = cli("topic", "describe", "--topic", TOPIC, env=env)
     one_line_failure(result, f"the certificate of {address} does not name that host")
     assert result.returncode == 2, result.stderr[-2000:]
