@@ -382,6 +382,77 @@ def test_an_acl_revoked_while_running_is_exit_2(secure: SecureBroker, tmp_path: 
     assert "grant User:writer Read on group" in last, last
 
 
+def _run_ends_with_one_line(
+    secure: SecureBroker, tmp_path: Path, env: dict[str, str], expected: str
+) -> str:
+    """`run` (which retries an unreachable broker until signalled) stops within seconds with
+    exit 2 and one line holding ``expected``; that line."""
+    started = time.monotonic()
+    args = ["run", "--topic", TOPIC, "--db", str(tmp_path / "db")]
+    result = cli(*args, env=env, timeout=60)
+    one_line_failure(result, expected)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert time.monotonic() - started < 30
+    return result.stderr.strip().splitlines()[-1]
+
+
+# A TLS client against a listener without TLS: the broker resets the handshake (it takes the
+# ClientHello for an oversized request) but answers ApiVersions over plain TCP.
+@pytest.mark.parametrize(
+    ("listener", "protocol", "expected"),
+    [
+        ("plaintext", "SSL", "use --security-protocol PLAINTEXT, without the --ssl-* options"),
+        ("plaintext", "SASL_SSL", "use --security-protocol PLAINTEXT (that listener takes no SASL"),
+        (
+            "sasl_plaintext",
+            "SSL",
+            "use --security-protocol SASL_PLAINTEXT (that listener expects SASL: SCRAM-SHA-",
+        ),
+        (
+            "sasl_plaintext",
+            "SASL_SSL",
+            "use --security-protocol SASL_PLAINTEXT, without the --ssl-* options",
+        ),
+    ],
+)
+def test_a_tls_client_against_a_listener_without_tls_is_one_line_exit_2(
+    secure: SecureBroker, tmp_path: Path, listener: str, protocol: str, expected: str
+) -> None:
+    address = getattr(secure, listener)
+    last = _run_ends_with_one_line(
+        secure, tmp_path, _client_env(secure, address, protocol), f"the broker at {address} "
+    )
+    plain = listener.upper()
+    assert f"speaks no TLS ({plain}), but --security-protocol is {protocol}: " in last, last
+    assert expected in last, last
+
+
+# Kafka's mutual-TLS listener refuses the client certificate (or its lack) with an alert that,
+# with TLS 1.3, arrives only after the client's handshake is done: aiokafka then sees a
+# connection closed, as from a broker going down.
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {},
+            "requires a client certificate (mutual TLS) and refused the connection without one "
+            "(SSLV3_ALERT_BAD_CERTIFICATE): give --ssl-certfile and --ssl-keyfile",
+        ),
+        (
+            {"ssl_certfile": "other-ca.pem", "ssl_keyfile": "other-ca.key"},
+            "refused the client certificate --ssl-certfile {tls}/other-ca.pem "
+            "(SSLV3_ALERT_CERTIFICATE_UNKNOWN): use one signed by a CA the broker trusts",
+        ),
+    ],
+)
+def test_a_client_certificate_refused_by_mutual_tls_is_one_line_exit_2(
+    secure: SecureBroker, tmp_path: Path, files: dict[str, str], expected: str
+) -> None:
+    env = _client_env(secure, secure.mutual_tls, "SSL", **files)
+    last = _run_ends_with_one_line(secure, tmp_path, env, f"the broker at {secure.mutual_tls} ")
+    assert expected.format(tls=secure.tls) in last, last
+
+
 def test_a_broker_certificate_for_another_host_names_the_hostname_check(
     secure: SecureBroker,
 ) -> None:
