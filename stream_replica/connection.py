@@ -478,13 +478,15 @@ async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> No
                 f"{option_label('security_protocol')} and the port"
             ) from None
         except ssl.SSLCertVerificationError as exc:
-            raise KafkaAccessError(
-                f"TLS: the certificate of {host}:{port} is not trusted "
-                f"({exc.verify_message}); check --ssl-cafile and the broker's host name"
-            ) from None
+            raise KafkaAccessError(_untrusted(host, port, exc)) from None
         except ssl.SSLError as exc:
+            reason = str(exc.reason or exc)
+            if (refused := _certificate_refused(settings, host, port, reason)) is not None:
+                raise refused from None
+            if (mismatch := await _tls_on_plaintext(settings, host, port, timeout_s)) is not None:
+                raise mismatch from None
             raise KafkaAccessError(
-                f"TLS handshake with {host}:{port} failed ({exc.reason or exc}); check "
+                f"TLS handshake with {host}:{port} failed ({reason}); check "
                 "--security-protocol, the client certificate and key"
             ) from None
         except socket.gaierror as exc:
@@ -495,15 +497,17 @@ async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> No
         except TimeoutError:
             failures.append((host, port, f"no answer within {timeout_s:g} s"))
         except ConnectionResetError:
-            if (mismatch := await _plaintext_on_tls(settings, host, port, timeout_s)) is not None:
+            # (What a plain listener does to a TLS handshake, and a TLS one to a plain client.)
+            if (mismatch := await _mismatch(settings, host, port, timeout_s)) is not None:
                 raise mismatch from None
             why = "connection reset"
-            if context is not None:  # (what a PLAINTEXT listener does to a TLS handshake)
-                why += " during the TLS handshake: is that listener PLAINTEXT?"
+            if context is not None:
+                why += " during the TLS handshake"
             failures.append((host, port, why))
         except (OSError, KafkaError) as exc:
-            # (A TLS listener closes a plain connection on its first request.)
-            if (mismatch := await _plaintext_on_tls(settings, host, port, timeout_s)) is not None:
+            # (A TLS listener closes a plain connection on its first request; a mutual-TLS one
+            # closes a client whose certificate it refuses, which aiokafka reports as closed.)
+            if (mismatch := await _mismatch(settings, host, port, timeout_s)) is not None:
                 raise mismatch from None
             failures.append((host, port, f"{type(exc).__name__}: {exc}"))
         else:
@@ -532,26 +536,127 @@ def _wants_sasl(
     )
 
 
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH: the CA is trusted, the name is not in the certificate.
+_HOSTNAME_MISMATCH: Final = 62
+# The alerts a mutual-TLS listener refuses a client certificate (or the lack of one) with:
+# Java's (Kafka's) bad_certificate for none and certificate_unknown for an untrusted one,
+# TLS 1.3's certificate_required, and what other TLS stacks send.
+_CERTIFICATE_ALERTS: Final = frozenset(
+    {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "TLSV1_ALERT_UNKNOWN_CA",
+    }
+)
+# Some TLS 1.2 stacks refuse a missing certificate so, but also a handshake with no TLS version
+# or cipher in common: a missing certificate is named as a possibility only.
+_HANDSHAKE_FAILURE: Final = "SSLV3_ALERT_HANDSHAKE_FAILURE"
+
+
+def _untrusted(host: str, port: int, exc: ssl.SSLCertVerificationError) -> str:
+    if exc.verify_code == _HOSTNAME_MISMATCH:
+        return (
+            f"TLS: the certificate of {host}:{port} does not name that host "
+            f"({exc.verify_message}): connect by a host name or address it holds, or turn "
+            "the check off with --no-ssl-check-hostname"
+        )
+    return (
+        f"TLS: the certificate of {host}:{port} is not trusted ({exc.verify_message}); "
+        "check --ssl-cafile (the CA that signed the broker's certificate)"
+    )
+
+
+async def _mismatch(
+    settings: ConnectionSettings, host: str, port: int, timeout_s: float
+) -> KafkaAccessError | None:
+    """Why a listener that hung up on us will never take this client, asked of it (see
+    listener.py); None if it gave none of a running broker's answers (an outage, retried)."""
+    context = settings.ssl_context()
+    if context is None:
+        return await _plaintext_on_tls(settings, host, port, timeout_s)
+    if (mismatch := await _tls_on_plaintext(settings, host, port, timeout_s)) is not None:
+        return mismatch
+    reason = await listener.tls_alert(host, port, context, timeout_s)
+    return None if reason is None else _certificate_refused(settings, host, port, reason)
+
+
+def _certificate_refused(
+    settings: ConnectionSettings, host: str, port: int, reason: str
+) -> KafkaAccessError | None:
+    """A TLS listener's alert refusing our client certificate, or its lack, as one line."""
+    if reason == _HANDSHAKE_FAILURE:
+        return KafkaAccessError(
+            f"the broker at {host}:{port} refused the TLS handshake ({reason}): if it requires "
+            "a client certificate (mutual TLS), check --ssl-certfile and --ssl-keyfile; else "
+            "it shares no TLS version or cipher with us"
+        )
+    if reason not in _CERTIFICATE_ALERTS:
+        return None
+    if settings.ssl_certfile is None:
+        return KafkaAccessError(
+            f"the broker at {host}:{port} requires a client certificate (mutual TLS) and "
+            f"refused the connection without one ({reason}): give --ssl-certfile and "
+            "--ssl-keyfile"
+        )
+    return KafkaAccessError(
+        f"the broker at {host}:{port} refused the client certificate --ssl-certfile "
+        f"{settings.ssl_certfile} ({reason}): use one signed by a CA the broker trusts "
+        "(its ssl.truststore), with its key in --ssl-keyfile"
+    )
+
+
+async def _tls_on_plaintext(
+    settings: ConnectionSettings, host: str, port: int, timeout_s: float
+) -> KafkaAccessError | None:
+    """A TLS client whose handshake a plain listener hung up on: the mismatch, with the
+    protocol to use; None if the listener does not answer a plain ApiVersions."""
+    protocol = settings.security_protocol
+    if protocol not in ("SSL", "SASL_SSL"):
+        return None
+    found = await listener.plain_protocol(host, port, timeout_s)
+    if found is None:
+        return None
+    plain, mechanisms = found
+    if plain == "SASL_PLAINTEXT" and protocol == "SSL":
+        how = (
+            f"SASL_PLAINTEXT (that listener expects SASL: {', '.join(mechanisms)}), with "
+            "--sasl-mechanism, --sasl-username and a password,"
+        )
+    elif plain == "PLAINTEXT" and protocol == "SASL_SSL":
+        how = "PLAINTEXT (that listener takes no SASL either)"
+    else:
+        how = f"{plain},"
+    return KafkaAccessError(
+        f"the broker at {host}:{port} speaks no TLS ({plain}), but --security-protocol is "
+        f"{protocol}: use --security-protocol {how} without the --ssl-* options, or check "
+        "the port"
+    )
+
+
 async def _plaintext_on_tls(
     settings: ConnectionSettings, host: str, port: int, timeout_s: float
 ) -> KafkaAccessError | None:
-    """A PLAINTEXT client that a TLS listener hung up on: the mismatch, with the protocol to
+    """A client without TLS that a TLS listener hung up on: the mismatch, with the protocol to
     use; None if the listener does not speak TLS (or the client does)."""
-    if settings.security_protocol != "PLAINTEXT":
+    client = settings.security_protocol
+    if client not in ("PLAINTEXT", "SASL_PLAINTEXT"):
         return None
     protocol = await listener.tls_protocol(host, port, timeout_s)
     if protocol is None:
         return None
+    with_sasl = "" if client == "SASL_PLAINTEXT" else " and SASL"
+    no_sasl = " (that listener takes no SASL)" if client == "SASL_PLAINTEXT" else ""
     how = {
-        "SASL_SSL": "SASL_SSL (that listener expects SASL too), with --ssl-cafile and SASL",
-        "SSL": "SSL, with --ssl-cafile",
+        "SASL_SSL": f"SASL_SSL (that listener expects SASL too), with --ssl-cafile{with_sasl}",
+        "SSL": f"SSL{no_sasl}, with --ssl-cafile",
     }.get(
         protocol,
         "SSL or SASL_SSL (it would not say which; mutual TLS asks for "
         "--ssl-certfile and --ssl-keyfile)",
     )
     return KafkaAccessError(
-        f"the broker at {host}:{port} speaks TLS, but --security-protocol is PLAINTEXT: use "
+        f"the broker at {host}:{port} speaks TLS, but --security-protocol is {client}: use "
         f"--security-protocol {how}, or check the port"
     )
 

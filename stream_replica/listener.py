@@ -1,6 +1,6 @@
-"""What a Kafka listener expects, asked by the pre-flight (connection.py) when a client without
-SASL could not use it. Only answers a running broker gives count, so an outage is never taken
-for a protocol mismatch:
+"""What a Kafka listener expects, asked by the pre-flight (connection.py) when a client could
+not use it. Only answers a running broker gives count, so an outage is never taken for a
+protocol mismatch:
 
 * a listener with SASL answers SaslHandshake with its mechanisms (error NONE, or
   UNSUPPORTED_SASL_MECHANISM for the one we named); one without refuses it as
@@ -8,9 +8,13 @@ for a protocol mismatch:
   listener allows before authentication.
 * a TLS listener completes a TLS handshake (or answers it with a TLS alert, e.g. "certificate
   required"); a plain Kafka listener takes the ClientHello for a request frame and closes.
+* a plain listener answers ApiVersions over plain TCP; a TLS one takes it for a bad record.
+* a mutual-TLS listener refusing the client's certificate (or its lack) says so with an alert,
+  with TLS 1.3 only after the client's side of the handshake is done: on the first read.
 
 Nothing secret is sent: the handshake names a mechanism only, and TLS here verifies nothing
-(it is never used for data)."""
+(it is never used for data), except in :func:`tls_alert`, which uses the client's own context
+to learn why the listener refuses it."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import struct
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -102,3 +107,70 @@ async def tls_protocol(host: str, port: int, timeout_s: float) -> str | None:
     if answer is None:
         return "SSL or SASL_SSL"
     return "SASL_SSL" if answer.takes_sasl else "SSL"
+
+
+async def plain_protocol(
+    host: str, port: int, timeout_s: float
+) -> tuple[str, tuple[str, ...]] | None:
+    """``("PLAINTEXT", ())`` or ``("SASL_PLAINTEXT", mechanisms)`` for a listener that answers
+    ApiVersions over plain TCP (so speaks no TLS); None for one that does not answer it."""
+    try:
+        conn = await asyncio.wait_for(
+            create_conn(
+                host, port, security_protocol="PLAINTEXT", request_timeout_ms=int(timeout_s * 1000)
+            ),
+            timeout_s,
+        )
+    except Exception:
+        log.debug("plain listener probe: no ApiVersions answer", exc_info=True)
+        return None
+    try:
+        answer = await ask_sasl(conn, timeout_s)
+    finally:
+        conn.close()
+    if answer is None:  # (it answered ApiVersions, so it is plain, but would not say more)
+        return "PLAINTEXT or SASL_PLAINTEXT", ()
+    return ("SASL_PLAINTEXT", answer.mechanisms) if answer.takes_sasl else ("PLAINTEXT", ())
+
+
+def _api_versions_request() -> bytes:
+    """A Kafka ApiVersions v0 request frame: api key 18, version 0, correlation id 1, client
+    id "stream-replica-probe", no body; any broker answers it before authentication."""
+    client_id = b"stream-replica-probe"
+    header = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id
+    return struct.pack(">i", len(header)) + header
+
+
+async def tls_alert(host: str, port: int, context: ssl.SSLContext, timeout_s: float) -> str | None:
+    """The reason (e.g. ``SSLV3_ALERT_BAD_CERTIFICATE``) of the TLS alert with which the
+    listener refuses a client with ``context``, None if it answers (or fails otherwise: an
+    outage is never taken for a refusal). An ApiVersions request is sent and its answer read
+    because with TLS 1.3 the refusal of a client certificate arrives only then."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context), timeout_s
+        )
+    except ssl.SSLError as exc:  # (TLS 1.2 refuses within the handshake)
+        return _alert(exc)
+    except (OSError, TimeoutError):
+        log.debug("TLS alert probe: no handshake", exc_info=True)
+        return None
+    try:
+        writer.write(_api_versions_request())
+        await writer.drain()
+        await asyncio.wait_for(reader.readexactly(8), timeout_s)  # size and correlation id
+    except ssl.SSLError as exc:
+        return _alert(exc)
+    except (OSError, EOFError, TimeoutError):
+        log.debug("TLS alert probe: no answer and no alert", exc_info=True)
+        return None
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):  # (bounded: a TLS close waits for the peer's)
+            await asyncio.wait_for(writer.wait_closed(), timeout_s)
+    return None
+
+
+def _alert(exc: ssl.SSLError) -> str | None:
+    reason = str(exc.reason or "")
+    return reason if "ALERT" in reason else None

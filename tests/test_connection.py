@@ -291,3 +291,35 @@ async def test_a_listener_that_hangs_up_stays_unavailable_not_a_mismatch() -> No
         server.close()
         await server.wait_closed()
     assert str(unavailable.value).startswith(f"no Kafka broker answered at 127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("tls_server", [False, True], ids=["plain-server", "tls-server"])
+async def test_a_listener_that_hangs_up_on_a_tls_client_stays_unavailable(
+    pem: Path, tls_server: bool
+) -> None:
+    """The probes of a TLS client's failure (a plain ApiVersions, a TLS alert after the
+    handshake) get no answer and no alert from a listener that accepts (and completes the
+    handshake) and closes: an outage, which `run` retries."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server_context = None
+    if tls_server:
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_context.load_cert_chain(pem / "a.pem", pem / "a.key")
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        settings = ConnectionSettings(
+            bootstrap_servers=f"127.0.0.1:{port}",
+            security_protocol="SSL",
+            ssl_cafile=pem / "a.pem",
+            ssl_check_hostname=False,  # (a.pem names no host)
+        )
+        with pytest.raises(KafkaUnavailableError) as unavailable:
+            await preflight(settings, timeout_s=5)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert str(unavailable.value).startswith(f"no Kafka broker answered at 127.0.0.1:{port}")

@@ -253,6 +253,23 @@ async def test_standby_refused_read_is_an_access_error(
     )
 
 
+def _client_env(secure: SecureBroker, address: str, protocol: str, **files: str) -> dict[str, str]:
+    """A client over ``protocol`` at ``address``: TLS trusting the test CA, SASL as replica;
+    ``files``: ssl_certfile/ssl_keyfile/ssl_cafile names in the broker's tls dir."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": address, "STREAM_REPLICA_SECURITY_PROTOCOL": protocol}
+    if protocol.startswith("SASL_"):
+        env |= {
+            "STREAM_REPLICA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "STREAM_REPLICA_SASL_USERNAME": "replica",
+            "STREAM_REPLICA_SASL_PASSWORD": "replica-secret",
+        }
+    if protocol.endswith("SSL"):
+        env["STREAM_REPLICA_SSL_CAFILE"] = str(secure.tls / "ca.pem")
+        for name, file in files.items():
+            env[f"STREAM_REPLICA_{name.upper()}"] = str(secure.tls / file)
+    return env
+
+
 # A client without SASL, or without TLS, against a listener with it: the broker answers (a
 # TLS handshake, SaslHandshake's mechanisms), so this is configuration, not an outage.
 @pytest.mark.parametrize("command", ["describe", "run"])
@@ -276,15 +293,25 @@ async def test_standby_refused_read_is_an_access_error(
             "but --security-protocol is PLAINTEXT: use --security-protocol SASL_PLAINTEXT",
         ),
         ("sasl_ssl", "SSL", "but --security-protocol is SSL: use --security-protocol SASL_SSL"),
+        (
+            "sasl_ssl",
+            "SASL_PLAINTEXT",
+            "speaks TLS, but --security-protocol is SASL_PLAINTEXT: use --security-protocol "
+            "SASL_SSL (that listener expects SASL too), with --ssl-cafile, or",
+        ),
+        (
+            "mutual_tls",
+            "SASL_PLAINTEXT",
+            "speaks TLS, but --security-protocol is SASL_PLAINTEXT: use --security-protocol SSL "
+            "or SASL_SSL",
+        ),
     ],
 )
 def test_a_client_without_the_listeners_protocol_is_one_line_exit_2(
     secure: SecureBroker, tmp_path: Path, command: str, listener: str, protocol: str, expected: str
 ) -> None:
     address = getattr(secure, listener)
-    env = {"KAFKA_BOOTSTRAP_SERVERS": address, "STREAM_REPLICA_SECURITY_PROTOCOL": protocol}
-    if protocol == "SSL":
-        env["STREAM_REPLICA_SSL_CAFILE"] = str(secure.tls / "ca.pem")
+    env = _client_env(secure, address, protocol)
     started = time.monotonic()
     args = ["topic", "describe"] if command == "describe" else ["run", "--db", str(tmp_path / "db")]
     result = cli(*args, "--topic", TOPIC, env=env, timeout=60)
@@ -353,3 +380,86 @@ def test_an_acl_revoked_while_running_is_exit_2(secure: SecureBroker, tmp_path: 
     last = rest.strip().splitlines()[-1]
     assert last.startswith(f"stream-replica: Kafka refused user 'writer' on group {REVOKED!r}")
     assert "grant User:writer Read on group" in last, last
+
+
+def _run_ends_with_one_line(
+    secure: SecureBroker, tmp_path: Path, env: dict[str, str], expected: str
+) -> str:
+    """`run` (which retries an unreachable broker until signalled) stops within seconds with
+    exit 2 and one line holding ``expected``; that line."""
+    started = time.monotonic()
+    args = ["run", "--topic", TOPIC, "--db", str(tmp_path / "db")]
+    result = cli(*args, env=env, timeout=60)
+    one_line_failure(result, expected)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert time.monotonic() - started < 30
+    return result.stderr.strip().splitlines()[-1]
+
+
+# A TLS client against a listener without TLS: the broker resets the handshake (it takes the
+# ClientHello for an oversized request) but answers ApiVersions over plain TCP.
+@pytest.mark.parametrize(
+    ("listener", "protocol", "expected"),
+    [
+        ("plaintext", "SSL", "use --security-protocol PLAINTEXT, without the --ssl-* options"),
+        ("plaintext", "SASL_SSL", "use --security-protocol PLAINTEXT (that listener takes no SASL"),
+        (
+            "sasl_plaintext",
+            "SSL",
+            "use --security-protocol SASL_PLAINTEXT (that listener expects SASL: SCRAM-SHA-",
+        ),
+        (
+            "sasl_plaintext",
+            "SASL_SSL",
+            "use --security-protocol SASL_PLAINTEXT, without the --ssl-* options",
+        ),
+    ],
+)
+def test_a_tls_client_against_a_listener_without_tls_is_one_line_exit_2(
+    secure: SecureBroker, tmp_path: Path, listener: str, protocol: str, expected: str
+) -> None:
+    address = getattr(secure, listener)
+    last = _run_ends_with_one_line(
+        secure, tmp_path, _client_env(secure, address, protocol), f"the broker at {address} "
+    )
+    plain = listener.upper()
+    assert f"speaks no TLS ({plain}), but --security-protocol is {protocol}: " in last, last
+    assert expected in last, last
+
+
+# Kafka's mutual-TLS listener refuses the client certificate (or its lack) with an alert that,
+# with TLS 1.3, arrives only after the client's handshake is done: aiokafka then sees a
+# connection closed, as from a broker going down.
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {},
+            "requires a client certificate (mutual TLS) and refused the connection without one "
+            "(SSLV3_ALERT_BAD_CERTIFICATE): give --ssl-certfile and --ssl-keyfile",
+        ),
+        (
+            {"ssl_certfile": "other-ca.pem", "ssl_keyfile": "other-ca.key"},
+            "refused the client certificate --ssl-certfile {tls}/other-ca.pem "
+            "(SSLV3_ALERT_CERTIFICATE_UNKNOWN): use one signed by a CA the broker trusts",
+        ),
+    ],
+)
+def test_a_client_certificate_refused_by_mutual_tls_is_one_line_exit_2(
+    secure: SecureBroker, tmp_path: Path, files: dict[str, str], expected: str
+) -> None:
+    env = _client_env(secure, secure.mutual_tls, "SSL", **files)
+    last = _run_ends_with_one_line(secure, tmp_path, env, f"the broker at {secure.mutual_tls} ")
+    assert expected.format(tls=secure.tls) in last, last
+
+
+def test_a_broker_certificate_for_another_host_names_the_hostname_check(
+    secure: SecureBroker,
+) -> None:
+    # 127.1 is 127.0.0.1, but not a name in the broker's certificate (IP:127.0.0.1, localhost).
+    address = secure.sasl_ssl.replace("127.0.0.1", "127.1")
+    env = _client_env(secure, address, "SASL_SSL")
+    result = cli("topic", "describe", "--topic", TOPIC, env=env)
+    one_line_failure(result, f"the certificate of {address} does not name that host")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "turn the check off with --no-ssl-check-hostname" in result.stderr, result.stderr
