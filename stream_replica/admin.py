@@ -23,6 +23,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from stream_replica.connection import ConnectionSettings, start_client
 from stream_replica.errors import KafkaAccessError, KafkaUnavailableError, StreamReplicaError
+from stream_replica.refusals import principal
 from stream_replica.topic_id import fetch_topic_id
 
 # Why each setting (README "Topic configuration"):
@@ -137,6 +138,11 @@ def connection(cluster: Cluster) -> ConnectionSettings:
     return ConnectionSettings(bootstrap_servers=cluster)
 
 
+def _grantee(cluster: Cluster) -> str:
+    """Whom an ACL must name for this client, as the refusal lines say it."""
+    return principal(connection(cluster)).grantee
+
+
 @asynccontextmanager
 async def admin_client(cluster: Cluster) -> AsyncIterator[AIOKafkaAdminClient]:
     settings = connection(cluster)
@@ -200,7 +206,7 @@ async def topic_partitions(bootstrap_servers: Cluster, topic: str) -> int | None
             if found["error_code"] == TopicAuthorizationFailedError.errno:
                 raise KafkaAccessError(
                     f"not authorized to describe topic {topic!r} (TOPIC_AUTHORIZATION_FAILED): "
-                    "grant this user Describe (or Write) on it"
+                    f"grant {_grantee(bootstrap_servers)} Describe (or Write) on it"
                 )
             if found["error_code"] == 0:
                 return len(found["partitions"])
@@ -220,7 +226,7 @@ async def _describe_topic(bootstrap_servers: Cluster, topic: str) -> TopicInfo |
         if metadata and metadata[0]["error_code"] == TopicAuthorizationFailedError.errno:
             raise KafkaAccessError(
                 f"not authorized to describe topic {topic!r} (TOPIC_AUTHORIZATION_FAILED): "
-                "grant this user Describe and Read on it"
+                f"grant {_grantee(bootstrap_servers)} Describe, DescribeConfigs and Read on it"
             )
         if not metadata or metadata[0]["error_code"] != 0:
             return None
@@ -232,6 +238,12 @@ async def _describe_topic(bootstrap_servers: Cluster, topic: str) -> TopicInfo |
     for response in responses:
         for resource in response.resources:
             error_code = resource[0]
+            if error_code == TopicAuthorizationFailedError.errno:
+                raise KafkaAccessError(
+                    f"not authorized to describe the configs of topic {topic!r} "
+                    f"(TOPIC_AUTHORIZATION_FAILED): grant {_grantee(bootstrap_servers)} "
+                    "DescribeConfigs on it (workers check that it is compacted)"
+                )
             if error_code:
                 raise AdminError(
                     f"cannot describe configs of topic {topic!r}: {for_code(error_code).__name__}"
@@ -258,7 +270,8 @@ async def describe_group(bootstrap_servers: Cluster, group: str) -> tuple[str, l
                     if error is GroupAuthorizationFailedError:
                         raise KafkaAccessError(
                             f"not authorized to describe group {group!r} "
-                            "(GROUP_AUTHORIZATION_FAILED): grant this user Describe on it"
+                            f"(GROUP_AUTHORIZATION_FAILED): grant {_grantee(bootstrap_servers)} "
+                            "Describe on it"
                         )
                     if error.retriable:
                         raise error()

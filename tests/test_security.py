@@ -153,6 +153,7 @@ async def test_admin_functions_take_a_connection(secure: SecureBroker) -> None:
 # topic here and join JOINABLE, but may not read UNREADABLE, nor join (or commit in)
 # DESCRIBE_ONLY; "writer" may also write READABLE (which holds an invalid record), not DLQ.
 UNREADABLE, READABLE, DLQ = "acl-unreadable", "acl-readable", "acl-dlq"
+NO_CONFIGS = "acl-no-configs"  # Describe and Read, not DescribeConfigs
 JOINABLE, DESCRIBE_ONLY, REVOKED = "acl-joinable", "acl-describe-only", "acl-revoked"
 
 
@@ -164,12 +165,14 @@ def acls(secure: SecureBroker) -> None:
         assert created.returncode == 0, created.stderr
         published = cli("publish", "--topic", topic, "--demo", "5", env=env)
         assert published.returncode == 0, published.stderr
-    created = cli("topic", "create", "--topic", DLQ, "--cleanup-policy", "delete", env=env)
-    assert created.returncode == 0, created.stderr
+    for topic, policy in ((DLQ, "delete"), (NO_CONFIGS, "compact")):
+        created = cli("topic", "create", "--topic", topic, "--cleanup-policy", policy, env=env)
+        assert created.returncode == 0, created.stderr
     users = ("limited", "writer")
     described = ["Describe", "DescribeConfigs"]  # what `run` checks at start-up
     secure.grant(users, described, topics=(UNREADABLE, READABLE, DLQ), groups=(DESCRIBE_ONLY,))
     secure.grant(users, ["Read"], topics=(READABLE,), groups=(JOINABLE, REVOKED))
+    secure.grant(users, ["Describe", "Read"], topics=(NO_CONFIGS,))
     secure.grant(("writer",), ["Write"], topics=(READABLE,))
 
     async def invalid_record() -> None:
@@ -208,6 +211,18 @@ def test_acl_refusal_after_start_up_is_exit_2(
     last = result.stderr.strip().splitlines()[-1]
     assert "grant User:limited Read" in last and f"check {flag} and --sasl-username" in last
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("command", ["describe", "run"])
+@pytest.mark.usefixtures("acls")
+def test_no_describe_configs_is_one_line_naming_the_user(
+    secure: SecureBroker, tmp_path: Path, command: str
+) -> None:
+    args = ["topic", "describe"] if command == "describe" else ["run", "--db", str(tmp_path / "db")]
+    result = cli(*args, "--topic", NO_CONFIGS, env=secure.client_env("limited"), timeout=60)
+    one_line_failure(result, f"not authorized to describe the configs of topic {NO_CONFIGS!r}")
+    assert "grant User:limited DescribeConfigs on it" in result.stderr
+    assert result.returncode == 2, result.stderr[-2000:]
 
 
 @pytest.mark.usefixtures("acls")
