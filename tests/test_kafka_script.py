@@ -360,3 +360,23 @@ def test_cluster_stop_kill_and_restart_one_broker(cluster: KafkaCluster) -> None
     assert cluster.run("status").returncode == 0
     topics = cluster.run("tool", "topics", "--list")
     assert topics.returncode == 0
+
+
+def test_cluster_ids_never_start_with_a_dash(tmp_path: Path) -> None:
+    """The cluster mode's own id: the storage tool took '-Y88...' for an option and the
+    cluster never formatted (1 start in 64 with a fresh directory)."""
+    script = (
+        'source <(sed -n "/^cluster_id() {/,/^}/p" "$1")\n'
+        'for i in $(seq 500); do rm -f "$CL_DIR/cluster.id"; cluster_id; echo; done'
+    )
+    done = subprocess.run(
+        ["bash", "-c", script, "bash", str(SCRIPT)],
+        env={**os.environ, "CL_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    ids = done.stdout.split()
+    assert len(ids) == 500 and len(set(ids)) == 500
+    assert all(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{21}", i) for i in ids), ids[:5]

@@ -616,8 +616,13 @@ EOP
 cluster_id() {
   local f="$CL_DIR/cluster.id" id
   if [ ! -s "$f" ]; then
-    # A Kafka Uuid: 16 random bytes, URL-safe base64 without padding.
-    id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    # A Kafka Uuid: 16 random bytes, URL-safe base64 without padding; like Kafka's own
+    # Uuid.randomUuid, never one starting with '-' (1 in 64), which the storage tool would
+    # read as an option ("--cluster-id: expected one argument").
+    id=-
+    while [ "${id:0:1}" = - ]; do
+      id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    done
     echo "$id" >"$f"
   fi
   tr -d '[:space:]' <"$f"
