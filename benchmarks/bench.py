@@ -403,7 +403,7 @@ def measure_floor(workload: Workload, workdir: Path) -> Floor:
 
     raw_dir = workdir / "floor-raw-db"
     shutil.rmtree(raw_dir, ignore_errors=True)
-    from stream_replica.store import _options
+    from stream_replica.store_options import _options
 
     db = Rdict(str(raw_dir), _options())
     try:

@@ -270,7 +270,7 @@ def time_states_written(store: Any, record: Callable[[float, int], None]) -> Non
     an older state re-written with its mark, not this poll's record) and the fast pass's
     (``prepared``, encoded; never shadowed). Timing ``changes`` alone timed a handful of
     states a minute."""
-    from stream_replica.store import _unpack_state
+    from stream_replica.store_layout import _unpack_state
 
     original_apply = store.apply
 

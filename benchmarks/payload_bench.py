@@ -27,6 +27,7 @@ import aiokafka
 from rocksdict import DBCompressionType, Options
 
 import stream_replica.store as store_module
+import stream_replica.store_options as store_options
 from benchmarks.bench import Bench, Breakdown, Report, load_average
 from benchmarks.common import MIB, GroupWatcher, Workload
 from stream_replica import admin
@@ -34,18 +35,18 @@ from stream_replica import admin
 
 @contextlib.contextmanager
 def rocksdb_options(change: Callable[[Options], None]) -> Iterator[None]:
-    original = store_module._options
+    original = store_options._options
 
     def patched(*args: Any, **kwargs: Any) -> Options:
         options = original(*args, **kwargs)
         change(options)
         return options
 
-    store_module._options = patched
+    store_options._options = patched
     try:
         yield
     finally:
-        store_module._options = original
+        store_options._options = original
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Which grains may have a stored state: a Bloom filter of every grain given a state since the
 store last held none, so that a grain it rules out is known to have no state without a read.
 
-The head cache (store.py) answers for the grains it holds. A grain it lacks used to cost a
+The head cache (store_heads.py) answers for the grains it holds. A grain it lacks used to cost a
 RocksDB multi-get (its state and its index entry), and on a store of millions of grains those
 reads miss the block cache and load index, filter and data blocks from the table files: a
 build or rebuild into an empty store then spent most of its RocksDB reads learning that a new

@@ -2,7 +2,7 @@
 
 A worker's resident memory is a fixed part (the interpreter, the imported libraries, the Kafka
 client's fetch buffers, RocksDB's table readers and compaction buffers) plus three parts that
-would grow with the number of grains if nothing bounded them: the head cache (store.py), the
+would grow with the number of grains if nothing bounded them: the head cache (store_heads.py), the
 RocksDB block cache (data, index and filter blocks all live in it) and the memtables; and one
 fixed-size part the plan sizes too, the grain filter (grain_filter.py). The plan
 gives each a share of the budget, so peak RSS stays under the budget whatever the number of
@@ -12,7 +12,7 @@ Figures (measured on CPython 3.11, ``benchmarks/memory_bench.py`` prints them ea
 
 * one head-cache entry costs ~165 B (the grain's key body and packed head, both bytes, and
   the dict's slots); planned at 200 B for dict over-allocation and the retired generation
-  still being freed (store.py);
+  still being freed (store_heads.py);
 * the fixed part is ~80 MiB at 1M grains (a worker with no head cache, 8 MiB of block
   cache and 32 MiB of memtables peaked at 120 MiB) and grows with the store: at 10M grains
   a worker at 256 MiB planned with 96 MiB fixed peaked at 272 MiB (more table files and

@@ -1,30 +1,6 @@
 """The replica store: grains and per-partition checkpoints in one RocksDB (rocksdict, raw mode).
 
-Key layout (one column family, ordered so that a prefix scan is a range):
-
-* ``m:topic``          → the topic this store replicates (a store never serves two topics)
-* ``m:counts``         → cumulative fold counters (msgpack map), written with the data
-* ``c`` + u32 BE part. → checkpoint: msgpack ``[next_offset, caught_up_at_ms]``
-* ``m:topic_id``       → Kafka's topic ID (KIP-516) and ``m:partitions`` its partition count,
-  so a store is never resumed against a topic deleted and recreated under the same name
-* ``p`` + u32 BE partition + type + key → grain state, under the partition of the record
-  that set it: a struct header (sequence, timestamp, partition, offset, shadowed-by offset,
-  source length), the source cluster and the payload. ``type`` is escaped (NUL → NUL 0xFF)
-  and terminated by NUL, so within a partition byte order is (grain_type, grain_key) order;
-  ``grains()`` merges the partitions in that order. Partition-major so that wiping or dropping
-  a partition is one range delete (O(1), no scan), whatever the number of grains.
-* ``i`` + type + key   → u32 BE partition: where the grain's state is. Written when a state
-  lands in another partition than the entry says (or there is none), deleted with the state.
-  A wipe leaves the entries of the wiped partition behind (an entry whose partition holds no
-  state for the grain means "no state"), so lookups by grain check both; such leftovers are
-  at most one per grain of the topic and are overwritten when the grain is written again.
-* ``s`` + type + key   → index of the grains whose state is shadowed (see fold.py): a struct
-  (partition, state offset, shadowed-by offset). Small; written only when shadowing happens.
-* ``o`` + u32 BE part. → served record: msgpack ``[role, lag, since_ms, updated_ms]``; role is
-  ``active``, ``standby`` or ``""`` (not served since ``since_ms``). Written by the worker
-  (ownership.py) so readers can tell a served, caught-up partition from a leftover copy.
-* ``m:assignment``     → the last group assignment: msgpack ``[epoch, [active], [standby]]``,
-  claimed back at the next join (a restarted member gets its partitions back).
+The key layout and value encodings are in store_layout.py.
 
 A poll's grain changes, checkpoints and counters go into ONE write batch: after any crash the
 store holds exactly the result of the records before each partition's checkpoint.
@@ -33,659 +9,121 @@ store holds exactly the result of the records before each partition's checkpoint
 from __future__ import annotations
 
 import asyncio
-import functools
-import heapq
 import os
-import re
-import shutil
 import struct
-import tempfile
 import threading
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 import msgpack
-from rbloom import Bloom
 from rocksdict import (
-    AccessType,
-    BlockBasedIndexType,
-    BlockBasedOptions,
-    Cache,
-    DBPath,
-    Options,
     Rdict,
     WriteBatch,
-    WriteBufferManager,
     WriteOptions,
 )
 
+from stream_replica import store_options
 from stream_replica.contract import GrainId
 from stream_replica.fold import FoldCounts, GrainState
-from stream_replica.grain_filter import new_grain_filter
 from stream_replica.memory import DEFAULT_PLAN, MemoryPlan
-from stream_replica.read_thread import ReadPlacement, ReadThread
+from stream_replica.store_heads import HEAD_CACHE_ENTRIES, _HeadCache
+from stream_replica.store_layout import (
+    _ASSIGNMENT_KEY,
+    _CHECKPOINT_PREFIX,
+    _COUNTS_KEY,
+    _FORMAT_KEY,
+    _GRAIN_PREFIX,
+    _HEAD,
+    _INDEX_PREFIX,
+    _MIGRATABLE,
+    _NO_STATE,
+    _PARTITION,
+    _PARTITIONS_KEY,
+    _SERVED_PREFIX,
+    _SHADOW,
+    _SHADOW_PREFIX,
+    _STATE_HEADER,
+    _STATE_PREFIX,
+    _TOPIC_ID_KEY,
+    _TOPIC_KEY,
+    STORE_FORMAT,
+    Head,
+    HeadLookup,
+    Located,
+    Prepared,
+    _checkpoint_key,
+    _grain_body,
+    _next_prefix,
+    _pack_state,
+    _partition_prefix,
+    _served_key,
+    _spot,
+    _unpack_state,
+    encode_new_state,
+    grain_body_of_key,
+    grain_db_key,
+    index_db_key,
+    parse_grain_db_key,
+    shadow_db_key,
+    state_db_key,
+)
+from stream_replica.store_options import (
+    CATCH_UP_L0_COMPACTION_TRIGGER,
+    L0_COMPACTION_TRIGGER,
+    MAX_OPEN_FILES,
+    _open_error,
+)
+from stream_replica.store_reader import ReplicaReader
+from stream_replica.store_records import (
+    Checkpoint,
+    LastAssignment,
+    Served,
+    ShadowMark,
+    StoreError,
+    TopicIdentity,
+)
 from stream_replica.watchdog import note_blocking_call
 
-# 4: shadowed-by offset in grain values, shadow index, topic ID. 5: partition-major states
-# (``p``) + grain index (``i``); a format-4 store is migrated in place when the writer opens it.
-STORE_FORMAT: Final = b"5"
-_MIGRATABLE: Final = b"4"
+__all__ = [
+    "CATCH_UP_L0_COMPACTION_TRIGGER",
+    "HEAD_CACHE_ENTRIES",
+    "L0_COMPACTION_TRIGGER",
+    "MAX_OPEN_FILES",
+    "STORE_FORMAT",
+    "Checkpoint",
+    "Head",
+    "HeadLookup",
+    "LastAssignment",
+    "Located",
+    "Prepared",
+    "ReplicaReader",
+    "ReplicaStore",
+    "Served",
+    "ShadowMark",
+    "StoreError",
+    "TopicIdentity",
+    "encode_new_state",
+    "grain_body_of_key",
+    "grain_db_key",
+    "index_db_key",
+    "parse_grain_db_key",
+    "shadow_db_key",
+    "state_db_key",
+]
+
 _MIGRATE_BATCH: Final = 20_000
-_TOPIC_KEY: Final = b"m:topic"
-_FORMAT_KEY: Final = b"m:format"
-_COUNTS_KEY: Final = b"m:counts"
-_TOPIC_ID_KEY: Final = b"m:topic_id"
-_PARTITIONS_KEY: Final = b"m:partitions"
-_CHECKPOINT_PREFIX: Final = b"c"
-_GRAIN_PREFIX: Final = b"g"  # the grain-ordered key form (format 4 stored states under it)
-_STATE_PREFIX: Final = b"p"
-_INDEX_PREFIX: Final = b"i"
-_SHADOW_PREFIX: Final = b"s"
-_SERVED_PREFIX: Final = b"o"
-_ASSIGNMENT_KEY: Final = b"m:assignment"
-_SHADOW: Final = struct.Struct(">IQQ")
-_PARTITION: Final = struct.Struct(">I")
-
-
-# What rocksdict's multi-get takes (raw mode: bytes only, but its stubs say all key types).
-_DbKeys = list[str | int | float | bytes | bool]
-
-
-class StoreError(Exception):
-    """A state directory that cannot be used; the message is one readable line."""
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """``next_offset``: the store holds exactly the result of the partition's records before
-    it. ``caught_up_at_ms``: the last time the store had read everything the partition held
-    (or began rebuilding it from the start): every tombstone written before then was seen, so
-    the store is safe to resume while that is less than ``delete.retention.ms`` ago."""
-
-    next_offset: int
-    caught_up_at_ms: int
-
-
-# --- key/value codecs -------------------------------------------------------------------------
-
-
-def _grain_body(grain: GrainId) -> bytes:
-    """The grain part of its keys: escaped type, NUL, key (byte order = grain order)."""
-    grain_type, grain_key = grain
-    return grain_type.encode().replace(b"\x00", b"\x00\xff") + b"\x00" + grain_key.encode()
-
-
-def grain_body_of_key(key: bytes, grain: GrainId) -> bytes:
-    """:func:`_grain_body` of ``grain`` from its Kafka key (``type/key`` in UTF-8): the key
-    with its first "/" made the NUL separator, unless a NUL needs escaping."""
-    if b"\x00" in key:
-        return _grain_body(grain)
-    return key.replace(b"/", b"\x00", 1)
-
-
-@functools.lru_cache(maxsize=4096)
-def grain_db_key(grain: GrainId) -> bytes:
-    return _GRAIN_PREFIX + _grain_body(grain)
-
-
-# The writer's cached head of a grain: sequence, partition, offset, shadowed_by, key body.
-Head = tuple[int, int, int, int, bytes]
-# In the cache a head is the grain's key body → struct(sequence, partition, offset,
-# shadowed_by), b"" for "no state": bytes only, so the dict holds no object the garbage
-# collector tracks and stays untracked itself. With tuples, every full collection walked the
-# whole cache (30-50 ms of CPU per 300k entries, a loop stall at each one) and each entry cost
-# ~380 B instead of ~200 B.
-_HEAD: Final = struct.Struct("=QIqq")
-_NO_STATE: Final = b""
-# What the cache says of a grain: (sequence, partition, offset, shadowed_by) of its state, None
-# (no state) or False (not known: read it).
-HeadLookup = tuple[int, int, int, int] | None | Literal[False]
-# Where the store holds a grain: its key body and the partition of its state (None: no state).
-Located = tuple[bytes, int | None]
-# A new, unshadowed state the fast fold has encoded for apply(): grain, key body, partition
-# of the state it replaces (None: none), its partition, value (_pack_state), head (_HEAD).
-Prepared = tuple[GrainId, bytes, int | None, int, bytes, bytes]
-
-
-def parse_grain_db_key(db_key: bytes) -> GrainId:
-    body = db_key[len(_GRAIN_PREFIX) :]
-    index = 0
-    while True:
-        index = body.index(b"\x00", index)
-        if body[index + 1 : index + 2] != b"\xff":
-            break
-        index += 2
-    grain_type = body[:index].replace(b"\x00\xff", b"\x00").decode()
-    return grain_type, body[index + 1 :].decode()
-
-
-def shadow_db_key(grain: GrainId) -> bytes:
-    return _SHADOW_PREFIX + grain_db_key(grain)[len(_GRAIN_PREFIX) :]
-
-
-def _partition_prefix(partition: int) -> bytes:
-    return _STATE_PREFIX + _PARTITION.pack(partition)
-
-
-def state_db_key(partition: int, grain: GrainId) -> bytes:
-    return _partition_prefix(partition) + grain_db_key(grain)[len(_GRAIN_PREFIX) :]
-
-
-def index_db_key(grain: GrainId) -> bytes:
-    return _INDEX_PREFIX + grain_db_key(grain)[len(_GRAIN_PREFIX) :]
-
-
-_STATE_KEY_HEAD: Final = len(_STATE_PREFIX) + _PARTITION.size
-
-
-# Grain value: fixed header (sequence, timestamp, partition, offset, shadowed-by offset,
-# u32 len(source)), then the source cluster (UTF-8) and the payload. struct is ~3x faster
-# than msgpack here.
-_STATE_HEADER: Final = struct.Struct(">QqIQqI")
-_SOURCES: dict[str, bytes] = {}  # source cluster → its UTF-8
-_SPOTS: dict[int, bytes] = {}  # partition → _PARTITION.pack(partition)
-
-
-def _source_bytes(source: str) -> bytes:
-    encoded = source.encode()
-    if len(_SOURCES) < 1024:  # a handful of clusters in practice
-        _SOURCES[source] = encoded
-    return encoded
-
-
-def _spot(partition: int) -> bytes:
-    """_PARTITION.pack(partition), cached: the partition part of every state key."""
-    spot = _SPOTS.get(partition)
-    if spot is None:
-        spot = _PARTITION.pack(partition)
-        if len(_SPOTS) < 65536:
-            _SPOTS[partition] = spot
-    return spot
-
-
-def _pack_value(
-    sequence: int,
-    timestamp_millis: int,
-    source_cluster: str,
-    payload: bytes,
-    partition: int,
-    offset: int,
-    shadowed_by: int,
-) -> bytes:
-    source = _SOURCES.get(source_cluster) or _source_bytes(source_cluster)
-    header = _STATE_HEADER.pack(
-        sequence, timestamp_millis, partition, offset, shadowed_by, len(source)
-    )
-    return header + source + payload
-
-
-def _pack_state(state: GrainState) -> bytes:
-    return _pack_value(
-        state.sequence,
-        state.timestamp_millis,
-        state.source_cluster,
-        state.payload,
-        state.partition,
-        state.offset,
-        state.shadowed_by,
-    )
-
-
-def encode_new_state(
-    sequence: int,
-    timestamp_millis: int,
-    source_cluster: str,
-    payload: bytes,
-    partition: int,
-    offset: int,
-) -> tuple[bytes, bytes]:
-    """The stored value and the cached head of an unshadowed state (see Prepared)."""
-    value = _pack_value(sequence, timestamp_millis, source_cluster, payload, partition, offset, -1)
-    return value, _HEAD.pack(sequence, partition, offset, -1)
-
-
-def _unpack_state(raw: bytes) -> GrainState:
-    sequence, timestamp, partition, offset, shadowed_by, source_length = _STATE_HEADER.unpack_from(
-        raw
-    )
-    start = _STATE_HEADER.size
-    source = raw[start : start + source_length].decode()
-    return GrainState(
-        sequence, timestamp, source, raw[start + source_length :], partition, offset, shadowed_by
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class ShadowMark:
-    """A grain whose state is shadowed: the log's last record on its key (``by_offset``) is
-    not the state the store holds (set by the record at ``state_offset``)."""
-
-    partition: int
-    state_offset: int
-    by_offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class TopicIdentity:
-    """The Kafka topic a store replicates: its ID (None when the broker does not report
-    one) and partition count."""
-
-    topic_id: str | None
-    partitions: int
-
-
-@dataclass(frozen=True, slots=True)
-class Served:
-    """Whether this store's worker serves a partition. ``role``: ``active``, ``standby``, or
-    ``""`` (not served: revoked, or the worker stopped) since ``since_ms``. ``lag``: records
-    the store was behind the partition's high watermark at ``updated_ms`` (-1: unknown)."""
-
-    role: str
-    lag: int
-    since_ms: int
-    updated_ms: int
-
-    @property
-    def serving(self) -> bool:
-        return bool(self.role)
-
-    @property
-    def caught_up(self) -> bool:
-        return self.serving and self.lag == 0
-
-
-@dataclass(frozen=True, slots=True)
-class LastAssignment:
-    epoch: int
-    active: frozenset[int]
-    standby: frozenset[int]
-
-
-def _checkpoint_key(partition: int) -> bytes:
-    return _CHECKPOINT_PREFIX + _PARTITION.pack(partition)
-
-
-def _served_key(partition: int) -> bytes:
-    return _SERVED_PREFIX + _PARTITION.pack(partition)
-
-
-def _next_prefix(prefix: bytes) -> bytes:
-    """The smallest key above every key starting with ``prefix`` (prefix not all 0xFF)."""
-    stripped = prefix.rstrip(b"\xff")
-    return stripped[:-1] + bytes([stripped[-1] + 1])
-
-
-# Heads (sequence, partition, offset, shadowed_by, key body) the writer keeps in memory so that
-# the fold skips the RocksDB read of grains it saw lately. How many: memory.MemoryPlan (from
-# --memory-budget-mib, or --head-cache-entries when given).
-HEAD_CACHE_ENTRIES: Final = DEFAULT_PLAN.head_cache_entries
 
 # write_with_wal flushes on a thread until one ran with nothing written meanwhile, at most
 # _TAIL_FLUSHES times, then what the writes meanwhile left on the loop.
 _TAIL_FLUSHES: Final = 4
 
-# Table files the writer keeps open; each open file holds a table reader. Its index and filter
-# blocks are in the block cache, so a reader is small, but 10M grains make hundreds of files.
-MAX_OPEN_FILES: Final = 512
-
-
-# L0 files that start a compaction: RocksDB's default, and while the store is written without
-# its WAL (a catch-up; see ReplicaStore._set_wal).
-L0_COMPACTION_TRIGGER: Final = 4
-CATCH_UP_L0_COMPACTION_TRIGGER: Final = 8
-
-
-def _options(plan: MemoryPlan = DEFAULT_PLAN) -> Options:
-    """RocksDB's memory stays within the plan's memtables + block cache whatever the number
-    of grains: the memtables are charged to the block cache (one cap for both), index and
-    filter blocks live in the cache too, partitioned so that a lookup loads one small
-    partition of a file's index/filter instead of all of it (the whole-file filters of a
-    10M-grain store, ~25 MB, would crowd a small cache and be re-read on misses), bloom
-    filters so that looking up a grain that is not stored yet rarely touches a data block."""
-    options = Options(
-        raw_mode=True
-    )  # raw from the very first open: a default-mode DB reopened raw breaks
-    options.create_if_missing(True)
-    options.set_write_buffer_size(plan.write_buffer_bytes)
-    options.set_max_write_buffer_number(plan.write_buffers)
-    options.set_max_open_files(MAX_OPEN_FILES)
-    options.set_level_zero_file_num_compaction_trigger(L0_COMPACTION_TRIGGER)
-    cache = Cache(plan.block_cache_bytes + plan.memtables_bytes)
-    options.set_write_buffer_manager(
-        WriteBufferManager.new_write_buffer_manager_with_cache(plan.memtables_bytes, False, cache)
-    )
-    table = BlockBasedOptions()
-    table.set_block_cache(cache)
-    table.set_cache_index_and_filter_blocks(True)
-    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
-    table.set_index_type(BlockBasedIndexType.two_level_index_search())
-    table.set_partition_filters(True)
-    table.set_pin_top_level_index_and_filter(True)
-    table.set_bloom_filter(10, False)
-    options.set_block_based_table_factory(table)
-    return options
-
-
-def _open_error(path: Path, exc: Exception) -> StoreError:
-    text = str(exc)
-    if "LOCK" in text and ("unavailable" in text.lower() or "lock" in text.lower()):
-        return StoreError(
-            f"state directory {path} is in use by another worker (RocksDB lock held); "
-            "each worker needs its own --db"
-        )
-    return StoreError(f"cannot open state directory {path}: {text}")
-
-
-# --- shared read side -------------------------------------------------------------------------
-
-
-class _StoreView:
-    _db: Rdict
-    path: Path
-
-    @property
-    def topic(self) -> str | None:
-        raw = self._db.get(_TOPIC_KEY)
-        return None if raw is None else bytes(raw).decode()
-
-    def get(self, grain: GrainId) -> GrainState | None:
-        # Two single-key gets: a one-grain multi-get costs ~2x in list building (HTTP reads).
-        index_key = index_db_key(grain)
-        spot = self._db.get(index_key)
-        if not spot:
-            return None
-        raw = self._db.get(_STATE_PREFIX + bytes(spot) + index_key[1:])
-        return None if raw is None else _unpack_state(raw)
-
-    def get_many(self, grains: Iterable[GrainId]) -> dict[GrainId, GrainState | None]:
-        grain_list = list(dict.fromkeys(grains))
-        if not grain_list:
-            return {}
-        result: dict[GrainId, GrainState | None] = dict.fromkeys(grain_list)
-        spots: list[bytes | None] = self._db.get([index_db_key(g) for g in grain_list])  # type: ignore[assignment]
-        located = [(g, spot) for g, spot in zip(grain_list, spots, strict=True) if spot]
-        if located:
-            raws: list[bytes | None] = self._db.get(  # type: ignore[assignment]
-                [_STATE_PREFIX + bytes(spot) + index_db_key(g)[1:] for g, spot in located]
-            )
-            for (grain, _), raw in zip(located, raws, strict=True):
-                if raw is not None:
-                    result[grain] = _unpack_state(raw)
-        return result
-
-    def grains(self) -> Iterator[tuple[GrainId, GrainState]]:
-        """Every grain, sorted by (grain_type, grain_key): the partitions' ranges merged."""
-        ranges = [self._scan(_partition_prefix(p)) for p in self._state_partitions()]
-        for db_key, raw in heapq.merge(*ranges, key=lambda item: item[0][_STATE_KEY_HEAD:]):
-            yield parse_grain_db_key(_GRAIN_PREFIX + db_key[_STATE_KEY_HEAD:]), _unpack_state(raw)
-
-    def _state_partitions(self) -> list[int]:
-        """The partitions holding at least one state (one seek per partition)."""
-        found = []
-        iterator = self._db.iter()
-        try:
-            iterator.seek(_STATE_PREFIX)
-            while iterator.valid():
-                key = iterator.key()
-                if not key.startswith(_STATE_PREFIX):
-                    break
-                (partition,) = _PARTITION.unpack_from(key, len(_STATE_PREFIX))
-                found.append(partition)
-                if partition == 0xFFFFFFFF:
-                    break
-                iterator.seek(_partition_prefix(partition + 1))
-        finally:
-            del iterator
-        return found
-
-    def count_grains(self, partitions: Iterable[int] | None = None) -> int:
-        """Grains held (of ``partitions``: all when None). A key scan: for tools, not the loop."""
-        wanted = self._state_partitions() if partitions is None else sorted(set(partitions))
-        return sum(1 for p in wanted for _ in self._scan(_partition_prefix(p)))
-
-    def checkpoints(self) -> dict[int, Checkpoint]:
-        result = {}
-        for db_key, raw in self._scan(_CHECKPOINT_PREFIX):
-            (partition,) = _PARTITION.unpack(db_key[len(_CHECKPOINT_PREFIX) :])
-            next_offset, caught_up_at = msgpack.unpackb(raw)
-            result[partition] = Checkpoint(next_offset, caught_up_at)
-        return result
-
-    def served(self) -> dict[int, Served]:
-        """Per partition, whether the worker serves it (partitions never served: absent)."""
-        result = {}
-        for db_key, raw in self._scan(_SERVED_PREFIX):
-            (partition,) = _PARTITION.unpack(db_key[len(_SERVED_PREFIX) :])
-            role, lag, since_ms, updated_ms = msgpack.unpackb(raw)
-            result[partition] = Served(role, lag, since_ms, updated_ms)
-        return result
-
-    def served_for(self, state: GrainState) -> Served | None:
-        """Whether the grain's partition is served here (None: it never was)."""
-        raw = self._db.get(_served_key(state.partition))
-        if raw is None:
-            return None
-        return Served(*msgpack.unpackb(raw))
-
-    def last_assignment(self) -> LastAssignment:
-        raw = self._db.get(_ASSIGNMENT_KEY)
-        if raw is None:
-            return LastAssignment(0, frozenset(), frozenset())
-        epoch, active, standby = msgpack.unpackb(raw)
-        return LastAssignment(epoch, frozenset(active), frozenset(standby))
-
-    def count_shadowed(self) -> int:
-        return sum(1 for _ in self._scan(_SHADOW_PREFIX))
-
-    def shadowed(self) -> Iterator[tuple[GrainId, ShadowMark]]:
-        """Every grain whose state is shadowed, sorted by grain."""
-        for db_key, raw in self._scan(_SHADOW_PREFIX):
-            grain = parse_grain_db_key(_GRAIN_PREFIX + db_key[len(_SHADOW_PREFIX) :])
-            yield grain, ShadowMark(*_SHADOW.unpack(raw))
-
-    def topic_identity(self) -> TopicIdentity | None:
-        partitions = self._db.get(_PARTITIONS_KEY)
-        if partitions is None:
-            return None
-        topic_id = self._db.get(_TOPIC_ID_KEY)
-        return TopicIdentity(
-            None if not topic_id else bytes(topic_id).decode(), int(bytes(partitions))
-        )
-
-    def counts(self) -> FoldCounts:
-        raw = self._db.get(_COUNTS_KEY)
-        counts = FoldCounts()
-        if raw is not None:
-            for name, value in msgpack.unpackb(raw).items():
-                if hasattr(counts, name):
-                    setattr(counts, name, value)
-        return counts
-
-    def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        iterator = self._db.iter()
-        try:
-            iterator.seek(prefix)
-            while iterator.valid():
-                key = iterator.key()
-                if not key.startswith(prefix):
-                    break
-                yield key, iterator.value()
-                iterator.next()
-        finally:
-            del iterator  # iterators pin the DB: drop them before close, or the lock stays
-
-    def _check_format(self, migrate: bool = False) -> None:
-        stored = self._db.get(_FORMAT_KEY)
-        if stored == _MIGRATABLE and not migrate:
-            self._db.close()
-            raise StoreError(
-                f"state directory {self.path} uses store format {_MIGRATABLE.decode()}; this "
-                f"version reads format {STORE_FORMAT.decode()}: start the worker on it once "
-                "(`stream-replica run`) to migrate it in place"
-            )
-        if stored != STORE_FORMAT and not (migrate and stored == _MIGRATABLE):
-            self._db.close()
-            found = "unknown" if stored is None else bytes(stored).decode(errors="replace")
-            raise StoreError(
-                f"state directory {self.path} uses store format {found}, this version writes "
-                f"format {STORE_FORMAT.decode()}; delete it (the worker rebuilds from the topic)"
-            )
-
-    def close(self) -> None:
-        try:
-            self._db.close()
-        except Exception as exc:  # e.g. the WAL hit a full disk earlier
-            raise StoreError(f"closing state directory {self.path} failed: {exc}") from None
-
-    def __enter__(self) -> _StoreView:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class ReplicaReader(_StoreView):
-    """Read-only view that works while a worker writes the same directory: a RocksDB
-    *secondary* instance (files kept open), caught up with the writer once at open, so
-    compactions by the writer cannot pull files from under it.
-
-    It writes nothing into the store directory, so read permission on it and its files is
-    all it needs (a read-only account or mount). RocksDB is pointed at a stand-in directory
-    in a scratch directory under the temp dir, removed at close: rocksdict (0.3.29) writes
-    its ``rocksdict-config.json`` into the directory it opens, whatever the access type, and
-    the secondary instance keeps its info log in its own directory. The stand-in holds links
-    to the files that name the store's state (CURRENT, IDENTITY, MANIFEST); table files and
-    write-ahead logs are read from the store directory itself (``db_paths``, ``wal_dir``), so
-    files the writer creates meanwhile are found."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        _check_readable(self.path)
-        try:
-            self._scratch = tempfile.mkdtemp(prefix="stream-replica-reader-")
-        except OSError as exc:
-            raise StoreError(
-                f"cannot make a reader's scratch directory under {tempfile.gettempdir()} "
-                f"(set TMPDIR to a writable directory): {exc}"
-            ) from None
-        try:
-            self._db = self._open_secondary()
-            self._check_format()
-        except BaseException:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-            raise
-
-    def _open_secondary(self) -> Rdict:
-        store = os.path.abspath(self.path)
-        attempt = 0
-        while True:
-            attempt += 1
-            stand_in = os.path.join(self._scratch, f"db-{attempt}")
-            manifests = _link_state_files(store, stand_in)
-            options = _options()
-            options.create_if_missing(False)
-            options.set_max_open_files(-1)  # required by secondary instances
-            options.set_wal_dir(store)
-            options.set_db_paths([DBPath(store, _NO_SIZE_LIMIT)])
-            secondary = os.path.join(self._scratch, f"secondary-{attempt}")
-            try:
-                db = Rdict(stand_in, options, access_type=AccessType.secondary(secondary))
-                try:
-                    db.try_catch_up_with_primary()
-                except BaseException:
-                    db.close()
-                    raise
-                return db
-            except Exception as exc:
-                # The writer started a new MANIFEST after the links were made (it does at
-                # each open): link again.
-                if attempt < _OPEN_ATTEMPTS and _manifests(store) != manifests:
-                    continue
-                raise _reader_open_error(self.path, stand_in, exc) from None
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-
-
-# Opens a reader tries, linking the MANIFESTs again each time the writer started a new one
-# meanwhile (ReplicaReader._open_secondary); that is rare (the writer's open, a huge MANIFEST).
-_OPEN_ATTEMPTS: Final = 5
-# db_paths' target size: only matters to a writer placing new files
-_NO_SIZE_LIMIT: Final = 1 << 62
-_DENIED: Final = re.compile(r"(\S+): Permission denied")
-
-
-def _check_readable(path: Path) -> None:
-    """StoreError (one line) unless ``path`` is a store whose directory this process may
-    list and whose files it may open."""
-    try:
-        names = os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        raise StoreError(f"no replica store at {path}") from None
-    except PermissionError:
-        raise StoreError(
-            f"cannot read state directory {path}: no read permission on the directory "
-            "(readers need read and execute on it and read on its files)"
-        ) from None
-    if "CURRENT" not in names:
-        raise StoreError(f"no replica store at {path}")
-    try:
-        (path / "CURRENT").stat()
-    except PermissionError:
-        raise StoreError(
-            f"cannot read state directory {path}: no execute (search) permission on the "
-            "directory (readers need read and execute on it and read on its files)"
-        ) from None
-    try:
-        with (path / "CURRENT").open("rb"):
-            pass
-    except PermissionError:
-        raise StoreError(
-            f"cannot read state directory {path}: no read permission on {path / 'CURRENT'} "
-            "(readers need read on every file of the store)"
-        ) from None
-
-
-def _manifests(store: str) -> frozenset[str]:
-    return frozenset(name for name in os.listdir(store) if name.startswith("MANIFEST-"))
-
-
-def _link_state_files(store: str, stand_in: str) -> frozenset[str]:
-    """Make ``stand_in`` a directory of symlinks to the files of ``store`` that a secondary
-    instance opens by the DB's name (the rest it finds through db_paths and wal_dir). CURRENT
-    is a link, so that it names the writer's MANIFEST of the moment. The MANIFEST names
-    linked are returned."""
-    os.mkdir(stand_in)
-    names = os.listdir(store)
-    manifests = frozenset(name for name in names if name.startswith("MANIFEST-"))
-    for name in names:
-        if name in ("CURRENT", "IDENTITY") or name in manifests:
-            os.symlink(os.path.join(store, name), os.path.join(stand_in, name))
-    return manifests
-
-
-def _reader_open_error(path: Path, stand_in: str, exc: Exception) -> StoreError:
-    # RocksDB names the file it opened, a stand-in link or not: name the store's file
-    text = str(exc).replace(stand_in, os.path.abspath(path))
-    denied = _DENIED.search(text)
-    if denied is not None:
-        return StoreError(
-            f"cannot read state directory {path}: no read permission on {denied.group(1)} "
-            "(readers need read on every file of the store)"
-        )
-    return _open_error(path, Exception(text))
-
 
 # --- the writer -------------------------------------------------------------------------------
 
 
-class ReplicaStore(_StoreView):
+class ReplicaStore(_HeadCache):
     """The single writer of a state directory. ``topic`` binds the store on first open.
     ``memory`` sizes RocksDB's caches and the head cache (``head_cache_entries`` overrides
     the latter)."""
@@ -700,32 +138,14 @@ class ReplicaStore(_StoreView):
         self.path = Path(path)
         if head_cache_entries is None:
             head_cache_entries = memory.head_cache_entries
-        # grain key body → packed (sequence, partition, offset, shadowed_by) of its stored
-        # state, or _NO_STATE. Exact: filled from this writer's reads and writes, cleared by
-        # every wipe.
-        # Two generations, so that making room is O(1) on the loop: new heads go into the
-        # young one; when it holds half the limit it becomes the old one, and the previous old
-        # one is retired: its entries are freed a slice at a time by later writes (freeing, or
-        # copying out, 250k+ entries at once stalled the loop for 50-100 ms).
-        self._heads: dict[bytes, bytes] = {}
-        self._old_heads: dict[bytes, bytes] = {}
-        self._retired: list[dict[bytes, bytes]] = []
-        self._head_limit = max(0, head_cache_entries)
-        # Every grain given a state since the store last held none (grain_filter.py): a grain
-        # the cache lacks and the filter rules out has no state, so a build or rebuild into an
-        # empty store reads almost nothing from RocksDB. None while the store holds states it
-        # did not see written (opened with states).
-        self._grain_filter_bytes = memory.grain_filter_bytes
-        self._grain_filter: Bloom | None = None
-        # read_states_async's thread (read_thread.py), started at its first slow read
-        self._reader: ReadThread[_DbKeys, tuple[list[bytes | None], float]] | None = None
-        self.read_placement = ReadPlacement()
+        self._init_heads(head_cache_entries, memory.grain_filter_bytes)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create state directory {self.path}: {exc}") from None
         try:
-            self._db = Rdict(str(self.path), _options(memory))
+            # through the module: benchmarks/payload_bench.py swaps store_options._options
+            self._db = Rdict(str(self.path), store_options._options(memory))
         except Exception as exc:
             raise _open_error(self.path, exc) from None
         # WAL on, no fsync per batch: a process crash loses nothing (the WAL is in the OS page
@@ -792,144 +212,6 @@ class ReplicaStore(_StoreView):
         batch.delete_range(_GRAIN_PREFIX, _next_prefix(_GRAIN_PREFIX))
         batch.put(_FORMAT_KEY, STORE_FORMAT)
         self._write(batch)
-
-    # --- the head cache (the fold's view of the current states) -------------------------------
-
-    def heads(self, grains: Iterable[GrainId]) -> dict[GrainId, Head | None]:
-        """The heads the cache knows among ``grains`` (absent: not known): (sequence,
-        partition, offset, shadowed_by, key body) of the stored state, or None: the grain has no
-        state (cached as such, or ruled out by the grain filter)."""
-        found: dict[GrainId, Head | None] = {}
-        for grain in grains:
-            body = _grain_body(grain)
-            packed = self._cached(body)
-            if packed is not None:
-                found[grain] = (*_HEAD.unpack(packed), body) if packed else None
-        return found
-
-    def _store_heads(self, heads: Iterable[tuple[bytes, bytes]]) -> None:
-        """Cache ``heads`` (newest last) in the young generation; see __init__. Each call
-        frees twice as many retired entries as it adds (at least 1,000), so a retired
-        generation is gone before the young one fills again: at most ``limit`` entries are
-        held, plus what is being freed."""
-        limit = self._head_limit
-        if not limit:
-            return
-        young = self._heads
-        before = len(young)
-        young.update(heads)
-        self._free_retired(max(1000, 2 * (len(young) - before)))
-        if len(young) >= max(1, limit // 2):
-            self._retire(self._old_heads)
-            self._old_heads, self._heads = young, {}
-
-    def _start_grain_filter(self) -> None:
-        """The store holds no state (just opened or wiped): a new, empty grain filter."""
-        size = self._grain_filter_bytes
-        self._grain_filter = new_grain_filter(size) if size > 0 else None
-
-    def _retire(self, generation: dict[bytes, bytes]) -> None:
-        if generation:
-            self._retired.append(generation)
-
-    def _free_retired(self, count: int) -> None:
-        retired = self._retired
-        while retired and count > 0:
-            generation = retired[-1]
-            freed = min(count, len(generation))
-            for _ in range(freed):
-                generation.popitem()
-            count -= freed
-            if not generation:
-                retired.pop()
-
-    def cached_heads(self, bodies: Iterable[bytes]) -> list[HeadLookup]:
-        """The cached heads of the grains whose key bodies are ``bodies``; see HeadLookup."""
-        bodies = bodies if isinstance(bodies, list) else list(bodies)
-        packed = list(map(self._heads.get, bodies))
-        if None in packed:  # some are in the old generation, or not cached
-            old = self._old_heads.get
-            packed = [old(b) if p is None else p for b, p in zip(bodies, packed, strict=True)]
-            grain_filter = self._grain_filter
-            if grain_filter is not None and None in packed:
-                may_hold = grain_filter.__contains__
-                packed = [
-                    (None if may_hold(b) else _NO_STATE) if p is None else p
-                    for b, p in zip(bodies, packed, strict=True)
-                ]
-        if None not in packed and _NO_STATE not in packed:
-            return list(map(_HEAD.unpack, packed))  # type: ignore[arg-type]
-        unpack = _HEAD.unpack
-        return [False if p is None else (unpack(p) if p else None) for p in packed]
-
-    def _cached(self, body: bytes) -> bytes | None:
-        """The packed head of a grain (``_NO_STATE``: no state), None when not cached."""
-        packed = self._heads.get(body)
-        if packed is None:
-            packed = self._old_heads.get(body)
-            if packed is None and not self._may_hold(body):
-                return _NO_STATE
-        return packed
-
-    def _may_hold(self, body: bytes) -> bool:
-        """False when the grain filter rules out a state for the grain (see __init__)."""
-        return self._grain_filter is None or body in self._grain_filter
-
-    def _drop_heads(self) -> None:
-        """Forget every cached head (a wipe, a failed write): O(1) here, freed by later
-        writes. The grain filter stays right: it may only hold more grains than have states."""
-        self._retire(self._heads)
-        self._retire(self._old_heads)
-        self._heads, self._old_heads = {}, {}
-
-    def read_states(self, hints: Mapping[GrainId, int]) -> dict[GrainId, GrainState | None]:
-        """Current states of ``hints``' grains; each hint is the partition a record of the
-        grain came from, where its state most likely is. One RocksDB multi-get asks for the
-        state there and the grain's index entry together; only a grain whose entry names
-        another partition costs a second read. On the calling thread: see read_states_async."""
-        reading = self._reading(hints)
-        try:
-            keys = next(reading)
-            while True:
-                started = time.monotonic()
-                raws: list[bytes | None] = self._db.get(keys)  # type: ignore[assignment]
-                note_blocking_call("RocksDB multi-get (read_states)", started)
-                keys = reading.send(raws)
-        except StopIteration as done:
-            result: dict[GrainId, GrainState | None] = done.value
-            return result
-
-    async def read_states_async(
-        self, hints: Mapping[GrainId, int]
-    ) -> dict[GrainId, GrainState | None]:
-        """read_states, with its multi-gets on the store's reader thread once one was slow
-        (read_thread.ReadPlacement): rocksdict lets go of the GIL while RocksDB looks keys
-        up, so the event loop runs on (a few cold keys of a 10M-grain store took 35-77 ms, a
-        stall every other task waited out), while warm reads skip the ~70 µs hand-over. The
-        head cache changes on the loop only, after each read."""
-        reading = self._reading(hints)
-        placement = self.read_placement
-        try:
-            keys = next(reading)
-            while True:
-                if placement.on_thread:
-                    if self._reader is None:
-                        self._reader = ReadThread(self._timed_multi_get, "rocksdb-read")
-                    raws, took = await self._reader.read(keys)
-                else:
-                    started = time.monotonic()
-                    raws, took = self._timed_multi_get(keys)
-                    note_blocking_call("RocksDB multi-get (read_states_async)", started)
-                placement.took(took)
-                keys = reading.send(raws)
-        except StopIteration as done:
-            result: dict[GrainId, GrainState | None] = done.value
-            return result
-
-    def _timed_multi_get(self, keys: _DbKeys) -> tuple[list[bytes | None], float]:
-        started = time.monotonic()
-        raws: list[bytes | None] = self._db.get(keys)  # type: ignore[assignment]
-        return raws, time.monotonic() - started
 
     # --- the write-ahead log (durability.py decides when it is off) ---------------------------
 
@@ -999,58 +281,6 @@ class ReplicaStore(_StoreView):
             self._reader.close()
             self._reader = None
         super().close()
-
-    def _reading(
-        self, hints: Mapping[GrainId, int]
-    ) -> Generator[_DbKeys, list[bytes | None], dict[GrainId, GrainState | None]]:
-        """read_states as a generator: yields the keys of each multi-get, is sent what it
-        found, returns the states (and caches their heads)."""
-        grain_list = list(hints)
-        result: dict[GrainId, GrainState | None] = dict.fromkeys(grain_list)
-        if not grain_list:
-            return result
-        bodies = [_grain_body(g) for g in grain_list]
-        keys: _DbKeys = []
-        for grain, body in zip(grain_list, bodies, strict=True):
-            keys.append(_STATE_PREFIX + _PARTITION.pack(hints[grain]) + body)
-            keys.append(_INDEX_PREFIX + body)
-        raws = yield keys
-        elsewhere: list[tuple[GrainId, bytes]] = []
-        for n, grain in enumerate(grain_list):
-            raw = raws[2 * n]
-            if raw is not None:
-                result[grain] = _unpack_state(raw)
-                continue
-            spot = raws[2 * n + 1]
-            if spot is not None and _PARTITION.unpack(spot)[0] != hints[grain]:
-                elsewhere.append((grain, _STATE_PREFIX + spot + bodies[n]))
-        if elsewhere:
-            found = yield [key for _, key in elsewhere]
-            for (grain, _), raw in zip(elsewhere, found, strict=True):
-                if raw is not None:
-                    result[grain] = _unpack_state(raw)
-        self._store_heads(
-            (
-                body,
-                _NO_STATE
-                if (state := result[grain]) is None
-                else _HEAD.pack(state.sequence, state.partition, state.offset, state.shadowed_by),
-            )
-            for grain, body in zip(grain_list, bodies, strict=True)
-        )
-        return result
-
-    def _locations(self, grains: list[GrainId]) -> dict[GrainId, Located]:
-        """Where each grain's state is according to the index (grains the head cache does
-        not know)."""
-        bodies = [_grain_body(g) for g in grains]
-        started = time.monotonic()
-        spots: list[bytes | None] = self._db.get([_INDEX_PREFIX + b for b in bodies])  # type: ignore[assignment]
-        note_blocking_call("RocksDB multi-get (_locations)", started)
-        return {
-            grain: (body, None if spot is None else _PARTITION.unpack(spot)[0])
-            for grain, body, spot in zip(grains, bodies, spots, strict=True)
-        }
 
     def apply(
         self,

@@ -19,7 +19,8 @@ from aiokafka.structs import ConsumerRecord
 from stream_replica.contract import GrainId, canonical_full_state, decode
 from stream_replica.fold import FoldCounts, FoldResult, GrainState
 from stream_replica.poll import decode_batch, fold_batch, fold_polled
-from stream_replica.store import ReplicaStore, _unpack_state
+from stream_replica.store import ReplicaStore
+from stream_replica.store_layout import _unpack_state
 
 TOPIC = "t"
 GRAINS = [("t", f"g{i}") for i in range(8)] + [("a\x00b", "n"), ("t", "with/slash")]

@@ -24,12 +24,12 @@ from stream_replica.store import (
     ReplicaReader,
     ReplicaStore,
     StoreError,
-    _pack_state,
     grain_db_key,
     index_db_key,
     parse_grain_db_key,
     state_db_key,
 )
+from stream_replica.store_layout import _pack_state
 from stream_replica.watchdog import longest_noted_call
 
 

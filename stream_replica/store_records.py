@@ -1,0 +1,68 @@
+"""What the replica store holds besides grain states, as its readers and writer see it:
+checkpoints, served records, the last assignment, the topic's identity, shadow marks; and
+StoreError, the one error a store raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class StoreError(Exception):
+    """A state directory that cannot be used; the message is one readable line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """``next_offset``: the store holds exactly the result of the partition's records before
+    it. ``caught_up_at_ms``: the last time the store had read everything the partition held
+    (or began rebuilding it from the start): every tombstone written before then was seen, so
+    the store is safe to resume while that is less than ``delete.retention.ms`` ago."""
+
+    next_offset: int
+    caught_up_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowMark:
+    """A grain whose state is shadowed: the log's last record on its key (``by_offset``) is
+    not the state the store holds (set by the record at ``state_offset``)."""
+
+    partition: int
+    state_offset: int
+    by_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicIdentity:
+    """The Kafka topic a store replicates: its ID (None when the broker does not report
+    one) and partition count."""
+
+    topic_id: str | None
+    partitions: int
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Whether this store's worker serves a partition. ``role``: ``active``, ``standby``, or
+    ``""`` (not served: revoked, or the worker stopped) since ``since_ms``. ``lag``: records
+    the store was behind the partition's high watermark at ``updated_ms`` (-1: unknown)."""
+
+    role: str
+    lag: int
+    since_ms: int
+    updated_ms: int
+
+    @property
+    def serving(self) -> bool:
+        return bool(self.role)
+
+    @property
+    def caught_up(self) -> bool:
+        return self.serving and self.lag == 0
+
+
+@dataclass(frozen=True, slots=True)
+class LastAssignment:
+    epoch: int
+    active: frozenset[int]
+    standby: frozenset[int]
