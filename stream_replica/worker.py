@@ -41,6 +41,7 @@ from stream_replica.connection import start_client, stop_consumer
 from stream_replica.durability import CatchUpDurability
 from stream_replica.errors import (
     ConfigurationError,
+    FatalError,
     KafkaUnavailableError,
     StreamReplicaError,
     TopicNotCompactedError,
@@ -63,6 +64,7 @@ from stream_replica.offsets import (
 )
 from stream_replica.ownership import Ownership, fenced_line, is_fenced, partitions_of
 from stream_replica.poll import fold_batch
+from stream_replica.positions import Positions, owned
 from stream_replica.refusals import refusal
 from stream_replica.repair import ShadowRepairer
 from stream_replica.settings import WorkerSettings
@@ -117,10 +119,6 @@ COMMIT_INTERVAL_S: Final = 0.05
 # overlapped (aiokafka fetches no partition of a broker while another's buffered data is
 # under 100 ms old: with 1 MiB, three partitions drain in ~70 ms and every fetch stalls).
 PARTITION_FETCH_BYTES: Final = 2 * 1024 * 1024
-
-
-class FatalError(Exception):
-    """Stops the worker with a one-line message and a non-zero exit."""
 
 
 class Stopped(Exception):
@@ -207,17 +205,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         self._commit_task: asyncio.Task[None] | None = None
         self._last_commit = 0.0  # monotonic start of the last background commit
-        # Next offset to apply per owned partition, and a counter bumped whenever the
-        # callbacks seek: a batch fetched before a seek is stale and must not be applied.
-        self._positions: dict[int, int] = {}
-        self._seek_epoch = 0
-        # Between a revocation and the next assignment: nothing is applied or committed. A
-        # commit sent then carries the old generation; if the group has moved on when it
-        # arrives, aiokafka resets the member and rejoins once more (a spurious rebalance,
-        # and another on the other members: they ping-ponged every 1-2 s while catching up).
-        self._rebalancing = False
+        # Next offset per owned partition, the seek epoch and the rebalance fence.
+        self.positions = Positions(self.topic)
         self._focus = CatchUpFocus(settings.catch_up_partitions, catchup.MIN_LAG)
-        self._caught_up_at: dict[int, int] = {}  # see store.Checkpoint
         # Set by a callback or task that could not do its job: FatalError (exit 1) or a
         # StreamReplicaError with its own exit code (an ACL refusal: 2).
         self._fatal: Exception | None = None
@@ -391,7 +381,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             # commits, HTTP reads) waited 130-160 ms during a catch-up. (It costs nothing
             # measurable; a task per poll raced against a stop waiter did.)
             await asyncio.sleep(0)
-            epoch = self._seek_epoch
+            epoch = self.positions.seek_epoch
             try:
                 fetched = await self._fetch(consumer)
                 if fetched is None:
@@ -417,14 +407,14 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 async with self._batch_lock:
                     if self._fatal is not None:
                         raise self._fatal
-                    if self._rebalancing:
+                    if self.positions.rebalancing:
                         pass  # fetched before the revocation: the next owner reads it
-                    elif epoch == self._seek_epoch:
+                    elif epoch == self.positions.seek_epoch:
                         await self._process(consumer, batch)
                     else:
                         # Fetched before on_partitions_assigned sought (e.g. from the group's
                         # committed offset): drop it and fetch again from our own positions.
-                        self._reseek(consumer)
+                        self.positions.reseek(consumer)
             else:
                 await self._step_over_markers(consumer, epoch)
                 if self._book:
@@ -483,19 +473,21 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         """After an empty poll: past the transaction markers the consumer stepped over
         (offsets.past_control_records)."""
         async with self._batch_lock:
-            if self._rebalancing or epoch != self._seek_epoch:
+            if self.positions.rebalancing or epoch != self.positions.seek_epoch:
                 return
-            moved = await past_control_records(consumer, self.topic, self._positions, self._owned())
+            moved = await past_control_records(
+                consumer, self.topic, self.positions.next, self._owned()
+            )
             if not moved:
                 return
             checkpoints = advance(
                 moved,
                 lambda p: end_offset(consumer, TopicPartition(self.topic, p)),
-                self._caught_up_at,
+                self.positions.caught_up_at,
                 now_ms(),
             )
             self.store.set_checkpoints(checkpoints)
-            self._positions.update(moved)
+            self.positions.next.update(moved)
             for partition, next_offset in moved.items():
                 self._book.written(partition, next_offset)
 
@@ -511,7 +503,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             repaired = await repairer.sweep(
                 self.store,
                 lambda p: (
-                    p in owned and self._is_caught_up(consumer, p, self._positions.get(p, -1))
+                    p in owned and self._is_caught_up(consumer, p, self.positions.next.get(p, -1))
                 ),
             )
             self.metrics.repairs.inc(repaired)
@@ -549,7 +541,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         if self._consumer is not None:
             for partition in self._owned():
                 mark = self._consumer.highwater(TopicPartition(self.topic, partition))
-                position = self._positions.get(partition)
+                position = self.positions.next.get(partition)
                 lags[partition] = (
                     -1 if mark is None or position is None else max(0, mark - position)
                 )
@@ -567,7 +559,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         if self._consumer is not None:
             for partition in self._owned():
                 end = end_offset(self._consumer, TopicPartition(self.topic, partition))
-                served.append((partition, "active", self._positions.get(partition), end))
+                served.append((partition, "active", self.positions.next.get(partition), end))
         now = now_ms()
         max_age_s = self.settings.end_offset_max_age_s
         for partition, role, position, end in served:
@@ -640,31 +632,20 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         wanted = set(self._owned()) if partitions is None else set(partitions)
         checkpoints = {}
         for partition in wanted:
-            position = self._positions.get(partition)
+            position = self.positions.next.get(partition)
             if position is None:
                 continue
             end = end_offset(consumer, TopicPartition(self.topic, partition))
             since = caught_up_since(position, end, now)
             if since is not None:
-                since = max(since, self._caught_up_at.get(partition, since))
-                self._caught_up_at[partition] = since
+                since = max(since, self.positions.caught_up_at.get(partition, since))
+                self.positions.caught_up_at[partition] = since
                 checkpoints[partition] = Checkpoint(position, since)
         if checkpoints:
             self.store.set_checkpoints(checkpoints)
 
-    def _seek(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
-        consumer.seek(tp, offset)
-        self._positions[tp.partition] = offset
-
-    def _reseek(self, consumer: AIOKafkaConsumer) -> None:
-        for tp in consumer.assignment():
-            if tp.topic == self.topic and tp.partition in self._positions:
-                consumer.seek(tp, self._positions[tp.partition])
-
     def _owned(self) -> list[int]:
-        if self._consumer is None:
-            return []
-        return [tp.partition for tp in self._consumer.assignment() if tp.topic == self.topic]
+        return owned(self._consumer, self.topic)
 
     # --- one poll ----------------------------------------------------------------------------
 
@@ -690,7 +671,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         checkpoints = advance(
             result.next_offsets,
             lambda p: end_offset(consumer, TopicPartition(self.topic, p)),
-            self._caught_up_at,
+            self.positions.caught_up_at,
             now_ms(),
         )
         write_started = time.perf_counter()
@@ -711,7 +692,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.metrics.poll_seconds.observe(done - started)
         for partition, next_offset in result.next_offsets.items():
             self._book.written(partition, next_offset)
-        self._positions.update(result.next_offsets)
+        self.positions.next.update(result.next_offsets)
         if self._focus.waiting:
             self._focus_progressed(consumer, result.next_offsets)
         self._schedule_commit(consumer)
@@ -798,14 +779,14 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     # ahead of it. Offsets are cumulative: a failed commit is covered by the next one.
 
     def _schedule_commit(self, consumer: AIOKafkaConsumer) -> None:
-        if self._rebalancing or not self._book:  # nothing written, or nothing flushed yet
+        if self.positions.rebalancing or not self._book:  # nothing written, or nothing flushed yet
             return
         if self._commit_task is None or self._commit_task.done():
             self._commit_task = asyncio.create_task(self._commit_in_background(consumer))
 
     async def _commit_in_background(self, consumer: AIOKafkaConsumer) -> None:
         try:
-            while self._book and not self._rebalancing:
+            while self._book and not self.positions.rebalancing:
                 wait = self._last_commit + COMMIT_INTERVAL_S - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -883,8 +864,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 finally:
                     # Even if the steps above failed: nothing fetched before now may be
                     # applied, nor committed with the old generation.
-                    self._rebalancing = True
-                    self._seek_epoch += 1
+                    self.positions.rebalancing = True
+                    self.positions.seek_epoch += 1
         except Exception:
             log.exception("revocation handling failed")
 
@@ -916,8 +897,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 )
                 self.stop.set()
             finally:
-                self._seek_epoch += 1
-                self._rebalancing = False
+                self.positions.seek_epoch += 1
+                self.positions.rebalancing = False
 
     def _refusal(
         self, exc: BaseException, doing: str, group_doing: str | None = None
@@ -991,7 +972,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             checkpoint = checkpoints.get(tp.partition)
             end = ends[tp]
             resume = resume_from(checkpoint, beginnings[tp], end, now, self._delete_retention_ms)
-            self._seek(consumer, tp, resume.offset)
+            self.positions.seek(consumer, tp, resume.offset)
             lags[tp.partition] = max(0, end - resume.offset)
             held[tp.partition] = resume.offset - beginnings[tp]
             self._book.assigned(tp.partition, group_offset)
@@ -1008,7 +989,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 # commit ours then. A store behind the group's offset commits once past it.
                 self._book.written(tp.partition, resume.offset)
                 caught_up = checkpoint.next_offset >= end
-                self._caught_up_at[tp.partition] = now if caught_up else checkpoint.caught_up_at_ms
+                self.positions.caught_up_at[tp.partition] = (
+                    now if caught_up else checkpoint.caught_up_at_ms
+                )
                 log.info(
                     "partition %d: resuming from stored offset %d (end %d)%s",
                     tp.partition,
@@ -1030,7 +1013,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                     lag,
                 )
             # Reading from the log start now sees every tombstone the log holds now.
-            self._caught_up_at[tp.partition] = now
+            self.positions.caught_up_at[tp.partition] = now
         if to_wipe:
             self.store.wipe_partitions(to_wipe)
             log.info("wiped the grains of partitions %s", sorted(to_wipe))
@@ -1046,7 +1029,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             current = [
                 tp
                 for tp, offset in failed.items()
-                if tp in assigned and self._positions.get(tp.partition) == offset
+                if tp in assigned and self.positions.next.get(tp.partition) == offset
             ]
             try:
                 if current:
@@ -1059,13 +1042,13 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                     self.store.wipe_partitions(tp.partition for tp in current)
                     now = now_ms()
                     for tp, start in beginnings.items():
-                        self._seek(consumer, tp, start)
-                        self._caught_up_at[tp.partition] = now
+                        self.positions.seek(consumer, tp, start)
+                        self.positions.caught_up_at[tp.partition] = now
                         self._book.forget(tp.partition)
             except KafkaError as error:
                 log.warning("could not handle out-of-range offsets (%s); retrying", error)
-            self._reseek(consumer)
-            self._seek_epoch += 1
+            self.positions.reseek(consumer)
+            self.positions.seek_epoch += 1
 
 
 def _unreachable(settings: WorkerSettings, exc: BaseException) -> str:

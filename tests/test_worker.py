@@ -812,9 +812,9 @@ async def test_a_failed_revocation_still_fences_polls_fetched_before_it(tmp_path
         raise RuntimeError("store gone")
 
     replica.ownership.revoked = broken  # type: ignore[method-assign]
-    epoch = replica._seek_epoch
+    epoch = replica.positions.seek_epoch
     await replica.on_partitions_revoked({TopicPartition("t", 0)})
-    assert replica._rebalancing is True and replica._seek_epoch == epoch + 1
+    assert replica.positions.rebalancing is True and replica.positions.seek_epoch == epoch + 1
     worker.store.close()
 
 
