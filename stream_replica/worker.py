@@ -37,6 +37,8 @@ from aiokafka.errors import (
 from stream_replica import catchup
 from stream_replica.admin import TopicInfo, describe_topic
 from stream_replica.catchup import CatchUpFocus
+from stream_replica.commits import COMMIT_TIMEOUT_S as COMMIT_TIMEOUT_S
+from stream_replica.commits import OffsetCommits
 from stream_replica.connection import start_client, stop_consumer
 from stream_replica.durability import CatchUpDurability
 from stream_replica.errors import (
@@ -62,7 +64,7 @@ from stream_replica.offsets import (
     past_control_records,
     resume_from,
 )
-from stream_replica.ownership import Ownership, fenced_line, is_fenced, partitions_of
+from stream_replica.ownership import Ownership, fenced_line, is_fenced
 from stream_replica.poll import fold_batch
 from stream_replica.positions import Positions, owned
 from stream_replica.refusals import refusal
@@ -86,7 +88,6 @@ shadowings = RateLimitedLog(
     summary="`stream-replica stats` counts the grains shadowed now and `stream-replica audit` "
     "lists each",
 )
-COMMIT_TIMEOUT_S: Final = 15.0
 DLQ_TIMEOUT_S: Final = 60.0
 # How long the group waits for a member to rejoin, so the longest revocation: the in-flight
 # poll (its dead-letter sends, DLQ_TIMEOUT_S, or a repair sweep's, repair.SEND_TIMEOUT_S), the
@@ -109,11 +110,6 @@ HEARTBEAT_INTERVAL_MS: Final = 500
 # revocation waits for a poll); short, because an established worker older than this keeps
 # going, and two started within it both stop.
 NEWCOMER_WINDOW_S: Final = 10.0
-# Background commits start at most this often. One per poll cost each worker (and the
-# broker's coordinator, which appends every commit to __consumer_offsets) a request per
-# few hundred records; the store, not the group, holds positions, so a commit a little later
-# loses nothing (revocation and stop still commit at once).
-COMMIT_INTERVAL_S: Final = 0.05
 # While catching up, about half the partitions are read (catchup.py): 2 MiB each keeps the
 # bytes per fetch where 1 MiB x every partition had them, and keeps fetching and folding
 # overlapped (aiokafka fetches no partition of a broker while another's buffered data is
@@ -203,10 +199,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.durability = CatchUpDurability(
             store, self._book, settings.wal_off_lag, self.metrics.wal_on.set
         )
-        self._commit_task: asyncio.Task[None] | None = None
-        self._last_commit = 0.0  # monotonic start of the last background commit
         # Next offset per owned partition, the seek epoch and the rebalance fence.
         self.positions = Positions(self.topic)
+        self.commits = OffsetCommits(
+            self.topic, self._book, self.positions, self.metrics, self._refusal, self._refused
+        )
         self._focus = CatchUpFocus(settings.catch_up_partitions, catchup.MIN_LAG)
         # Set by a callback or task that could not do its job: FatalError (exit 1) or a
         # StreamReplicaError with its own exit code (an ACL refusal: 2).
@@ -302,8 +299,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             if self._fatal is not None:
                 raise self._fatal
             await self._settle_durability()  # flushed: every written offset can be committed
-            await self._await_commit_task()
-            await self._commit_pending(self._consumer, None)
+            await self.commits.await_task()
+            await self.commits.commit_pending(self._consumer, None)
             if self._fatal is not None:  # that commit refused (an ACL)
                 raise self._fatal
             self._mark_caught_up(self._consumer)
@@ -418,7 +415,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             else:
                 await self._step_over_markers(consumer, epoch)
                 if self._book:
-                    self._schedule_commit(consumer)
+                    self.commits.schedule(consumer)
             self._periodic()
             if self.durability.due:
                 await self._settle_durability()
@@ -695,7 +692,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.positions.next.update(result.next_offsets)
         if self._focus.waiting:
             self._focus_progressed(consumer, result.next_offsets)
-        self._schedule_commit(consumer)
+        self.commits.schedule(consumer)
         if self._repairer is not None:
             self._repairer.forget(result.unshadowed)
             await self._repair_now(consumer, self._repairer, result)
@@ -773,77 +770,6 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             futures.append(future)
         await asyncio.gather(*futures)
 
-    # --- commits ---------------------------------------------------------------------------
-    # Commits run in one background task so the next poll is fetched and written while the
-    # broker answers; they carry only offsets already written to the store, so they are never
-    # ahead of it. Offsets are cumulative: a failed commit is covered by the next one.
-
-    def _schedule_commit(self, consumer: AIOKafkaConsumer) -> None:
-        if self.positions.rebalancing or not self._book:  # nothing written, or nothing flushed yet
-            return
-        if self._commit_task is None or self._commit_task.done():
-            self._commit_task = asyncio.create_task(self._commit_in_background(consumer))
-
-    async def _commit_in_background(self, consumer: AIOKafkaConsumer) -> None:
-        try:
-            while self._book and not self.positions.rebalancing:
-                wait = self._last_commit + COMMIT_INTERVAL_S - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                    continue
-                self._last_commit = time.monotonic()
-                if not await self._commit_pending(consumer, None):
-                    await asyncio.sleep(1.0)  # back off; the next poll schedules a retry
-                    return
-        except Exception:
-            log.exception("background commit failed; the next poll retries")
-
-    async def _await_commit_task(self) -> None:
-        task = self._commit_task
-        if task is not None and not task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(task), COMMIT_TIMEOUT_S + 1)
-            except TimeoutError:
-                log.warning("background commit did not finish; continuing")
-
-    async def _commit_pending(
-        self, consumer: AIOKafkaConsumer, partitions: Iterable[int] | None
-    ) -> bool:
-        """Commit written checkpoints (all, or only ``partitions``). Returns False on failure,
-        which is harmless: the store is authoritative and the offsets stay pending."""
-        owned = partitions_of(consumer.assignment(), self.topic)
-        # Never commit partitions we no longer own (their new owner does), nor at or below
-        # the group's committed offset.
-        due = self._book.due(owned, partitions)
-        if not due:
-            return True
-        offsets = {TopicPartition(self.topic, p): o for p, o in due.items()}
-        if not await self._commit_offsets(consumer, offsets):
-            return False
-        self._book.committed(due)
-        return True
-
-    async def _commit_offsets(
-        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
-    ) -> bool:
-        started = time.perf_counter()
-        try:
-            await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_S)
-            self.metrics.commit_seconds.observe(time.perf_counter() - started)
-        except (KafkaError, TimeoutError) as exc:
-            refused = self._refusal(exc, "committing offsets")
-            if refused is not None:  # retrying cannot fix an ACL: stop after this poll
-                self._fatal = self._fatal or refused
-                self.stop.set()
-                return False
-            log.warning(
-                "offset commit of %s not done (%s); local checkpoints are written, will retry",
-                {tp.partition: o for tp, o in offsets.items()},
-                type(exc).__name__,
-            )
-            return False
-        return True
-
     # --- rebalance ---------------------------------------------------------------------------
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -853,9 +779,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 try:
                     partitions = [tp.partition for tp in revoked if tp.topic == self.topic]
                     if self._consumer is not None and partitions:
-                        await self._await_commit_task()
+                        await self.commits.await_task()
                         await self.durability.persist()  # no WAL: flushed, then committed
-                        await self._commit_pending(self._consumer, partitions)
+                        await self.commits.commit_pending(self._consumer, partitions)
                         self._mark_caught_up(self._consumer, partitions)
                     if partitions:
                         self._focus.revoked(partitions)
@@ -911,6 +837,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             topic=self.topic,
             group=self.settings.group,
         )
+
+    def _refused(self, refused: StreamReplicaError) -> None:
+        """A commit was refused for good (an ACL): stop after this poll."""
+        self._fatal = self._fatal or refused
+        self.stop.set()
 
     def _check_replaced(self) -> None:
         """Detect a second live worker with our instance id. The broker lets a joining

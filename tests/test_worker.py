@@ -211,7 +211,7 @@ async def test_restart_commits_a_written_but_uncommitted_checkpoint(
         await asyncio.Event().wait()
         return False
 
-    first.worker._commit_offsets = die_before_commit  # type: ignore[method-assign]
+    first.worker.commits._commit_offsets = die_before_commit  # type: ignore[method-assign]
     first.start()
     await asyncio.wait_for(written.wait(), 60)
     await first.kill()
