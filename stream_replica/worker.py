@@ -26,10 +26,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import (
     KafkaError,
-    MessageSizeTooLargeError,
     NoOffsetForPartitionError,
     OffsetOutOfRangeError,
 )
@@ -40,6 +39,8 @@ from stream_replica.catchup import CatchUpFocus
 from stream_replica.commits import COMMIT_TIMEOUT_S as COMMIT_TIMEOUT_S
 from stream_replica.commits import OffsetCommits
 from stream_replica.connection import start_client, stop_consumer
+from stream_replica.dead_letters import DLQ_TIMEOUT_S as DLQ_TIMEOUT_S
+from stream_replica.dead_letters import DeadLetters, log_rejection, refusals
 from stream_replica.durability import CatchUpDurability
 from stream_replica.errors import (
     ConfigurationError,
@@ -48,7 +49,7 @@ from stream_replica.errors import (
     StreamReplicaError,
     TopicNotCompactedError,
 )
-from stream_replica.fold import FoldCounts, FoldResult, Rejection
+from stream_replica.fold import FoldCounts, FoldResult
 from stream_replica.grain_waits import GrainWaits
 from stream_replica.logs import RateLimitedLog
 from stream_replica.membership import GroupAssignment
@@ -76,8 +77,6 @@ from stream_replica.store import Checkpoint, ReplicaStore, StoreError, TopicIden
 from stream_replica.watchdog import LoopWatchdog
 
 log = logging.getLogger("stream_replica.worker")
-# A flood of bad records must not flood the log: the DLQ and the counters have every one.
-refusals = RateLimitedLog(log, burst=20, interval_s=10.0)
 # Likewise shadowing, logged once per grain: a rebuild meets every shadowed grain again (2,341
 # lines in the bench's 500,000-record catch-up, 3 % of the loop thread), and the store keeps
 # them all.
@@ -88,7 +87,6 @@ shadowings = RateLimitedLog(
     summary="`stream-replica stats` counts the grains shadowed now and `stream-replica audit` "
     "lists each",
 )
-DLQ_TIMEOUT_S: Final = 60.0
 # How long the group waits for a member to rejoin, so the longest revocation: the in-flight
 # poll (its dead-letter sends, DLQ_TIMEOUT_S, or a repair sweep's, repair.SEND_TIMEOUT_S), the
 # background commit it awaits and the revocation's own (COMMIT_TIMEOUT_S each, +1 s): ~91 s
@@ -210,7 +208,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._fatal: Exception | None = None
         self._delete_retention_ms = 0
         self._consumer: AIOKafkaConsumer | None = None
-        self._dlq: AIOKafkaProducer | None = None
+        self._dlq: DeadLetters | None = None
         self._last_touch = time.monotonic()
         self._last_lag_report = 0.0
         self._in_fetch = False
@@ -277,20 +275,14 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
             fetch_max_bytes=FETCH_MAX_BYTES,  # part of the memory budget's fixed share
         )
-        if self.settings.dlq_topic:
-            self._dlq = AIOKafkaProducer(
-                **self.settings.options("producer"),
-                acks="all",
-                enable_idempotence=True,
-            )
+        self._dlq = DeadLetters.create(self.settings, self.topic)
         if self.settings.repair_shadowed:
             self._repairer = ShadowRepairer.create(self.settings, self.topic, self.settings.group)
         self.watchdog.start()
         try:
             await start_client(self.settings, self._consumer)
             if self._dlq is not None:
-                dlq = (self.settings.dlq_topic or "", "--dlq-topic")
-                await start_client(self.settings, self._dlq, dlq)
+                await self._dlq.start()
             if self._repairer is not None:
                 await self._repairer.start()
             self._consumer.subscribe([self.topic], listener=self)
@@ -661,9 +653,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         _log_shadowing(self.topic, result, self._repairer is not None)
         if result.rejected:
             for rejection in result.rejected:
-                _log_rejection(self.topic, rejection)
-            await self._send_to_dlq(result.rejected)
+                log_rejection(self.topic, rejection)
             if self._dlq is not None:
+                await self._dlq.send(result.rejected)
                 self.metrics.dlq_sends.inc(len(result.rejected))
         checkpoints = advance(
             result.next_offsets,
@@ -715,60 +707,6 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 items.append((grain, state))
         if items:
             self.metrics.repairs.inc(await repairer.repair(sorted(items, key=lambda i: i[0])))
-
-    async def _send_to_dlq(self, rejected: list[Rejection]) -> None:
-        if self._dlq is None or not self.settings.dlq_topic:
-            return
-        try:
-            await asyncio.wait_for(self._send_all(self._dlq, rejected), DLQ_TIMEOUT_S)
-        except (KafkaError, TimeoutError) as exc:
-            refused = refusal(
-                exc,
-                self.settings,
-                doing="sending refused records to the dead-letter topic",
-                topic=self.settings.dlq_topic,
-                topic_needs="Write",
-                topic_flag="--dlq-topic",
-            )
-            if refused is not None:
-                raise refused from None
-            raise FatalError(
-                f"dead-letter topic {self.settings.dlq_topic!r}: send failed "
-                f"({type(exc).__name__}: {exc}); nothing of this poll was written or committed"
-            ) from None
-
-    async def _send_all(self, producer: AIOKafkaProducer, rejected: list[Rejection]) -> None:
-        assert self.settings.dlq_topic
-        futures = []
-        for rejection in rejected:
-            record = rejection.record
-            headers = [
-                ("stream-replica.kind", rejection.kind.encode()),
-                ("stream-replica.reason", rejection.reason.encode()),
-                ("stream-replica.source-topic", self.topic.encode()),
-                ("stream-replica.source-partition", str(record.partition).encode()),
-                ("stream-replica.source-offset", str(record.offset).encode()),
-            ]
-            if rejection.grain is not None:
-                headers.append(("stream-replica.grain-type", rejection.grain[0].encode()))
-                headers.append(("stream-replica.grain-key", rejection.grain[1].encode()))
-            if rejection.shadows_offset is not None:
-                # This record is now the last on the key: the state it names is shadowed.
-                headers.append(
-                    ("stream-replica.shadows-offset", str(rejection.shadows_offset).encode())
-                )
-            try:
-                future = await producer.send(
-                    self.settings.dlq_topic, key=record.key, value=record.value, headers=headers
-                )
-            except MessageSizeTooLargeError:
-                # The record plus our headers exceed the producer's limit: keep the evidence.
-                headers.append(("stream-replica.value-dropped", b"too large for the DLQ"))
-                future = await producer.send(
-                    self.settings.dlq_topic, key=record.key, value=None, headers=headers
-                )
-            futures.append(future)
-        await asyncio.gather(*futures)
 
     # --- rebalance ---------------------------------------------------------------------------
 
@@ -986,34 +924,6 @@ def _unreachable(settings: WorkerSettings, exc: BaseException) -> str:
     if isinstance(exc, StreamReplicaError):
         return str(exc)  # already says what failed where
     return f"Kafka not reachable at {settings.bootstrap_servers} ({type(exc).__name__}: {exc})"
-
-
-def _log_rejection(topic: str, rejection: Rejection) -> None:
-    record = rejection.record
-    grain = rejection.grain
-    body = record.body
-    fields: dict[str, object] = {
-        "topic": topic,
-        "partition": record.partition,
-        "offset": record.offset,
-    }
-    if grain is not None:
-        fields |= {"grain_type": grain[0], "grain_key": grain[1]}
-    refusals.log(
-        logging.ERROR,
-        rejection.kind,
-        "refused %s record at %s/%d/%d%s%s: %s",
-        rejection.kind,
-        topic,
-        record.partition,
-        record.offset,
-        f" grain_type={grain[0]!r} grain_key={grain[1]!r}" if grain else "",
-        f" sequence={body.sequence}"
-        if rejection.kind == "delta" and hasattr(body, "sequence")
-        else "",
-        rejection.reason,
-        **fields,
-    )
 
 
 def _log_shadowing(topic: str, result: FoldResult, repairing: bool) -> None:
