@@ -23,7 +23,7 @@ import contextlib
 import logging
 import shlex
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -51,6 +51,7 @@ from stream_replica.errors import (
 )
 from stream_replica.fold import FoldCounts, FoldResult
 from stream_replica.grain_waits import GrainWaits
+from stream_replica.lag import LagTracker
 from stream_replica.logs import RateLimitedLog
 from stream_replica.membership import GroupAssignment
 from stream_replica.memory import FETCH_MAX_BYTES
@@ -58,9 +59,7 @@ from stream_replica.metrics import Metrics
 from stream_replica.offsets import (
     READ_COMMITTED,
     CommitBook,
-    EndOffset,
     advance,
-    caught_up_since,
     end_offset,
     past_control_records,
     resume_from,
@@ -73,7 +72,7 @@ from stream_replica.repair import ShadowRepairer
 from stream_replica.settings import WorkerSettings
 from stream_replica.standby import StandbyError, StandbyFollower
 from stream_replica.status import NodeStatus, PartitionRow
-from stream_replica.store import Checkpoint, ReplicaStore, StoreError, TopicIdentity
+from stream_replica.store import ReplicaStore, StoreError, TopicIdentity
 from stream_replica.watchdog import LoopWatchdog
 
 log = logging.getLogger("stream_replica.worker")
@@ -190,8 +189,6 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.started_at = time.time()
         self._last_poll: float | None = None  # monotonic time of the last completed poll
         self._assigned = False
-        # (partition, role) that reached the end offset since they were assigned here
-        self._reached_end: set[tuple[int, str]] = set()
         self._batch_lock = asyncio.Lock()
         self._book = CommitBook()  # written to the store, not yet committed; never backwards
         self.durability = CatchUpDurability(
@@ -227,6 +224,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.grain_waits = GrainWaits()
         self.standby = StandbyFollower(settings, store, self._batch_lock, self.grain_waits)
         self._standby_task: asyncio.Task[None] | None = None
+        self.lag = LagTracker(
+            self.topic, store, self.positions, self.standby, settings.end_offset_max_age_s
+        )
         # Static membership: the member id the broker gave at the last join, and when this
         # process first joined (see _check_replaced).
         self._member_id: str | None = None
@@ -295,7 +295,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.commits.commit_pending(self._consumer, None)
             if self._fatal is not None:  # that commit refused (an ACL)
                 raise self._fatal
-            self._mark_caught_up(self._consumer)
+            self.lag.mark_caught_up(self._consumer)
             self.ownership.stopped()
         finally:
             await self._stop_standby()
@@ -492,7 +492,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             repaired = await repairer.sweep(
                 self.store,
                 lambda p: (
-                    p in owned and self._is_caught_up(consumer, p, self.positions.next.get(p, -1))
+                    p in owned
+                    and self.lag.is_caught_up(consumer, p, self.positions.next.get(p, -1))
                 ),
             )
             self.metrics.repairs.inc(repaired)
@@ -502,13 +503,13 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         refusals.tick()  # summarise what the rate limits held back, polls or no polls
         shadowings.tick()
         if now - self._last_touch > TOUCH_INTERVAL_S and self._consumer is not None:
-            self._mark_caught_up(self._consumer)
+            self.lag.mark_caught_up(self._consumer)
             self.standby.touch()
             self._last_touch = now
         if now - self._last_lag_report < LAG_REPORT_INTERVAL_S:
             return
         self._last_lag_report = now
-        lags = self._lags()
+        lags = self.lag.lags(self._consumer)
         self.ownership.report_lag(lags)
         self.durability.observe(lags)
         if now - self._last_progress > PROGRESS_INTERVAL_S:
@@ -524,48 +525,12 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             self._last_progress = now
             self._drop_lost_partitions()
 
-    def _lags(self) -> dict[int, int]:
-        """Records behind the high watermark, per served partition (-1: not known yet)."""
-        lags = self.standby.lags()
-        if self._consumer is not None:
-            for partition in self._owned():
-                mark = self._consumer.highwater(TopicPartition(self.topic, partition))
-                position = self.positions.next.get(partition)
-                lags[partition] = (
-                    -1 if mark is None or position is None else max(0, mark - position)
-                )
-        return lags
-
     # --- what the HTTP face shows (read-only snapshot) -----------------------------------------
 
     def partition_rows(self) -> dict[int, PartitionRow]:
         """Every served partition: role, the store's next offset, the end offset at the last
         fetch, and how much is left while it has not caught up since it was assigned."""
-        rows: dict[int, PartitionRow] = {}
-        served: list[tuple[int, str, int | None, EndOffset | None]] = [
-            (p, "standby", position, end) for p, (position, end) in self.standby.marks().items()
-        ]
-        if self._consumer is not None:
-            for partition in self._owned():
-                end = end_offset(self._consumer, TopicPartition(self.topic, partition))
-                served.append((partition, "active", self.positions.next.get(partition), end))
-        now = now_ms()
-        max_age_s = self.settings.end_offset_max_age_s
-        for partition, role, position, end in served:
-            checkpoint = position if position is not None else 0
-            mark = None if end is None else end.offset
-            reached = mark is not None and position is not None and position >= mark
-            if reached:
-                self._reached_end.add((partition, role))
-            remaining = 0
-            if (partition, role) not in self._reached_end and mark is not None:
-                remaining = max(0, mark - checkpoint)
-            # An end offset the broker has not confirmed for long (Kafka unreachable) says
-            # nothing about what the log holds now: not caught up, however close we were.
-            age_s = None if end is None else max(0, now - end.confirmed_at_ms) / 1000
-            caught_up = reached and age_s is not None and age_s <= max_age_s
-            rows[partition] = PartitionRow(role, checkpoint, mark, caught_up, remaining, age_s)
-        return rows
+        return self.lag.rows(self._consumer)
 
     def group_assignment(self) -> GroupAssignment | None:
         """The last assignment of our protocol: who serves every partition (the read API's
@@ -606,32 +571,6 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 expired,
                 self.settings.lost_partition_grace_ms,
             )
-
-    def _is_caught_up(self, consumer: AIOKafkaConsumer, partition: int, next_offset: int) -> bool:
-        highwater = consumer.highwater(TopicPartition(self.topic, partition))
-        return highwater is not None and next_offset >= highwater
-
-    def _mark_caught_up(
-        self, consumer: AIOKafkaConsumer, partitions: Iterable[int] | None = None
-    ) -> None:
-        """Record, for owned partitions whose position has reached the high watermark, since
-        when the store is caught up: when the broker confirmed that end offset (the
-        tombstone-retention check on assignment uses it)."""
-        now = now_ms()
-        wanted = set(self._owned()) if partitions is None else set(partitions)
-        checkpoints = {}
-        for partition in wanted:
-            position = self.positions.next.get(partition)
-            if position is None:
-                continue
-            end = end_offset(consumer, TopicPartition(self.topic, partition))
-            since = caught_up_since(position, end, now)
-            if since is not None:
-                since = max(since, self.positions.caught_up_at.get(partition, since))
-                self.positions.caught_up_at[partition] = since
-                checkpoints[partition] = Checkpoint(position, since)
-        if checkpoints:
-            self.store.set_checkpoints(checkpoints)
 
     def _owned(self) -> list[int]:
         return owned(self._consumer, self.topic)
@@ -683,7 +622,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             self._book.written(partition, next_offset)
         self.positions.next.update(result.next_offsets)
         if self._focus.waiting:
-            self._focus_progressed(consumer, result.next_offsets)
+            catchup.resume_next(self._focus, consumer, self.topic, result.next_offsets)
         self.commits.schedule(consumer)
         if self._repairer is not None:
             self._repairer.forget(result.unshadowed)
@@ -700,7 +639,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             if (
                 state is not None
                 and state.shadowed
-                and self._is_caught_up(
+                and self.lag.is_caught_up(
                     consumer, state.partition, result.next_offsets[state.partition]
                 )
             ):
@@ -720,7 +659,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                         await self.commits.await_task()
                         await self.durability.persist()  # no WAL: flushed, then committed
                         await self.commits.commit_pending(self._consumer, partitions)
-                        self._mark_caught_up(self._consumer, partitions)
+                        self.lag.mark_caught_up(self._consumer, partitions)
                     if partitions:
                         self._focus.revoked(partitions)
                         self.ownership.revoked(partitions)
@@ -737,13 +676,13 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
         self.metrics.rebalances.inc()
         self._assigned = True
-        self._reached_end.clear()
+        self.lag.reached_end.clear()
         async with self._batch_lock:
             try:
                 self._check_replaced()
                 actives = [tp for tp in assigned if tp.topic == self.topic]
                 lags, held = await self._seek_assigned(actives, self._consumer)
-                self._focus_on(lags, held)
+                catchup.pause_far_behind(self._focus, self._consumer, self.topic, lags, held)
                 standby = self.ownership.assigned(tp.partition for tp in actives)
                 await self.standby.follow(standby)
             except FatalError as exc:
@@ -799,29 +738,6 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         elif member_id != self._member_id and now - self._first_join < NEWCOMER_WINDOW_S:
             raise FatalError(fenced_line(self.settings))
         self._member_id = member_id
-
-    def _focus_on(self, lags: Mapping[int, int], held: Mapping[int, int]) -> None:
-        """Pause all but a few of the partitions far behind (catchup.py says why)."""
-        paused = self._focus.assigned(lags, held)
-        if paused and self._consumer is not None:
-            self._consumer.pause(*(TopicPartition(self.topic, p) for p in sorted(paused)))
-            log.info(
-                "catching up partitions %s first; %s paused until then",
-                self._focus.focus,
-                self._focus.waiting,
-            )
-
-    def _focus_progressed(
-        self, consumer: AIOKafkaConsumer, next_offsets: Mapping[int, int]
-    ) -> None:
-        lags = {}
-        for partition, offset in next_offsets.items():
-            mark = consumer.highwater(TopicPartition(self.topic, partition))
-            if mark is not None:
-                lags[partition] = mark - offset
-        for partition in self._focus.progressed(lags):
-            consumer.resume(TopicPartition(self.topic, partition))
-            log.info("partition %d: catching up (next: %s)", partition, self._focus.waiting)
 
     async def _seek_assigned(
         self, assigned: list[TopicPartition], consumer: AIOKafkaConsumer | None
