@@ -62,11 +62,12 @@ from stream_replica.offsets import (
     advance,
     end_offset,
     past_control_records,
-    resume_from,
 )
-from stream_replica.ownership import Ownership, fenced_line, is_fenced
+from stream_replica.ownership import NEWCOMER_WINDOW_S as NEWCOMER_WINDOW_S
+from stream_replica.ownership import DuplicateInstanceCheck, Ownership, fenced_line, is_fenced
 from stream_replica.poll import fold_batch
 from stream_replica.positions import Positions, owned
+from stream_replica.rebalance import RebalanceHandler
 from stream_replica.refusals import refusal
 from stream_replica.repair import ShadowRepairer
 from stream_replica.settings import WorkerSettings
@@ -101,12 +102,6 @@ REPAIR_SWEEP_INTERVAL_S: Final = 5.0
 # Two requests a second per member: nothing for a coordinator, and a join or a leave is
 # noticed by the group within half a second (also a duplicate instance id).
 HEARTBEAT_INTERVAL_MS: Final = 500
-# A worker whose instance id another member takes within this long of its first join is the
-# newcomer of two workers sharing an id (see _check_replaced). Long enough for the taking
-# back to reach it (the other's next heartbeat, its rejoin, then ours: ~1-2 s, more while a
-# revocation waits for a poll); short, because an established worker older than this keeps
-# going, and two started within it both stop.
-NEWCOMER_WINDOW_S: Final = 10.0
 # While catching up, about half the partitions are read (catchup.py): 2 MiB each keeps the
 # bytes per fetch where 1 MiB x every partition had them, and keeps fetching and folding
 # overlapped (aiokafka fetches no partition of a broker while another's buffered data is
@@ -188,7 +183,6 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.metrics.reads_on_thread.set_function(lambda: float(store.read_placement.on_thread))
         self.started_at = time.time()
         self._last_poll: float | None = None  # monotonic time of the last completed poll
-        self._assigned = False
         self._batch_lock = asyncio.Lock()
         self._book = CommitBook()  # written to the store, not yet committed; never backwards
         self.durability = CatchUpDurability(
@@ -203,7 +197,6 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         # Set by a callback or task that could not do its job: FatalError (exit 1) or a
         # StreamReplicaError with its own exit code (an ACL refusal: 2).
         self._fatal: Exception | None = None
-        self._delete_retention_ms = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq: DeadLetters | None = None
         self._last_touch = time.monotonic()
@@ -227,11 +220,25 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.lag = LagTracker(
             self.topic, store, self.positions, self.standby, settings.end_offset_max_age_s
         )
-        # Static membership: the member id the broker gave at the last join, and when this
-        # process first joined (see _check_replaced).
-        self._member_id: str | None = None
-        self._first_join: float | None = None
+        self.instance_check = DuplicateInstanceCheck(settings)  # static membership
         self.watchdog = LoopWatchdog(self.metrics.loop_stall_max.set)
+        self.rebalance = RebalanceHandler(
+            self.topic,
+            store,
+            self._batch_lock,
+            self.positions,
+            self._book,
+            self.commits,
+            self.durability,
+            self.lag,
+            self._focus,
+            self.ownership,
+            self.standby,
+            self.instance_check,
+            self.metrics,
+            self._refusal,
+            self._fail,
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -239,7 +246,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         if not c_parser_loaded():
             log.warning("aiokafka's C record parser is not loaded; consuming will be slow")
         info = await check_topic(self.settings, self.stop)
-        self._delete_retention_ms = info.delete_retention_ms
+        self.rebalance.delete_retention_ms = info.delete_retention_ms
         self.standby.delete_retention_ms = info.delete_retention_ms
         changed = self.store.bind_topic(TopicIdentity(info.topic_id, info.partitions))
         if changed is not None:
@@ -377,7 +384,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                     break  # stopped while aiokafka waited for a rebalance
                 batch = fetched
             except OffsetOutOfRangeError as exc:
-                await self._handle_out_of_range(consumer, exc)
+                await self.rebalance.out_of_range(consumer, exc)
                 continue
             except NoOffsetForPartitionError:
                 # Fetch raced ahead of on_partitions_assigned, which seeks every partition.
@@ -550,7 +557,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             group=self.settings.group,
             started_at=self.started_at,
             last_poll_age_s=None if self._last_poll is None else time.monotonic() - self._last_poll,
-            assigned=self._assigned,
+            assigned=self.rebalance.ever_assigned,
             partitions=rows,
             counts=self.counts,
             repairs=self._repairer.repairs if self._repairer is not None else 0,
@@ -560,7 +567,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     def _drop_lost_partitions(self) -> None:
         """Drop the data of partitions not served for longer than the grace period (another
         worker has them). Synchronous: no poll can be applied in between."""
-        if self._first_join is None:
+        if self.instance_check.first_join is None:
             return  # the group has not told us what we own yet
         expired = self.ownership.expired(self.store.checkpoints())
         if expired:
@@ -647,61 +654,13 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         if items:
             self.metrics.repairs.inc(await repairer.repair(sorted(items, key=lambda i: i[0])))
 
-    # --- rebalance ---------------------------------------------------------------------------
+    # --- rebalance: the listener's callbacks (rebalance.py does the work) ----------------------
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # aiokafka swallows exceptions raised here, so log them ourselves.
-        try:
-            async with self._batch_lock:  # waits for the in-flight poll's write + commit
-                try:
-                    partitions = [tp.partition for tp in revoked if tp.topic == self.topic]
-                    if self._consumer is not None and partitions:
-                        await self.commits.await_task()
-                        await self.durability.persist()  # no WAL: flushed, then committed
-                        await self.commits.commit_pending(self._consumer, partitions)
-                        self.lag.mark_caught_up(self._consumer, partitions)
-                    if partitions:
-                        self._focus.revoked(partitions)
-                        self.ownership.revoked(partitions)
-                        log.info("released partitions %s", sorted(partitions))
-                finally:
-                    # Even if the steps above failed: nothing fetched before now may be
-                    # applied, nor committed with the old generation.
-                    self.positions.rebalancing = True
-                    self.positions.seek_epoch += 1
-        except Exception:
-            log.exception("revocation handling failed")
+        await self.rebalance.revoked(self._consumer, revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
-        self.metrics.rebalances.inc()
-        self._assigned = True
-        self.lag.reached_end.clear()
-        async with self._batch_lock:
-            try:
-                self._check_replaced()
-                actives = [tp for tp in assigned if tp.topic == self.topic]
-                lags, held = await self._seek_assigned(actives, self._consumer)
-                catchup.pause_far_behind(self._focus, self._consumer, self.topic, lags, held)
-                standby = self.ownership.assigned(tp.partition for tp in actives)
-                await self.standby.follow(standby)
-            except FatalError as exc:
-                self._fatal = exc
-                self.stop.set()
-            except Exception as exc:
-                # Some partitions may not be sought: nothing fetched may be applied any more.
-                log.debug("assignment handling failed", exc_info=True)
-                self._fatal = self._refusal(exc, "positioning the assigned partitions") or (
-                    FatalError(
-                        f"could not position the assigned partitions "
-                        f"{sorted(tp.partition for tp in assigned)} ({type(exc).__name__}: "
-                        f"{exc}); restart the worker"
-                    )
-                )
-                self.stop.set()
-            finally:
-                self.positions.seek_epoch += 1
-                self.positions.rebalancing = False
+        await self.rebalance.assigned(self._consumer, assigned)
 
     def _refusal(
         self, exc: BaseException, doing: str, group_doing: str | None = None
@@ -715,125 +674,15 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             group=self.settings.group,
         )
 
+    def _fail(self, exc: Exception) -> None:
+        """A rebalance callback could not do its job: stop the worker with ``exc``."""
+        self._fatal = exc
+        self.stop.set()
+
     def _refused(self, refused: StreamReplicaError) -> None:
         """A commit was refused for good (an ACL): stop after this poll."""
         self._fatal = self._fatal or refused
         self.stop.set()
-
-    def _check_replaced(self) -> None:
-        """Detect a second live worker with our instance id. The broker lets a joining
-        static member replace the one holding its id, and aiokafka then rejoins (replacing
-        the other in turn) instead of surfacing FENCED_INSTANCE_ID: two such workers would
-        take the partitions from each other forever. The newcomer notices it was replaced
-        early in its life, within NEWCOMER_WINDOW_S of its first join (a restart after a crash
-        is not replaced: the old process is dead), and stops; the established worker, older
-        than that when the newcomer takes its id, keeps going and takes it back."""
-        consumer = self._consumer
-        if consumer is None or self.settings.instance_id is None:
-            return
-        member_id = getattr(getattr(consumer, "_coordinator", None), "member_id", None)
-        now = time.monotonic()
-        if self._first_join is None:
-            self._first_join = now
-        elif member_id != self._member_id and now - self._first_join < NEWCOMER_WINDOW_S:
-            raise FatalError(fenced_line(self.settings))
-        self._member_id = member_id
-
-    async def _seek_assigned(
-        self, assigned: list[TopicPartition], consumer: AIOKafkaConsumer | None
-    ) -> tuple[dict[int, int], dict[int, int]]:
-        """Position each partition; returns (records behind the end, offset held) of each."""
-        lags: dict[int, int] = {}
-        held: dict[int, int] = {}
-        if not assigned or consumer is None:
-            return lags, held
-        checkpoints = self.store.checkpoints()
-        beginnings = await consumer.beginning_offsets(assigned)
-        ends = await consumer.end_offsets(assigned)
-        committed = await asyncio.gather(*(consumer.committed(tp) for tp in assigned))
-        now = now_ms()
-        to_wipe: dict[int, str] = {}
-        for tp, group_offset in sorted(zip(assigned, committed, strict=True)):
-            checkpoint = checkpoints.get(tp.partition)
-            end = ends[tp]
-            resume = resume_from(checkpoint, beginnings[tp], end, now, self._delete_retention_ms)
-            self.positions.seek(consumer, tp, resume.offset)
-            lags[tp.partition] = max(0, end - resume.offset)
-            held[tp.partition] = resume.offset - beginnings[tp]
-            self._book.assigned(tp.partition, group_offset)
-            behind = self._book.behind(tp.partition, resume.offset)
-            lag = (
-                f"; {behind} records behind the group's committed offset {group_offset}, "
-                "commits resume past it"
-                if behind
-                else ""
-            )
-            if resume.reason is None:
-                assert checkpoint is not None
-                # The group's offset may lag the store (a crash between write and commit):
-                # commit ours then. A store behind the group's offset commits once past it.
-                self._book.written(tp.partition, resume.offset)
-                caught_up = checkpoint.next_offset >= end
-                self.positions.caught_up_at[tp.partition] = (
-                    now if caught_up else checkpoint.caught_up_at_ms
-                )
-                log.info(
-                    "partition %d: resuming from stored offset %d (end %d)%s",
-                    tp.partition,
-                    resume.offset,
-                    end,
-                    lag,
-                )
-                continue
-            if resume.wipe:
-                to_wipe[tp.partition] = resume.reason
-                log.warning("partition %d: %s%s", tp.partition, resume.reason, lag)
-            else:
-                log.info(
-                    "partition %d: %s (offsets %d..%d)%s",
-                    tp.partition,
-                    resume.reason,
-                    beginnings[tp],
-                    end,
-                    lag,
-                )
-            # Reading from the log start now sees every tombstone the log holds now.
-            self.positions.caught_up_at[tp.partition] = now
-        if to_wipe:
-            self.store.wipe_partitions(to_wipe)
-            log.info("wiped the grains of partitions %s", sorted(to_wipe))
-        return lags, held
-
-    async def _handle_out_of_range(
-        self, consumer: AIOKafkaConsumer, exc: OffsetOutOfRangeError
-    ) -> None:
-        failed: dict[TopicPartition, int] = exc.args[0] if exc.args else {}
-        async with self._batch_lock:
-            assigned = consumer.assignment()
-            # Only an error about the position we are really at counts (it may be stale).
-            current = [
-                tp
-                for tp, offset in failed.items()
-                if tp in assigned and self.positions.next.get(tp.partition) == offset
-            ]
-            try:
-                if current:
-                    log.warning(
-                        "offsets %s out of range (the log start moved past them): wiping "
-                        "and rebuilding those partitions",
-                        {tp.partition: failed[tp] for tp in current},
-                    )
-                    beginnings = await consumer.beginning_offsets(current)
-                    self.store.wipe_partitions(tp.partition for tp in current)
-                    now = now_ms()
-                    for tp, start in beginnings.items():
-                        self.positions.seek(consumer, tp, start)
-                        self.positions.caught_up_at[tp.partition] = now
-                        self._book.forget(tp.partition)
-            except KafkaError as error:
-                log.warning("could not handle out-of-range offsets (%s); retrying", error)
-            self.positions.reseek(consumer)
-            self.positions.seek_epoch += 1
 
 
 def _unreachable(settings: WorkerSettings, exc: BaseException) -> str:
