@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shlex
 import time
 from collections.abc import Mapping
 from typing import Any, Final
@@ -34,7 +33,6 @@ from aiokafka.errors import (
 )
 
 from stream_replica import catchup
-from stream_replica.admin import TopicInfo, describe_topic
 from stream_replica.catchup import CatchUpFocus
 from stream_replica.commits import COMMIT_TIMEOUT_S as COMMIT_TIMEOUT_S
 from stream_replica.commits import OffsetCommits
@@ -43,16 +41,12 @@ from stream_replica.dead_letters import DLQ_TIMEOUT_S as DLQ_TIMEOUT_S
 from stream_replica.dead_letters import DeadLetters, log_rejection, refusals
 from stream_replica.durability import CatchUpDurability
 from stream_replica.errors import (
-    ConfigurationError,
     FatalError,
-    KafkaUnavailableError,
     StreamReplicaError,
-    TopicNotCompactedError,
 )
-from stream_replica.fold import FoldCounts, FoldResult
+from stream_replica.fold import FoldCounts
 from stream_replica.grain_waits import GrainWaits
 from stream_replica.lag import LagTracker
-from stream_replica.logs import RateLimitedLog
 from stream_replica.membership import GroupAssignment
 from stream_replica.memory import FETCH_MAX_BYTES
 from stream_replica.metrics import Metrics
@@ -67,26 +61,19 @@ from stream_replica.ownership import NEWCOMER_WINDOW_S as NEWCOMER_WINDOW_S
 from stream_replica.ownership import DuplicateInstanceCheck, Ownership, fenced_line, is_fenced
 from stream_replica.poll import fold_batch
 from stream_replica.positions import Positions, owned
+from stream_replica.preflight import Stopped as Stopped
+from stream_replica.preflight import c_parser_loaded, check_topic
 from stream_replica.rebalance import RebalanceHandler
 from stream_replica.refusals import refusal
 from stream_replica.repair import ShadowRepairer
 from stream_replica.settings import WorkerSettings
+from stream_replica.shadowing import ShadowRepairs, log_shadowing, shadowings
 from stream_replica.standby import StandbyError, StandbyFollower
 from stream_replica.status import NodeStatus, PartitionRow
 from stream_replica.store import ReplicaStore, StoreError, TopicIdentity
 from stream_replica.watchdog import LoopWatchdog
 
 log = logging.getLogger("stream_replica.worker")
-# Likewise shadowing, logged once per grain: a rebuild meets every shadowed grain again (2,341
-# lines in the bench's 500,000-record catch-up, 3 % of the loop thread), and the store keeps
-# them all.
-shadowings = RateLimitedLog(
-    log,
-    burst=20,
-    interval_s=10.0,
-    summary="`stream-replica stats` counts the grains shadowed now and `stream-replica audit` "
-    "lists each",
-)
 # How long the group waits for a member to rejoin, so the longest revocation: the in-flight
 # poll (its dead-letter sends, DLQ_TIMEOUT_S, or a repair sweep's, repair.SEND_TIMEOUT_S), the
 # background commit it awaits and the revocation's own (COMMIT_TIMEOUT_S each, +1 s): ~91 s
@@ -98,7 +85,6 @@ PROGRESS_INTERVAL_S: Final = 10.0
 # Lags (for the served records and the assignor) are computed at most this often: per poll
 # they cost ~1 % of a catch-up.
 LAG_REPORT_INTERVAL_S: Final = 0.02
-REPAIR_SWEEP_INTERVAL_S: Final = 5.0
 # Two requests a second per member: nothing for a coordinator, and a join or a leave is
 # noticed by the group within half a second (also a duplicate instance id).
 HEARTBEAT_INTERVAL_MS: Final = 500
@@ -109,67 +95,8 @@ HEARTBEAT_INTERVAL_MS: Final = 500
 PARTITION_FETCH_BYTES: Final = 2 * 1024 * 1024
 
 
-class Stopped(Exception):
-    """Signalled before the worker got going: a clean exit."""
-
-
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def c_parser_loaded() -> bool:
-    """aiokafka silently falls back to a ~60x slower pure-Python record parser."""
-    from aiokafka.record import default_records
-
-    return "_crecords" in default_records.DefaultRecordBatch.__module__
-
-
-async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInfo:
-    """Describe the topic, retrying an unreachable broker with backoff until stopped. Only
-    that is retried: anything else (credentials, certificates, ACLs, a bug) retrying cannot
-    fix, so it ends the worker."""
-    backoff = 1.0
-    while True:
-        try:
-            info = await describe_topic(settings, settings.topic)
-            break
-        except (KafkaUnavailableError, KafkaError, OSError, TimeoutError) as exc:
-            if stop.is_set():
-                raise Stopped from None
-            log.warning("%s; retrying in %.0f s", _unreachable(settings, exc), backoff)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff)
-            backoff = min(backoff * 2, 30.0)
-    # The same problems, the same exit codes as `topic describe` (errors.py).
-    if info is None:
-        raise ConfigurationError(
-            f"topic {settings.topic!r} does not exist on {settings.bootstrap_servers} "
-            "(--topic, env STREAM_REPLICA_TOPIC)"
-        )
-    if not info.compacted and not settings.allow_non_compacted:
-        raise TopicNotCompactedError(
-            f"topic {settings.topic!r} is not compacted "
-            f"(cleanup.policy={info.configs.get('cleanup.policy')}); "
-            "pass --allow-non-compacted to run anyway"
-        )
-    if settings.dlq_topic:
-        dlq = await describe_topic(settings, settings.dlq_topic)
-        if dlq is None:
-            raise ConfigurationError(
-                f"dead-letter topic {settings.dlq_topic!r} (--dlq-topic) does not exist; create "
-                f"it with `stream-replica topic create --topic {shlex.quote(settings.dlq_topic)} "
-                "--cleanup-policy delete` (a compacted topic refuses records without a key)"
-            )
-        if dlq.compacted:
-            log.warning(
-                "dead-letter topic %r is compacted (cleanup.policy=%s): dead letters of one "
-                "grain will replace each other at compaction, and a refused record without a "
-                "key will be refused by the broker (which stops this worker); use a topic with "
-                "cleanup.policy=delete (topic create --cleanup-policy delete)",
-                settings.dlq_topic,
-                dlq.configs.get("cleanup.policy"),
-            )
-    return info
 
 
 class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -206,7 +133,6 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._stop_watcher: asyncio.Task[None] | None = None
         self._last_progress = time.monotonic()
         self._repairer: ShadowRepairer | None = None
-        self._last_sweep = 0.0
         self.ownership = Ownership(
             store,
             self.topic,
@@ -222,6 +148,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         self.instance_check = DuplicateInstanceCheck(settings)  # static membership
         self.watchdog = LoopWatchdog(self.metrics.loop_stall_max.set)
+        self.repairs = ShadowRepairs(
+            self.topic, store, self._batch_lock, self.positions, self.lag, self.metrics
+        )
         self.rebalance = RebalanceHandler(
             self.topic,
             store,
@@ -419,7 +348,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             if self.durability.due:
                 await self._settle_durability()
             if self._repairer is not None:
-                await self._sweep_repairs(consumer, self._repairer)
+                await self.repairs.sweep(consumer, self._repairer)
 
     async def _settle_durability(self) -> None:
         try:
@@ -486,24 +415,6 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             self.positions.next.update(moved)
             for partition, next_offset in moved.items():
                 self._book.written(partition, next_offset)
-
-    async def _sweep_repairs(self, consumer: AIOKafkaConsumer, repairer: ShadowRepairer) -> None:
-        """Now and then, repair shadowed grains of caught-up partitions (also those whose
-        repair was lost to a crash or a failed send)."""
-        now = time.monotonic()
-        if now - self._last_sweep < REPAIR_SWEEP_INTERVAL_S:
-            return
-        self._last_sweep = now
-        async with self._batch_lock:
-            owned = set(self._owned())
-            repaired = await repairer.sweep(
-                self.store,
-                lambda p: (
-                    p in owned
-                    and self.lag.is_caught_up(consumer, p, self.positions.next.get(p, -1))
-                ),
-            )
-            self.metrics.repairs.inc(repaired)
 
     def _periodic(self) -> None:
         now = time.monotonic()
@@ -596,7 +507,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         result = folded.result
         for warning in result.warnings:
             log.warning("%s", warning)
-        _log_shadowing(self.topic, result, self._repairer is not None)
+        log_shadowing(self.topic, result, self._repairer is not None)
         if result.rejected:
             for rejection in result.rejected:
                 log_rejection(self.topic, rejection)
@@ -633,26 +544,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.commits.schedule(consumer)
         if self._repairer is not None:
             self._repairer.forget(result.unshadowed)
-            await self._repair_now(consumer, self._repairer, result)
-
-    async def _repair_now(
-        self, consumer: AIOKafkaConsumer, repairer: ShadowRepairer, result: FoldResult
-    ) -> None:
-        """Repair this poll's shadowed grains in caught-up partitions at once; the others wait
-        for the sweep (repairing while behind would re-publish states the log has passed)."""
-        items = []
-        for grain in {s.grain for s in result.shadowed}:
-            state = result.changes.get(grain)
-            if (
-                state is not None
-                and state.shadowed
-                and self.lag.is_caught_up(
-                    consumer, state.partition, result.next_offsets[state.partition]
-                )
-            ):
-                items.append((grain, state))
-        if items:
-            self.metrics.repairs.inc(await repairer.repair(sorted(items, key=lambda i: i[0])))
+            await self.repairs.repair_now(consumer, self._repairer, result)
 
     # --- rebalance: the listener's callbacks (rebalance.py does the work) ----------------------
 
@@ -683,41 +575,6 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         """A commit was refused for good (an ACL): stop after this poll."""
         self._fatal = self._fatal or refused
         self.stop.set()
-
-
-def _unreachable(settings: WorkerSettings, exc: BaseException) -> str:
-    if isinstance(exc, StreamReplicaError):
-        return str(exc)  # already says what failed where
-    return f"Kafka not reachable at {settings.bootstrap_servers} ({type(exc).__name__}: {exc})"
-
-
-def _log_shadowing(topic: str, result: FoldResult, repairing: bool) -> None:
-    """One warning per grain when its state becomes shadowed (not per shadowing record),
-    rate-limited."""
-    for shadowing in result.shadowed:
-        if not shadowing.first:
-            continue
-        grain = shadowing.grain
-        shadowings.log(
-            logging.WARNING,
-            "shadowed",
-            "grain %s/%s: its state (%s/%d/%d) is shadowed by the %s record at offset %d: "
-            "once the log is compacted, a rebuild will not restore it%s",
-            grain[0],
-            grain[1],
-            topic,
-            shadowing.partition,
-            shadowing.state_offset,
-            shadowing.kind,
-            shadowing.by_offset,
-            "; repairing" if repairing else "; run with --repair-shadowed to re-publish it",
-            topic=topic,
-            partition=shadowing.partition,
-            offset=shadowing.by_offset,
-            state_offset=shadowing.state_offset,
-            grain_type=grain[0],
-            grain_key=grain[1],
-        )
 
 
 def _format_counts(counts: FoldCounts) -> str:
