@@ -37,6 +37,8 @@ from stream_replica.catchup import CatchUpFocus
 from stream_replica.commits import COMMIT_TIMEOUT_S as COMMIT_TIMEOUT_S
 from stream_replica.commits import OffsetCommits
 from stream_replica.connection import start_client, stop_consumer
+from stream_replica.consumer import REBALANCE_TIMEOUT_MS as REBALANCE_TIMEOUT_MS
+from stream_replica.consumer import StoppableFetch, active_consumer
 from stream_replica.dead_letters import DLQ_TIMEOUT_S as DLQ_TIMEOUT_S
 from stream_replica.dead_letters import DeadLetters, log_rejection, refusals
 from stream_replica.durability import CatchUpDurability
@@ -48,10 +50,8 @@ from stream_replica.fold import FoldCounts
 from stream_replica.grain_waits import GrainWaits
 from stream_replica.lag import LagTracker
 from stream_replica.membership import GroupAssignment
-from stream_replica.memory import FETCH_MAX_BYTES
 from stream_replica.metrics import Metrics
 from stream_replica.offsets import (
-    READ_COMMITTED,
     CommitBook,
     advance,
     end_offset,
@@ -74,25 +74,12 @@ from stream_replica.store import ReplicaStore, StoreError, TopicIdentity
 from stream_replica.watchdog import LoopWatchdog
 
 log = logging.getLogger("stream_replica.worker")
-# How long the group waits for a member to rejoin, so the longest revocation: the in-flight
-# poll (its dead-letter sends, DLQ_TIMEOUT_S, or a repair sweep's, repair.SEND_TIMEOUT_S), the
-# background commit it awaits and the revocation's own (COMMIT_TIMEOUT_S each, +1 s): ~91 s
-# at worst, well under a second normally. A member still revoking is not evicted meanwhile.
-REBALANCE_TIMEOUT_MS: Final = 120_000
 STOP_TIMEOUT_S: Final = 10.0
 TOUCH_INTERVAL_S: Final = 60.0
 PROGRESS_INTERVAL_S: Final = 10.0
 # Lags (for the served records and the assignor) are computed at most this often: per poll
 # they cost ~1 % of a catch-up.
 LAG_REPORT_INTERVAL_S: Final = 0.02
-# Two requests a second per member: nothing for a coordinator, and a join or a leave is
-# noticed by the group within half a second (also a duplicate instance id).
-HEARTBEAT_INTERVAL_MS: Final = 500
-# While catching up, about half the partitions are read (catchup.py): 2 MiB each keeps the
-# bytes per fetch where 1 MiB x every partition had them, and keeps fetching and folding
-# overlapped (aiokafka fetches no partition of a broker while another's buffered data is
-# under 100 ms old: with 1 MiB, three partitions drain in ~70 ms and every fetch stalls).
-PARTITION_FETCH_BYTES: Final = 2 * 1024 * 1024
 
 
 def now_ms() -> int:
@@ -109,7 +96,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.metrics = Metrics(self.topic)
         self.metrics.reads_on_thread.set_function(lambda: float(store.read_placement.on_thread))
         self.started_at = time.time()
-        self._last_poll: float | None = None  # monotonic time of the last completed poll
+        self._fetcher = StoppableFetch(stop, settings.poll_timeout_ms, settings.max_records)
         self._batch_lock = asyncio.Lock()
         self._book = CommitBook()  # written to the store, not yet committed; never backwards
         self.durability = CatchUpDurability(
@@ -128,9 +115,6 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._dlq: DeadLetters | None = None
         self._last_touch = time.monotonic()
         self._last_lag_report = 0.0
-        self._in_fetch = False
-        self._fetch_cancelled = False
-        self._stop_watcher: asyncio.Task[None] | None = None
         self._last_progress = time.monotonic()
         self._repairer: ShadowRepairer | None = None
         self.ownership = Ownership(
@@ -190,27 +174,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             f" instance {self.settings.instance_id}" if self.settings.instance_id else "",
             self.store.path,
         )
-        session_timeout_ms = self.settings.effective_session_timeout_ms
-        self._consumer = AIOKafkaConsumer(
-            **(READ_COMMITTED | self.settings.options("consumer")),
-            group_id=self.settings.group,
-            client_id=f"stream-replica-{self.settings.group}",
-            enable_auto_commit=False,
-            auto_offset_reset="none",  # positions come from the store; out-of-range is handled
-            group_instance_id=self.settings.instance_id,
-            session_timeout_ms=session_timeout_ms,
-            # A member learns that another joined (or left) only from its next heartbeat; until
-            # then the joiner waits idle in JoinGroup (issue #12: 2 s of a 3 s catch-up).
-            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-            # Ours only. Offering round-robin as well (for upgrades member by member) made
-            # aiokafka members rejoin in a loop: groups never settled (docs/assignor.md).
-            partition_assignment_strategy=(self.ownership.binding.strategy,),
-            max_poll_interval_ms=300_000,
-            rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
-            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
-            fetch_max_bytes=FETCH_MAX_BYTES,  # part of the memory budget's fixed share
-        )
+        self._consumer = active_consumer(self.settings, self.ownership.binding.strategy)
         self._dlq = DeadLetters.create(self.settings, self.topic)
         if self.settings.repair_shadowed:
             self._repairer = ShadowRepairer.create(self.settings, self.topic, self.settings.group)
@@ -275,9 +239,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.standby.stop()
 
     async def _shutdown(self) -> None:
-        if self._stop_watcher is not None:
-            self._stop_watcher.cancel()
-            await asyncio.wait({self._stop_watcher})  # gone before the loop is
+        await self._fetcher.close()
         if self._consumer is not None:
             try:
                 # Leaves the group. Bounded: during a rebalance aiokafka first waits for its
@@ -308,7 +270,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             await asyncio.sleep(0)
             epoch = self.positions.seek_epoch
             try:
-                fetched = await self._fetch(consumer)
+                fetched = await self._fetcher.fetch(consumer)
                 if fetched is None:
                     break  # stopped while aiokafka waited for a rebalance
                 batch = fetched
@@ -355,44 +317,6 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.durability.settle()
         except StoreError as exc:
             raise FatalError(str(exc)) from None
-
-    async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]] | None:
-        """One getmany, or None when the worker is stopped meanwhile. aiokafka's getmany waits
-        without a timeout while a rebalance is under way, which can last the rebalance timeout
-        (or more, on a broker that is starting): a SIGTERM must not wait for it. One watcher
-        for the whole run cancels this task while (and only while) it waits in getmany; a
-        task per poll raced against a stop waiter cost ~0.4 µs per record (~6 % of a
-        catch-up)."""
-        if self.stop.is_set():
-            return None
-        if self._stop_watcher is None:
-            self._stop_watcher = asyncio.create_task(
-                self._cancel_fetch_on_stop(asyncio.current_task())
-            )
-        self._in_fetch = True
-        try:
-            result: dict[TopicPartition, list[Any]] = await consumer.getmany(
-                timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_records
-            )
-        except asyncio.CancelledError:
-            if self._fetch_cancelled:
-                self._fetch_cancelled = False
-                task = asyncio.current_task()
-                if task is not None and task.uncancel() == 0:
-                    return None  # the watcher's cancel, and nobody else's
-            raise
-        finally:
-            self._in_fetch = False
-        self._last_poll = time.monotonic()
-        return result
-
-    async def _cancel_fetch_on_stop(self, fetching_task: asyncio.Task[Any] | None) -> None:
-        await self.stop.wait()
-        # _in_fetch is True only while that task is suspended inside getmany (nothing else is
-        # awaited between setting and clearing it), so the cancel lands there.
-        if self._in_fetch and fetching_task is not None:
-            self._fetch_cancelled = True
-            fetching_task.cancel()
 
     async def _step_over_markers(self, consumer: AIOKafkaConsumer, epoch: int) -> None:
         """After an empty poll: past the transaction markers the consumer stepped over
@@ -460,14 +384,15 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.metrics.set_partitions(rows)
         shadowed_now = self.store.count_shadowed()
         self.metrics.shadowed_now.set(shadowed_now)
-        if self._last_poll is not None:
-            self.metrics.last_poll.set(time.time() - (time.monotonic() - self._last_poll))
+        last_poll = self._fetcher.last_poll
+        if last_poll is not None:
+            self.metrics.last_poll.set(time.time() - (time.monotonic() - last_poll))
         return NodeStatus(
             name=self.settings.instance_id or f"{self.settings.group}@{self.store.path.name}",
             topic=self.topic,
             group=self.settings.group,
             started_at=self.started_at,
-            last_poll_age_s=None if self._last_poll is None else time.monotonic() - self._last_poll,
+            last_poll_age_s=None if last_poll is None else time.monotonic() - last_poll,
             assigned=self.rebalance.ever_assigned,
             partitions=rows,
             counts=self.counts,
