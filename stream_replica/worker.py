@@ -13,7 +13,10 @@ Ordering guarantees (README "Semantics"):
   reads from its own checkpoint and commits once past it.
 
 Who owns what comes from our state-aware assignor (ownership.py, membership.py); standby
-partitions are followed by standby.py. This module is the active loop.
+partitions are followed by standby.py. This module is the active loop and its lifecycle; it
+composes the capabilities around it: the consumer and its fetch (consumer.py), positions and
+fences (positions.py), the rebalance callbacks' work (rebalance.py), commits (commits.py),
+dead letters (dead_letters.py), lags (lag.py), shadowing and repairs (shadowing.py).
 """
 
 from __future__ import annotations
