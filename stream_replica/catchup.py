@@ -10,13 +10,20 @@ the read ones with their worker (it keeps a member's freshest claims), so what m
 never read. The total catch-up time is the same (one event loop reads at one rate), and
 readers get whole partitions earlier, one after the other, instead of all at the end.
 
-Pure bookkeeping: the worker pauses and resumes the consumer's partitions as told.
+``CatchUpFocus`` is pure bookkeeping; ``pause_far_behind`` and ``resume_next`` pause and
+resume the active consumer's partitions as it tells.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Final
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+# The worker's logger: these lines have always been the worker's.
+log = logging.getLogger("stream_replica.worker")
 
 # A partition further behind than this at assignment is caught up in turn; one within it is
 # read at once (a few polls), as is a focused partition once it gets within it.
@@ -91,3 +98,36 @@ class CatchUpFocus:
     @property
     def paused(self) -> frozenset[int]:
         return frozenset(self.waiting)
+
+
+def pause_far_behind(
+    focus: CatchUpFocus,
+    consumer: AIOKafkaConsumer | None,
+    topic: str,
+    lags: Mapping[int, int],
+    held: Mapping[int, int],
+) -> None:
+    """After an assignment: pause all but a few of the partitions far behind."""
+    paused = focus.assigned(lags, held)
+    if paused and consumer is not None:
+        consumer.pause(*(TopicPartition(topic, p) for p in sorted(paused)))
+        log.info(
+            "catching up partitions %s first; %s paused until then",
+            focus.focus,
+            focus.waiting,
+        )
+
+
+def resume_next(
+    focus: CatchUpFocus, consumer: AIOKafkaConsumer, topic: str, next_offsets: Mapping[int, int]
+) -> None:
+    """After a poll: resume the next paused partition for each focused one that got
+    within ``focus.min_lag`` of its end."""
+    lags = {}
+    for partition, offset in next_offsets.items():
+        mark = consumer.highwater(TopicPartition(topic, partition))
+        if mark is not None:
+            lags[partition] = mark - offset
+    for partition in focus.progressed(lags):
+        consumer.resume(TopicPartition(topic, partition))
+        log.info("partition %d: catching up (next: %s)", partition, focus.waiting)

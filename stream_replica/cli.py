@@ -260,8 +260,9 @@ def _shown(value: object, limit: int = 40) -> str:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
+    from stream_replica.errors import FatalError
     from stream_replica.node import run_node
-    from stream_replica.worker import FatalError, Stopped
+    from stream_replica.preflight import Stopped
 
     s = with_container_name(settings_from(WorkerSettings, args), container_name)
     memory = s.memory_plan()  # a budget too small is refused before anything starts

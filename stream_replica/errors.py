@@ -37,3 +37,7 @@ class TopicNotCompactedError(ConfigurationError):
 
 class KafkaUnavailableError(StreamReplicaError):
     """No broker answered (after the retries this command makes)."""
+
+
+class FatalError(Exception):
+    """Stops the worker with a one-line message and a non-zero exit."""

@@ -17,9 +17,10 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 import aiokafka.errors
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_replica.assignor import StoreOffsets
+from stream_replica.errors import FatalError
 from stream_replica.membership import GroupAssignment, LocalState, StateAwareAssignor
 from stream_replica.settings import WorkerSettings
 from stream_replica.store import LastAssignment, ReplicaStore, Served
@@ -28,6 +29,12 @@ log = logging.getLogger("stream_replica.ownership")
 
 # Lag figures are rewritten at most this often; role changes are written at once.
 SERVED_WRITE_INTERVAL_S: Final = 1.0
+# A worker whose instance id another member takes within this long of its first join is the
+# newcomer of two workers sharing an id (see DuplicateInstanceCheck). Long enough for the
+# taking back to reach it (the other's next heartbeat, its rejoin, then ours: ~1-2 s, more
+# while a revocation waits for a poll); short, because an established worker older than this
+# keeps going, and two started within it both stop.
+NEWCOMER_WINDOW_S: Final = 10.0
 
 
 class FencedInstanceIdError(aiokafka.errors.BrokerResponseError):  # type: ignore[misc]
@@ -212,3 +219,31 @@ class Ownership:
 
 def partitions_of(tps: Iterable[TopicPartition], topic: str) -> list[int]:
     return sorted(tp.partition for tp in tps if tp.topic == topic)
+
+
+class DuplicateInstanceCheck:
+    """Detect a second live worker with our instance id. The broker lets a joining
+    static member replace the one holding its id, and aiokafka then rejoins (replacing
+    the other in turn) instead of surfacing FENCED_INSTANCE_ID: two such workers would
+    take the partitions from each other forever. The newcomer notices it was replaced
+    early in its life, within NEWCOMER_WINDOW_S of its first join (a restart after a crash
+    is not replaced: the old process is dead), and stops; the established worker, older
+    than that when the newcomer takes its id, keeps going and takes it back."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        # Static membership: the member id the broker gave at the last join, and when this
+        # process first joined.
+        self.member_id: str | None = None
+        self.first_join: float | None = None
+
+    def check(self, consumer: AIOKafkaConsumer | None) -> None:
+        if consumer is None or self.settings.instance_id is None:
+            return
+        member_id = getattr(getattr(consumer, "_coordinator", None), "member_id", None)
+        now = time.monotonic()
+        if self.first_join is None:
+            self.first_join = now
+        elif member_id != self.member_id and now - self.first_join < NEWCOMER_WINDOW_S:
+            raise FatalError(fenced_line(self.settings))
+        self.member_id = member_id

@@ -13,7 +13,10 @@ Ordering guarantees (README "Semantics"):
   reads from its own checkpoint and commits once past it.
 
 Who owns what comes from our state-aware assignor (ownership.py, membership.py); standby
-partitions are followed by standby.py. This module is the active loop.
+partitions are followed by standby.py. This module is the active loop and its lifecycle; it
+composes the capabilities around it: the consumer and its fetch (consumer.py), positions and
+fences (positions.py), the rebalance callbacks' work (rebalance.py), commits (commits.py),
+dead letters (dead_letters.py), lags (lag.py), shadowing and repairs (shadowing.py).
 """
 
 from __future__ import annotations
@@ -21,169 +24,69 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shlex
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import (
     KafkaError,
-    MessageSizeTooLargeError,
     NoOffsetForPartitionError,
     OffsetOutOfRangeError,
 )
 
 from stream_replica import catchup
-from stream_replica.admin import TopicInfo, describe_topic
 from stream_replica.catchup import CatchUpFocus
+from stream_replica.commits import COMMIT_TIMEOUT_S as COMMIT_TIMEOUT_S
+from stream_replica.commits import OffsetCommits
 from stream_replica.connection import start_client, stop_consumer
+from stream_replica.consumer import REBALANCE_TIMEOUT_MS as REBALANCE_TIMEOUT_MS
+from stream_replica.consumer import StoppableFetch, active_consumer
+from stream_replica.dead_letters import DLQ_TIMEOUT_S as DLQ_TIMEOUT_S
+from stream_replica.dead_letters import DeadLetters, log_rejection, refusals
 from stream_replica.durability import CatchUpDurability
 from stream_replica.errors import (
-    ConfigurationError,
-    KafkaUnavailableError,
+    FatalError,
     StreamReplicaError,
-    TopicNotCompactedError,
 )
-from stream_replica.fold import FoldCounts, FoldResult, Rejection
+from stream_replica.fold import FoldCounts
 from stream_replica.grain_waits import GrainWaits
-from stream_replica.logs import RateLimitedLog
+from stream_replica.lag import LagTracker
 from stream_replica.membership import GroupAssignment
-from stream_replica.memory import FETCH_MAX_BYTES
 from stream_replica.metrics import Metrics
 from stream_replica.offsets import (
-    READ_COMMITTED,
     CommitBook,
-    EndOffset,
     advance,
-    caught_up_since,
     end_offset,
     past_control_records,
-    resume_from,
 )
-from stream_replica.ownership import Ownership, fenced_line, is_fenced, partitions_of
+from stream_replica.ownership import NEWCOMER_WINDOW_S as NEWCOMER_WINDOW_S
+from stream_replica.ownership import DuplicateInstanceCheck, Ownership, fenced_line, is_fenced
 from stream_replica.poll import fold_batch
+from stream_replica.positions import Positions, owned
+from stream_replica.preflight import Stopped as Stopped
+from stream_replica.preflight import c_parser_loaded, check_topic
+from stream_replica.rebalance import RebalanceHandler
 from stream_replica.refusals import refusal
 from stream_replica.repair import ShadowRepairer
 from stream_replica.settings import WorkerSettings
+from stream_replica.shadowing import ShadowRepairs, log_shadowing, shadowings
 from stream_replica.standby import StandbyError, StandbyFollower
 from stream_replica.status import NodeStatus, PartitionRow
-from stream_replica.store import Checkpoint, ReplicaStore, StoreError, TopicIdentity
+from stream_replica.store import ReplicaStore, StoreError, TopicIdentity
 from stream_replica.watchdog import LoopWatchdog
 
 log = logging.getLogger("stream_replica.worker")
-# A flood of bad records must not flood the log: the DLQ and the counters have every one.
-refusals = RateLimitedLog(log, burst=20, interval_s=10.0)
-# Likewise shadowing, logged once per grain: a rebuild meets every shadowed grain again (2,341
-# lines in the bench's 500,000-record catch-up, 3 % of the loop thread), and the store keeps
-# them all.
-shadowings = RateLimitedLog(
-    log,
-    burst=20,
-    interval_s=10.0,
-    summary="`stream-replica stats` counts the grains shadowed now and `stream-replica audit` "
-    "lists each",
-)
-COMMIT_TIMEOUT_S: Final = 15.0
-DLQ_TIMEOUT_S: Final = 60.0
-# How long the group waits for a member to rejoin, so the longest revocation: the in-flight
-# poll (its dead-letter sends, DLQ_TIMEOUT_S, or a repair sweep's, repair.SEND_TIMEOUT_S), the
-# background commit it awaits and the revocation's own (COMMIT_TIMEOUT_S each, +1 s): ~91 s
-# at worst, well under a second normally. A member still revoking is not evicted meanwhile.
-REBALANCE_TIMEOUT_MS: Final = 120_000
 STOP_TIMEOUT_S: Final = 10.0
 TOUCH_INTERVAL_S: Final = 60.0
 PROGRESS_INTERVAL_S: Final = 10.0
 # Lags (for the served records and the assignor) are computed at most this often: per poll
 # they cost ~1 % of a catch-up.
 LAG_REPORT_INTERVAL_S: Final = 0.02
-REPAIR_SWEEP_INTERVAL_S: Final = 5.0
-# Two requests a second per member: nothing for a coordinator, and a join or a leave is
-# noticed by the group within half a second (also a duplicate instance id).
-HEARTBEAT_INTERVAL_MS: Final = 500
-# A worker whose instance id another member takes within this long of its first join is the
-# newcomer of two workers sharing an id (see _check_replaced). Long enough for the taking
-# back to reach it (the other's next heartbeat, its rejoin, then ours: ~1-2 s, more while a
-# revocation waits for a poll); short, because an established worker older than this keeps
-# going, and two started within it both stop.
-NEWCOMER_WINDOW_S: Final = 10.0
-# Background commits start at most this often. One per poll cost each worker (and the
-# broker's coordinator, which appends every commit to __consumer_offsets) a request per
-# few hundred records; the store, not the group, holds positions, so a commit a little later
-# loses nothing (revocation and stop still commit at once).
-COMMIT_INTERVAL_S: Final = 0.05
-# While catching up, about half the partitions are read (catchup.py): 2 MiB each keeps the
-# bytes per fetch where 1 MiB x every partition had them, and keeps fetching and folding
-# overlapped (aiokafka fetches no partition of a broker while another's buffered data is
-# under 100 ms old: with 1 MiB, three partitions drain in ~70 ms and every fetch stalls).
-PARTITION_FETCH_BYTES: Final = 2 * 1024 * 1024
-
-
-class FatalError(Exception):
-    """Stops the worker with a one-line message and a non-zero exit."""
-
-
-class Stopped(Exception):
-    """Signalled before the worker got going: a clean exit."""
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def c_parser_loaded() -> bool:
-    """aiokafka silently falls back to a ~60x slower pure-Python record parser."""
-    from aiokafka.record import default_records
-
-    return "_crecords" in default_records.DefaultRecordBatch.__module__
-
-
-async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInfo:
-    """Describe the topic, retrying an unreachable broker with backoff until stopped. Only
-    that is retried: anything else (credentials, certificates, ACLs, a bug) retrying cannot
-    fix, so it ends the worker."""
-    backoff = 1.0
-    while True:
-        try:
-            info = await describe_topic(settings, settings.topic)
-            break
-        except (KafkaUnavailableError, KafkaError, OSError, TimeoutError) as exc:
-            if stop.is_set():
-                raise Stopped from None
-            log.warning("%s; retrying in %.0f s", _unreachable(settings, exc), backoff)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff)
-            backoff = min(backoff * 2, 30.0)
-    # The same problems, the same exit codes as `topic describe` (errors.py).
-    if info is None:
-        raise ConfigurationError(
-            f"topic {settings.topic!r} does not exist on {settings.bootstrap_servers} "
-            "(--topic, env STREAM_REPLICA_TOPIC)"
-        )
-    if not info.compacted and not settings.allow_non_compacted:
-        raise TopicNotCompactedError(
-            f"topic {settings.topic!r} is not compacted "
-            f"(cleanup.policy={info.configs.get('cleanup.policy')}); "
-            "pass --allow-non-compacted to run anyway"
-        )
-    if settings.dlq_topic:
-        dlq = await describe_topic(settings, settings.dlq_topic)
-        if dlq is None:
-            raise ConfigurationError(
-                f"dead-letter topic {settings.dlq_topic!r} (--dlq-topic) does not exist; create "
-                f"it with `stream-replica topic create --topic {shlex.quote(settings.dlq_topic)} "
-                "--cleanup-policy delete` (a compacted topic refuses records without a key)"
-            )
-        if dlq.compacted:
-            log.warning(
-                "dead-letter topic %r is compacted (cleanup.policy=%s): dead letters of one "
-                "grain will replace each other at compaction, and a refused record without a "
-                "key will be refused by the broker (which stops this worker); use a topic with "
-                "cleanup.policy=delete (topic create --cleanup-policy delete)",
-                settings.dlq_topic,
-                dlq.configs.get("cleanup.policy"),
-            )
-    return info
 
 
 class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -196,42 +99,27 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.metrics = Metrics(self.topic)
         self.metrics.reads_on_thread.set_function(lambda: float(store.read_placement.on_thread))
         self.started_at = time.time()
-        self._last_poll: float | None = None  # monotonic time of the last completed poll
-        self._assigned = False
-        # (partition, role) that reached the end offset since they were assigned here
-        self._reached_end: set[tuple[int, str]] = set()
+        self._fetcher = StoppableFetch(stop, settings.poll_timeout_ms, settings.max_records)
         self._batch_lock = asyncio.Lock()
         self._book = CommitBook()  # written to the store, not yet committed; never backwards
         self.durability = CatchUpDurability(
             store, self._book, settings.wal_off_lag, self.metrics.wal_on.set
         )
-        self._commit_task: asyncio.Task[None] | None = None
-        self._last_commit = 0.0  # monotonic start of the last background commit
-        # Next offset to apply per owned partition, and a counter bumped whenever the
-        # callbacks seek: a batch fetched before a seek is stale and must not be applied.
-        self._positions: dict[int, int] = {}
-        self._seek_epoch = 0
-        # Between a revocation and the next assignment: nothing is applied or committed. A
-        # commit sent then carries the old generation; if the group has moved on when it
-        # arrives, aiokafka resets the member and rejoins once more (a spurious rebalance,
-        # and another on the other members: they ping-ponged every 1-2 s while catching up).
-        self._rebalancing = False
+        # Next offset per owned partition, the seek epoch and the rebalance fence.
+        self.positions = Positions(self.topic)
+        self.commits = OffsetCommits(
+            self.topic, self._book, self.positions, self.metrics, self._refusal, self._refused
+        )
         self._focus = CatchUpFocus(settings.catch_up_partitions, catchup.MIN_LAG)
-        self._caught_up_at: dict[int, int] = {}  # see store.Checkpoint
         # Set by a callback or task that could not do its job: FatalError (exit 1) or a
         # StreamReplicaError with its own exit code (an ACL refusal: 2).
         self._fatal: Exception | None = None
-        self._delete_retention_ms = 0
         self._consumer: AIOKafkaConsumer | None = None
-        self._dlq: AIOKafkaProducer | None = None
+        self._dlq: DeadLetters | None = None
         self._last_touch = time.monotonic()
         self._last_lag_report = 0.0
-        self._in_fetch = False
-        self._fetch_cancelled = False
-        self._stop_watcher: asyncio.Task[None] | None = None
         self._last_progress = time.monotonic()
         self._repairer: ShadowRepairer | None = None
-        self._last_sweep = 0.0
         self.ownership = Ownership(
             store,
             self.topic,
@@ -242,11 +130,31 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.grain_waits = GrainWaits()
         self.standby = StandbyFollower(settings, store, self._batch_lock, self.grain_waits)
         self._standby_task: asyncio.Task[None] | None = None
-        # Static membership: the member id the broker gave at the last join, and when this
-        # process first joined (see _check_replaced).
-        self._member_id: str | None = None
-        self._first_join: float | None = None
+        self.lag = LagTracker(
+            self.topic, store, self.positions, self.standby, settings.end_offset_max_age_s
+        )
+        self.instance_check = DuplicateInstanceCheck(settings)  # static membership
         self.watchdog = LoopWatchdog(self.metrics.loop_stall_max.set)
+        self.repairs = ShadowRepairs(
+            self.topic, store, self._batch_lock, self.positions, self.lag, self.metrics
+        )
+        self.rebalance = RebalanceHandler(
+            self.topic,
+            store,
+            self._batch_lock,
+            self.positions,
+            self._book,
+            self.commits,
+            self.durability,
+            self.lag,
+            self._focus,
+            self.ownership,
+            self.standby,
+            self.instance_check,
+            self.metrics,
+            self._refusal,
+            self._fail,
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -254,7 +162,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         if not c_parser_loaded():
             log.warning("aiokafka's C record parser is not loaded; consuming will be slow")
         info = await check_topic(self.settings, self.stop)
-        self._delete_retention_ms = info.delete_retention_ms
+        self.rebalance.delete_retention_ms = info.delete_retention_ms
         self.standby.delete_retention_ms = info.delete_retention_ms
         changed = self.store.bind_topic(TopicIdentity(info.topic_id, info.partitions))
         if changed is not None:
@@ -269,41 +177,15 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             f" instance {self.settings.instance_id}" if self.settings.instance_id else "",
             self.store.path,
         )
-        session_timeout_ms = self.settings.effective_session_timeout_ms
-        self._consumer = AIOKafkaConsumer(
-            **(READ_COMMITTED | self.settings.options("consumer")),
-            group_id=self.settings.group,
-            client_id=f"stream-replica-{self.settings.group}",
-            enable_auto_commit=False,
-            auto_offset_reset="none",  # positions come from the store; out-of-range is handled
-            group_instance_id=self.settings.instance_id,
-            session_timeout_ms=session_timeout_ms,
-            # A member learns that another joined (or left) only from its next heartbeat; until
-            # then the joiner waits idle in JoinGroup (issue #12: 2 s of a 3 s catch-up).
-            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-            # Ours only. Offering round-robin as well (for upgrades member by member) made
-            # aiokafka members rejoin in a loop: groups never settled (docs/assignor.md).
-            partition_assignment_strategy=(self.ownership.binding.strategy,),
-            max_poll_interval_ms=300_000,
-            rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
-            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
-            fetch_max_bytes=FETCH_MAX_BYTES,  # part of the memory budget's fixed share
-        )
-        if self.settings.dlq_topic:
-            self._dlq = AIOKafkaProducer(
-                **self.settings.options("producer"),
-                acks="all",
-                enable_idempotence=True,
-            )
+        self._consumer = active_consumer(self.settings, self.ownership.binding.strategy)
+        self._dlq = DeadLetters.create(self.settings, self.topic)
         if self.settings.repair_shadowed:
             self._repairer = ShadowRepairer.create(self.settings, self.topic, self.settings.group)
         self.watchdog.start()
         try:
             await start_client(self.settings, self._consumer)
             if self._dlq is not None:
-                dlq = (self.settings.dlq_topic or "", "--dlq-topic")
-                await start_client(self.settings, self._dlq, dlq)
+                await self._dlq.start()
             if self._repairer is not None:
                 await self._repairer.start()
             self._consumer.subscribe([self.topic], listener=self)
@@ -312,11 +194,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             if self._fatal is not None:
                 raise self._fatal
             await self._settle_durability()  # flushed: every written offset can be committed
-            await self._await_commit_task()
-            await self._commit_pending(self._consumer, None)
+            await self.commits.await_task()
+            await self.commits.commit_pending(self._consumer, None)
             if self._fatal is not None:  # that commit refused (an ACL)
                 raise self._fatal
-            self._mark_caught_up(self._consumer)
+            self.lag.mark_caught_up(self._consumer)
             self.ownership.stopped()
         finally:
             await self._stop_standby()
@@ -360,9 +242,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.standby.stop()
 
     async def _shutdown(self) -> None:
-        if self._stop_watcher is not None:
-            self._stop_watcher.cancel()
-            await asyncio.wait({self._stop_watcher})  # gone before the loop is
+        await self._fetcher.close()
         if self._consumer is not None:
             try:
                 # Leaves the group. Bounded: during a rebalance aiokafka first waits for its
@@ -391,14 +271,14 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             # commits, HTTP reads) waited 130-160 ms during a catch-up. (It costs nothing
             # measurable; a task per poll raced against a stop waiter did.)
             await asyncio.sleep(0)
-            epoch = self._seek_epoch
+            epoch = self.positions.seek_epoch
             try:
-                fetched = await self._fetch(consumer)
+                fetched = await self._fetcher.fetch(consumer)
                 if fetched is None:
                     break  # stopped while aiokafka waited for a rebalance
                 batch = fetched
             except OffsetOutOfRangeError as exc:
-                await self._handle_out_of_range(consumer, exc)
+                await self.rebalance.out_of_range(consumer, exc)
                 continue
             except NoOffsetForPartitionError:
                 # Fetch raced ahead of on_partitions_assigned, which seeks every partition.
@@ -417,23 +297,23 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 async with self._batch_lock:
                     if self._fatal is not None:
                         raise self._fatal
-                    if self._rebalancing:
+                    if self.positions.rebalancing:
                         pass  # fetched before the revocation: the next owner reads it
-                    elif epoch == self._seek_epoch:
+                    elif epoch == self.positions.seek_epoch:
                         await self._process(consumer, batch)
                     else:
                         # Fetched before on_partitions_assigned sought (e.g. from the group's
                         # committed offset): drop it and fetch again from our own positions.
-                        self._reseek(consumer)
+                        self.positions.reseek(consumer)
             else:
                 await self._step_over_markers(consumer, epoch)
                 if self._book:
-                    self._schedule_commit(consumer)
+                    self.commits.schedule(consumer)
             self._periodic()
             if self.durability.due:
                 await self._settle_durability()
             if self._repairer is not None:
-                await self._sweep_repairs(consumer, self._repairer)
+                await self.repairs.sweep(consumer, self._repairer)
 
     async def _settle_durability(self) -> None:
         try:
@@ -441,93 +321,40 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         except StoreError as exc:
             raise FatalError(str(exc)) from None
 
-    async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]] | None:
-        """One getmany, or None when the worker is stopped meanwhile. aiokafka's getmany waits
-        without a timeout while a rebalance is under way, which can last the rebalance timeout
-        (or more, on a broker that is starting): a SIGTERM must not wait for it. One watcher
-        for the whole run cancels this task while (and only while) it waits in getmany; a
-        task per poll raced against a stop waiter cost ~0.4 µs per record (~6 % of a
-        catch-up)."""
-        if self.stop.is_set():
-            return None
-        if self._stop_watcher is None:
-            self._stop_watcher = asyncio.create_task(
-                self._cancel_fetch_on_stop(asyncio.current_task())
-            )
-        self._in_fetch = True
-        try:
-            result: dict[TopicPartition, list[Any]] = await consumer.getmany(
-                timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_records
-            )
-        except asyncio.CancelledError:
-            if self._fetch_cancelled:
-                self._fetch_cancelled = False
-                task = asyncio.current_task()
-                if task is not None and task.uncancel() == 0:
-                    return None  # the watcher's cancel, and nobody else's
-            raise
-        finally:
-            self._in_fetch = False
-        self._last_poll = time.monotonic()
-        return result
-
-    async def _cancel_fetch_on_stop(self, fetching_task: asyncio.Task[Any] | None) -> None:
-        await self.stop.wait()
-        # _in_fetch is True only while that task is suspended inside getmany (nothing else is
-        # awaited between setting and clearing it), so the cancel lands there.
-        if self._in_fetch and fetching_task is not None:
-            self._fetch_cancelled = True
-            fetching_task.cancel()
-
     async def _step_over_markers(self, consumer: AIOKafkaConsumer, epoch: int) -> None:
         """After an empty poll: past the transaction markers the consumer stepped over
         (offsets.past_control_records)."""
         async with self._batch_lock:
-            if self._rebalancing or epoch != self._seek_epoch:
+            if self.positions.rebalancing or epoch != self.positions.seek_epoch:
                 return
-            moved = await past_control_records(consumer, self.topic, self._positions, self._owned())
+            moved = await past_control_records(
+                consumer, self.topic, self.positions.next, self._owned()
+            )
             if not moved:
                 return
             checkpoints = advance(
                 moved,
                 lambda p: end_offset(consumer, TopicPartition(self.topic, p)),
-                self._caught_up_at,
+                self.positions.caught_up_at,
                 now_ms(),
             )
             self.store.set_checkpoints(checkpoints)
-            self._positions.update(moved)
+            self.positions.next.update(moved)
             for partition, next_offset in moved.items():
                 self._book.written(partition, next_offset)
-
-    async def _sweep_repairs(self, consumer: AIOKafkaConsumer, repairer: ShadowRepairer) -> None:
-        """Now and then, repair shadowed grains of caught-up partitions (also those whose
-        repair was lost to a crash or a failed send)."""
-        now = time.monotonic()
-        if now - self._last_sweep < REPAIR_SWEEP_INTERVAL_S:
-            return
-        self._last_sweep = now
-        async with self._batch_lock:
-            owned = set(self._owned())
-            repaired = await repairer.sweep(
-                self.store,
-                lambda p: (
-                    p in owned and self._is_caught_up(consumer, p, self._positions.get(p, -1))
-                ),
-            )
-            self.metrics.repairs.inc(repaired)
 
     def _periodic(self) -> None:
         now = time.monotonic()
         refusals.tick()  # summarise what the rate limits held back, polls or no polls
         shadowings.tick()
         if now - self._last_touch > TOUCH_INTERVAL_S and self._consumer is not None:
-            self._mark_caught_up(self._consumer)
+            self.lag.mark_caught_up(self._consumer)
             self.standby.touch()
             self._last_touch = now
         if now - self._last_lag_report < LAG_REPORT_INTERVAL_S:
             return
         self._last_lag_report = now
-        lags = self._lags()
+        lags = self.lag.lags(self._consumer)
         self.ownership.report_lag(lags)
         self.durability.observe(lags)
         if now - self._last_progress > PROGRESS_INTERVAL_S:
@@ -543,48 +370,12 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             self._last_progress = now
             self._drop_lost_partitions()
 
-    def _lags(self) -> dict[int, int]:
-        """Records behind the high watermark, per served partition (-1: not known yet)."""
-        lags = self.standby.lags()
-        if self._consumer is not None:
-            for partition in self._owned():
-                mark = self._consumer.highwater(TopicPartition(self.topic, partition))
-                position = self._positions.get(partition)
-                lags[partition] = (
-                    -1 if mark is None or position is None else max(0, mark - position)
-                )
-        return lags
-
     # --- what the HTTP face shows (read-only snapshot) -----------------------------------------
 
     def partition_rows(self) -> dict[int, PartitionRow]:
         """Every served partition: role, the store's next offset, the end offset at the last
         fetch, and how much is left while it has not caught up since it was assigned."""
-        rows: dict[int, PartitionRow] = {}
-        served: list[tuple[int, str, int | None, EndOffset | None]] = [
-            (p, "standby", position, end) for p, (position, end) in self.standby.marks().items()
-        ]
-        if self._consumer is not None:
-            for partition in self._owned():
-                end = end_offset(self._consumer, TopicPartition(self.topic, partition))
-                served.append((partition, "active", self._positions.get(partition), end))
-        now = now_ms()
-        max_age_s = self.settings.end_offset_max_age_s
-        for partition, role, position, end in served:
-            checkpoint = position if position is not None else 0
-            mark = None if end is None else end.offset
-            reached = mark is not None and position is not None and position >= mark
-            if reached:
-                self._reached_end.add((partition, role))
-            remaining = 0
-            if (partition, role) not in self._reached_end and mark is not None:
-                remaining = max(0, mark - checkpoint)
-            # An end offset the broker has not confirmed for long (Kafka unreachable) says
-            # nothing about what the log holds now: not caught up, however close we were.
-            age_s = None if end is None else max(0, now - end.confirmed_at_ms) / 1000
-            caught_up = reached and age_s is not None and age_s <= max_age_s
-            rows[partition] = PartitionRow(role, checkpoint, mark, caught_up, remaining, age_s)
-        return rows
+        return self.lag.rows(self._consumer)
 
     def group_assignment(self) -> GroupAssignment | None:
         """The last assignment of our protocol: who serves every partition (the read API's
@@ -596,15 +387,16 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.metrics.set_partitions(rows)
         shadowed_now = self.store.count_shadowed()
         self.metrics.shadowed_now.set(shadowed_now)
-        if self._last_poll is not None:
-            self.metrics.last_poll.set(time.time() - (time.monotonic() - self._last_poll))
+        last_poll = self._fetcher.last_poll
+        if last_poll is not None:
+            self.metrics.last_poll.set(time.time() - (time.monotonic() - last_poll))
         return NodeStatus(
             name=self.settings.instance_id or f"{self.settings.group}@{self.store.path.name}",
             topic=self.topic,
             group=self.settings.group,
             started_at=self.started_at,
-            last_poll_age_s=None if self._last_poll is None else time.monotonic() - self._last_poll,
-            assigned=self._assigned,
+            last_poll_age_s=None if last_poll is None else time.monotonic() - last_poll,
+            assigned=self.rebalance.ever_assigned,
             partitions=rows,
             counts=self.counts,
             repairs=self._repairer.repairs if self._repairer is not None else 0,
@@ -614,7 +406,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     def _drop_lost_partitions(self) -> None:
         """Drop the data of partitions not served for longer than the grace period (another
         worker has them). Synchronous: no poll can be applied in between."""
-        if self._first_join is None:
+        if self.instance_check.first_join is None:
             return  # the group has not told us what we own yet
         expired = self.ownership.expired(self.store.checkpoints())
         if expired:
@@ -626,45 +418,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.settings.lost_partition_grace_ms,
             )
 
-    def _is_caught_up(self, consumer: AIOKafkaConsumer, partition: int, next_offset: int) -> bool:
-        highwater = consumer.highwater(TopicPartition(self.topic, partition))
-        return highwater is not None and next_offset >= highwater
-
-    def _mark_caught_up(
-        self, consumer: AIOKafkaConsumer, partitions: Iterable[int] | None = None
-    ) -> None:
-        """Record, for owned partitions whose position has reached the high watermark, since
-        when the store is caught up: when the broker confirmed that end offset (the
-        tombstone-retention check on assignment uses it)."""
-        now = now_ms()
-        wanted = set(self._owned()) if partitions is None else set(partitions)
-        checkpoints = {}
-        for partition in wanted:
-            position = self._positions.get(partition)
-            if position is None:
-                continue
-            end = end_offset(consumer, TopicPartition(self.topic, partition))
-            since = caught_up_since(position, end, now)
-            if since is not None:
-                since = max(since, self._caught_up_at.get(partition, since))
-                self._caught_up_at[partition] = since
-                checkpoints[partition] = Checkpoint(position, since)
-        if checkpoints:
-            self.store.set_checkpoints(checkpoints)
-
-    def _seek(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
-        consumer.seek(tp, offset)
-        self._positions[tp.partition] = offset
-
-    def _reseek(self, consumer: AIOKafkaConsumer) -> None:
-        for tp in consumer.assignment():
-            if tp.topic == self.topic and tp.partition in self._positions:
-                consumer.seek(tp, self._positions[tp.partition])
-
     def _owned(self) -> list[int]:
-        if self._consumer is None:
-            return []
-        return [tp.partition for tp in self._consumer.assignment() if tp.topic == self.topic]
+        return owned(self._consumer, self.topic)
 
     # --- one poll ----------------------------------------------------------------------------
 
@@ -680,17 +435,17 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         result = folded.result
         for warning in result.warnings:
             log.warning("%s", warning)
-        _log_shadowing(self.topic, result, self._repairer is not None)
+        log_shadowing(self.topic, result, self._repairer is not None)
         if result.rejected:
             for rejection in result.rejected:
-                _log_rejection(self.topic, rejection)
-            await self._send_to_dlq(result.rejected)
+                log_rejection(self.topic, rejection)
             if self._dlq is not None:
+                await self._dlq.send(result.rejected)
                 self.metrics.dlq_sends.inc(len(result.rejected))
         checkpoints = advance(
             result.next_offsets,
             lambda p: end_offset(consumer, TopicPartition(self.topic, p)),
-            self._caught_up_at,
+            self.positions.caught_up_at,
             now_ms(),
         )
         write_started = time.perf_counter()
@@ -711,213 +466,21 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.metrics.poll_seconds.observe(done - started)
         for partition, next_offset in result.next_offsets.items():
             self._book.written(partition, next_offset)
-        self._positions.update(result.next_offsets)
+        self.positions.next.update(result.next_offsets)
         if self._focus.waiting:
-            self._focus_progressed(consumer, result.next_offsets)
-        self._schedule_commit(consumer)
+            catchup.resume_next(self._focus, consumer, self.topic, result.next_offsets)
+        self.commits.schedule(consumer)
         if self._repairer is not None:
             self._repairer.forget(result.unshadowed)
-            await self._repair_now(consumer, self._repairer, result)
+            await self.repairs.repair_now(consumer, self._repairer, result)
 
-    async def _repair_now(
-        self, consumer: AIOKafkaConsumer, repairer: ShadowRepairer, result: FoldResult
-    ) -> None:
-        """Repair this poll's shadowed grains in caught-up partitions at once; the others wait
-        for the sweep (repairing while behind would re-publish states the log has passed)."""
-        items = []
-        for grain in {s.grain for s in result.shadowed}:
-            state = result.changes.get(grain)
-            if (
-                state is not None
-                and state.shadowed
-                and self._is_caught_up(
-                    consumer, state.partition, result.next_offsets[state.partition]
-                )
-            ):
-                items.append((grain, state))
-        if items:
-            self.metrics.repairs.inc(await repairer.repair(sorted(items, key=lambda i: i[0])))
-
-    async def _send_to_dlq(self, rejected: list[Rejection]) -> None:
-        if self._dlq is None or not self.settings.dlq_topic:
-            return
-        try:
-            await asyncio.wait_for(self._send_all(self._dlq, rejected), DLQ_TIMEOUT_S)
-        except (KafkaError, TimeoutError) as exc:
-            refused = refusal(
-                exc,
-                self.settings,
-                doing="sending refused records to the dead-letter topic",
-                topic=self.settings.dlq_topic,
-                topic_needs="Write",
-                topic_flag="--dlq-topic",
-            )
-            if refused is not None:
-                raise refused from None
-            raise FatalError(
-                f"dead-letter topic {self.settings.dlq_topic!r}: send failed "
-                f"({type(exc).__name__}: {exc}); nothing of this poll was written or committed"
-            ) from None
-
-    async def _send_all(self, producer: AIOKafkaProducer, rejected: list[Rejection]) -> None:
-        assert self.settings.dlq_topic
-        futures = []
-        for rejection in rejected:
-            record = rejection.record
-            headers = [
-                ("stream-replica.kind", rejection.kind.encode()),
-                ("stream-replica.reason", rejection.reason.encode()),
-                ("stream-replica.source-topic", self.topic.encode()),
-                ("stream-replica.source-partition", str(record.partition).encode()),
-                ("stream-replica.source-offset", str(record.offset).encode()),
-            ]
-            if rejection.grain is not None:
-                headers.append(("stream-replica.grain-type", rejection.grain[0].encode()))
-                headers.append(("stream-replica.grain-key", rejection.grain[1].encode()))
-            if rejection.shadows_offset is not None:
-                # This record is now the last on the key: the state it names is shadowed.
-                headers.append(
-                    ("stream-replica.shadows-offset", str(rejection.shadows_offset).encode())
-                )
-            try:
-                future = await producer.send(
-                    self.settings.dlq_topic, key=record.key, value=record.value, headers=headers
-                )
-            except MessageSizeTooLargeError:
-                # The record plus our headers exceed the producer's limit: keep the evidence.
-                headers.append(("stream-replica.value-dropped", b"too large for the DLQ"))
-                future = await producer.send(
-                    self.settings.dlq_topic, key=record.key, value=None, headers=headers
-                )
-            futures.append(future)
-        await asyncio.gather(*futures)
-
-    # --- commits ---------------------------------------------------------------------------
-    # Commits run in one background task so the next poll is fetched and written while the
-    # broker answers; they carry only offsets already written to the store, so they are never
-    # ahead of it. Offsets are cumulative: a failed commit is covered by the next one.
-
-    def _schedule_commit(self, consumer: AIOKafkaConsumer) -> None:
-        if self._rebalancing or not self._book:  # nothing written, or nothing flushed yet
-            return
-        if self._commit_task is None or self._commit_task.done():
-            self._commit_task = asyncio.create_task(self._commit_in_background(consumer))
-
-    async def _commit_in_background(self, consumer: AIOKafkaConsumer) -> None:
-        try:
-            while self._book and not self._rebalancing:
-                wait = self._last_commit + COMMIT_INTERVAL_S - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                    continue
-                self._last_commit = time.monotonic()
-                if not await self._commit_pending(consumer, None):
-                    await asyncio.sleep(1.0)  # back off; the next poll schedules a retry
-                    return
-        except Exception:
-            log.exception("background commit failed; the next poll retries")
-
-    async def _await_commit_task(self) -> None:
-        task = self._commit_task
-        if task is not None and not task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(task), COMMIT_TIMEOUT_S + 1)
-            except TimeoutError:
-                log.warning("background commit did not finish; continuing")
-
-    async def _commit_pending(
-        self, consumer: AIOKafkaConsumer, partitions: Iterable[int] | None
-    ) -> bool:
-        """Commit written checkpoints (all, or only ``partitions``). Returns False on failure,
-        which is harmless: the store is authoritative and the offsets stay pending."""
-        owned = partitions_of(consumer.assignment(), self.topic)
-        # Never commit partitions we no longer own (their new owner does), nor at or below
-        # the group's committed offset.
-        due = self._book.due(owned, partitions)
-        if not due:
-            return True
-        offsets = {TopicPartition(self.topic, p): o for p, o in due.items()}
-        if not await self._commit_offsets(consumer, offsets):
-            return False
-        self._book.committed(due)
-        return True
-
-    async def _commit_offsets(
-        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
-    ) -> bool:
-        started = time.perf_counter()
-        try:
-            await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_S)
-            self.metrics.commit_seconds.observe(time.perf_counter() - started)
-        except (KafkaError, TimeoutError) as exc:
-            refused = self._refusal(exc, "committing offsets")
-            if refused is not None:  # retrying cannot fix an ACL: stop after this poll
-                self._fatal = self._fatal or refused
-                self.stop.set()
-                return False
-            log.warning(
-                "offset commit of %s not done (%s); local checkpoints are written, will retry",
-                {tp.partition: o for tp, o in offsets.items()},
-                type(exc).__name__,
-            )
-            return False
-        return True
-
-    # --- rebalance ---------------------------------------------------------------------------
+    # --- rebalance: the listener's callbacks (rebalance.py does the work) ----------------------
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # aiokafka swallows exceptions raised here, so log them ourselves.
-        try:
-            async with self._batch_lock:  # waits for the in-flight poll's write + commit
-                try:
-                    partitions = [tp.partition for tp in revoked if tp.topic == self.topic]
-                    if self._consumer is not None and partitions:
-                        await self._await_commit_task()
-                        await self.durability.persist()  # no WAL: flushed, then committed
-                        await self._commit_pending(self._consumer, partitions)
-                        self._mark_caught_up(self._consumer, partitions)
-                    if partitions:
-                        self._focus.revoked(partitions)
-                        self.ownership.revoked(partitions)
-                        log.info("released partitions %s", sorted(partitions))
-                finally:
-                    # Even if the steps above failed: nothing fetched before now may be
-                    # applied, nor committed with the old generation.
-                    self._rebalancing = True
-                    self._seek_epoch += 1
-        except Exception:
-            log.exception("revocation handling failed")
+        await self.rebalance.revoked(self._consumer, revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
-        self.metrics.rebalances.inc()
-        self._assigned = True
-        self._reached_end.clear()
-        async with self._batch_lock:
-            try:
-                self._check_replaced()
-                actives = [tp for tp in assigned if tp.topic == self.topic]
-                lags, held = await self._seek_assigned(actives, self._consumer)
-                self._focus_on(lags, held)
-                standby = self.ownership.assigned(tp.partition for tp in actives)
-                await self.standby.follow(standby)
-            except FatalError as exc:
-                self._fatal = exc
-                self.stop.set()
-            except Exception as exc:
-                # Some partitions may not be sought: nothing fetched may be applied any more.
-                log.debug("assignment handling failed", exc_info=True)
-                self._fatal = self._refusal(exc, "positioning the assigned partitions") or (
-                    FatalError(
-                        f"could not position the assigned partitions "
-                        f"{sorted(tp.partition for tp in assigned)} ({type(exc).__name__}: "
-                        f"{exc}); restart the worker"
-                    )
-                )
-                self.stop.set()
-            finally:
-                self._seek_epoch += 1
-                self._rebalancing = False
+        await self.rebalance.assigned(self._consumer, assigned)
 
     def _refusal(
         self, exc: BaseException, doing: str, group_doing: str | None = None
@@ -931,204 +494,15 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             group=self.settings.group,
         )
 
-    def _check_replaced(self) -> None:
-        """Detect a second live worker with our instance id. The broker lets a joining
-        static member replace the one holding its id, and aiokafka then rejoins (replacing
-        the other in turn) instead of surfacing FENCED_INSTANCE_ID: two such workers would
-        take the partitions from each other forever. The newcomer notices it was replaced
-        early in its life, within NEWCOMER_WINDOW_S of its first join (a restart after a crash
-        is not replaced: the old process is dead), and stops; the established worker, older
-        than that when the newcomer takes its id, keeps going and takes it back."""
-        consumer = self._consumer
-        if consumer is None or self.settings.instance_id is None:
-            return
-        member_id = getattr(getattr(consumer, "_coordinator", None), "member_id", None)
-        now = time.monotonic()
-        if self._first_join is None:
-            self._first_join = now
-        elif member_id != self._member_id and now - self._first_join < NEWCOMER_WINDOW_S:
-            raise FatalError(fenced_line(self.settings))
-        self._member_id = member_id
+    def _fail(self, exc: Exception) -> None:
+        """A rebalance callback could not do its job: stop the worker with ``exc``."""
+        self._fatal = exc
+        self.stop.set()
 
-    def _focus_on(self, lags: Mapping[int, int], held: Mapping[int, int]) -> None:
-        """Pause all but a few of the partitions far behind (catchup.py says why)."""
-        paused = self._focus.assigned(lags, held)
-        if paused and self._consumer is not None:
-            self._consumer.pause(*(TopicPartition(self.topic, p) for p in sorted(paused)))
-            log.info(
-                "catching up partitions %s first; %s paused until then",
-                self._focus.focus,
-                self._focus.waiting,
-            )
-
-    def _focus_progressed(
-        self, consumer: AIOKafkaConsumer, next_offsets: Mapping[int, int]
-    ) -> None:
-        lags = {}
-        for partition, offset in next_offsets.items():
-            mark = consumer.highwater(TopicPartition(self.topic, partition))
-            if mark is not None:
-                lags[partition] = mark - offset
-        for partition in self._focus.progressed(lags):
-            consumer.resume(TopicPartition(self.topic, partition))
-            log.info("partition %d: catching up (next: %s)", partition, self._focus.waiting)
-
-    async def _seek_assigned(
-        self, assigned: list[TopicPartition], consumer: AIOKafkaConsumer | None
-    ) -> tuple[dict[int, int], dict[int, int]]:
-        """Position each partition; returns (records behind the end, offset held) of each."""
-        lags: dict[int, int] = {}
-        held: dict[int, int] = {}
-        if not assigned or consumer is None:
-            return lags, held
-        checkpoints = self.store.checkpoints()
-        beginnings = await consumer.beginning_offsets(assigned)
-        ends = await consumer.end_offsets(assigned)
-        committed = await asyncio.gather(*(consumer.committed(tp) for tp in assigned))
-        now = now_ms()
-        to_wipe: dict[int, str] = {}
-        for tp, group_offset in sorted(zip(assigned, committed, strict=True)):
-            checkpoint = checkpoints.get(tp.partition)
-            end = ends[tp]
-            resume = resume_from(checkpoint, beginnings[tp], end, now, self._delete_retention_ms)
-            self._seek(consumer, tp, resume.offset)
-            lags[tp.partition] = max(0, end - resume.offset)
-            held[tp.partition] = resume.offset - beginnings[tp]
-            self._book.assigned(tp.partition, group_offset)
-            behind = self._book.behind(tp.partition, resume.offset)
-            lag = (
-                f"; {behind} records behind the group's committed offset {group_offset}, "
-                "commits resume past it"
-                if behind
-                else ""
-            )
-            if resume.reason is None:
-                assert checkpoint is not None
-                # The group's offset may lag the store (a crash between write and commit):
-                # commit ours then. A store behind the group's offset commits once past it.
-                self._book.written(tp.partition, resume.offset)
-                caught_up = checkpoint.next_offset >= end
-                self._caught_up_at[tp.partition] = now if caught_up else checkpoint.caught_up_at_ms
-                log.info(
-                    "partition %d: resuming from stored offset %d (end %d)%s",
-                    tp.partition,
-                    resume.offset,
-                    end,
-                    lag,
-                )
-                continue
-            if resume.wipe:
-                to_wipe[tp.partition] = resume.reason
-                log.warning("partition %d: %s%s", tp.partition, resume.reason, lag)
-            else:
-                log.info(
-                    "partition %d: %s (offsets %d..%d)%s",
-                    tp.partition,
-                    resume.reason,
-                    beginnings[tp],
-                    end,
-                    lag,
-                )
-            # Reading from the log start now sees every tombstone the log holds now.
-            self._caught_up_at[tp.partition] = now
-        if to_wipe:
-            self.store.wipe_partitions(to_wipe)
-            log.info("wiped the grains of partitions %s", sorted(to_wipe))
-        return lags, held
-
-    async def _handle_out_of_range(
-        self, consumer: AIOKafkaConsumer, exc: OffsetOutOfRangeError
-    ) -> None:
-        failed: dict[TopicPartition, int] = exc.args[0] if exc.args else {}
-        async with self._batch_lock:
-            assigned = consumer.assignment()
-            # Only an error about the position we are really at counts (it may be stale).
-            current = [
-                tp
-                for tp, offset in failed.items()
-                if tp in assigned and self._positions.get(tp.partition) == offset
-            ]
-            try:
-                if current:
-                    log.warning(
-                        "offsets %s out of range (the log start moved past them): wiping "
-                        "and rebuilding those partitions",
-                        {tp.partition: failed[tp] for tp in current},
-                    )
-                    beginnings = await consumer.beginning_offsets(current)
-                    self.store.wipe_partitions(tp.partition for tp in current)
-                    now = now_ms()
-                    for tp, start in beginnings.items():
-                        self._seek(consumer, tp, start)
-                        self._caught_up_at[tp.partition] = now
-                        self._book.forget(tp.partition)
-            except KafkaError as error:
-                log.warning("could not handle out-of-range offsets (%s); retrying", error)
-            self._reseek(consumer)
-            self._seek_epoch += 1
-
-
-def _unreachable(settings: WorkerSettings, exc: BaseException) -> str:
-    if isinstance(exc, StreamReplicaError):
-        return str(exc)  # already says what failed where
-    return f"Kafka not reachable at {settings.bootstrap_servers} ({type(exc).__name__}: {exc})"
-
-
-def _log_rejection(topic: str, rejection: Rejection) -> None:
-    record = rejection.record
-    grain = rejection.grain
-    body = record.body
-    fields: dict[str, object] = {
-        "topic": topic,
-        "partition": record.partition,
-        "offset": record.offset,
-    }
-    if grain is not None:
-        fields |= {"grain_type": grain[0], "grain_key": grain[1]}
-    refusals.log(
-        logging.ERROR,
-        rejection.kind,
-        "refused %s record at %s/%d/%d%s%s: %s",
-        rejection.kind,
-        topic,
-        record.partition,
-        record.offset,
-        f" grain_type={grain[0]!r} grain_key={grain[1]!r}" if grain else "",
-        f" sequence={body.sequence}"
-        if rejection.kind == "delta" and hasattr(body, "sequence")
-        else "",
-        rejection.reason,
-        **fields,
-    )
-
-
-def _log_shadowing(topic: str, result: FoldResult, repairing: bool) -> None:
-    """One warning per grain when its state becomes shadowed (not per shadowing record),
-    rate-limited."""
-    for shadowing in result.shadowed:
-        if not shadowing.first:
-            continue
-        grain = shadowing.grain
-        shadowings.log(
-            logging.WARNING,
-            "shadowed",
-            "grain %s/%s: its state (%s/%d/%d) is shadowed by the %s record at offset %d: "
-            "once the log is compacted, a rebuild will not restore it%s",
-            grain[0],
-            grain[1],
-            topic,
-            shadowing.partition,
-            shadowing.state_offset,
-            shadowing.kind,
-            shadowing.by_offset,
-            "; repairing" if repairing else "; run with --repair-shadowed to re-publish it",
-            topic=topic,
-            partition=shadowing.partition,
-            offset=shadowing.by_offset,
-            state_offset=shadowing.state_offset,
-            grain_type=grain[0],
-            grain_key=grain[1],
-        )
+    def _refused(self, refused: StreamReplicaError) -> None:
+        """A commit was refused for good (an ACL): stop after this poll."""
+        self._fatal = self._fatal or refused
+        self.stop.set()
 
 
 def _format_counts(counts: FoldCounts) -> str:

@@ -68,11 +68,11 @@ def test_tick_summarises_once_the_interval_is_over_without_another_line(
 def test_shadowing_lines_are_rate_limited_with_their_grain_fields(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stream_replica import worker
+    from stream_replica import shadowing
     from stream_replica.fold import FoldResult, Shadowing
 
-    limited = logs.RateLimitedLog(worker.log, burst=20, interval_s=3600, summary="see audit")
-    monkeypatch.setattr(worker, "shadowings", limited)
+    limited = logs.RateLimitedLog(shadowing.log, burst=20, interval_s=3600, summary="see audit")
+    monkeypatch.setattr(shadowing, "shadowings", limited)
     result = FoldResult(
         shadowed=[
             Shadowing(("Counter", f"k{index}"), 2, 10 + index, 100 + index, "delta", True)
@@ -80,10 +80,10 @@ def test_shadowing_lines_are_rate_limited_with_their_grain_fields(
         ]
         + [Shadowing(("Counter", "k0"), 2, 10, 200, "delta", False)]  # not the first: no line
     )
-    with caplog.at_level(logging.INFO, logger=worker.log.name):
-        worker._log_shadowing("orders", result, repairing=False)
+    with caplog.at_level(logging.INFO, logger=shadowing.log.name):
+        shadowing.log_shadowing("orders", result, repairing=False)
         limited.flush()
-    lines = [r for r in caplog.records if r.name == worker.log.name]
+    lines = [r for r in caplog.records if r.name == shadowing.log.name]
     assert len(lines) == 21
     first = lines[0]
     assert first.getMessage().startswith("grain Counter/k0: its state (orders/2/10) is shadowed")

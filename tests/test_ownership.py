@@ -237,7 +237,7 @@ async def test_duplicate_instance_id_fails_with_one_line(
     try:
         await wait_until(lambda: len(first.assignments()) > 0, 60, 0.2)
         # A worker replaced within NEWCOMER_WINDOW_S of its first join is the newcomer and
-        # stops; one in the group for longer keeps going (ReplicaWorker._check_replaced).
+        # stops; one in the group for longer keeps going (ownership.DuplicateInstanceCheck).
         joined = first.assignments()[0][0]
         settled = NEWCOMER_WINDOW_S + 0.5
         await wait_until(lambda: time.time() - joined > settled, 20, 0.2, what="first to settle")

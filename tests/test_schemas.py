@@ -30,7 +30,7 @@ SCHEMA_FILE = SCHEMAS / "replication-entry.schema.json"
 VECTORS = SCHEMAS / "vectors"
 GENERATE = VECTORS / "generate.py"
 ASYNCAPI = SCHEMAS / "asyncapi.yaml"
-WORKER = ROOT / "stream_replica" / "worker.py"
+DEAD_LETTERS = ROOT / "stream_replica" / "dead_letters.py"
 
 REGENERATE_SCHEMA = "run `.venv/bin/python -m stream_replica.schema` and commit the result"
 REGENERATE_VECTORS = "run `.venv/bin/python schemas/vectors/generate.py` and commit the result"
@@ -398,7 +398,7 @@ def test_asyncapi_dead_letter_headers_match_the_worker() -> None:
     (message,) = _messages(doc, channel).values()
     headers = _resolve(doc, message["headers"])
     documented = set(headers["properties"])
-    sent = set(re.findall(r'"(stream-replica\.[a-z-]+)"', WORKER.read_text(encoding="utf-8")))
+    sent = set(re.findall(r'"(stream-replica\.[a-z-]+)"', DEAD_LETTERS.read_text(encoding="utf-8")))
     assert len(sent) == 9, sorted(sent)
     assert documented == sent, f"documented {sorted(documented)}, worker sends {sorted(sent)}"
     assert set(headers["required"]) == sent - {

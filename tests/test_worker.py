@@ -211,7 +211,7 @@ async def test_restart_commits_a_written_but_uncommitted_checkpoint(
         await asyncio.Event().wait()
         return False
 
-    first.worker._commit_offsets = die_before_commit  # type: ignore[method-assign]
+    first.worker.commits._commit_offsets = die_before_commit  # type: ignore[method-assign]
     first.start()
     await asyncio.wait_for(written.wait(), 60)
     await first.kill()
@@ -618,14 +618,14 @@ async def test_group_offset_ahead_of_store_is_never_used(
         await committer.commit({tp: ends[tp.partition] * 3 // 4 for tp in tps})
         await committer.stop()
         worker = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / f"db{attempt}")
-        real_seek = worker.worker._seek_assigned
+        real_seek = worker.worker.rebalance.seek_assigned
 
         async def slow_seek(*args: Any, real_seek: Any = real_seek) -> Any:
             # A slow assignment callback lets the fetcher run ahead from the group offset.
             await asyncio.sleep(1.0)
             return await real_seek(*args)
 
-        worker.worker._seek_assigned = slow_seek  # type: ignore[method-assign]
+        worker.worker.rebalance.seek_assigned = slow_seek  # type: ignore[method-assign]
         worker.start()
         await wait_until(lambda worker=worker: worker.caught_up(ends), 60, what="catch-up")
         records = worker.worker.counts.records
@@ -692,7 +692,7 @@ async def test_failed_assignment_stops_the_worker_without_applying(
     async def broken_seek(*args: Any) -> None:
         raise RuntimeError("ListOffsets timed out")
 
-    worker.worker._seek_assigned = broken_seek  # type: ignore[method-assign]
+    worker.worker.rebalance.seek_assigned = broken_seek  # type: ignore[method-assign]
     worker.start()
     assert worker.task is not None
     with pytest.raises(FatalError, match="could not position the assigned partitions"):
@@ -812,9 +812,9 @@ async def test_a_failed_revocation_still_fences_polls_fetched_before_it(tmp_path
         raise RuntimeError("store gone")
 
     replica.ownership.revoked = broken  # type: ignore[method-assign]
-    epoch = replica._seek_epoch
+    epoch = replica.positions.seek_epoch
     await replica.on_partitions_revoked({TopicPartition("t", 0)})
-    assert replica._rebalancing is True and replica._seek_epoch == epoch + 1
+    assert replica.positions.rebalancing is True and replica.positions.seek_epoch == epoch + 1
     worker.store.close()
 
 

@@ -1,0 +1,106 @@
+"""How far behind the served partitions are, and since when the active ones are caught up.
+
+* Lags (records behind the high watermark) go to the assignor (ownership.report_lag), the
+  WAL policy (durability.py) and the progress line.
+* The rows of the HTTP face: role, next offset, end offset, caught up, what is left.
+* Caught-up bookkeeping: since when the store of each owned partition holds everything the
+  log had (store.Checkpoint), which the tombstone-retention check on assignment uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stream_replica.offsets import EndOffset, caught_up_since, end_offset
+from stream_replica.ownership import now_ms
+from stream_replica.positions import Positions, owned
+from stream_replica.standby import StandbyFollower
+from stream_replica.status import PartitionRow
+from stream_replica.store import Checkpoint, ReplicaStore
+
+
+class LagTracker:
+    def __init__(
+        self,
+        topic: str,
+        store: ReplicaStore,
+        positions: Positions,
+        standby: StandbyFollower,
+        end_offset_max_age_s: float,
+    ) -> None:
+        self.topic = topic
+        self._store = store
+        self._positions = positions
+        self._standby = standby
+        self._end_offset_max_age_s = end_offset_max_age_s
+        # (partition, role) that reached the end offset since they were assigned here
+        self.reached_end: set[tuple[int, str]] = set()
+
+    def lags(self, consumer: AIOKafkaConsumer | None) -> dict[int, int]:
+        """Records behind the high watermark, per served partition (-1: not known yet)."""
+        lags = self._standby.lags()
+        if consumer is not None:
+            for partition in owned(consumer, self.topic):
+                mark = consumer.highwater(TopicPartition(self.topic, partition))
+                position = self._positions.next.get(partition)
+                lags[partition] = (
+                    -1 if mark is None or position is None else max(0, mark - position)
+                )
+        return lags
+
+    def rows(self, consumer: AIOKafkaConsumer | None) -> dict[int, PartitionRow]:
+        """Every served partition: role, the store's next offset, the end offset at the last
+        fetch, and how much is left while it has not caught up since it was assigned."""
+        rows: dict[int, PartitionRow] = {}
+        served: list[tuple[int, str, int | None, EndOffset | None]] = [
+            (p, "standby", position, end) for p, (position, end) in self._standby.marks().items()
+        ]
+        if consumer is not None:
+            for partition in owned(consumer, self.topic):
+                end = end_offset(consumer, TopicPartition(self.topic, partition))
+                served.append((partition, "active", self._positions.next.get(partition), end))
+        now = now_ms()
+        max_age_s = self._end_offset_max_age_s
+        for partition, role, position, end in served:
+            checkpoint = position if position is not None else 0
+            mark = None if end is None else end.offset
+            reached = mark is not None and position is not None and position >= mark
+            if reached:
+                self.reached_end.add((partition, role))
+            remaining = 0
+            if (partition, role) not in self.reached_end and mark is not None:
+                remaining = max(0, mark - checkpoint)
+            # An end offset the broker has not confirmed for long (Kafka unreachable) says
+            # nothing about what the log holds now: not caught up, however close we were.
+            age_s = None if end is None else max(0, now - end.confirmed_at_ms) / 1000
+            caught_up = reached and age_s is not None and age_s <= max_age_s
+            rows[partition] = PartitionRow(role, checkpoint, mark, caught_up, remaining, age_s)
+        return rows
+
+    def is_caught_up(self, consumer: AIOKafkaConsumer, partition: int, next_offset: int) -> bool:
+        highwater = consumer.highwater(TopicPartition(self.topic, partition))
+        return highwater is not None and next_offset >= highwater
+
+    def mark_caught_up(
+        self, consumer: AIOKafkaConsumer, partitions: Iterable[int] | None = None
+    ) -> None:
+        """Record, for owned partitions whose position has reached the high watermark, since
+        when the store is caught up: when the broker confirmed that end offset (the
+        tombstone-retention check on assignment uses it)."""
+        now = now_ms()
+        wanted = set(owned(consumer, self.topic)) if partitions is None else set(partitions)
+        checkpoints = {}
+        for partition in wanted:
+            position = self._positions.next.get(partition)
+            if position is None:
+                continue
+            end = end_offset(consumer, TopicPartition(self.topic, partition))
+            since = caught_up_since(position, end, now)
+            if since is not None:
+                since = max(since, self._positions.caught_up_at.get(partition, since))
+                self._positions.caught_up_at[partition] = since
+                checkpoints[partition] = Checkpoint(position, since)
+        if checkpoints:
+            self._store.set_checkpoints(checkpoints)
