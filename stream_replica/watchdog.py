@@ -12,7 +12,7 @@ whether to look at the code or at the machine:
 * the rest: blocked in the kernel (I/O, a lock, a page fault served from disk).
 
 While a stall is under way, a small thread looks at the loop thread's Python stack, so the
-report names where the loop was (``in apply (store.py:823) < _process (worker.py:592) ...``). It
+report names where the loop was (``in apply (store.py:…) < _process (worker.py:…) ...``). It
 needs the GIL for that: a C call holding the GIL is seen only after it returns, at whatever line
 runs next. So callers of such calls (store.py's RocksDB calls) note the long ones with
 :func:`note_blocking_call`, and a stall names the longest noted call within it first (``in a
