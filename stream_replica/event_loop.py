@@ -10,7 +10,7 @@ package depends on it wherever uvloop ships wheels, i.e. not on Windows), asynci
 otherwise; the worker's start-up line names the one it got.
 
 Programs that embed the worker (:class:`~stream_replica.worker.ReplicaWorker`) run it on
-whatever loop they run; nothing here is global.
+whatever loop they run; nothing here is global (so they do not get the TLS close fix below).
 """
 
 from __future__ import annotations
@@ -27,6 +27,33 @@ T = TypeVar("T")
 LOOPS: Final = ("auto", "uvloop", "asyncio")
 DEFAULT: Final = "auto"
 
+# uvloop stops reading while it closes a TLS connection (MagicStack/uvloop#471, still so in
+# 0.23): a Kafka response arriving meanwhile (a consumer's fetch in flight at stop) leaves the
+# close_notify exchange waiting for the whole ssl_shutdown_timeout, 30 s by default. Stopping
+# a client over SSL/SASL_SSL took 30 s in about half of the runs (`audit` 0.6 s or 30.1 s);
+# with this, at most this long. A peer that answers close_notify at all does so in one
+# round trip.
+SSL_SHUTDOWN_TIMEOUT_S: Final = 2.0
+
+
+def _uvloop_class() -> type[asyncio.AbstractEventLoop]:
+    import uvloop
+
+    class Loop(uvloop.Loop):
+        """uvloop's loop, its TLS connections' and servers' close bounded (see above)."""
+
+        async def create_connection(self, *args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("ssl"):
+                kwargs.setdefault("ssl_shutdown_timeout", SSL_SHUTDOWN_TIMEOUT_S)
+            return await super().create_connection(*args, **kwargs)
+
+        async def create_server(self, *args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("ssl"):
+                kwargs.setdefault("ssl_shutdown_timeout", SSL_SHUTDOWN_TIMEOUT_S)
+            return await super().create_server(*args, **kwargs)
+
+    return Loop
+
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """A factory for ``asyncio.Runner`` (None: asyncio's default loop)."""
@@ -38,7 +65,7 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     if name == "asyncio":
         return None
     try:
-        import uvloop
+        return _uvloop_class()
     except ImportError as exc:
         if name == "auto":
             return None
@@ -46,7 +73,6 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
             f"--event-loop uvloop: uvloop cannot be imported ({exc}); "
             "install it (pip install uvloop) or pass --event-loop asyncio"
         ) from None
-    return uvloop.new_event_loop
 
 
 def run(main: Coroutine[Any, Any, T], name: str = DEFAULT) -> T:
@@ -63,7 +89,6 @@ def run(main: Coroutine[Any, Any, T], name: str = DEFAULT) -> T:
 def describe() -> str:
     """The running loop, for the worker's start-up log."""
     loop = asyncio.get_running_loop()
-    package = type(loop).__module__.partition(".")[0]
-    if package == "uvloop":
+    if any(cls.__module__.partition(".")[0] == "uvloop" for cls in type(loop).__mro__):
         return f"event loop: uvloop {version('uvloop')}"
-    return f"event loop: {package} ({type(loop).__name__})"
+    return f"event loop: {type(loop).__module__.partition('.')[0]} ({type(loop).__name__})"

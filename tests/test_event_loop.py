@@ -20,6 +20,10 @@ from tests.helpers import TopicFactory, finish, read_until, worker_command
 
 
 async def _loop_module() -> str:
+    """The package of the loop's class, or of the loop it extends (ours extends uvloop's)."""
+    for cls in type(asyncio.get_running_loop()).__mro__:
+        if cls.__module__.startswith(("uvloop", "asyncio")):
+            return cls.__module__
     return type(asyncio.get_running_loop()).__module__
 
 
