@@ -86,6 +86,11 @@ async def tls_protocol(host: str, port: int, timeout_s: float) -> str | None:
     say which: mutual TLS refuses a client without a certificate), None for one without TLS."""
     if not await speaks_tls(host, port, timeout_s):
         return None
+    if await tls_alert(host, port, _unverified(), timeout_s) is not None:
+        # Mutual TLS refusing a client without a certificate (TLS 1.3: after the handshake).
+        # Asked through aiokafka's connection instead, the alert would end in a future nobody
+        # retrieves, which asyncio logs with a traceback once the connection is collected.
+        return "SSL or SASL_SSL"
     try:
         conn = await asyncio.wait_for(
             create_conn(
