@@ -94,21 +94,10 @@ async def replay(
         raise ReplayError(f"no replica store at {settings.db}; pass --rebuild to start one there")
     store = ReplicaStore(settings.db, settings.topic)
     try:
-        current = store.checkpoints()
-        now = now_ms()
-        checkpoints = {}
-        for partition, target in targets.items():
-            held = current.get(partition)
-            held_offset = held.next_offset if held is not None else beginnings[partition]
-            if not rebuild and target > held_offset:
-                raise ReplayError(
-                    f"partition {partition}: moving the store forward from {held_offset} to "
-                    f"{target} would claim records it never applied; use --rebuild"
-                )
-            # A rebuild reads from scratch; otherwise keep when the store last caught up, so
-            # the tombstone-retention check still applies to what it already holds.
-            caught_up = now if rebuild or held is None else held.caught_up_at_ms
-            checkpoints[partition] = Checkpoint(target, caught_up)
+        checkpoints = _moved_checkpoints(store, targets, beginnings, rebuild=rebuild)
+        # The group's offsets first: a refused commit (an ACL, the broker gone) then leaves the
+        # store as it was, and the one line it ends with is the whole story.
+        await _commit(settings, tps, targets)
         wiped = 0
         if rebuild:
             wiped = store.count_grains(partitions)  # a key scan: fine offline, for the summary
@@ -121,7 +110,41 @@ async def replay(
             "--rebuild from an offset other than the beginning: the store will hold only "
             "what those partitions' records from that offset on produce"
         )
+    return {
+        "topic": settings.topic,
+        "group": settings.group,
+        "partitions": {str(p): targets[p] for p in sorted(targets)},
+        "rebuild": rebuild,
+        "grains_wiped": wiped,
+    }
 
+
+def _moved_checkpoints(
+    store: ReplicaStore, targets: dict[int, int], beginnings: dict[int, int], *, rebuild: bool
+) -> dict[int, Checkpoint]:
+    """The store's checkpoints after the replay; refuses to move one forward without a
+    rebuild."""
+    current = store.checkpoints()
+    now = now_ms()
+    checkpoints = {}
+    for partition, target in targets.items():
+        held = current.get(partition)
+        held_offset = held.next_offset if held is not None else beginnings[partition]
+        if not rebuild and target > held_offset:
+            raise ReplayError(
+                f"partition {partition}: moving the store forward from {held_offset} to "
+                f"{target} would claim records it never applied; use --rebuild"
+            )
+        # A rebuild reads from scratch; otherwise keep when the store last caught up, so
+        # the tombstone-retention check still applies to what it already holds.
+        caught_up = now if rebuild or held is None else held.caught_up_at_ms
+        checkpoints[partition] = Checkpoint(target, caught_up)
+    return checkpoints
+
+
+async def _commit(
+    settings: ReplaySettings, tps: list[TopicPartition], targets: dict[int, int]
+) -> None:
     committer = AIOKafkaConsumer(
         **settings.options("consumer"), group_id=settings.group, enable_auto_commit=False
     )
@@ -138,10 +161,3 @@ async def replay(
         raise
     finally:
         await committer.stop()
-    return {
-        "topic": settings.topic,
-        "group": settings.group,
-        "partitions": {str(p): targets[p] for p in sorted(targets)},
-        "rebuild": rebuild,
-        "grains_wiped": wiped,
-    }

@@ -237,12 +237,22 @@ def test_audit_refused_read_is_exit_2(secure: SecureBroker, tmp_path: Path) -> N
 
 @pytest.mark.usefixtures("acls")
 def test_replay_refused_commit_is_exit_2(secure: SecureBroker, tmp_path: Path) -> None:
+    """Refused, the replay leaves the store as it was: its checkpoints move only after the
+    group's offsets did."""
+    store = ReplicaStore(tmp_path / "db", READABLE)
+    store.set_checkpoints({0: Checkpoint(1, 1234)})
+    store.close()
     args = ["replay", "--topic", READABLE, "--group", DESCRIBE_ONLY, "--db", str(tmp_path / "db")]
     result = cli(*args, "--from-beginning", "--rebuild", env=secure.client_env("limited"))
     one_line_failure(
         result, f"Kafka refused user 'limited' on group {DESCRIBE_ONLY!r} while committing"
     )
     assert result.returncode == 2, result.stderr[-2000:]
+    store = ReplicaStore(tmp_path / "db", READABLE)
+    try:
+        assert store.checkpoints() == {0: Checkpoint(1, 1234)}
+    finally:
+        store.close()
 
 
 @pytest.mark.usefixtures("acls")
