@@ -960,7 +960,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.small:
-        args.grains, args.records, args.rate = 500, 15_000, 300.0
+        args.grains, args.records, args.rate = 500, 10_000, 300.0
         args.kills, args.terms, args.bounces = 4, 2, 1
     if args.cluster:
         args.bounces = 0  # the cluster faults replace whole-broker bounces
