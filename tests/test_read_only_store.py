@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import stream_replica
+from stream_replica import store_reader
 from stream_replica.cli import main
 from stream_replica.fold import FoldCounts, GrainState
 from stream_replica.store import Checkpoint, ReplicaReader, ReplicaStore, Served, StoreError
@@ -340,6 +341,55 @@ def test_a_reader_error_does_not_leave_its_scratch_behind(
     (db / "CURRENT").write_text("MANIFEST-999999\n")  # names a MANIFEST that is not there
     with pytest.raises(StoreError, match=f"cannot open state directory {db}: "):
         ReplicaReader(db)
+    assert list(scratch_tmp.iterdir()) == []
+
+
+def _writer_reopening(
+    db: Path, monkeypatch: pytest.MonkeyPatch, times: int
+) -> list[frozenset[str]]:
+    """Each of the reader's first ``times`` links is followed by the writer opening the store
+    (as a restarted worker does): RocksDB then starts a new MANIFEST and deletes the one just
+    linked. The MANIFEST names each link saw are returned."""
+    linked: list[frozenset[str]] = []
+    link = store_reader._link_state_files
+
+    def link_then_writer_opens(store: str, stand_in: str) -> frozenset[str]:
+        manifests = link(store, stand_in)
+        linked.append(manifests)
+        if len(linked) <= times:
+            ReplicaStore(db, "orders").close()
+        return manifests
+
+    monkeypatch.setattr(store_reader, "_link_state_files", link_then_writer_opens)
+    return linked
+
+
+def test_a_reader_links_again_when_the_writer_starts_a_new_manifest(
+    tmp_path: Path, scratch_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "db"
+    make_store(db)
+    linked = _writer_reopening(db, monkeypatch, times=2)
+    reader = ReplicaReader(db)
+    try:
+        assert reader.checkpoints() == CHECKPOINTS
+        assert reader.get(next(iter(GRAINS))) == next(iter(GRAINS.values()))
+    finally:
+        reader.close()
+    assert len(linked) == 3 and len(set(linked)) == 3, linked
+    assert list(scratch_tmp.iterdir()) == []
+
+
+def test_a_reader_racing_a_writer_gives_up_with_one_line(
+    tmp_path: Path, scratch_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "db"
+    make_store(db)
+    linked = _writer_reopening(db, monkeypatch, times=store_reader._OPEN_ATTEMPTS)
+    with pytest.raises(StoreError, match=f"cannot open state directory {db}: ") as failed:
+        ReplicaReader(db)
+    assert "\n" not in str(failed.value)
+    assert len(linked) == store_reader._OPEN_ATTEMPTS
     assert list(scratch_tmp.iterdir()) == []
 
 
