@@ -21,6 +21,7 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
+from stream_replica.advertised import check_advertised
 from stream_replica.connection import ConnectionSettings, start_client
 from stream_replica.errors import KafkaAccessError, KafkaUnavailableError, StreamReplicaError
 from stream_replica.refusals import principal
@@ -105,7 +106,9 @@ def dead_letter_topic_configs(
 
 
 async def _retrying(
-    call: Callable[[], Awaitable[T]], only: tuple[type[KafkaError], ...] | None = None
+    call: Callable[[], Awaitable[T]],
+    cluster: Cluster,
+    only: tuple[type[KafkaError], ...] | None = None,
 ) -> T:
     """Run ``call`` (which opens its own client) again while it fails with a retriable error.
 
@@ -115,18 +118,37 @@ async def _retrying(
     fail with NodeNotReadyError although the rest of the cluster answers. Not retried: a
     failed bootstrap (no broker reachable: callers report or back off themselves) and
     non-retriable errors. ``only`` narrows the retried errors.
+
+    The first time a broker from the metadata cannot be reached, the advertised addresses are
+    checked: when none can be reached from here, retrying cannot help (advertised.py).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + RETRY_S
+    checked = False
     while True:
         try:
             return await call()
         except KafkaError as exc:
             retriable = isinstance(exc, only) if only is not None else exc.retriable
             bootstrap_failed = isinstance(exc, KafkaConnectionError) and "bootstrap" in str(exc)
+            if not checked and not bootstrap_failed and isinstance(exc, _UNREACHED_NODE):
+                checked = True
+                await check_advertised(connection(cluster))
             if not retriable or bootstrap_failed or loop.time() > deadline:
                 raise
             await asyncio.sleep(0.5)
+        except TimeoutError:
+            # (The admin client waits for a broker to connect until its request timeout.)
+            if not checked:
+                await check_advertised(connection(cluster))
+            raise KafkaUnavailableError(
+                f"Kafka at {connection(cluster).bootstrap_servers} did not answer within the "
+                "request timeout"
+            ) from None
+
+
+# What aiokafka raises for a request to a broker from the metadata it cannot connect to.
+_UNREACHED_NODE: Final = (NodeNotReadyError, KafkaConnectionError)
 
 
 Cluster = str | ConnectionSettings  # a bootstrap string uses the environment's security
@@ -173,7 +195,7 @@ async def create_topic(
 
     # Only NodeNotReadyError: the request was never sent, so a retry cannot report a topic
     # this call created as "already existed".
-    response = await _retrying(create, only=(NodeNotReadyError,))
+    response = await _retrying(create, bootstrap_servers, only=(NodeNotReadyError,))
     for entry in response.topic_errors:
         error_code, message = entry[1], entry[2] if len(entry) > 2 else None
         if error_code == 0:
@@ -212,12 +234,12 @@ async def topic_partitions(bootstrap_servers: Cluster, topic: str) -> int | None
                 return len(found["partitions"])
         return None
 
-    return await _retrying(ask)
+    return await _retrying(ask, bootstrap_servers)
 
 
 async def describe_topic(bootstrap_servers: Cluster, topic: str) -> TopicInfo | None:
     """Partitions, replication factor and configs of ``topic``; None when it does not exist."""
-    return await _retrying(lambda: _describe_topic(bootstrap_servers, topic))
+    return await _retrying(lambda: _describe_topic(bootstrap_servers, topic), bootstrap_servers)
 
 
 async def _describe_topic(bootstrap_servers: Cluster, topic: str) -> TopicInfo | None:
@@ -278,7 +300,7 @@ async def describe_group(bootstrap_servers: Cluster, group: str) -> tuple[str, l
                     raise AdminError(f"cannot describe group {group!r}: {error.__name__}")
         return responses
 
-    responses = await _retrying(describe)
+    responses = await _retrying(describe, bootstrap_servers)
     state, members = "Dead", list[str]()
     for response in responses:
         for described in response.groups:
@@ -299,7 +321,7 @@ async def committed_offsets(bootstrap_servers: Cluster, group: str, topic: str) 
         async with admin_client(bootstrap_servers) as client:
             return await client.list_consumer_group_offsets(group)
 
-    offsets = await _retrying(list_offsets)
+    offsets = await _retrying(list_offsets, bootstrap_servers)
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 

@@ -1,6 +1,6 @@
 """A broker in secure mode (KAFKA_SECURE=1 dev/kafka/kafka.sh): SASL_SSL with SCRAM, mutual
 TLS and SASL_PLAINTEXT, certificates made by dev/kafka/secure.sh, users
-admin/replica/limited/writer."""
+admin/replica/limited/writer; and two misadvertised PLAINTEXT listeners."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ S = TypeVar("S", bound=ConnectionSettings)
 KAFKA_SH = Path(__file__).resolve().parent.parent / "dev" / "kafka" / "kafka.sh"
 
 
-def free_port_block(size: int = 5) -> int:
+def free_port_block(size: int = 8) -> int:
     """A port p with p+1..p+size-1 also free (plain, controller, SASL_SSL, TLS,
-    SASL_PLAINTEXT)."""
+    SASL_PLAINTEXT, two misadvertised listeners, and the port one of them advertises)."""
     for _ in range(100):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -68,6 +68,16 @@ class SecureBroker:
     @property
     def sasl_plaintext(self) -> str:
         return f"127.0.0.1:{self.port + 4}"
+
+    @property
+    def advertised_elsewhere(self) -> str:
+        """A PLAINTEXT listener advertised as broker.invalid (a name that never resolves)."""
+        return f"127.0.0.1:{self.port + 5}"
+
+    @property
+    def advertised_moved(self) -> str:
+        """A PLAINTEXT listener advertised on a port nothing listens on (PORT+7)."""
+        return f"127.0.0.1:{self.port + 6}"
 
     @property
     def tls(self) -> Path:

@@ -5,8 +5,10 @@ process within seconds with one line saying which."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from stream_replica import admin, event_loop
+from stream_replica.advertised import check_advertised
 from stream_replica.connection import ConnectionSettings
 from stream_replica.errors import KafkaAccessError
 from stream_replica.publisher import Publisher
@@ -520,3 +523,46 @@ def test_stopping_a_tls_consumer_on_our_uvloop_does_not_wait_30_s(secure: Secure
 
     stops = [event_loop.run(read_then_stop(), "uvloop") for _ in range(6)]
     assert max(stops) < event_loop.SSL_SHUTDOWN_TIMEOUT_S + 5, stops
+
+
+# Advertised listeners (stream_replica/advertised.py): the secure broker has two PLAINTEXT
+# listeners that answer the bootstrap and then advertise an address nobody can reach.
+
+
+def test_a_broker_advertising_a_name_that_does_not_resolve_is_one_line(
+    secure: SecureBroker,
+) -> None:
+    with contextlib.suppress(OSError):
+        socket.getaddrinfo("broker.invalid", 9092)
+        pytest.skip("broker.invalid resolves here (a wildcard DNS search domain?)")
+    env = {"KAFKA_BOOTSTRAP_SERVERS": secure.advertised_elsewhere}
+    result = cli("topic", "describe", "--topic", TOPIC, env=env)
+    one_line_failure(
+        result,
+        f"the broker at {secure.advertised_elsewhere} answered, but the cluster advertises no "
+        f"broker reachable from here (broker 1 at broker.invalid:{secure.port + 5}: cannot "
+        "resolve host 'broker.invalid'",
+    )
+    assert "advertised.listeners" in result.stderr
+    assert result.returncode == 2, result.stderr[-2000:]
+
+
+def test_a_worker_on_a_broker_advertising_a_closed_port_exits_2(
+    secure: SecureBroker, tmp_path: Path
+) -> None:
+    """Before, the worker retried for ever, logging NodeNotReadyError every 30 s."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": secure.advertised_moved}
+    args = ["run", "--topic", TOPIC, "--group", "advertised", "--db", str(tmp_path / "db")]
+    result = cli(*args, env=env, timeout=60)
+    one_line_failure(
+        result,
+        f"the broker at {secure.advertised_moved} answered, but the cluster advertises no "
+        f"broker reachable from here (broker 1 at 127.0.0.1:{secure.port + 7}: connection "
+        "refused)",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+
+
+async def test_well_advertised_listeners_pass_the_check(secure: SecureBroker) -> None:
+    await check_advertised(ConnectionSettings(bootstrap_servers=secure.plaintext))
+    await check_advertised(secure.settings(ConnectionSettings))  # SASL_SSL, as clients ask

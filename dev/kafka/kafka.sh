@@ -58,7 +58,8 @@ environment:
                      Kafka's own default is 3000, what production brokers run with)
   KAFKA_SECURE (0)   1: also SASL_SSL (SCRAM) on PORT+2, mutual TLS on PORT+3 and SASL_PLAINTEXT
                      on PORT+4, with a CA and certificates made by dev/kafka/secure.sh in
-                     RUN_DIR/tls (see that script)
+                     RUN_DIR/tls (see that script), and PLAINTEXT on PORT+5 and PORT+6
+                     advertised wrongly (broker.invalid:PORT+5, 127.0.0.1:PORT+7)
   cluster: KAFKA_CLUSTER_BROKERS (3)  KAFKA_CLUSTER_PORT (14092; broker i listens on
   PORT + (i-1)*KAFKA_CLUSTER_PORT_STEP (1000))  KAFKA_CLUSTER_CONTROLLER_PORT (PORT+1)
   KAFKA_CLUSTER_DIR (dev/kafka/.cache/cluster-PORT)  KAFKA_CLUSTER_HEAP_OPTS (-Xmx384m -Xms128m)

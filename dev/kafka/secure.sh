@@ -50,13 +50,16 @@ certs() {
 properties() {
   local dir=$1 host=$2 port=$3
   local sasl=$((port + 2)) tls=$((port + 3)) sasl_plain=$((port + 4))
+  local elsewhere=$((port + 5)) moved=$((port + 6))
   cat <<EOF
 
 # Secure mode (dev/kafka/secure.sh): SASL_SSL with SCRAM on $sasl, mutual TLS on $tls,
-# SASL_PLAINTEXT with SCRAM on $sasl_plain.
-listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$((port + 1)),SASL_SSL://$host:$sasl,SSL://$host:$tls,SASL_PLAINTEXT://$host:$sasl_plain
-advertised.listeners=PLAINTEXT://$host:$port,SASL_SSL://$host:$sasl,SSL://$host:$tls,SASL_PLAINTEXT://$host:$sasl_plain
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT
+# SASL_PLAINTEXT with SCRAM on $sasl_plain; and two PLAINTEXT listeners advertised wrongly, as
+# a misconfigured broker would be: $elsewhere under a name that does not resolve, $moved under
+# a port nothing listens on ($((port + 7))).
+listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$((port + 1)),SASL_SSL://$host:$sasl,SSL://$host:$tls,SASL_PLAINTEXT://$host:$sasl_plain,ELSEWHERE://$host:$elsewhere,MOVED://$host:$moved
+advertised.listeners=PLAINTEXT://$host:$port,SASL_SSL://$host:$sasl,SSL://$host:$tls,SASL_PLAINTEXT://$host:$sasl_plain,ELSEWHERE://broker.invalid:$elsewhere,MOVED://$host:$((port + 7))
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,ELSEWHERE:PLAINTEXT,MOVED:PLAINTEXT
 sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;

@@ -1,0 +1,129 @@
+"""Whether the brokers a cluster advertises can be reached from here.
+
+A Kafka client uses its bootstrap servers only to learn the cluster's metadata; every request
+after that goes to the address each broker *advertises* (``advertised.listeners``, per
+listener). A broker advertising a name that does not resolve where the client runs (a
+container's host name, an internal DNS name) or a port nobody forwards answers the bootstrap
+and then nothing: aiokafka reports ``NodeNotReadyError`` for every request and retries for
+ever. Asked only after a request failed that way (admin.py), so a healthy cluster never pays
+for it.
+
+Only a cluster whose *every* advertised address fails is reported: the broker that answered
+the bootstrap is alive and advertises one of them, so that is a misconfiguration (or a
+network path that does not match the advertised names), not an outage. Some addresses
+failing is a broker down, which the caller keeps retrying."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.conn import create_conn
+from aiokafka.protocol.metadata import MetadataRequest
+
+from stream_replica.connection import ConnectionSettings, parse_bootstrap_servers
+from stream_replica.errors import KafkaAccessError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Advertised:
+    node_id: int
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+async def check_advertised(settings: ConnectionSettings, timeout_s: float = 5.0) -> None:
+    """Raise :class:`KafkaAccessError` (one line) if a bootstrap server answers but no broker
+    address the cluster advertises accepts a connection from here; return otherwise (also
+    when no bootstrap server answers: that is for the caller's own report)."""
+    for host, port in parse_bootstrap_servers(settings.bootstrap_servers):
+        brokers = await _metadata_brokers(settings, host, port, timeout_s)
+        if brokers is None:
+            continue
+        failures: list[str] = []
+        for broker in brokers:
+            if (broker.host, broker.port) == (host, port):
+                return  # the address we just reached
+            why = await unreachable(broker.host, broker.port, timeout_s)
+            if why is None:
+                return
+            failures.append(f"broker {broker.node_id} at {broker.address}: {why}")
+        if failures:
+            raise KafkaAccessError(_message(f"{host}:{port}", failures))
+        return
+    return
+
+
+async def unreachable(host: str, port: int, timeout_s: float) -> str | None:
+    """Why a TCP connection to ``host:port`` fails, or None if it is accepted. Plain TCP: the
+    listener's protocol is the pre-flight's business (connection.py)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except socket.gaierror as exc:
+        return f"cannot resolve host {host!r} ({exc.strerror})"
+    except ConnectionRefusedError:
+        return "connection refused"
+    except TimeoutError:
+        return f"no answer within {timeout_s:g} s"
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return None
+
+
+async def _metadata_brokers(
+    settings: ConnectionSettings, host: str, port: int, timeout_s: float
+) -> list[Advertised] | None:
+    """The brokers the cluster metadata lists, asked of one bootstrap server over the
+    client's own protocol; None if it does not answer."""
+    password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
+    try:
+        conn: Any = await asyncio.wait_for(
+            create_conn(
+                host,
+                port,
+                ssl_context=settings.ssl_context(),
+                security_protocol=settings.security_protocol,
+                sasl_mechanism=settings.sasl_mechanism or "PLAIN",
+                sasl_plain_username=settings.sasl_username,
+                sasl_plain_password=password,
+                request_timeout_ms=int(timeout_s * 1000),
+            ),
+            timeout_s,
+        )
+    except Exception:
+        log.debug("advertised-listener check: no connection to %s:%d", host, port, exc_info=True)
+        return None
+    try:
+        # An empty topic list asks for the brokers only (version 1 and later).
+        response = await asyncio.wait_for(conn.send(MetadataRequest([])), timeout_s)
+    except Exception:
+        log.debug("advertised-listener check: no metadata from %s:%d", host, port, exc_info=True)
+        return None
+    finally:
+        conn.close()
+    return [
+        Advertised(int(b["node_id"]), str(b["host"]), int(b["port"]))
+        for b in response.to_object()["brokers"]
+    ]
+
+
+def _message(answered: str, failures: list[str]) -> str:
+    return (
+        f"the broker at {answered} answered, but the cluster advertises no broker reachable "
+        f"from here ({'; '.join(failures)}): after bootstrapping, Kafka clients connect to the "
+        f"addresses in the brokers' advertised.listeners; fix those for the listener at "
+        f"{answered}, or run where they resolve and connect"
+    )
