@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import logging
 import shlex
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaError
 
@@ -25,6 +27,8 @@ from stream_replica.settings import WorkerSettings
 
 # The worker's logger: these lines have always been the worker's.
 log = logging.getLogger("stream_replica.worker")
+
+T = TypeVar("T")
 
 
 class Stopped(Exception):
@@ -45,7 +49,7 @@ async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInf
     backoff = 1.0
     while True:
         try:
-            info = await describe_topic(settings, settings.topic)
+            info = await _unless_stopped(describe_topic(settings, settings.topic), stop)
             break
         except (KafkaUnavailableError, KafkaError, OSError, TimeoutError) as exc:
             if stop.is_set():
@@ -84,6 +88,27 @@ async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInf
                 dlq.configs.get("cleanup.policy"),
             )
     return info
+
+
+async def _unless_stopped(call: Coroutine[Any, Any, T], stop: asyncio.Event) -> T:
+    """``call``'s result, or :class:`Stopped` as soon as ``stop`` is set: a broker that
+    accepts connections and never answers holds a request for its whole timeout (30 s, then
+    the pre-flight's 10 s), longer than an orchestrator's grace period after SIGTERM."""
+    task = asyncio.ensure_future(call)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        stopped.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise Stopped
+    return task.result()
 
 
 def _unreachable(settings: WorkerSettings, exc: BaseException) -> str:
