@@ -349,12 +349,16 @@ async def wait_for_broker(bootstrap_servers: Cluster, timeout_s: float = 60.0) -
     it refuses (a malformed address, credentials) are raised at once."""
     settings = connection(bootstrap_servers)  # a malformed address: ValidationError, now
     deadline = asyncio.get_running_loop().time() + timeout_s
+    checked = False
     while True:
         try:
             async with admin_client(settings) as client:
                 await client.describe_cluster()
             return
         except (KafkaUnavailableError, KafkaError, OSError, TimeoutError) as exc:
+            if not checked and isinstance(exc, (*_UNREACHED_NODE, TimeoutError)):
+                checked = True  # the bootstrap answered: are the advertised brokers reachable?
+                await check_advertised(settings)
             if asyncio.get_running_loop().time() > deadline:
                 if isinstance(exc, KafkaUnavailableError):
                     raise

@@ -566,3 +566,11 @@ def test_a_worker_on_a_broker_advertising_a_closed_port_exits_2(
 async def test_well_advertised_listeners_pass_the_check(secure: SecureBroker) -> None:
     await check_advertised(ConnectionSettings(bootstrap_servers=secure.plaintext))
     await check_advertised(secure.settings(ConnectionSettings))  # SASL_SSL, as clients ask
+
+
+async def test_waiting_for_a_misadvertised_broker_ends_with_the_reason(
+    secure: SecureBroker,
+) -> None:
+    """wait_for_broker (the demo and the benches) used to wait out its whole timeout."""
+    with pytest.raises(KafkaAccessError, match="advertises no broker reachable from here"):
+        await asyncio.wait_for(admin.wait_for_broker(secure.advertised_moved, 300), 60)
