@@ -20,12 +20,10 @@ import contextlib
 import logging
 import socket
 from dataclasses import dataclass
-from typing import Any
 
-from aiokafka.conn import create_conn
 from aiokafka.protocol.metadata import MetadataRequest
 
-from stream_replica.connection import ConnectionSettings, parse_bootstrap_servers
+from stream_replica.connection import ConnectionSettings, connect, parse_bootstrap_servers
 from stream_replica.errors import KafkaAccessError
 
 log = logging.getLogger(__name__)
@@ -88,21 +86,8 @@ async def _metadata_brokers(
 ) -> list[Advertised] | None:
     """The brokers the cluster metadata lists, asked of one bootstrap server over the
     client's own protocol; None if it does not answer."""
-    password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
     try:
-        conn: Any = await asyncio.wait_for(
-            create_conn(
-                host,
-                port,
-                ssl_context=settings.ssl_context(),
-                security_protocol=settings.security_protocol,
-                sasl_mechanism=settings.sasl_mechanism or "PLAIN",
-                sasl_plain_username=settings.sasl_username,
-                sasl_plain_password=password,
-                request_timeout_ms=int(timeout_s * 1000),
-            ),
-            timeout_s,
-        )
+        conn = await connect(settings, host, port, timeout_s)
     except Exception:
         log.debug("advertised-listener check: no connection to %s:%d", host, port, exc_info=True)
         return None

@@ -437,6 +437,32 @@ def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
+async def connect(
+    settings: ConnectionSettings,
+    host: str,
+    port: int,
+    timeout_s: float,
+    context: ssl.SSLContext | None = None,
+) -> Any:
+    """One aiokafka connection to ``host:port`` as the settings' clients make it (TLS, SASL),
+    for asking a broker something directly; the caller closes it. ``context``: the settings'
+    TLS context, if the caller has it already."""
+    password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
+    return await asyncio.wait_for(
+        create_conn(
+            host,
+            port,
+            ssl_context=context if context is not None else settings.ssl_context(),
+            security_protocol=settings.security_protocol,
+            sasl_mechanism=settings.sasl_mechanism or "PLAIN",
+            sasl_plain_username=settings.sasl_username,
+            sasl_plain_password=password,
+            request_timeout_ms=int(timeout_s * 1000),
+        ),
+        timeout_s,
+    )
+
+
 async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> None:
     """Open one connection to a bootstrap server. Raises :class:`KafkaAccessError` for what
     retrying cannot fix (credentials, certificates, a listener of another protocol), else
@@ -445,22 +471,9 @@ async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> No
     failures: list[tuple[str, int, str]] = []
     unresolved: list[tuple[str, str]] = []  # (host, why)
     context = settings.ssl_context()
-    password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
     for host, port in parse_bootstrap_servers(settings.bootstrap_servers):
         try:
-            conn = await asyncio.wait_for(
-                create_conn(
-                    host,
-                    port,
-                    ssl_context=context,
-                    security_protocol=settings.security_protocol,
-                    sasl_mechanism=settings.sasl_mechanism or "PLAIN",
-                    sasl_plain_username=settings.sasl_username,
-                    sasl_plain_password=password,
-                    request_timeout_ms=int(timeout_s * 1000),
-                ),
-                timeout_s,
-            )
+            conn = await connect(settings, host, port, timeout_s, context)
         except (SaslAuthenticationFailed, UnsupportedSaslMechanismError) as exc:
             raise KafkaAccessError(
                 f"SASL authentication failed at {host}:{port} for user "
