@@ -59,7 +59,6 @@ async def check_advertised(settings: ConnectionSettings, timeout_s: float = 5.0)
         if failures:
             raise KafkaAccessError(_message(f"{host}:{port}", failures))
         return
-    return
 
 
 async def unreachable(host: str, port: int, timeout_s: float) -> str | None:
