@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -119,32 +120,74 @@ async def _retrying(
     failed bootstrap (no broker reachable: callers report or back off themselves) and
     non-retriable errors. ``only`` narrows the retried errors.
 
-    The first time a broker from the metadata cannot be reached, the advertised addresses are
-    checked: when none can be reached from here, retrying cannot help (advertised.py).
+    The advertised addresses are checked once (advertised.py) when a broker from the metadata
+    cannot be reached, or when a call takes longer than ``SLOW_CALL_S`` (the admin client
+    waits for a broker to connect until its request timeout, 30 s): when none can be reached
+    from here, retrying cannot help.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + RETRY_S
-    checked = False
-    while True:
+    check = _AdvertisedCheck(connection(cluster))
+    try:
+        while True:
+            try:
+                return await check.while_slow(call())
+            except KafkaError as exc:
+                retriable = isinstance(exc, only) if only is not None else exc.retriable
+                bootstrap_failed = isinstance(exc, KafkaConnectionError) and "bootstrap" in str(exc)
+                if not bootstrap_failed and isinstance(exc, _UNREACHED_NODE):
+                    await check.start()
+                if not retriable or bootstrap_failed or loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+            except TimeoutError:
+                await check.start()
+                raise KafkaUnavailableError(
+                    f"Kafka at {connection(cluster).bootstrap_servers} did not answer within "
+                    "the request timeout"
+                ) from None
+    finally:
+        check.cancel()
+
+
+# An admin call slower than this has the advertised addresses checked meanwhile.
+SLOW_CALL_S: Final = 3.0
+
+
+class _AdvertisedCheck:
+    """One advertised-listener check per :func:`_retrying`, started when needed."""
+
+    def __init__(self, settings: ConnectionSettings) -> None:
+        self._settings = settings
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        if self._task is None:
+            self._task = asyncio.ensure_future(check_advertised(self._settings))
+        return self._task
+
+    async def while_slow(self, call: Awaitable[T]) -> T:
+        """``call``'s result; if it is slow, the check runs beside it, and a misadvertised
+        cluster ends it at once."""
+        task = asyncio.ensure_future(call)
         try:
-            return await call()
-        except KafkaError as exc:
-            retriable = isinstance(exc, only) if only is not None else exc.retriable
-            bootstrap_failed = isinstance(exc, KafkaConnectionError) and "bootstrap" in str(exc)
-            if not checked and not bootstrap_failed and isinstance(exc, _UNREACHED_NODE):
-                checked = True
-                await check_advertised(connection(cluster))
-            if not retriable or bootstrap_failed or loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.5)
-        except TimeoutError:
-            # (The admin client waits for a broker to connect until its request timeout.)
-            if not checked:
-                await check_advertised(connection(cluster))
-            raise KafkaUnavailableError(
-                f"Kafka at {connection(cluster).bootstrap_servers} did not answer within the "
-                "request timeout"
-            ) from None
+            await asyncio.wait((task,), timeout=SLOW_CALL_S)
+            if not task.done():
+                probe = self.start()
+                await asyncio.wait((task, probe), return_when=asyncio.FIRST_COMPLETED)
+                failed = None if task.done() or probe.cancelled() else probe.exception()
+                if failed is not None:
+                    raise failed
+            return await task
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
 
 # What aiokafka raises for a request to a broker from the metadata it cannot connect to.

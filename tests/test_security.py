@@ -574,3 +574,17 @@ async def test_waiting_for_a_misadvertised_broker_ends_with_the_reason(
     """wait_for_broker (the demo and the benches) used to wait out its whole timeout."""
     with pytest.raises(KafkaAccessError, match="advertises no broker reachable from here"):
         await asyncio.wait_for(admin.wait_for_broker(secure.advertised_moved, 300), 60)
+
+
+def test_topic_create_on_a_misadvertised_broker_ends_before_the_request_timeout(
+    secure: SecureBroker,
+) -> None:
+    """The admin client waits for the controller's connection until its 30 s request timeout;
+    a call that slow has the advertised addresses checked beside it."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": secure.advertised_moved}
+    started = time.monotonic()
+    result = cli("topic", "create", "--topic", "never-created", env=env, timeout=90)
+    elapsed = time.monotonic() - started
+    one_line_failure(result, "advertises no broker reachable from here")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert elapsed < 20, elapsed  # the request timeout is 30 s
