@@ -5,8 +5,8 @@ after that goes to the address each broker *advertises* (``advertised.listeners`
 listener). A broker advertising a name that does not resolve where the client runs (a
 container's host name, an internal DNS name) or a port nobody forwards answers the bootstrap
 and then nothing: aiokafka reports ``NodeNotReadyError`` for every request and retries for
-ever. Asked only after a request failed that way (admin.py), so a healthy cluster never pays
-for it.
+ever. Asked only after a request failed that way or took over 3 s (admin.py), so a healthy
+cluster rarely pays for it (a metadata request and a TCP connection per broker).
 
 Only a cluster whose *every* advertised address fails is reported: the broker that answered
 the bootstrap is alive and advertises one of them, so that is a misconfiguration (or a
