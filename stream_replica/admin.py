@@ -127,7 +127,8 @@ async def _retrying(
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + RETRY_S
-    check = _AdvertisedCheck(connection(cluster))
+    settings = connection(cluster)
+    check = _AdvertisedCheck(settings)
     try:
         while True:
             try:
@@ -143,8 +144,8 @@ async def _retrying(
             except TimeoutError:
                 await check.start()
                 raise KafkaUnavailableError(
-                    f"Kafka at {connection(cluster).bootstrap_servers} did not answer within "
-                    "the request timeout"
+                    f"Kafka at {settings.bootstrap_servers} did not answer within the request "
+                    "timeout"
                 ) from None
     finally:
         check.cancel()
@@ -392,16 +393,15 @@ async def wait_for_broker(bootstrap_servers: Cluster, timeout_s: float = 60.0) -
     it refuses (a malformed address, credentials) are raised at once."""
     settings = connection(bootstrap_servers)  # a malformed address: ValidationError, now
     deadline = asyncio.get_running_loop().time() + timeout_s
-    checked = False
+    check = _AdvertisedCheck(settings)
     while True:
         try:
             async with admin_client(settings) as client:
                 await client.describe_cluster()
             return
         except (KafkaUnavailableError, KafkaError, OSError, TimeoutError) as exc:
-            if not checked and isinstance(exc, (*_UNREACHED_NODE, TimeoutError)):
-                checked = True  # the bootstrap answered: are the advertised brokers reachable?
-                await check_advertised(settings)
+            if isinstance(exc, (*_UNREACHED_NODE, TimeoutError)):
+                await check.start()  # the bootstrap answered: are the advertised brokers reachable?
             if asyncio.get_running_loop().time() > deadline:
                 if isinstance(exc, KafkaUnavailableError):
                     raise
