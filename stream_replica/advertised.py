@@ -16,15 +16,14 @@ failing is a broker down, which the caller keeps retrying."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 from dataclasses import dataclass
 
 from aiokafka.protocol.metadata import MetadataRequest
 
 from stream_replica.connection import ConnectionSettings, connect, parse_bootstrap_servers
 from stream_replica.errors import KafkaAccessError
+from stream_replica.listener import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -59,25 +58,6 @@ async def check_advertised(settings: ConnectionSettings, timeout_s: float = 5.0)
         if failures:
             raise KafkaAccessError(_message(f"{host}:{port}", failures))
         return
-
-
-async def unreachable(host: str, port: int, timeout_s: float) -> str | None:
-    """Why a TCP connection to ``host:port`` fails, or None if it is accepted. Plain TCP: the
-    listener's protocol is the pre-flight's business (connection.py)."""
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-    except socket.gaierror as exc:
-        return f"cannot resolve host {host!r} ({exc.strerror})"
-    except ConnectionRefusedError:
-        return "connection refused"
-    except TimeoutError:
-        return f"no answer within {timeout_s:g} s"
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
-    writer.close()
-    with contextlib.suppress(Exception):
-        await writer.wait_closed()
-    return None
 
 
 async def _metadata_brokers(

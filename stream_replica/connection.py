@@ -17,6 +17,7 @@ import logging
 import re
 import socket
 import ssl
+from collections.abc import Awaitable
 from functools import cache
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
@@ -508,7 +509,7 @@ async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> No
         except ConnectionRefusedError:
             failures.append((host, port, "connection refused"))
         except TimeoutError:
-            failures.append((host, port, f"no answer within {timeout_s:g} s"))
+            failures.append((host, port, await _silent(host, port, timeout_s)))
         except ConnectionResetError:
             # (What a plain listener does to a TLS handshake, and a TLS one to a plain client.)
             if (mismatch := await _mismatch(settings, host, port, timeout_s)) is not None:
@@ -534,6 +535,18 @@ async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> No
                 raise KafkaAccessError(_wants_sasl(settings, host, port, answer.mechanisms))
             return
     raise _unavailable(settings, failures, unresolved)
+
+
+async def _silent(host: str, port: int, timeout_s: float) -> str:
+    """Why a connection that did not answer in time did not: the TCP connection, or Kafka's
+    first request over one the listener accepted (something else on the port, or a broker
+    too busy to answer)."""
+    if await listener.unreachable(host, port, min(timeout_s, 3.0)) is not None:
+        return f"no answer within {timeout_s:g} s"
+    return (
+        f"the connection was accepted, but no Kafka answer came within {timeout_s:g} s: "
+        "is it a Kafka listener, and is the broker overloaded?"
+    )
 
 
 def _wants_sasl(
@@ -753,12 +766,12 @@ async def start_client(
     warnings) and raise one clear :class:`StreamReplicaError`. ``writes``: a producer's
     topic and the flag that names it (an idempotent producer's start needs Write on it)."""
     try:
-        await client.start()
+        await _diagnosed_if_slow(settings, client.start())
+    except StreamReplicaError:
+        await _stop_quietly(client)
+        raise
     except (KafkaError, OSError) as exc:
-        stop = getattr(client, "stop", None) or getattr(client, "close", None)
-        if stop is not None:
-            with contextlib.suppress(Exception):
-                await stop()
+        await _stop_quietly(client)
         if writes is not None:
             topic, flag = writes
             doing = "starting the producer"
@@ -766,3 +779,39 @@ async def start_client(
             if refused is not None:
                 raise refused from None
         raise await explain_failure(settings, exc) from None
+
+
+# A client start still pending after this long gets a pre-flight connection beside it.
+SLOW_START_S: Final = 3.0
+
+
+async def _diagnosed_if_slow(settings: ConnectionSettings, start: Awaitable[None]) -> None:
+    """Await a client's ``start``. One still pending after ``SLOW_START_S`` (aiokafka waits
+    for a silent bootstrap server until its request timeout, 30-40 s) has the pre-flight run
+    beside it, and ends as soon as the pre-flight finds what is wrong."""
+    task = asyncio.ensure_future(start)
+    probe: asyncio.Task[None] | None = None
+    try:
+        await asyncio.wait((task,), timeout=SLOW_START_S)
+        if not task.done():
+            probe = asyncio.ensure_future(preflight(settings))
+            await asyncio.wait((task, probe), return_when=asyncio.FIRST_COMPLETED)
+            if not task.done() and not probe.cancelled():
+                found = probe.exception()
+                if isinstance(found, StreamReplicaError):
+                    raise found
+        await task
+    finally:
+        for pending in (task, probe):
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+
+
+async def _stop_quietly(client: Startable) -> None:
+    """Close a client whose start failed: no leaked connections or "Unclosed" warnings."""
+    stop = getattr(client, "stop", None) or getattr(client, "close", None)
+    if stop is not None:
+        with contextlib.suppress(Exception):
+            await stop()

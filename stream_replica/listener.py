@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import struct
 from dataclasses import dataclass
@@ -54,6 +55,25 @@ async def ask_sasl(conn: Any, timeout_s: float) -> SaslAnswer | None:
     if response.error_code == IllegalSaslStateError.errno:
         return SaslAnswer(False)
     log.debug("SaslHandshake probe: error code %d", response.error_code)
+    return None
+
+
+async def unreachable(host: str, port: int, timeout_s: float) -> str | None:
+    """Why a TCP connection to ``host:port`` fails, or None if it is accepted. Plain TCP: the
+    listener's protocol is the pre-flight's business (connection.py)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except socket.gaierror as exc:
+        return f"cannot resolve host {host!r} ({exc.strerror})"
+    except ConnectionRefusedError:
+        return "connection refused"
+    except TimeoutError:
+        return f"no answer within {timeout_s:g} s"
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
     return None
 
 
