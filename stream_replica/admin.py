@@ -23,7 +23,8 @@ from aiokafka.errors import (
 from aiokafka.protocol.metadata import MetadataRequest
 
 from stream_replica.advertised import check_advertised
-from stream_replica.connection import ConnectionSettings, start_client
+from stream_replica.clients import start_client
+from stream_replica.connection import ConnectionSettings
 from stream_replica.errors import KafkaAccessError, KafkaUnavailableError, StreamReplicaError
 from stream_replica.refusals import principal
 from stream_replica.topic_id import fetch_topic_id

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from aiokafka.protocol.metadata import MetadataRequest
 
-from stream_replica.connection import ConnectionSettings, connect, parse_bootstrap_servers
+from stream_replica.connection import ConnectionSettings, parse_bootstrap_servers
+from stream_replica.diagnosis import connect
 from stream_replica.errors import KafkaAccessError
 from stream_replica.listener import unreachable
 

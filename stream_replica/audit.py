@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from stream_replica.admin import Cluster, connection, describe_topic
-from stream_replica.connection import start_client
+from stream_replica.clients import start_client
 from stream_replica.contract import (
     ContractError,
     EntryType,

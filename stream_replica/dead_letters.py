@@ -15,7 +15,7 @@ from typing import Final
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from stream_replica.connection import start_client
+from stream_replica.clients import start_client
 from stream_replica.errors import FatalError
 from stream_replica.fold import Rejection
 from stream_replica.logs import RateLimitedLog

@@ -1,4 +1,4 @@
-"""What a Kafka listener expects, asked by the pre-flight (connection.py) when a client could
+"""What a Kafka listener expects, asked by the pre-flight (diagnosis.py) when a client could
 not use it. Only answers a running broker gives count, so an outage is never taken for a
 protocol mismatch:
 
@@ -60,7 +60,7 @@ async def ask_sasl(conn: Any, timeout_s: float) -> SaslAnswer | None:
 
 async def unreachable(host: str, port: int, timeout_s: float) -> str | None:
     """Why a TCP connection to ``host:port`` fails, or None if it is accepted. Plain TCP: the
-    listener's protocol is the pre-flight's business (connection.py)."""
+    listener's protocol is the pre-flight's business (diagnosis.py)."""
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
     except socket.gaierror as exc:

@@ -9,7 +9,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from stream_replica.connection import ConnectionSettings, start_client
+from stream_replica.clients import start_client
+from stream_replica.connection import ConnectionSettings
 from stream_replica.contract import Entry, EntryType, GrainId, encode_key, encode_value
 from stream_replica.errors import StreamReplicaError
 

@@ -18,7 +18,7 @@ from aiokafka.errors import (
 
 from stream_replica.errors import KafkaAccessError
 
-if TYPE_CHECKING:  # (connection.py uses this module when a producer cannot start)
+if TYPE_CHECKING:  # (clients.py uses this module when a producer cannot start)
     from stream_replica.connection import ConnectionSettings
 
 

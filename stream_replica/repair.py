@@ -30,7 +30,8 @@ from typing import Final
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from stream_replica.connection import ConnectionSettings, start_client
+from stream_replica.clients import start_client
+from stream_replica.connection import ConnectionSettings
 from stream_replica.contract import Entry, EntryType, GrainId, encode_key, encode_value
 from stream_replica.fold import GrainState
 from stream_replica.store import ReplicaStore

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from stream_replica.admin import AdminError, describe_topic, group_members, offsets_reader
-from stream_replica.connection import start_client
+from stream_replica.clients import start_client
 from stream_replica.errors import StreamReplicaError
 from stream_replica.refusals import refusal
 from stream_replica.settings import ReplaySettings

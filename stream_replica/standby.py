@@ -22,7 +22,7 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
-from stream_replica.connection import start_client, stop_consumer
+from stream_replica.clients import start_client, stop_consumer
 from stream_replica.fold import FoldCounts
 from stream_replica.grain_waits import GrainWaits
 from stream_replica.memory import FETCH_MAX_BYTES

@@ -37,9 +37,9 @@ from aiokafka.errors import (
 
 from stream_replica import catchup
 from stream_replica.catchup import CatchUpFocus
+from stream_replica.clients import start_client, stop_consumer
 from stream_replica.commits import COMMIT_TIMEOUT_S as COMMIT_TIMEOUT_S
 from stream_replica.commits import OffsetCommits
-from stream_replica.connection import start_client, stop_consumer
 from stream_replica.consumer import REBALANCE_TIMEOUT_MS as REBALANCE_TIMEOUT_MS
 from stream_replica.consumer import StoppableFetch, active_consumer
 from stream_replica.dead_letters import DLQ_TIMEOUT_S as DLQ_TIMEOUT_S

@@ -4,7 +4,9 @@ broker (dev/kafka/kafka.sh), started once per session."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -123,3 +125,44 @@ def cluster(kafka_cluster: KafkaCluster) -> KafkaCluster:
     """The session cluster with every broker up (a previous test may have stopped one)."""
     kafka_cluster.start()  # idempotent: starts only what is down
     return kafka_cluster
+
+
+@pytest.fixture(scope="session")
+def pem(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two self-signed certificates with their keys (a, b), a's key encrypted with password
+    'pw', and a file that is not PEM."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not found")
+    directory = tmp_path_factory.mktemp("pem")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    for name in ("a", "b"):
+        openssl(
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "1", "-subj", f"/CN={name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.pem",
+        )  # fmt: skip
+    openssl("pkey", "-in", "a.key", "-aes256", "-passout", "pass:pw", "-out", "a-enc.key")
+    (directory / "not-pem.txt").write_text("not a certificate\n")
+    return directory
+
+
+@pytest.fixture
+async def silent_listener() -> AsyncIterator[str]:
+    """An address that accepts connections and never answers (a hung broker, another
+    service's port)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -514,7 +514,7 @@ class _HangUp(socketserver.BaseRequestHandler):
 
 def test_a_listener_that_hangs_up_is_retried(tmp_path: Path) -> None:
     """A broker shutting down (or a load balancer with none behind it) accepts and closes:
-    an outage, retried, never taken for a protocol mismatch (connection.py's probes)."""
+    an outage, retried, never taken for a protocol mismatch (diagnosis.py's probes)."""
     with socketserver.TCPServer(("127.0.0.1", 0), _HangUp) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.server_address[1]

@@ -1,0 +1,99 @@
+"""Starting and stopping aiokafka clients: a failed start closes the client and raises one
+clear :class:`StreamReplicaError` (diagnosis.py says why), a slow one has the pre-flight run
+beside it, and a consumer's stop absorbs aiokafka's stray cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Final, Protocol
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from stream_replica import diagnosis
+from stream_replica.connection import ConnectionSettings
+from stream_replica.diagnosis import explain_failure
+from stream_replica.errors import StreamReplicaError
+from stream_replica.refusals import refusal
+
+
+class Startable(Protocol):
+    async def start(self) -> None: ...
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer. aiokafka 0.14's fetcher cancels its fetch tasks on close and awaits
+    them without catching their CancelledError, which then ends ``stop()`` before the client
+    is closed (seen on SIGTERM while a fetch backed off from an unreachable broker: a
+    traceback and exit 1). That CancelledError is not aimed at us: absorbed here, and the
+    client closed."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # our own task is being cancelled: not the library's stray one
+        client = getattr(consumer, "_client", None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+
+async def start_client(
+    settings: ConnectionSettings, client: Startable, writes: tuple[str, str] | None = None
+) -> None:
+    """Start an aiokafka client; if that fails, stop it (no leaked connections or "Unclosed"
+    warnings) and raise one clear :class:`StreamReplicaError`. ``writes``: a producer's
+    topic and the flag that names it (an idempotent producer's start needs Write on it)."""
+    try:
+        await _diagnosed_if_slow(settings, client.start())
+    except StreamReplicaError:
+        await _stop_quietly(client)
+        raise
+    except (KafkaError, OSError) as exc:
+        await _stop_quietly(client)
+        if writes is not None:
+            topic, flag = writes
+            doing = "starting the producer"
+            refused = refusal(exc, settings, doing=doing, topic=topic, topic_flag=flag)
+            if refused is not None:
+                raise refused from None
+        raise await explain_failure(settings, exc) from None
+
+
+# A client start still pending after this long gets a pre-flight connection beside it.
+SLOW_START_S: Final = 3.0
+
+
+async def _diagnosed_if_slow(settings: ConnectionSettings, start: Awaitable[None]) -> None:
+    """Await a client's ``start``. One still pending after ``SLOW_START_S`` (aiokafka waits
+    for a silent bootstrap server until its request timeout, 30-40 s) has the pre-flight run
+    beside it, and ends as soon as the pre-flight finds what is wrong."""
+    task = asyncio.ensure_future(start)
+    probe: asyncio.Task[None] | None = None
+    try:
+        await asyncio.wait((task,), timeout=SLOW_START_S)
+        if not task.done():
+            probe = asyncio.ensure_future(diagnosis.preflight(settings))
+            await asyncio.wait((task, probe), return_when=asyncio.FIRST_COMPLETED)
+            if not task.done() and not probe.cancelled():
+                found = probe.exception()
+                if isinstance(found, StreamReplicaError):
+                    raise found
+        await task
+    finally:
+        for pending in (task, probe):
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+
+
+async def _stop_quietly(client: Startable) -> None:
+    """Close a client whose start failed: no leaked connections or "Unclosed" warnings."""
+    stop = getattr(client, "stop", None) or getattr(client, "close", None)
+    if stop is not None:
+        with contextlib.suppress(Exception):
+            await stop()
