@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from aiokafka.errors import (
 from aiokafka.protocol.metadata import MetadataRequest
 
 from stream_replica.advertised import check_advertised
-from stream_replica.clients import start_client
+from stream_replica.clients import discard, start_client
 from stream_replica.connection import ConnectionSettings
 from stream_replica.errors import KafkaAccessError, KafkaUnavailableError, StreamReplicaError
 from stream_replica.refusals import principal
@@ -149,7 +148,7 @@ async def _retrying(
                     "timeout"
                 ) from None
     finally:
-        check.cancel()
+        await check.discard()
 
 
 # An admin call slower than this has the advertised addresses checked meanwhile.
@@ -182,14 +181,10 @@ class _AdvertisedCheck:
                     raise failed
             return await task
         finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            await discard(task)
 
-    def cancel(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+    async def discard(self) -> None:
+        await discard(self._task)
 
 
 # What aiokafka raises for a request to a broker from the metadata it cannot connect to.

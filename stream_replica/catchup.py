@@ -125,9 +125,20 @@ def resume_next(
     within ``focus.min_lag`` of its end."""
     lags = {}
     for partition, offset in next_offsets.items():
-        mark = consumer.highwater(TopicPartition(topic, partition))
-        if mark is not None:
-            lags[partition] = mark - offset
+        end = readable_end(consumer, TopicPartition(topic, partition))
+        if end is not None:
+            lags[partition] = end - offset
     for partition in focus.progressed(lags):
         consumer.resume(TopicPartition(topic, partition))
         log.info("partition %d: catching up (next: %s)", partition, focus.waiting)
+
+
+def readable_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """How far the consumer can read ``tp`` now: the end offset, or with read_committed the
+    last stable offset when a transaction is open (nothing past it is returned until the
+    transaction ends, which may take its producer's transaction timeout, minutes)."""
+    mark: int | None = consumer.highwater(tp)
+    stable: int | None = consumer.last_stable_offset(tp)
+    if mark is not None and stable is not None and stable >= 0:  # -1: read_uncommitted
+        return min(mark, stable)
+    return mark

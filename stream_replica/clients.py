@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
@@ -84,11 +84,22 @@ async def _diagnosed_if_slow(settings: ConnectionSettings, start: Awaitable[None
                     raise found
         await task
     finally:
-        for pending in (task, probe):
-            if pending is not None and not pending.done():
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
+        await discard(task)
+        await discard(probe)
+
+
+async def discard(task: asyncio.Future[Any] | None) -> None:
+    """Cancel a task whose outcome nobody waits for any more, and let it end. One that
+    already failed has its exception taken, or asyncio logs it with a traceback ("exception
+    was never retrieved"): it happens when the caller is cancelled just as the task fails."""
+    if task is None:
+        return
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+    elif not task.cancelled():
+        task.exception()
 
 
 async def _stop_quietly(client: Startable) -> None:

@@ -48,6 +48,8 @@ async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInf
     fix, so it ends the worker."""
     backoff = 1.0
     while True:
+        if stop.is_set():
+            raise Stopped
         try:
             info = await _unless_stopped(describe_topic(settings, settings.topic), stop)
             break
@@ -92,8 +94,9 @@ async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInf
 
 async def _unless_stopped(call: Coroutine[Any, Any, T], stop: asyncio.Event) -> T:
     """``call``'s result, or :class:`Stopped` as soon as ``stop`` is set: a broker that
-    accepts connections and never answers holds a request for its whole timeout (30 s, then
-    the pre-flight's 10 s), longer than an orchestrator's grace period after SIGTERM."""
+    accepts connections and never answers holds a request for ~13 s (a client's start, then
+    the pre-flight beside it: clients.py), or 30 s for a call after the start, longer than
+    an orchestrator's grace period after SIGTERM."""
     task = asyncio.ensure_future(call)
     stopped = asyncio.ensure_future(stop.wait())
     try:

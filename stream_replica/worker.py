@@ -323,25 +323,26 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _step_over_markers(self, consumer: AIOKafkaConsumer, epoch: int) -> None:
         """After an empty poll: past the transaction markers the consumer stepped over
-        (offsets.past_control_records)."""
+        (offsets.past_control_records), and on to the next paused partition if the focused
+        ones have nothing more to read (their tail aborted or markers, a transaction open)."""
         async with self._batch_lock:
             if self.positions.rebalancing or epoch != self.positions.seek_epoch:
                 return
-            moved = await past_control_records(
-                consumer, self.topic, self.positions.next, self._owned()
-            )
-            if not moved:
-                return
-            checkpoints = advance(
-                moved,
-                lambda p: end_offset(consumer, TopicPartition(self.topic, p)),
-                self.positions.caught_up_at,
-                now_ms(),
-            )
-            self.store.set_checkpoints(checkpoints)
-            self.positions.next.update(moved)
-            for partition, next_offset in moved.items():
-                self._book.written(partition, next_offset)
+            owned = self._owned()
+            moved = await past_control_records(consumer, self.topic, self.positions.next, owned)
+            if moved:
+                checkpoints = advance(
+                    moved,
+                    lambda p: end_offset(consumer, TopicPartition(self.topic, p)),
+                    self.positions.caught_up_at,
+                    now_ms(),
+                )
+                self.store.set_checkpoints(checkpoints)
+                self.positions.next.update(moved)
+                for partition, next_offset in moved.items():
+                    self._book.written(partition, next_offset)
+            if self._focus.waiting:
+                self._hand_on(consumer)
 
     def _periodic(self) -> None:
         now = time.monotonic()
@@ -406,7 +407,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     def _drop_lost_partitions(self) -> None:
         """Drop the data of partitions not served for longer than the grace period (another
         worker has them). Synchronous: no poll can be applied in between."""
-        if self.instance_check.first_join is None:
+        if not self.rebalance.ever_assigned:
             return  # the group has not told us what we own yet
         expired = self.ownership.expired(self.store.checkpoints())
         if expired:
@@ -420,6 +421,18 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def _owned(self) -> list[int]:
         return owned(self._consumer, self.topic)
+
+    def _hand_on(self, consumer: AIOKafkaConsumer) -> None:
+        """Resume the next paused partition for each focused one within MIN_LAG of what it
+        can read now: also one this poll returned nothing from (its tail aborted records or
+        an open transaction), which would otherwise keep the others paused."""
+        owned_now = set(self._owned())
+        held = {
+            p: self.positions.next[p]
+            for p in self._focus.focus
+            if p in owned_now and p in self.positions.next
+        }
+        catchup.resume_next(self._focus, consumer, self.topic, held)
 
     # --- one poll ----------------------------------------------------------------------------
 
@@ -468,7 +481,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             self._book.written(partition, next_offset)
         self.positions.next.update(result.next_offsets)
         if self._focus.waiting:
-            catchup.resume_next(self._focus, consumer, self.topic, result.next_offsets)
+            self._hand_on(consumer)
         self.commits.schedule(consumer)
         if self._repairer is not None:
             self._repairer.forget(result.unshadowed)

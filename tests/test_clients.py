@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import time
 from functools import partial
@@ -11,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from stream_replica import clients, diagnosis
-from stream_replica.clients import start_client
+from stream_replica.clients import discard, start_client
 from stream_replica.connection import ConnectionSettings
 from stream_replica.errors import KafkaUnavailableError
 
@@ -70,3 +71,22 @@ async def test_a_slow_start_the_preflight_explains_is_cancelled(
     with pytest.raises(KafkaUnavailableError, match=refused):
         await start_client(settings, client)
     assert client.cancelled and not client.finished
+
+
+async def test_discard_takes_the_exception_of_a_task_that_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A caller cancelled just as its task failed left the exception to asyncio, which logged
+    it with a traceback ("Task exception was never retrieved") when a SIGTERM came during a
+    retry of an unreachable broker."""
+
+    async def fail() -> None:
+        raise ValueError("refused")
+
+    discarded, forgotten = asyncio.ensure_future(fail()), asyncio.ensure_future(fail())
+    await asyncio.sleep(0)  # both run and fail
+    await discard(discarded)
+    del discarded, forgotten
+    gc.collect()
+    logged = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert len(logged) == 1, logged  # the forgotten one only

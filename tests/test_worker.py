@@ -865,6 +865,106 @@ async def test_a_transactional_producers_log_is_caught_up_and_aborted_records_ne
         await worker.stop()
 
 
+def _transactional_record(partition: int, grain_key: str, sequence: int) -> dict[str, Any]:
+    from stream_replica.contract import Entry, encode_key, encode_value
+
+    entry = Entry("t", grain_key, sequence, 1, "eu", EntryType.FULL_STATE, b"v")
+    return {"key": encode_key("t", grain_key), "value": encode_value(entry), "partition": partition}
+
+
+@pytest.mark.parametrize("tail", ["aborted", "open"])
+async def test_a_focused_partition_ending_in_what_cannot_be_read_hands_on(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    tmp_path: Path,
+    unique: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tail: str,
+) -> None:
+    """The focused partition's tail is an aborted transaction (the consumer steps over it
+    and returns nothing) or a transaction still open (nothing past it is returned until it
+    ends): the paused partition must be resumed all the same. It stayed paused for ever (or
+    for the transaction's timeout): never read, never caught up."""
+    from aiokafka import AIOKafkaProducer
+
+    from stream_replica import catchup
+
+    monkeypatch.setattr(catchup, "MIN_LAG", 20)
+    topic = await make_topic(partitions=2)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=unique("tx"))
+    await producer.start()
+    worker = None
+    try:
+        async with producer.transaction():  # partition 0 first (the lower number): 30 records
+            for i in range(30):
+                await producer.send(topic, **_transactional_record(0, f"a{i}", 1))
+        async with producer.transaction():  # partition 1: 40 records, far behind
+            for i in range(40):
+                await producer.send(topic, **_transactional_record(1, f"b{i}", 1))
+        await producer.begin_transaction()  # then 50 on partition 0 never committed
+        for i in range(50):
+            await producer.send(topic, **_transactional_record(0, f"a{i}", 2))
+        await producer.flush()
+        if tail == "aborted":
+            await producer.abort_transaction()
+        ends = await admin.end_offsets(kafka_bootstrap, topic, 2)
+        # Both far behind at the assignment (its lags count what read_committed can read).
+        assert ends[0] > 80 and ends[1] > 20
+        readable = {1: ends[1]}  # partition 1 whole; partition 0 up to what can be read
+        worker = InProcessWorker(
+            kafka_bootstrap, topic, unique("g"), tmp_path / "db", max_records=7,
+            catch_up_partitions=1,
+        ).start()  # fmt: skip
+        await wait_until(lambda: worker.caught_up(readable), 30, 0.1, what="partition 1 read")
+        state = worker.store.get(("t", "a0"))
+        assert state is not None and state.sequence == 1  # never the uncommitted records
+    finally:
+        if worker is not None:
+            await worker.stop()
+        if tail == "open":
+            await producer.abort_transaction()
+        await producer.stop()
+
+
+async def test_lost_partitions_are_dropped_without_an_instance_id(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    tmp_path: Path,
+    unique: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that lost a partition to another drops its grains after
+    --lost-partition-grace-ms. Dynamic members (no --instance-id) never did: the drop waited
+    for the duplicate-instance check's first join, which only static members record."""
+    from stream_replica import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "PROGRESS_INTERVAL_S", 0.2)
+    topic = await make_topic(partitions=2)
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for i in range(200):
+            await publisher.publish_snapshot("t", f"k{i}", b"v")
+    ends = await admin.end_offsets(kafka_bootstrap, topic, 2)
+    group = unique("g")
+    options: dict[str, Any] = {"standby_replicas": 0, "lost_partition_grace_ms": 500}
+    first = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "a", **options).start()
+    second = None
+    try:
+        await wait_until(lambda: first.caught_up(ends), 30, 0.1, what="the first worker")
+        second = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "b", **options).start()
+
+        def one_each() -> bool:
+            kept = set(first.store.checkpoints())
+            return len(kept) == 1 and kept.isdisjoint(second.store.checkpoints())
+
+        await wait_until(one_each, 60, 0.1, what="the lost partition dropped")
+        (lost,) = set(second.store.checkpoints())
+        assert all(state.partition != lost for _, state in first.store.grains())
+    finally:
+        if second is not None:
+            await second.stop()
+        await first.stop()
+
+
 def test_the_group_waits_for_the_longest_revocation() -> None:
     """The rebalance timeout covers what a revocation may wait for: the in-flight poll's
     dead-letter sends (or a repair sweep's) and two commits."""
