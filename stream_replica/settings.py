@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream_replica.connection import ConnectionSettings
@@ -186,6 +186,18 @@ class WorkerSettings(KafkaSettings):
         ge=0,
         description="/readyz passes when every served partition is within this many records",
     )
+
+    @model_validator(mode="after")
+    def _dead_letters_elsewhere(self) -> WorkerSettings:
+        # The worker would read its own dead letters back, refuse them again and send them
+        # again: the topic grows without end, and the copies shadow the grains' states.
+        if self.dlq_topic is not None and self.dlq_topic == self.topic:
+            raise ValueError(
+                f"the dead-letter topic is the replicated topic {self.topic!r}: refused "
+                "records would be read back and refused again, for ever; give --dlq-topic a "
+                "topic of its own (topic create --cleanup-policy delete)"
+            )
+        return self
 
     def memory_plan(self) -> MemoryPlan:
         """The budget's split; raises MemoryBudgetError (one line) when it is too small."""

@@ -394,6 +394,16 @@ def test_bad_option_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().count("\n") == 0
 
 
+def test_the_replicated_topic_as_dead_letter_topic_is_refused(tmp_path: Path) -> None:
+    """Refused records sent to the topic they came from are read back and refused again:
+    the topic grew from 430 to 61,225 records in 5 s."""
+    result = cli("run", "--db", str(tmp_path / "db"), "--topic", "t", "--dlq-topic", "t")
+    assert result.returncode == 2, result.stderr
+    assert "the dead-letter topic is the replicated topic 't'" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "db").exists()  # refused before anything was opened
+
+
 async def test_reader_cli_while_worker_runs(
     kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
 ) -> None:
