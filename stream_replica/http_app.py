@@ -48,6 +48,12 @@ def build_app(view: WorkerView, rules: HealthRules) -> web.Application:
         age = status.last_poll_age_s
         if age is not None and age <= rules.max_poll_age_s:
             return web.json_response({"status": "ok", "last_poll_age_s": round(age, 3)})
+        if age is None and status.waiting_for_kafka is not None:
+            # Alive, retrying a Kafka it cannot reach: a restart would not help (as for a
+            # worker that loses Kafka while it polls, whose polls go on coming back empty).
+            return web.json_response(
+                {"status": "ok", "waiting_for_kafka": status.waiting_for_kafka}
+            )
         if age is None:
             since = max(0.0, time.time() - status.started_at)
             reason = (

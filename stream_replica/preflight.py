@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import shlex
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaError
@@ -42,21 +42,29 @@ def c_parser_loaded() -> bool:
     return "_crecords" in default_records.DefaultRecordBatch.__module__
 
 
-async def check_topic(settings: WorkerSettings, stop: asyncio.Event) -> TopicInfo:
+async def check_topic(
+    settings: WorkerSettings,
+    stop: asyncio.Event,
+    waiting: Callable[[str | None], None] = lambda _: None,
+) -> TopicInfo:
     """Describe the topic, retrying an unreachable broker with backoff until stopped. Only
     that is retried: anything else (credentials, certificates, ACLs, a bug) retrying cannot
-    fix, so it ends the worker."""
+    fix, so it ends the worker. ``waiting`` hears why Kafka was not reached at each retry,
+    and None once it answered."""
     backoff = 1.0
     while True:
         if stop.is_set():
             raise Stopped
         try:
             info = await _unless_stopped(describe_topic(settings, settings.topic), stop)
+            waiting(None)
             break
         except (KafkaUnavailableError, KafkaError, OSError, TimeoutError) as exc:
             if stop.is_set():
                 raise Stopped from None
-            log.warning("%s; retrying in %.0f s", _unreachable(settings, exc), backoff)
+            why = _unreachable(settings, exc)
+            waiting(why)
+            log.warning("%s; retrying in %.0f s", why, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, 30.0)

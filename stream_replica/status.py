@@ -72,6 +72,8 @@ class NodeStatus:
     counts: FoldCounts = field(default_factory=FoldCounts)
     repairs: int = 0
     shadowed_now: int = 0
+    # Before the first poll: why Kafka was not reached yet, while the worker retries it.
+    waiting_for_kafka: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -86,4 +88,5 @@ class NodeStatus:
             "counts": self.counts.as_dict(),
             "repairs": self.repairs,
             "shadowed_now": self.shadowed_now,
+            "waiting_for_kafka": self.waiting_for_kafka,
         }

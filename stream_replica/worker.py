@@ -99,6 +99,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.metrics = Metrics(self.topic)
         self.metrics.reads_on_thread.set_function(lambda: float(store.read_placement.on_thread))
         self.started_at = time.time()
+        self._kafka_unreached: str | None = None  # before the first poll, while retrying
         self._fetcher = StoppableFetch(stop, settings.poll_timeout_ms, settings.max_records)
         self._batch_lock = asyncio.Lock()
         self._book = CommitBook()  # written to the store, not yet committed; never backwards
@@ -161,7 +162,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     async def run(self) -> None:
         if not c_parser_loaded():
             log.warning("aiokafka's C record parser is not loaded; consuming will be slow")
-        info = await check_topic(self.settings, self.stop)
+        info = await check_topic(self.settings, self.stop, self._waiting_for_kafka)
         self.rebalance.delete_retention_ms = info.delete_retention_ms
         self.standby.delete_retention_ms = info.delete_retention_ms
         changed = self.store.bind_topic(TopicIdentity(info.topic_id, info.partitions))
@@ -402,7 +403,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             counts=self.counts,
             repairs=self._repairer.repairs if self._repairer is not None else 0,
             shadowed_now=shadowed_now,
+            waiting_for_kafka=self._kafka_unreached,
         )
+
+    def _waiting_for_kafka(self, why: str | None) -> None:
+        self._kafka_unreached = why
 
     def _drop_lost_partitions(self) -> None:
         """Drop the data of partitions not served for longer than the grace period (another

@@ -57,6 +57,24 @@ async def test_health_and_readiness_follow_the_loop_and_the_lag() -> None:
         await client.close()
 
 
+async def test_a_worker_retrying_an_unreachable_kafka_before_its_first_poll_is_alive() -> None:
+    """The README promises 200 while Kafka is unreachable (a restart would not help): a new
+    pod whose Kafka is down got 503 from its first second, and a liveness probe would have
+    restarted it in a loop."""
+    worker = FakeWorker()
+    worker.snapshot.waiting_for_kafka = "no Kafka broker answered at b:9092 (connection refused)"
+    client = await client_for(worker)
+    try:
+        health = await client.get("/healthz")
+        assert health.status == 200
+        assert (await health.json())["waiting_for_kafka"].endswith("(connection refused)")
+        status = await (await client.get("/status.json")).json()
+        assert status["waiting_for_kafka"] == worker.snapshot.waiting_for_kafka
+        assert (await client.get("/readyz")).status == 503  # but not ready
+    finally:
+        await client.close()
+
+
 async def test_metrics_exposition_and_status() -> None:
     worker = FakeWorker()
     counts = FoldCounts(records=10, applied=6, deltas_refused=2, invalid=1, shadowed=1)

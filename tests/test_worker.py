@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 
 from stream_replica import admin
 from stream_replica.contract import EntryType
+from stream_replica.preflight import Stopped
 from stream_replica.publisher import Publisher
 from stream_replica.store import Checkpoint, ReplicaReader, ReplicaStore, StoreError
 from stream_replica.workload import invalid_values
@@ -500,6 +501,31 @@ def test_sigterm_while_waiting_for_broker_exits_cleanly(tmp_path: Path) -> None:
     rest = finish(process, 30)
     assert process.returncode == 0, rest
     assert "Traceback" not in rest
+
+
+async def test_the_status_says_why_kafka_is_not_reached_until_it_is(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    waiting = InProcessWorker("127.0.0.1:1", "t", "g", tmp_path / "a").start()
+    try:
+
+        def reason() -> bool:
+            return waiting.worker.status().waiting_for_kafka is not None
+
+        await wait_until(reason, 30, 0.05, what="a retry")
+        assert "(connection refused)" in str(waiting.worker.status().waiting_for_kafka)
+    finally:
+        waiting.stop_event.set()
+        with pytest.raises(Stopped):  # stopped before the broker was reached
+            await asyncio.wait_for(waiting.task, 30)  # type: ignore[arg-type]
+        waiting.store.close()
+    topic = await make_topic(partitions=1)
+    reached = InProcessWorker(kafka_bootstrap, topic, unique("g"), tmp_path / "b").start()
+    try:
+        await wait_until(lambda: reached.worker.status().last_poll_age_s is not None, 30, 0.05)
+        assert reached.worker.status().waiting_for_kafka is None
+    finally:
+        await reached.stop()
 
 
 def test_an_unknown_host_is_retried_and_said_so(tmp_path: Path) -> None:
