@@ -44,6 +44,8 @@ class LagTracker:
         if consumer is not None:
             for partition in owned(consumer, self.topic):
                 mark = consumer.highwater(TopicPartition(self.topic, partition))
+                if mark is None:  # not fetched yet (paused for a catch-up)
+                    mark = self._positions.listed_ends.get(partition)
                 position = self._positions.next.get(partition)
                 lags[partition] = (
                     -1 if mark is None or position is None else max(0, mark - position)
@@ -57,15 +59,26 @@ class LagTracker:
         served: list[tuple[int, str, int | None, EndOffset | None]] = [
             (p, "standby", position, end) for p, (position, end) in self._standby.marks().items()
         ]
+        listed: dict[int, int] = {}
         if consumer is not None:
             for partition in owned(consumer, self.topic):
                 end = end_offset(consumer, TopicPartition(self.topic, partition))
                 served.append((partition, "active", self._positions.next.get(partition), end))
+                if end is None and partition in self._positions.listed_ends:
+                    listed[partition] = self._positions.listed_ends[partition]
         now = now_ms()
         max_age_s = self._end_offset_max_age_s
         for partition, role, position, end in served:
             checkpoint = position if position is not None else 0
-            mark = None if end is None else end.offset
+            # Not fetched yet: the end listed at the assignment gives the lag, not a fetch's
+            # confirmation (no age, so not caught up and not taken for Kafka unreachable).
+            mark = (
+                end.offset
+                if end is not None
+                else listed.get(partition)
+                if role == "active"
+                else None
+            )
             reached = mark is not None and position is not None and position >= mark
             if reached:
                 self.reached_end.add((partition, role))

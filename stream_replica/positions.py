@@ -28,6 +28,9 @@ class Positions:
     # and another on the other members: they ping-ponged every 1-2 s while catching up).
     rebalancing: bool = False
     caught_up_at: dict[int, int] = field(default_factory=dict)  # see store.Checkpoint
+    # End offsets listed at the assignment: what a partition's lag is measured against until
+    # a fetch of it brings one (a partition paused for a catch-up is not fetched for long).
+    listed_ends: dict[int, int] = field(default_factory=dict)
 
     def seek(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
         consumer.seek(tp, offset)

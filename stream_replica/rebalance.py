@@ -152,6 +152,7 @@ class RebalanceHandler:
             end = ends[tp]
             resume = resume_from(checkpoint, beginnings[tp], end, now, self.delete_retention_ms)
             self._positions.seek(consumer, tp, resume.offset)
+            self._positions.listed_ends[tp.partition] = end
             lags[tp.partition] = max(0, end - resume.offset)
             held[tp.partition] = resume.offset - beginnings[tp]
             self._book.assigned(tp.partition, group_offset)

@@ -1,0 +1,61 @@
+"""lag.py without a broker: what a partition's lag is measured against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from stream_replica.lag import LagTracker
+from stream_replica.ownership import now_ms
+from stream_replica.positions import Positions
+from stream_replica.store import ReplicaStore
+
+TOPIC = "t"
+
+
+class FetchedSome:
+    """A consumer that has fetched partition 0 (end 100) and not partition 1 (paused)."""
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)}
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return 100 if tp.partition == 0 else None
+
+    def last_poll_timestamp(self, tp: TopicPartition) -> int | None:
+        return now_ms() if tp.partition == 0 else None
+
+
+class NoStandbys:
+    def marks(self) -> dict[int, Any]:
+        return {}
+
+    def lags(self) -> dict[int, int]:
+        return {}
+
+
+def test_a_partition_not_fetched_yet_lags_behind_the_end_listed_at_assignment(
+    tmp_path: Path,
+) -> None:
+    """A partition paused for a catch-up reported lag 0 (no fetch, no end offset): lag
+    alerts and dashboards saw half the backlog during every rebuild."""
+    store = ReplicaStore(tmp_path / "db", TOPIC)
+    try:
+        positions = Positions(TOPIC, next={0: 40, 1: 0}, listed_ends={0: 90, 1: 30_000})
+        tracker = LagTracker(TOPIC, store, positions, NoStandbys(), 15.0)  # type: ignore[arg-type]
+        consumer: Any = FetchedSome()
+        rows = tracker.rows(consumer)
+        assert (rows[0].end_offset, rows[0].lag, rows[0].end_offset_age_s is not None) == (
+            100,
+            60,
+            True,
+        )  # a fetch's end offset wins over the listed one
+        paused = rows[1]
+        assert (paused.end_offset, paused.lag, paused.rebuild_remaining) == (30_000, 30_000, 30_000)
+        # Not confirmed by a fetch: neither caught up nor taken for an unreachable broker.
+        assert paused.end_offset_age_s is None and not paused.caught_up
+        assert tracker.lags(consumer) == {0: 60, 1: 30_000}
+    finally:
+        store.close()
