@@ -126,8 +126,9 @@ class CatchUpDurability:
             policy.off_above_lag // 2,
         )
 
-    async def settle(self) -> None:
-        """Turn the WAL on (after persisting what was written without it)."""
+    async def settle(self, why: str = "caught up") -> None:
+        """Turn the WAL on (after persisting what was written without it); ``why`` for the
+        log line."""
         self.due = False
         if self._policy.wal_on:
             return
@@ -137,7 +138,7 @@ class CatchUpDurability:
         self._policy.wal_on = True
         self._policy.turned_on_at = time.monotonic()
         self._report(1.0)
-        log.info("caught up: writing through RocksDB's WAL again (flushed in %.0f ms)", took * 1000)
+        log.info("%s: writing through RocksDB's WAL again (flushed in %.0f ms)", why, took * 1000)
 
     async def persist(self) -> None:
         """Make what was written durable, so that it can be committed (a revocation)."""
@@ -148,7 +149,7 @@ class CatchUpDurability:
     async def close(self) -> None:
         """Persist everything before the store closes (then its close has nothing to flush on
         the loop)."""
-        await self.settle()
+        await self.settle("closing the store")
 
     async def _flush_and_release_offsets(self) -> None:
         flushing = self._book.flushing()  # all written before the flush starts: it persists them

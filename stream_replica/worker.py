@@ -194,7 +194,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._loop(self._consumer)
             if self._fatal is not None:
                 raise self._fatal
-            await self._settle_durability()  # flushed: every written offset can be committed
+            # Flushed: every written offset can be committed.
+            await self._settle_durability("stopping")
             await self.commits.await_task()
             await self.commits.commit_pending(self._consumer, None)
             if self._fatal is not None:  # that commit refused (an ACL)
@@ -316,9 +317,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             if self._repairer is not None:
                 await self.repairs.sweep(consumer, self._repairer)
 
-    async def _settle_durability(self) -> None:
+    async def _settle_durability(self, why: str = "caught up") -> None:
         try:
-            await self.durability.settle()
+            await self.durability.settle(why)
         except StoreError as exc:
             raise FatalError(str(exc)) from None
 
