@@ -54,10 +54,17 @@ class UsageError(Exception):
 
 def served_json(served: Served | None) -> dict[str, Any] | None:
     """Whether the worker serves the grain's partition here (None: not served), and whether
-    that copy was caught up with the log when the worker last reported (lag 0)."""
+    that copy was caught up with the log when the worker last reported (lag 0), how long ago
+    (a running worker reports at least every 10 s: a record older than 30 s is a dead
+    worker's, never caught up)."""
     if served is None or not served.serving:
         return None
-    return {"role": served.role, "lag": served.lag, "caught_up": served.caught_up}
+    return {
+        "role": served.role,
+        "lag": served.lag,
+        "caught_up": served.caught_up,
+        "reported_s_ago": round(served.age_ms() / 1000, 1),
+    }
 
 
 def grain_json(

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -51,6 +51,25 @@ class LagTracker:
                     -1 if mark is None or position is None else max(0, mark - position)
                 )
         return lags
+
+    def for_readers(
+        self, consumer: AIOKafkaConsumer | None, lags: Mapping[int, int]
+    ) -> dict[int, int]:
+        """``lags`` as the store's served records give them to its readers: -1 (unknown)
+        where the broker has not confirmed the end offset for over end_offset_max_age_s
+        (Kafka unreachable: how far behind is not known, as /readyz says)."""
+        now = now_ms()
+        limit_ms = self._end_offset_max_age_s * 1000
+        confirmed = {p: end.confirmed_at_ms for p, (_, end) in self._standby.marks().items() if end}
+        if consumer is not None:
+            for partition in owned(consumer, self.topic):
+                end = end_offset(consumer, TopicPartition(self.topic, partition))
+                if end is not None:
+                    confirmed[partition] = end.confirmed_at_ms
+        return {
+            p: -1 if p in confirmed and now - confirmed[p] > limit_ms else lag
+            for p, lag in lags.items()
+        }
 
     def rows(self, consumer: AIOKafkaConsumer | None) -> dict[int, PartitionRow]:
         """Every served partition: role, the store's next offset, the end offset at the last

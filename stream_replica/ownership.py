@@ -24,6 +24,7 @@ from stream_replica.errors import FatalError
 from stream_replica.membership import GroupAssignment, LocalState, StateAwareAssignor
 from stream_replica.settings import WorkerSettings
 from stream_replica.store import LastAssignment, ReplicaStore, Served
+from stream_replica.store_records import SERVED_REFRESH_MS
 
 log = logging.getLogger("stream_replica.ownership")
 
@@ -187,8 +188,10 @@ class Ownership:
         now = now_ms()
         for partition, lag in lags.items():
             old = self._served.get(partition)
-            if old is None or not old.serving or old.lag == lag:
+            if old is None or not old.serving:
                 continue
+            if old.lag == lag and now - old.updated_ms < SERVED_REFRESH_MS:
+                continue  # (rewritten now and then all the same: a reader's sign of life)
             self._dirty[partition] = Served(old.role, lag, old.since_ms, now)
             self._served[partition] = self._dirty[partition]
         clock = time.monotonic()

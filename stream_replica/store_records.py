@@ -4,7 +4,15 @@ StoreError, the one error a store raises."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Final
+
+# A running worker rewrites its served records at least this often (ownership.py), so that
+# a reader of the store can tell them from those of a worker that died: one older than
+# SERVED_STALE_MS says nothing about now (not caught up).
+SERVED_REFRESH_MS: Final = 10_000
+SERVED_STALE_MS: Final = 3 * SERVED_REFRESH_MS
 
 
 class StoreError(Exception):
@@ -45,7 +53,8 @@ class TopicIdentity:
 class Served:
     """Whether this store's worker serves a partition. ``role``: ``active``, ``standby``, or
     ``""`` (not served: revoked, or the worker stopped) since ``since_ms``. ``lag``: records
-    the store was behind the partition's high watermark at ``updated_ms`` (-1: unknown)."""
+    the store was behind the partition's high watermark at ``updated_ms`` (-1: unknown, e.g.
+    Kafka unreachable)."""
 
     role: str
     lag: int
@@ -56,9 +65,20 @@ class Served:
     def serving(self) -> bool:
         return bool(self.role)
 
+    def age_ms(self, now_ms: int | None = None) -> int:
+        """How long ago the worker last wrote this record."""
+        now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        return max(0, now - self.updated_ms)
+
+    @property
+    def stale(self) -> bool:
+        """Not rewritten for longer than a running worker lets it be: its worker is gone
+        (killed, or stopped without a word), so the lag says nothing about now."""
+        return self.serving and self.age_ms() > SERVED_STALE_MS
+
     @property
     def caught_up(self) -> bool:
-        return self.serving and self.lag == 0
+        return self.serving and self.lag == 0 and not self.stale
 
 
 @dataclass(frozen=True, slots=True)

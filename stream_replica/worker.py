@@ -358,7 +358,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             return
         self._last_lag_report = now
         lags = self.lag.lags(self._consumer)
-        self.ownership.report_lag(lags)
+        self.ownership.report_lag(self.lag.for_readers(self._consumer, lags))
         self.durability.observe(lags)
         if now - self._last_progress > PROGRESS_INTERVAL_S:
             behind = {p: lag for p, lag in sorted(lags.items()) if lag}

@@ -242,3 +242,16 @@ class InProcessWorker:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.task
         self.store.close()
+
+
+def without_report_age(value: Any) -> Any:
+    """A reader's JSON with each served record's ``reported_s_ago`` checked (a running
+    worker's, or one just written: under the 30 s after which it is stale) and left out."""
+    if isinstance(value, dict):
+        if "role" in value and "reported_s_ago" in value:
+            age = value["reported_s_ago"]
+            assert isinstance(age, float) and 0 <= age < 30, value
+        return {k: without_report_age(v) for k, v in value.items() if k != "reported_s_ago"}
+    if isinstance(value, list):
+        return [without_report_age(v) for v in value]
+    return value

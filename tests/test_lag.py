@@ -59,3 +59,24 @@ def test_a_partition_not_fetched_yet_lags_behind_the_end_listed_at_assignment(
         assert tracker.lags(consumer) == {0: 60, 1: 30_000}
     finally:
         store.close()
+
+
+class UnconfirmedFor20s(FetchedSome):
+    def last_poll_timestamp(self, tp: TopicPartition) -> int | None:
+        return now_ms() - 20_000 if tp.partition == 0 else None
+
+
+def test_readers_are_told_the_lag_is_unknown_while_the_broker_does_not_confirm_it(
+    tmp_path: Path,
+) -> None:
+    """Kafka unreachable: /readyz says so, and the served records a store's readers see
+    (`get`, `dump`) must not go on saying "lag 0, caught up"."""
+    store = ReplicaStore(tmp_path / "db", TOPIC)
+    try:
+        positions = Positions(TOPIC, next={0: 100, 1: 0}, listed_ends={1: 30})
+        tracker = LagTracker(TOPIC, store, positions, NoStandbys(), 15.0)  # type: ignore[arg-type]
+        lags = {0: 0, 1: 30}
+        assert tracker.for_readers(FetchedSome(), lags) == {0: 0, 1: 30}  # type: ignore[arg-type]
+        assert tracker.for_readers(UnconfirmedFor20s(), lags) == {0: -1, 1: 30}  # type: ignore[arg-type]
+    finally:
+        store.close()

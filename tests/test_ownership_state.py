@@ -13,7 +13,7 @@ from stream_replica.fold import FoldCounts, GrainState
 from stream_replica.membership import GroupAssignment, PartitionOwners, Replica
 from stream_replica.ownership import Ownership, is_fenced
 from stream_replica.settings import WorkerSettings
-from stream_replica.store import Checkpoint, ReplicaReader, ReplicaStore
+from stream_replica.store import Checkpoint, ReplicaReader, ReplicaStore, Served
 
 TOPIC = "t"
 
@@ -184,4 +184,23 @@ def test_reload_after_the_store_was_wiped_forgets_claims_and_roles(tmp_path: Pat
     assert (local.epoch, local.active, local.standby) == (0, frozenset(), frozenset())
     restarted.assigned([0])
     assert store.served()[0].role == "active"  # written, not skipped as unchanged
+    store.close()
+
+
+def test_served_records_are_rewritten_while_nothing_changes(tmp_path: Path) -> None:
+    """A reader takes a record not rewritten for 30 s for a dead worker's (store_records.
+    Served.stale): an idle worker, caught up, rewrites its unchanged records every 10 s."""
+    store = ReplicaStore(tmp_path / "db", TOPIC)
+    own = ownership(store)
+    own._on_group_assignment(group_assignment({0}, set()))
+    own.assigned([0])
+    own.report_lag({0: 0}, force=True)
+    written = store.served()[0].updated_ms
+    own.report_lag({0: 0}, force=True)  # unchanged, just written: not again
+    assert store.served()[0].updated_ms == written
+    old = store.served()[0]
+    own._served[0] = Served(old.role, old.lag, old.since_ms, old.updated_ms - 11_000)
+    own.report_lag({0: 0}, force=True)
+    rewritten = own.served()[0]  # (it was set 11 s back just above)
+    assert rewritten.updated_ms >= written and store.served()[0] == rewritten
     store.close()

@@ -29,7 +29,9 @@ import stream_replica
 from stream_replica import store_reader
 from stream_replica.cli import main
 from stream_replica.fold import FoldCounts, GrainState
+from stream_replica.ownership import now_ms
 from stream_replica.store import Checkpoint, ReplicaReader, ReplicaStore, Served, StoreError
+from tests.helpers import without_report_age
 
 ROOT = Path(stream_replica.__file__).resolve().parent.parent
 NOBODY = 65534
@@ -49,7 +51,8 @@ def make_store(db: Path) -> None:
     store = ReplicaStore(db, "orders")
     try:
         store.apply(GRAINS, CHECKPOINTS, FoldCounts(records=9, applied=3))
-        store.set_served({0: Served("active", 0, 1, 2), 1: Served("standby", 4, 1, 2)})
+        now = now_ms()
+        store.set_served({0: Served("active", 0, 1, now), 1: Served("standby", 4, 1, now)})
     finally:
         store.close()
 
@@ -112,7 +115,7 @@ class Ran:
 
     def lines(self) -> list[dict[str, object]]:
         assert self.code == 0, self.err
-        return [json.loads(line) for line in self.out.splitlines()]
+        return [without_report_age(json.loads(line)) for line in self.out.splitlines()]
 
 
 def run_here(*argv: str) -> Ran:
@@ -171,7 +174,7 @@ def test_the_reader_api_writes_nothing_into_a_read_only_store(
             assert reader.get(("user", "nope")) is None
             assert dict(reader.grains()) == GRAINS
             assert reader.checkpoints() == CHECKPOINTS
-            assert reader.served()[1] == Served("standby", 4, 1, 2)
+            assert reader.served()[1].role == "standby" and reader.served()[1].lag == 4
             assert reader.counts().records == 9
             # what the reader writes (rocksdict's config, RocksDB's info log) is in its scratch
             assert list(scratch_tmp.iterdir()) != []
@@ -427,3 +430,14 @@ def test_the_cli_readers_work_on_a_read_only_mount(tmp_path: Path) -> None:
     before = listing(db)
     check_cli_answers(run_on_mount, mount)
     assert listing(db) == before
+
+
+def test_a_served_record_its_worker_stopped_rewriting_is_stale() -> None:
+    """A killed worker's records said "active, caught up" for ever: `get` on its store
+    claimed a fresh copy while the topic had moved on. A running worker rewrites them at
+    least every 10 s; one older than 30 s is never caught up."""
+    now = now_ms()
+    assert Served("active", 0, 1, now - 1_000).caught_up
+    dead = Served("active", 0, 1, now - 31_000)
+    assert dead.stale and not dead.caught_up and dead.age_ms(now) == 31_000
+    assert not Served("", 0, 1, now - 31_000).stale  # not served: nothing to be stale about
