@@ -94,6 +94,14 @@ async def replay(
         raise ReplayError(f"no replica store at {settings.db}; pass --rebuild to start one there")
     store = ReplicaStore(settings.db, settings.topic)
     try:
+        known = store.group()
+        if known is not None and known != settings.group:
+            # A typo would commit a new group's offsets and leave the workers' own as they are.
+            raise ReplayError(
+                f"the store at {settings.db} belongs to group {known!r} (its last worker's), "
+                f"not {settings.group!r}: check --group (a worker run with another --group "
+                "records that one)"
+            )
         checkpoints = _moved_checkpoints(store, targets, beginnings, rebuild=rebuild)
         # The group's offsets first: a refused commit (an ACL, the broker gone) then leaves the
         # store as it was, and the one line it ends with is the whole story.
@@ -103,6 +111,7 @@ async def replay(
             wiped = store.count_grains(partitions)  # a key scan: fine offline, for the summary
             store.wipe_partitions(partitions)
         store.set_checkpoints(checkpoints)
+        store.set_group(settings.group)
     finally:
         store.close()
     if rebuild and not from_beginning:

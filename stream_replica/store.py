@@ -35,6 +35,7 @@ from stream_replica.store_layout import (
     _COUNTS_KEY,
     _FORMAT_KEY,
     _GRAIN_PREFIX,
+    _GROUP_KEY,
     _HEAD,
     _INDEX_PREFIX,
     _MIGRATABLE,
@@ -459,6 +460,13 @@ class ReplicaStore(_HeadCache):
         batch.put(_PARTITIONS_KEY, str(identity.partitions).encode())
         self._write(batch)
         return reason
+
+    def set_group(self, group: str) -> None:
+        """Record the consumer group this store's worker runs in (``replay`` checks it)."""
+        if self.group() != group:
+            batch = WriteBatch(raw_mode=True)
+            batch.put(_GROUP_KEY, group.encode())
+            self._write(batch)
 
     def wipe_all(self) -> None:
         """Delete every grain, index entry, shadow mark, checkpoint, served record and the

@@ -25,6 +25,8 @@ Key layout (one column family, ordered so that a prefix scan is a range):
   (ownership.py) so readers can tell a served, caught-up partition from a leftover copy.
 * ``m:assignment``     → the last group assignment: msgpack ``[epoch, [active], [standby]]``,
   claimed back at the next join (a restarted member gets its partitions back).
+* ``m:group``          → the consumer group of the last worker that ran on the store (UTF-8),
+  so that ``replay`` moves that group's offsets and not a mistyped one's.
 
 Grain values and the writer's cached heads are packed with struct (see below).
 """
@@ -54,6 +56,7 @@ _INDEX_PREFIX: Final = b"i"
 _SHADOW_PREFIX: Final = b"s"
 _SERVED_PREFIX: Final = b"o"
 _ASSIGNMENT_KEY: Final = b"m:assignment"
+_GROUP_KEY: Final = b"m:group"
 _SHADOW: Final = struct.Struct(">IQQ")
 _PARTITION: Final = struct.Struct(">I")
 

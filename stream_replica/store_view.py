@@ -18,6 +18,7 @@ from stream_replica.store_layout import (
     _COUNTS_KEY,
     _FORMAT_KEY,
     _GRAIN_PREFIX,
+    _GROUP_KEY,
     _MIGRATABLE,
     _PARTITION,
     _PARTITIONS_KEY,
@@ -148,6 +149,11 @@ class _StoreView:
         for db_key, raw in self._scan(_SHADOW_PREFIX):
             grain = parse_grain_db_key(_GRAIN_PREFIX + db_key[len(_SHADOW_PREFIX) :])
             yield grain, ShadowMark(*_SHADOW.unpack(raw))
+
+    def group(self) -> str | None:
+        """The consumer group of the last worker that ran on this store (None: none did)."""
+        raw = self._db.get(_GROUP_KEY)
+        return None if raw is None else bytes(raw).decode()
 
     def topic_identity(self) -> TopicIdentity | None:
         partitions = self._db.get(_PARTITIONS_KEY)

@@ -169,6 +169,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         if changed is not None:
             log.warning("%s: dropped the local replica, rebuilding every partition", changed)
             self.ownership.reload()
+        self.store.set_group(self.settings.group)
         log.info(
             "replicating topic %s (%d partitions, delete.retention.ms=%d) as group %s%s into %s",
             self.topic,

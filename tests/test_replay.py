@@ -155,3 +155,24 @@ async def test_replay_refuses_to_claim_unapplied_records(
     assert store_state(db)[1] == {0: 0}  # unchanged
     out = replay(kafka_bootstrap, topic, group, db, "--offsets", "0:5", "--rebuild")
     assert out["partitions"] == {"0": 5}
+
+
+async def test_replay_with_another_group_than_the_stores_is_refused(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    """A mistyped --group made a new group, committed its offsets and moved the store's
+    checkpoints, while the workers' own group stayed where it was."""
+    topic = await make_topic(partitions=1)
+    group, db = unique("g"), tmp_path / "db"
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for i in range(5):
+            await publisher.publish_snapshot("t", f"k{i}", b"x")
+    assert await catch_up(kafka_bootstrap, topic, group, db, {0: 5}) == 5
+    typo = group + "-typo"
+    args = ("--bootstrap-servers", kafka_bootstrap, "--topic", topic, "--db", str(db))
+    refused = cli("replay", *args, "--group", typo, "--from-beginning")
+    assert refused.returncode == 2, refused.stderr
+    assert f"belongs to group {group!r} (its last worker's), not {typo!r}" in refused.stderr
+    assert store_state(db)[1] == {0: 5}  # the store as it was
+    assert await admin.committed_offsets(kafka_bootstrap, typo, topic) == {}  # no new group
+    assert replay(kafka_bootstrap, topic, group, db, "--from-beginning")["partitions"] == {"0": 0}
