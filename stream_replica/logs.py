@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from pythonjsonlogger.json import JsonFormatter
@@ -20,15 +21,31 @@ LogFormat = Literal["human", "json"]
 HUMAN_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _JsonLines(JsonFormatter):
+    """JSON lines whose ``time`` is ISO 8601 in UTC with milliseconds (what log pipelines
+    parse without a pattern), not logging's local "2026-11-29 13:47:25,006"."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        moment = datetime.fromtimestamp(record.created, UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _json_formatter() -> logging.Formatter:
+    return _JsonLines(
+        "%(asctime)s %(levelname)s %(name)s %(message)s",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+    )
+
+
+_configured: LogFormat = "human"
+
+
 def configure(level: str, log_format: LogFormat = "human") -> None:
+    global _configured
+    _configured = log_format
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(
-            JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(message)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-            )
-        )
+        handler.setFormatter(_json_formatter())
     else:
         handler.setFormatter(logging.Formatter(HUMAN_FORMAT))
     root = logging.getLogger()
@@ -41,6 +58,17 @@ def configure(level: str, log_format: LogFormat = "human") -> None:
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
     handler.addFilter(_ConnectNoise())
     handler.addFilter(LibraryRepeats())
+
+
+def fatal_line(message: str) -> str:
+    """The one line a command ends with on stderr: ``stream-replica: <message>``, or with
+    JSON logs a JSON line like the others (level CRITICAL), so a log pipeline keeps the
+    reason a worker ended."""
+    text = " ".join(message.split())  # one line, whatever the exception's text holds
+    if _configured != "json":
+        return f"stream-replica: {text}"
+    record = logging.LogRecord("stream_replica", logging.CRITICAL, "", 0, text, None, None)
+    return _json_formatter().format(record)
 
 
 class _ConnectNoise(logging.Filter):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -123,3 +124,28 @@ def test_library_lines_repeat_once_per_interval_and_say_how_many_were_held(
     clock[0] += 11
     quiet = record(fetch, "Failed fetch from %s: %s", 1, "down")
     assert limiter.filter(quiet) and quiet.getMessage() == "Failed fetch from 1: down"
+
+
+def test_json_time_is_iso_8601_utc(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("INFO", "json")
+    try:
+        logging.getLogger("stream_replica").info("hello")
+        line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    finally:
+        logs.configure("INFO", "human")
+    assert datetime.fromisoformat(line["time"]).utcoffset() == timedelta(0), line
+    assert line["time"].endswith("Z") and "." in line["time"]  # milliseconds, UTC
+
+
+def test_the_fatal_line_follows_the_log_format() -> None:
+    """With JSON logs the line a worker dies with was plain text: a log pipeline lost it."""
+    assert (
+        logs.fatal_line("topic 't'\n does not exist") == "stream-replica: topic 't' does not exist"
+    )
+    logs.configure("INFO", "json")
+    try:
+        line = json.loads(logs.fatal_line("topic 't' does not exist"))
+    finally:
+        logs.configure("INFO", "human")
+    assert (line["level"], line["logger"]) == ("CRITICAL", "stream_replica")
+    assert line["message"] == "topic 't' does not exist" and line["time"].endswith("Z")
