@@ -172,7 +172,9 @@ class Metrics:
             registry=r,
         )
         self.store_bytes = Gauge(
-            "stream_replica_store_size_bytes", "Size of the state directory on disk", registry=r
+            "stream_replica_store_size_bytes",
+            "Size of the state directory on disk (measured every 10 s)",
+            registry=r,
         )
         self.shadowed_now = Gauge(
             "stream_replica_shadowed_grains",

@@ -19,7 +19,7 @@ from stream_replica.store import ReplicaStore
 from stream_replica.worker import ReplicaWorker
 
 log = logging.getLogger("stream_replica.node")
-STORE_SIZE_INTERVAL_S = 30.0
+STORE_SIZE_INTERVAL_S = 10.0  # a walk of the directory: a few hundred files at most
 
 
 def parse_listen(text: str) -> tuple[str, int]:
