@@ -491,6 +491,22 @@ _LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 _LOG_FORMATS = ["human", "json"]
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``minimum``. A count of 0 (or less) made
+    `demo` wait 120 s for no workers, and the sample load fail in ``randrange``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stream-replica",
@@ -538,7 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
         "publish JSON lines from stdin, or a sample load with --demo N",
         PublishSettings,
     )
-    publish.add_argument("--demo", type=int, metavar="N", help="N grains, several updates each")
+    publish.add_argument(
+        "--demo", type=_at_least(1), metavar="N", help="N grains, several updates each"
+    )
     publish.add_argument("--seed", type=int, default=7, help="of the --demo load (default 7)")
     publish.set_defaults(handler=cmd_publish)
 
@@ -593,8 +611,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--bootstrap-servers", help="default env KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092"
     )
-    demo.add_argument("--grains", type=int, default=5000, help="grains to publish (default 5000)")
-    demo.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
+    demo.add_argument(
+        "--grains", type=_at_least(1), default=5000, help="grains to publish (default 5000)"
+    )
+    demo.add_argument(
+        "--workers", type=_at_least(1), default=3, help="worker processes (default 3)"
+    )
     demo.add_argument(
         "--workdir",
         default=".demo",

@@ -122,3 +122,35 @@ def test_the_error_line_is_one_line_whatever_the_message(
 
     fail("first\nsecond\r\n  third")
     assert capsys.readouterr().err == "stream-replica: first second third\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["demo", "--workers", "0"], "--workers"),
+        (["demo", "--grains", "0"], "--grains"),
+        (["demo", "--workers", "-2"], "--workers"),
+        (["publish", "--demo", "0"], "--demo"),
+    ],
+)
+def test_a_count_below_one_is_refused_naming_the_flag(
+    capsys: pytest.CaptureFixture[str], argv: list[str], flag: str
+) -> None:
+    """demo --workers 0 waited 120 s for a group of no workers, then exited 1 with a
+    RuntimeError; demo --grains 0 and publish --demo 0 failed in randrange (exit 1). Refused
+    by the parser, before anything runs (main parses first)."""
+    from stream_replica.cli import build_parser
+
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(argv)
+    assert caught.value.code == 2
+    assert f"argument {flag}: must be at least 1, got {argv[-1]}" in capsys.readouterr().err
+
+
+def test_counts_of_one_or_more_are_accepted() -> None:
+    from stream_replica.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--workers", "1", "--grains", "2"])
+    assert (args.workers, args.grains) == (1, 2)
+    assert build_parser().parse_args(["publish", "--demo", "1"]).demo == 1
+    assert build_parser().parse_args(["demo"]).workers == 3  # the default is not re-parsed
