@@ -154,3 +154,23 @@ def test_counts_of_one_or_more_are_accepted() -> None:
     assert (args.workers, args.grains) == (1, 2)
     assert build_parser().parse_args(["publish", "--demo", "1"]).demo == 1
     assert build_parser().parse_args(["demo"]).workers == 3  # the default is not re-parsed
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["demo", "--workers", "0"], "argument --workers: must be at least 1, got 0"),
+        (["get", "--db", "x"], "the following arguments are required: grain_type, grain_key"),
+        (["topic", "create", "--cleanup-policy", "x"], "argument --cleanup-policy: invalid choice"),
+    ],
+)
+def test_a_bad_argument_is_one_line_naming_it(
+    capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    """argparse printed its whole usage before the error (16 lines for publish)."""
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"stream-replica: {expected}"), err
+    assert err.rstrip().endswith("--help` lists the options)")
