@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import base64
 import faulthandler
+import itertools
 import json
 import logging
 import os
@@ -17,9 +18,9 @@ import shlex
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TextIO, TypeVar
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
@@ -155,31 +156,76 @@ def _report_compaction(info: admin.TopicInfo) -> int:
 
 
 async def cmd_publish(args: argparse.Namespace) -> int:
-    from stream_replica.publisher import Publisher
+    from stream_replica.publisher import Publisher, max_request_size
     from stream_replica.workload import sample_workload
 
     s = settings_from(PublishSettings, args)
+    max_bytes = max_request_size(s)
+    cap = publish_line_cap(max_bytes)
     await _require_topic(s)
     bad_lines = 0
     sent = 0
+    too_long: int | None = None
     async with Publisher(s, s.topic, s.source_cluster) as publisher:
         if args.demo is not None:
             for op in sample_workload(args.demo, seed=args.seed):
                 await publisher.publish_raw(op.key, op.value)
                 sent += 1
         else:
-            for line_number, line in enumerate(sys.stdin, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    await _publish_line(publisher, line)
-                    sent += 1
-                except (ValueError, KeyError, TypeError, ContractError) as exc:
-                    bad_lines += 1
-                    print(f"stream-replica: stdin line {line_number}: {exc}", file=sys.stderr)
+            try:
+                for line_number, line in _lines(sys.stdin, cap):
+                    if not line.strip():
+                        continue
+                    try:
+                        await _publish_line(publisher, line)
+                        sent += 1
+                    except (ValueError, KeyError, TypeError, ContractError) as exc:
+                        bad_lines += 1
+                        print(f"stream-replica: stdin line {line_number}: {exc}", file=sys.stderr)
+            except LineTooLongError as exc:
+                bad_lines += 1
+                too_long = exc.line_number
         await publisher.flush()
     emit({"topic": s.topic, "published": sent, "rejected_lines": bad_lines})
+    if too_long is not None:  # after the summary: what was published before it is kept
+        fail(
+            f"stdin line {too_long} is longer than {cap} characters, the most a line can be "
+            f"(a payload of the producer's max_request_size, {max_bytes} bytes, in base64, plus "
+            "64 KiB for the other fields; --kafka-option max_request_size=N raises it); "
+            "stopped reading there"
+        )
+        return ConfigurationError.exit_code
     return 1 if bad_lines else 0
+
+
+# Room in a stdin line for the fields besides the payload (grain type and key, sequence...).
+_LINE_FIELDS_ROOM: Final = 64 * 1024
+
+
+def publish_line_cap(max_request_bytes: int) -> int:
+    """The longest stdin line ``publish`` reads (characters): the base64 of a payload as large
+    as the producer sends (a longer line cannot become a record), plus room for the other
+    fields. 1,463,640 with aiokafka's default max_request_size, 1 MiB."""
+    return 4 * -(-max_request_bytes // 3) + _LINE_FIELDS_ROOM
+
+
+class LineTooLongError(Exception):
+    def __init__(self, line_number: int) -> None:
+        super().__init__(f"stdin line {line_number} is too long")
+        self.line_number = line_number
+
+
+def _lines(stream: TextIO, cap: int) -> Iterator[tuple[int, str]]:
+    """The lines of ``stream`` with their numbers, none read past ``cap`` characters:
+    iterating over stdin reads a line whole, however long (`publish < /dev/zero` grew to
+    22 GB). Raises :class:`LineTooLongError` at the first longer line."""
+    for line_number in itertools.count(1):
+        line = stream.readline(cap + 1)
+        if not line:
+            return
+        if len(line) > cap and not line.endswith("\n"):
+            raise LineTooLongError(line_number)
+        yield line_number, line
 
 
 async def _require_topic(s: PublishSettings) -> None:
