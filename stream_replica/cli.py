@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
@@ -23,10 +24,16 @@ from datetime import datetime
 from typing import Any, Final, NoReturn, TextIO, TypeVar
 
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings
+from pydantic_settings import BaseSettings, SettingsError
 
 from stream_replica import admin, event_loop, fold, logs, tuning
-from stream_replica.cli_flags import add_model_flags, option_label, settings_from
+from stream_replica.cli_flags import (
+    add_model_flags,
+    env_name,
+    flag_name,
+    option_label,
+    settings_from,
+)
 from stream_replica.contract import ContractError, EntryType, GrainId
 from stream_replica.errors import ConfigurationError, StreamReplicaError, TopicNotCompactedError
 from stream_replica.fold import GrainState
@@ -704,6 +711,19 @@ def _validation_line(exc: ValidationError) -> str:
     return "configuration error: " + "; ".join(parts)
 
 
+def _settings_error_line(exc: SettingsError) -> str:
+    """A value the environment gives that pydantic-settings cannot even parse (a list or
+    object field wants JSON there). Its error names the field only in words."""
+    found = re.search(r'field "(\w+)"', str(exc))
+    where = (
+        f"env {env_name(found[1])} ({flag_name(found[1])})"
+        if found
+        else "a setting from the environment"
+    )
+    cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+    return f"configuration error: {where} cannot be parsed{cause}"
+
+
 def _run_handler(handler: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
     result = handler(args)
     if asyncio.iscoroutine(result):
@@ -719,6 +739,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_handler(args.handler, args)
     except ValidationError as exc:
         fail(_validation_line(exc))
+        return ConfigurationError.exit_code
+    except SettingsError as exc:
+        fail(_settings_error_line(exc))
         return ConfigurationError.exit_code
     except (UsageError, StoreError) as exc:
         fail(str(exc))

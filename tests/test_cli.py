@@ -71,6 +71,54 @@ def test_an_environment_variable_is_named_as_such(
 
 
 @pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            "request_timeout_ms=60000 no_such=1",
+            "configuration error: --kafka-option no_such: not a setting of the Kafka client",
+        ),
+        (
+            "[request_timeout_ms=60000]",
+            "configuration error: --kafka-option (env STREAM_REPLICA_KAFKA_OPTION): not a JSON "
+            "list of NAME=VALUE strings (Expecting value: line 1 column 2 (char 1))",
+        ),
+    ],
+)
+def test_kafka_options_from_the_environment_are_read_or_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, env: str, expected: str
+) -> None:
+    """STREAM_REPLICA_KAFKA_OPTION=request_timeout_ms=60000 was a SettingsError (exit 1):
+    pydantic-settings wants JSON for a list. Here its first item is read, the second refused."""
+    monkeypatch.setenv("STREAM_REPLICA_KAFKA_OPTION", env)
+    assert refused(capsys, "topic", "describe").startswith(f"stream-replica: {expected}")
+
+
+def test_a_value_the_environment_gives_that_cannot_be_parsed_names_the_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any pydantic-settings SettingsError (a list or object field it reads as JSON): exit 2,
+    naming the variable, not "SettingsError: error parsing value for field ..." (exit 1)."""
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    from stream_replica import cli
+
+    class Listed(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="STREAM_REPLICA_")
+        numbers: list[int] = []
+
+    def handler(_: object) -> int:
+        Listed()
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_stats", handler)
+    monkeypatch.setenv("STREAM_REPLICA_NUMBERS", "1 2")
+    assert refused(capsys, "stats", "--db", "x") == (
+        "stream-replica: configuration error: env STREAM_REPLICA_NUMBERS (--numbers) cannot be "
+        "parsed: Extra data: line 1 column 3 (char 2)"
+    )
+
+
+@pytest.mark.parametrize(
     "command",
     [
         ["run", "--db", "{tmp}/db"],
