@@ -34,7 +34,7 @@ from stream_replica.cli_flags import (
     option_label,
     settings_from,
 )
-from stream_replica.contract import ContractError, EntryType, GrainId
+from stream_replica.contract import ContractError, EntryType, GrainId, check_grain_text
 from stream_replica.errors import ConfigurationError, StreamReplicaError, TopicNotCompactedError
 from stream_replica.fold import GrainState
 from stream_replica.settings import (
@@ -409,17 +409,30 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    from stream_replica.routing import partition_for
+
+    try:  # as the HTTP API does (a 400 there)
+        grain = check_grain_text(args.grain_type, args.grain_key)
+    except ContractError as exc:
+        raise UsageError(f"GRAIN_TYPE GRAIN_KEY: {exc}") from None
     s = settings_from(StoreSettings, args)
     with ReplicaReader(s.db) as reader:
-        state = reader.get((args.grain_type, args.grain_key))
+        state = reader.get(grain)
         served = reader.served()
+        identity = reader.topic_identity()
+        held = reader.checkpoints()
     if state is None:
-        print(
-            f"stream-replica: grain {args.grain_type}/{args.grain_key} not in {s.db}",
-            file=sys.stderr,
-        )
+        why = ""
+        if identity is not None:  # None: the worker never reached the topic
+            partition = partition_for(grain, identity.partitions)
+            if partition not in held:
+                why = (
+                    f": it belongs to partition {partition}, which this store does not hold "
+                    "(another worker serves it)"
+                )
+        fail(f"grain {grain[0]}/{grain[1]} not in {s.db}{why}")
         return 1
-    emit(grain_json((args.grain_type, args.grain_key), state, served))
+    emit(grain_json(grain, state, served))
     return 0
 
 

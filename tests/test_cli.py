@@ -3,6 +3,7 @@ fault, exit 2 for misconfiguration (README "Command line")."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -222,3 +223,50 @@ def test_a_bad_argument_is_one_line_naming_it(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"stream-replica: {expected}"), err
     assert err.rstrip().endswith("--help` lists the options)")
+
+
+@pytest.mark.parametrize(
+    ("grain", "expected"),
+    [
+        (("a/b", "x"), "grain_type 'a/b' contains '/'"),
+        (("", "x"), "grain_type is empty"),
+        (("cart", ""), "grain_key is empty (grain_type 'cart')"),
+        (("cart", "\udcff"), "grain_key '\\udcff' is not UTF-8 text (surrogates not allowed)"),
+    ],
+)
+def test_get_refuses_a_grain_the_http_api_refuses(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, grain: tuple[str, str], expected: str
+) -> None:
+    """get said "grain a/b/x not in ..." (exit 1) where GET /grains/a%2Fb/x answers 400.
+    Refused before the store is opened (there is none here)."""
+    from stream_replica.query_request import ReadError, grain_of
+
+    line = refused(capsys, "get", "--db", str(tmp_path / "db"), *grain)
+    assert line == f"stream-replica: GRAIN_TYPE GRAIN_KEY: {expected}"
+    with pytest.raises(ReadError, match=re.escape(expected)):  # the same rule over HTTP
+        grain_of({"grain_type": grain[0], "grain_key": grain[1]})
+
+
+def test_get_of_an_absent_grain_says_when_its_partition_is_not_held_here(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from stream_replica.fold import FoldCounts
+    from stream_replica.routing import partition_for
+    from stream_replica.store import Checkpoint, ReplicaStore
+    from stream_replica.store_records import TopicIdentity
+
+    keys = {partition_for(("cart", f"c{i}"), 6): f"c{i}" for i in range(50)}
+    db = tmp_path / "db"
+    store = ReplicaStore(db, "orders")
+    try:
+        store.bind_topic(TopicIdentity(None, 6))
+        store.apply({}, {0: Checkpoint(1, 0), 1: Checkpoint(1, 0)}, FoldCounts())
+    finally:
+        store.close()
+    assert main(["get", "--db", str(db), "cart", keys[5]]) == 1
+    assert capsys.readouterr().err == (
+        f"stream-replica: grain cart/{keys[5]} not in {db}: it belongs to partition 5, which "
+        "this store does not hold (another worker serves it)\n"
+    )
+    assert main(["get", "--db", str(db), "cart", keys[1]]) == 1
+    assert capsys.readouterr().err == f"stream-replica: grain cart/{keys[1]} not in {db}\n"
