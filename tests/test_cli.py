@@ -270,3 +270,25 @@ def test_get_of_an_absent_grain_says_when_its_partition_is_not_held_here(
     )
     assert main(["get", "--db", str(db), "cart", keys[1]]) == 1
     assert capsys.readouterr().err == f"stream-replica: grain cart/{keys[1]} not in {db}\n"
+
+
+def test_version_prints_the_installed_version(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.metadata
+
+    import stream_replica
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    expected = importlib.metadata.version("stream-replica")
+    assert capsys.readouterr() == (f"stream-replica {expected}\n", "")
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out == f"stream-replica {stream_replica.__version__}\n"
