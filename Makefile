@@ -27,9 +27,14 @@ endif
 broker-stop:
 	$(KAFKA) stop
 
+# With KAFKA_PORT set (and no KAFKA_BOOTSTRAP_SERVERS), the local broker listens on
+# 127.0.0.1:$(KAFKA_PORT) (dev/kafka/kafka.sh): the demo is told so. Only in its recipe: set
+# globally, KAFKA_BOOTSTRAP_SERVERS would make `broker` start none.
+LOCAL_BOOTSTRAP = $(if $(KAFKA_BOOTSTRAP_SERVERS),,$(if $(KAFKA_PORT),KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) ))
+
 ## The main job on the embedded local broker: topic, sample load, 3 workers, summary.
 demo: venv broker
-	$(VENV)/bin/stream-replica demo $(DEMO_ARGS)
+	$(LOCAL_BOOTSTRAP)$(VENV)/bin/stream-replica demo $(DEMO_ARGS)
 
 ## The suite (what .ci/run calls). Starts the local broker unless KAFKA_BOOTSTRAP_SERVERS is set.
 test: venv

@@ -10,23 +10,31 @@ import argparse
 import asyncio
 import base64
 import faulthandler
+import itertools
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Final, NoReturn, TextIO, TypeVar
 
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings
+from pydantic_settings import BaseSettings, SettingsError
 
 from stream_replica import admin, event_loop, fold, logs, tuning
-from stream_replica.cli_flags import add_model_flags, option_label, settings_from
-from stream_replica.contract import ContractError, EntryType, GrainId
+from stream_replica.cli_flags import (
+    add_model_flags,
+    env_name,
+    flag_name,
+    option_label,
+    settings_from,
+)
+from stream_replica.contract import ContractError, EntryType, GrainId, check_grain_text
 from stream_replica.errors import ConfigurationError, StreamReplicaError, TopicNotCompactedError
 from stream_replica.fold import GrainState
 from stream_replica.settings import (
@@ -162,31 +170,76 @@ def _report_compaction(info: admin.TopicInfo) -> int:
 
 
 async def cmd_publish(args: argparse.Namespace) -> int:
-    from stream_replica.publisher import Publisher
+    from stream_replica.publisher import Publisher, max_request_size
     from stream_replica.workload import sample_workload
 
     s = settings_from(PublishSettings, args)
+    max_bytes = max_request_size(s)
+    cap = publish_line_cap(max_bytes)
     await _require_topic(s)
     bad_lines = 0
     sent = 0
+    too_long: int | None = None
     async with Publisher(s, s.topic, s.source_cluster) as publisher:
         if args.demo is not None:
             for op in sample_workload(args.demo, seed=args.seed):
                 await publisher.publish_raw(op.key, op.value)
                 sent += 1
         else:
-            for line_number, line in enumerate(sys.stdin, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    await _publish_line(publisher, line)
-                    sent += 1
-                except (ValueError, KeyError, TypeError, ContractError) as exc:
-                    bad_lines += 1
-                    print(f"stream-replica: stdin line {line_number}: {exc}", file=sys.stderr)
+            try:
+                for line_number, line in _lines(sys.stdin, cap):
+                    if not line.strip():
+                        continue
+                    try:
+                        await _publish_line(publisher, line)
+                        sent += 1
+                    except (ValueError, KeyError, TypeError, ContractError) as exc:
+                        bad_lines += 1
+                        print(f"stream-replica: stdin line {line_number}: {exc}", file=sys.stderr)
+            except LineTooLongError as exc:
+                bad_lines += 1
+                too_long = exc.line_number
         await publisher.flush()
     emit({"topic": s.topic, "published": sent, "rejected_lines": bad_lines})
+    if too_long is not None:  # after the summary: what was published before it is kept
+        fail(
+            f"stdin line {too_long} is longer than {cap} characters, the most a line can be "
+            f"(a payload of the producer's max_request_size, {max_bytes} bytes, in base64, plus "
+            "64 KiB for the other fields; --kafka-option max_request_size=N raises it); "
+            "stopped reading there"
+        )
+        return ConfigurationError.exit_code
     return 1 if bad_lines else 0
+
+
+# Room in a stdin line for the fields besides the payload (grain type and key, sequence...).
+_LINE_FIELDS_ROOM: Final = 64 * 1024
+
+
+def publish_line_cap(max_request_bytes: int) -> int:
+    """The longest stdin line ``publish`` reads (characters): the base64 of a payload as large
+    as the producer sends (a longer line cannot become a record), plus room for the other
+    fields. 1,463,640 with aiokafka's default max_request_size, 1 MiB."""
+    return 4 * -(-max_request_bytes // 3) + _LINE_FIELDS_ROOM
+
+
+class LineTooLongError(Exception):
+    def __init__(self, line_number: int) -> None:
+        super().__init__(f"stdin line {line_number} is too long")
+        self.line_number = line_number
+
+
+def _lines(stream: TextIO, cap: int) -> Iterator[tuple[int, str]]:
+    """The lines of ``stream`` with their numbers, none read past ``cap`` characters:
+    iterating over stdin reads a line whole, however long (`publish < /dev/zero` grew to
+    22 GB). Raises :class:`LineTooLongError` at the first longer line."""
+    for line_number in itertools.count(1):
+        line = stream.readline(cap + 1)
+        if not line:
+            return
+        if len(line) > cap and not line.endswith("\n"):
+            raise LineTooLongError(line_number)
+        yield line_number, line
 
 
 async def _require_topic(s: PublishSettings) -> None:
@@ -363,17 +416,30 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    from stream_replica.routing import partition_for
+
+    try:  # as the HTTP API does (a 400 there)
+        grain = check_grain_text(args.grain_type, args.grain_key)
+    except ContractError as exc:
+        raise UsageError(f"GRAIN_TYPE GRAIN_KEY: {exc}") from None
     s = settings_from(StoreSettings, args)
     with ReplicaReader(s.db) as reader:
-        state = reader.get((args.grain_type, args.grain_key))
+        state = reader.get(grain)
         served = reader.served()
+        identity = reader.topic_identity()
+        held = reader.checkpoints()
     if state is None:
-        print(
-            f"stream-replica: grain {args.grain_type}/{args.grain_key} not in {s.db}",
-            file=sys.stderr,
-        )
+        why = ""
+        if identity is not None:  # None: the worker never reached the topic
+            partition = partition_for(grain, identity.partitions)
+            if partition not in held:
+                why = (
+                    f": it belongs to partition {partition}, which this store does not hold "
+                    "(another worker serves it)"
+                )
+        fail(f"grain {grain[0]}/{grain[1]} not in {s.db}{why}")
         return 1
-    emit(grain_json((args.grain_type, args.grain_key), state, served))
+    emit(grain_json(grain, state, served))
     return 0
 
 
@@ -471,6 +537,39 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Refuses bad arguments with the one line every other refusal is (argparse prints the
+    whole usage first: 16 lines for publish)."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (`{self.prog} --help` lists the options)")
+        self.exit(2)
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the installed package's version, looked up only when asked
+    (importlib.metadata costs ~35 ms, which every command would pay)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("stream-replica")
+        except PackageNotFoundError:  # run from a source tree, not installed
+            from stream_replica import __version__ as found
+        print(f"{parser.prog} {found}")
+        parser.exit()
+
+
 def _sub(
     commands: Any, name: str, text: str, model: type[BaseSettings] | None = None
 ) -> argparse.ArgumentParser:
@@ -498,10 +597,29 @@ _LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 _LOG_FORMATS = ["human", "json"]
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``minimum``. A count of 0 (or less) made
+    `demo` wait 120 s for no workers, and the sample load fail in ``randrange``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(  # its subcommands' parsers are of its class
         prog="stream-replica",
         description="Keep RocksDB read replicas of grain state from a compacted Kafka topic.",
+    )
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the installed version and exit"
     )
     parser.add_argument(
         "--log-level",
@@ -545,7 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
         "publish JSON lines from stdin, or a sample load with --demo N",
         PublishSettings,
     )
-    publish.add_argument("--demo", type=int, metavar="N", help="N grains, several updates each")
+    publish.add_argument(
+        "--demo", type=_at_least(1), metavar="N", help="N grains, several updates each"
+    )
     publish.add_argument("--seed", type=int, default=7, help="of the --demo load (default 7)")
     publish.set_defaults(handler=cmd_publish)
 
@@ -600,8 +720,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--bootstrap-servers", help="default env KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092"
     )
-    demo.add_argument("--grains", type=int, default=5000, help="grains to publish (default 5000)")
-    demo.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
+    demo.add_argument(
+        "--grains", type=_at_least(1), default=5000, help="grains to publish (default 5000)"
+    )
+    demo.add_argument(
+        "--workers", type=_at_least(1), default=3, help="worker processes (default 3)"
+    )
     demo.add_argument(
         "--workdir",
         default=".demo",
@@ -634,6 +758,19 @@ def _validation_line(exc: ValidationError) -> str:
     return "configuration error: " + "; ".join(parts)
 
 
+def _settings_error_line(exc: SettingsError) -> str:
+    """A value the environment gives that pydantic-settings cannot even parse (a list or
+    object field wants JSON there). Its error names the field only in words."""
+    found = re.search(r'field "(\w+)"', str(exc))
+    where = (
+        f"env {env_name(found[1])} ({flag_name(found[1])})"
+        if found
+        else "a setting from the environment"
+    )
+    cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+    return f"configuration error: {where} cannot be parsed{cause}"
+
+
 def _run_handler(handler: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
     result = handler(args)
     if asyncio.iscoroutine(result):
@@ -649,6 +786,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_handler(args.handler, args)
     except ValidationError as exc:
         fail(_validation_line(exc))
+        return ConfigurationError.exit_code
+    except SettingsError as exc:
+        fail(_settings_error_line(exc))
         return ConfigurationError.exit_code
     except (UsageError, StoreError) as exc:
         fail(str(exc))

@@ -6,13 +6,14 @@ clients.py's."""
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import re
 import socket
 import ssl
 from functools import cache
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -24,7 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stream_replica.cli_flags import option_label
 
@@ -222,10 +223,13 @@ class ConnectionSettings(BaseSettings):
     ssl_check_hostname: bool = Field(
         default=True, description="verify that the broker certificate names the host"
     )
-    kafka_option: list[str] = Field(
+    # NoDecode: pydantic-settings reads a list from the environment as JSON only (refusing
+    # STREAM_REPLICA_KAFKA_OPTION=request_timeout_ms=60000); _kafka_option_text reads it.
+    kafka_option: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="NAME=VALUE passed to the Kafka clients (repeatable), e.g. "
-        "request_timeout_ms=60000",
+        "request_timeout_ms=60000; in the environment one NAME=VALUE, several separated by "
+        'spaces, or a JSON list (["client_id=a b", ...]: a value with spaces)',
     )
 
     # Built once, when the settings are validated (start-up): a file that cannot be loaded
@@ -237,6 +241,21 @@ class ConnectionSettings(BaseSettings):
     def _bootstrap(cls, text: str) -> str:
         parse_bootstrap_servers(text)  # refused here, by every command, before any connection
         return ",".join(item.strip() for item in text.split(","))
+
+    @field_validator("kafka_option", mode="before")
+    @classmethod
+    def _kafka_option_text(cls, value: object) -> object:
+        """The environment's text (flags give a list): a JSON list, else NAME=VALUE items
+        separated by whitespace."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON list of NAME=VALUE strings ({exc})") from None
+        return text.split()
 
     @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_password_file")
     @classmethod

@@ -110,6 +110,19 @@ def check_grain(grain_type: str, grain_key: str) -> None:
         raise ContractError(f"grain_key is empty (grain_type {grain_type!r})")
 
 
+def check_grain_text(grain_type: str, grain_key: str) -> GrainId:
+    """A grain named by a person (an HTTP path, the command line): :func:`check_grain`, and
+    text that encodes as UTF-8 (a lone surrogate does not: an undecodable byte of argv, or
+    of a percent-encoded path)."""
+    check_grain(grain_type, grain_key)
+    for name, text in (("grain_type", grain_type), ("grain_key", grain_key)):
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            raise ContractError(f"{name} {text!r} is not UTF-8 text ({exc.reason})") from None
+    return grain_type, grain_key
+
+
 def parse_key(key: bytes | None) -> GrainId:
     if key is None:
         raise ContractError("key: missing (null key)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from types import TracebackType
 from typing import Any
@@ -13,6 +14,15 @@ from stream_replica.clients import start_client
 from stream_replica.connection import ConnectionSettings
 from stream_replica.contract import Entry, EntryType, GrainId, encode_key, encode_value
 from stream_replica.errors import StreamReplicaError
+
+
+def max_request_size(connection: ConnectionSettings) -> int:
+    """The largest request the producer sends (bytes): ``--kafka-option max_request_size``,
+    else aiokafka's default (1 MiB, as Kafka's max.message.bytes)."""
+    given = connection.options("producer").get("max_request_size")
+    if given is None:
+        given = inspect.signature(AIOKafkaProducer).parameters["max_request_size"].default
+    return int(given)
 
 
 def now_millis() -> int:

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import msgspec
 from aiohttp import web
 
-from stream_replica.contract import ContractError, GrainId, check_grain
+from stream_replica.contract import ContractError, GrainId, check_grain_text
 
 RETRY_AFTER_S: Final = 1
 STALE_VALUE: Final = "ok"  # ?stale=ok: the one value that accepts a possibly stale answer
@@ -54,14 +54,10 @@ def json_body(
 
 def grain_of(match_info: Mapping[str, str]) -> GrainId:
     """The grain a ``/grains/{grain_type}/{grain_key}`` path names, as the contract allows."""
-    grain = (match_info["grain_type"], match_info["grain_key"])
     try:
-        check_grain(*grain)
-        grain[0].encode()
-        grain[1].encode()
-    except (ContractError, UnicodeError) as exc:
+        return check_grain_text(match_info["grain_type"], match_info["grain_key"])
+    except ContractError as exc:
         raise ReadError(400, f"grain in the path: {exc}") from None
-    return grain
 
 
 def grain_type_of(match_info: Mapping[str, str]) -> str:

@@ -3,6 +3,7 @@ fault, exit 2 for misconfiguration (README "Command line")."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -71,6 +72,54 @@ def test_an_environment_variable_is_named_as_such(
 
 
 @pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            "request_timeout_ms=60000 no_such=1",
+            "configuration error: --kafka-option no_such: not a setting of the Kafka client",
+        ),
+        (
+            "[request_timeout_ms=60000]",
+            "configuration error: --kafka-option (env STREAM_REPLICA_KAFKA_OPTION): not a JSON "
+            "list of NAME=VALUE strings (Expecting value: line 1 column 2 (char 1))",
+        ),
+    ],
+)
+def test_kafka_options_from_the_environment_are_read_or_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, env: str, expected: str
+) -> None:
+    """STREAM_REPLICA_KAFKA_OPTION=request_timeout_ms=60000 was a SettingsError (exit 1):
+    pydantic-settings wants JSON for a list. Here its first item is read, the second refused."""
+    monkeypatch.setenv("STREAM_REPLICA_KAFKA_OPTION", env)
+    assert refused(capsys, "topic", "describe").startswith(f"stream-replica: {expected}")
+
+
+def test_a_value_the_environment_gives_that_cannot_be_parsed_names_the_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any pydantic-settings SettingsError (a list or object field it reads as JSON): exit 2,
+    naming the variable, not "SettingsError: error parsing value for field ..." (exit 1)."""
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    from stream_replica import cli
+
+    class Listed(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="STREAM_REPLICA_")
+        numbers: list[int] = []
+
+    def handler(_: object) -> int:
+        Listed()
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_stats", handler)
+    monkeypatch.setenv("STREAM_REPLICA_NUMBERS", "1 2")
+    assert refused(capsys, "stats", "--db", "x") == (
+        "stream-replica: configuration error: env STREAM_REPLICA_NUMBERS (--numbers) cannot be "
+        "parsed: Extra data: line 1 column 3 (char 2)"
+    )
+
+
+@pytest.mark.parametrize(
     "command",
     [
         ["run", "--db", "{tmp}/db"],
@@ -122,3 +171,124 @@ def test_the_error_line_is_one_line_whatever_the_message(
 
     fail("first\nsecond\r\n  third")
     assert capsys.readouterr().err == "stream-replica: first second third\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["demo", "--workers", "0"], "--workers"),
+        (["demo", "--grains", "0"], "--grains"),
+        (["demo", "--workers", "-2"], "--workers"),
+        (["publish", "--demo", "0"], "--demo"),
+    ],
+)
+def test_a_count_below_one_is_refused_naming_the_flag(
+    capsys: pytest.CaptureFixture[str], argv: list[str], flag: str
+) -> None:
+    """demo --workers 0 waited 120 s for a group of no workers, then exited 1 with a
+    RuntimeError; demo --grains 0 and publish --demo 0 failed in randrange (exit 1). Refused
+    by the parser, before anything runs (main parses first)."""
+    from stream_replica.cli import build_parser
+
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(argv)
+    assert caught.value.code == 2
+    assert f"argument {flag}: must be at least 1, got {argv[-1]}" in capsys.readouterr().err
+
+
+def test_counts_of_one_or_more_are_accepted() -> None:
+    from stream_replica.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--workers", "1", "--grains", "2"])
+    assert (args.workers, args.grains) == (1, 2)
+    assert build_parser().parse_args(["publish", "--demo", "1"]).demo == 1
+    assert build_parser().parse_args(["demo"]).workers == 3  # the default is not re-parsed
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["demo", "--workers", "0"], "argument --workers: must be at least 1, got 0"),
+        (["get", "--db", "x"], "the following arguments are required: grain_type, grain_key"),
+        (["topic", "create", "--cleanup-policy", "x"], "argument --cleanup-policy: invalid choice"),
+    ],
+)
+def test_a_bad_argument_is_one_line_naming_it(
+    capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    """argparse printed its whole usage before the error (16 lines for publish)."""
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"stream-replica: {expected}"), err
+    assert err.rstrip().endswith("--help` lists the options)")
+
+
+@pytest.mark.parametrize(
+    ("grain", "expected"),
+    [
+        (("a/b", "x"), "grain_type 'a/b' contains '/'"),
+        (("", "x"), "grain_type is empty"),
+        (("cart", ""), "grain_key is empty (grain_type 'cart')"),
+        (("cart", "\udcff"), "grain_key '\\udcff' is not UTF-8 text (surrogates not allowed)"),
+    ],
+)
+def test_get_refuses_a_grain_the_http_api_refuses(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, grain: tuple[str, str], expected: str
+) -> None:
+    """get said "grain a/b/x not in ..." (exit 1) where GET /grains/a%2Fb/x answers 400.
+    Refused before the store is opened (there is none here)."""
+    from stream_replica.query_request import ReadError, grain_of
+
+    line = refused(capsys, "get", "--db", str(tmp_path / "db"), *grain)
+    assert line == f"stream-replica: GRAIN_TYPE GRAIN_KEY: {expected}"
+    with pytest.raises(ReadError, match=re.escape(expected)):  # the same rule over HTTP
+        grain_of({"grain_type": grain[0], "grain_key": grain[1]})
+
+
+def test_get_of_an_absent_grain_says_when_its_partition_is_not_held_here(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from stream_replica.fold import FoldCounts
+    from stream_replica.routing import partition_for
+    from stream_replica.store import Checkpoint, ReplicaStore
+    from stream_replica.store_records import TopicIdentity
+
+    keys = {partition_for(("cart", f"c{i}"), 6): f"c{i}" for i in range(50)}
+    db = tmp_path / "db"
+    store = ReplicaStore(db, "orders")
+    try:
+        store.bind_topic(TopicIdentity(None, 6))
+        store.apply({}, {0: Checkpoint(1, 0), 1: Checkpoint(1, 0)}, FoldCounts())
+    finally:
+        store.close()
+    assert main(["get", "--db", str(db), "cart", keys[5]]) == 1
+    assert capsys.readouterr().err == (
+        f"stream-replica: grain cart/{keys[5]} not in {db}: it belongs to partition 5, which "
+        "this store does not hold (another worker serves it)\n"
+    )
+    assert main(["get", "--db", str(db), "cart", keys[1]]) == 1
+    assert capsys.readouterr().err == f"stream-replica: grain cart/{keys[1]} not in {db}\n"
+
+
+def test_version_prints_the_installed_version(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.metadata
+
+    import stream_replica
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    expected = importlib.metadata.version("stream-replica")
+    assert capsys.readouterr() == (f"stream-replica {expected}\n", "")
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out == f"stream-replica {stream_replica.__version__}\n"

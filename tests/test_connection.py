@@ -100,6 +100,33 @@ def test_passthrough_goes_only_to_clients_that_accept_it() -> None:
 
 
 @pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ("request_timeout_ms=60000", ["request_timeout_ms=60000"]),
+        (" linger_ms=7\trequest.timeout.ms=60000\n", ["linger_ms=7", "request.timeout.ms=60000"]),
+        ('["client_id=a b", "linger_ms=7"]', ["client_id=a b", "linger_ms=7"]),
+        ("", []),
+    ],
+)
+def test_kafka_options_from_the_environment_in_the_natural_form(
+    monkeypatch: pytest.MonkeyPatch, env: str, expected: list[str]
+) -> None:
+    """pydantic-settings read the variable as JSON only: request_timeout_ms=60000 was a
+    SettingsError (exit 1)."""
+    monkeypatch.setenv("STREAM_REPLICA_KAFKA_OPTION", env)
+    assert ConnectionSettings().kafka_option == expected
+    assert ConnectionSettings(kafka_option=["linger_ms=3"]).kafka_option == ["linger_ms=3"]
+
+
+def test_kafka_options_from_the_environment_that_are_not_a_json_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAM_REPLICA_KAFKA_OPTION", '["linger_ms=7"')
+    with pytest.raises(ValidationError, match="not a JSON list of NAME=VALUE strings"):
+        ConnectionSettings()
+
+
+@pytest.mark.parametrize(
     ("given", "hosts"),
     [
         ("b:9092", [("b", 9092)]),

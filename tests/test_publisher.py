@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -144,6 +145,81 @@ async def test_cli_publish_json_lines(kafka_bootstrap: str, make_topic: TopicFac
     assert any(isinstance(b, Tombstone) for b in bodies)
     assert not any(getattr(b, "entry_type", None) is EntryType.DELTA for b in bodies)
     assert any(getattr(b, "sequence", None) == 7 and b.payload == b"hello" for b in bodies)  # type: ignore[union-attr]
+
+
+def _snapshot_line(grain_key: str) -> str:
+    payload = base64.b64encode(b"state").decode()
+    return json.dumps({"grain_type": "cart", "grain_key": grain_key, "payload": payload})
+
+
+async def test_cli_publish_stops_at_a_line_longer_than_the_cap(
+    kafka_bootstrap: str, make_topic: TopicFactory
+) -> None:
+    """A line was read whole however long: ``publish < /dev/zero`` grew to 22 GB and was
+    killed. What came before the long line is published, the summary printed, then one line
+    (exit 2); nothing after it is read."""
+    from stream_replica.cli import publish_line_cap
+
+    topic = await make_topic()
+    cap = publish_line_cap(1_048_576)  # aiokafka's default max_request_size
+    assert cap == 1_463_640
+    lines = [_snapshot_line("c1"), "x" * (cap + 1), _snapshot_line("c3")]
+    result = cli(
+        "publish", "--bootstrap-servers", kafka_bootstrap, "--topic", topic, input="\n".join(lines)
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"stream-replica: stdin line 2 is longer than {cap} characters, the most a line can be "
+        "(a payload of the producer's max_request_size, 1048576 bytes, in base64, plus 64 KiB "
+        "for the other fields; --kafka-option max_request_size=N raises it); stopped reading there"
+    ]
+    assert json.loads(result.stdout) == {"topic": topic, "published": 1, "rejected_lines": 1}
+    (record,) = await read_all(kafka_bootstrap, topic, 1)
+    assert decode(record.key, record.value).grain_key == "c1"
+
+
+async def test_cli_publish_line_cap_follows_max_request_size(
+    kafka_bootstrap: str, make_topic: TopicFactory
+) -> None:
+    """A line of exactly the cap is read; the cap follows --kafka-option max_request_size
+    (base64: in steps of 3 bytes)."""
+    from stream_replica.cli import publish_line_cap
+
+    topic = await make_topic()
+    cap = publish_line_cap(3_000_000)
+    line = _snapshot_line("c1")
+    line = line[:-1] + " " * (cap - len(line)) + "}"  # JSON allows the spaces
+    assert len(line) == cap
+    base = ("publish", "--bootstrap-servers", kafka_bootstrap, "--topic", topic)
+    result = cli(*base, "--kafka-option", "max_request_size=3000000", input=line)
+    assert result.returncode == 0, result.stderr
+    result = cli(*base, "--kafka-option", "max_request_size=2999997", input=line + "\n")
+    assert result.returncode == 2 and "stdin line 1 is longer than" in result.stderr
+
+
+async def test_cli_publish_reads_dev_zero_in_bounded_memory(
+    kafka_bootstrap: str, make_topic: TopicFactory
+) -> None:
+    """The operator's report: ``publish < /dev/zero``, here under a 1 GiB address-space
+    limit (it reached a MemoryError, exit 1, before the cap)."""
+    import resource
+
+    topic = await make_topic()
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    zero = os.open("/dev/zero", os.O_RDONLY)
+    try:
+        result = cli(
+            "publish", "--bootstrap-servers", kafka_bootstrap, "--topic", topic,
+            stdin=zero, preexec_fn=limit_memory, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(zero)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("stream-replica: stdin line 1 is longer than 1463640 ")
+    assert json.loads(result.stdout)["published"] == 0
 
 
 class _NoPublisher:
