@@ -28,7 +28,7 @@ broker-stop:
 	$(KAFKA) stop
 
 # With KAFKA_PORT set (and no KAFKA_BOOTSTRAP_SERVERS), the local broker listens on
-# 127.0.0.1:$(KAFKA_PORT) (dev/kafka/kafka.sh): the demo is told so. Only in its recipe: set
+# 127.0.0.1:$(KAFKA_PORT) (dev/kafka/kafka.sh): the demo and the benches are told so. Only in its recipe: set
 # globally, KAFKA_BOOTSTRAP_SERVERS would make `broker` start none.
 LOCAL_BOOTSTRAP = $(if $(KAFKA_BOOTSTRAP_SERVERS),,$(if $(KAFKA_PORT),KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) ))
 
@@ -69,7 +69,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 ## Throughput side by side (ours, raw aiokafka, Kafka's perf tool, Quix, a Kafka Streams app built
 ## with Maven: --skip-kstreams), final states verified against the fold of the log; knobs: BENCH_ARGS="--records N --small ..."
 bench: $(VENV)/.bench-installed broker
-	$(PY) -m benchmarks.bench $(BENCH_ARGS)
+	$(LOCAL_BOOTSTRAP)$(PY) -m benchmarks.bench $(BENCH_ARGS)
 
 ## Reads over HTTP (wrk, installed when missing): local hits, forwarded reads, the Python client
 ## under a 5,000 records/s producer, fetch loop with/without the server; knobs: READ_ARGS="--seconds N ..."
@@ -78,7 +78,7 @@ bench-read: venv broker
 
 ## Time of `stream-replica audit` on a store of 100k grains; knobs: AUDIT_ARGS="--grains N"
 bench-audit: venv broker
-	$(PY) -m benchmarks.audit_bench $(AUDIT_ARGS)
+	$(LOCAL_BOOTSTRAP)$(PY) -m benchmarks.audit_bench $(AUDIT_ARGS)
 
 ## Deploy and crash costs: partitions moved / records re-read per rolling restart, failover
 ## seconds with and without standbys; knobs: ROLLING_ARGS="--records N --legacy ..."

@@ -88,8 +88,9 @@ def emit(obj: Any) -> None:
 
 def fail(message: str) -> None:
     """The one line an operator reads on stderr: ``stream-replica: <message>``, even when
-    the message (an exception's text) has line breaks."""
-    print(f"stream-replica: {' '.join(message.split())}", file=sys.stderr)
+    the message (an exception's text) has line breaks; a JSON line with ``--log-format
+    json``."""
+    print(logs.fatal_line(message), file=sys.stderr)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -345,6 +346,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
         fatal = str(exc)
     except StreamReplicaError as exc:  # credentials, certificates, ACLs, a taken HTTP port
         fatal, code = str(exc), exc.exit_code
+    except StoreError as exc:  # the store opened, then failed (a disk error): exit 1
+        fatal = str(exc)
     except Stopped:
         log.info("stopped before the broker was reached")
     finally:

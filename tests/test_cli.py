@@ -292,3 +292,20 @@ def test_version_prints_the_installed_version(
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out == f"stream-replica {stream_replica.__version__}\n"
+
+
+def test_a_store_failing_while_the_worker_runs_is_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A store that opened and then failed (a disk error) is a failure at run time, not a
+    misconfiguration: exit 1 (main took every StoreError for a refused store, exit 2)."""
+    from stream_replica.store import StoreError
+    from stream_replica.worker import ReplicaWorker
+
+    async def failing(self: ReplicaWorker) -> None:
+        raise StoreError(f"RocksDB write to {tmp_path / 'db'} failed: IO error: No space left")
+
+    monkeypatch.setattr(ReplicaWorker, "run", failing)
+    code = main(["run", "--topic", "t", "--db", str(tmp_path / "db")])
+    assert code == 1
+    assert capfd.readouterr().err.strip().endswith("IO error: No space left")

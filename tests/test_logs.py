@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from stream_replica import logs
+from tests.helpers import cli
 
 
 def test_json_lines_carry_structured_fields(capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,3 +151,13 @@ def test_the_fatal_line_follows_the_log_format() -> None:
         logs.configure("INFO", "human")
     assert (line["level"], line["logger"]) == ("CRITICAL", "stream_replica")
     assert line["message"] == "topic 't' does not exist" and line["time"].endswith("Z")
+
+
+def test_a_command_ends_with_a_json_line_when_logs_are_json(tmp_path: Path) -> None:
+    result = cli(
+        "--log-format", "json", "run", "--topic", "t", "--dlq-topic", "t",
+        "--db", str(tmp_path / "db"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    line = json.loads(result.stderr.strip().splitlines()[-1])
+    assert line["level"] == "CRITICAL" and "dead-letter topic is the replicated" in line["message"]
