@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import struct
 import threading
 import time
@@ -175,7 +176,7 @@ class ReplicaStore(_HeadCache):
             self._db.close()
             raise StoreError(
                 f"state directory {self.path} holds a replica of topic {stored_topic!r}, "
-                f"not {topic!r}; use another --db"
+                f"not {topic!r}: pass --topic {shlex.quote(stored_topic)} to use it, or another --db"
             )
         else:
             self._check_format(migrate=True)

@@ -286,7 +286,9 @@ def test_wrong_topic_store_refused(tmp_path: Path) -> None:
     result = cli("run", "--db", str(tmp_path / "db"), "--topic", "topic-b", "--group", "g")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
-    assert "holds a replica of topic 'topic-a'" in result.stderr
+    assert (
+        "holds a replica of topic 'topic-a', not 'topic-b': pass --topic topic-a" in result.stderr
+    )
 
 
 def test_a_store_that_never_reached_its_topic_takes_another(
