@@ -165,7 +165,7 @@ def _report_compaction(info: admin.TopicInfo) -> int:
     fail(
         f"topic {info.name!r} is NOT compacted "
         f"(cleanup.policy={info.configs.get('cleanup.policy')}); replicas need "
-        "cleanup.policy=compact"
+        "cleanup.policy=compact (a dead-letter topic for run --dlq-topic is right without)"
     )
     return TopicNotCompactedError.exit_code
 

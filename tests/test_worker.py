@@ -354,6 +354,7 @@ async def test_missing_or_non_compacted_topic_refused(
     plain = await make_topic(compacted=False, prefix="fix-conn-plain")
     last_line(run(plain, "b"), 3, f"topic {plain!r} is not compacted")
     last_line(describe(plain), 3, f"topic {plain!r} is NOT compacted")
+    assert "a dead-letter topic for run --dlq-topic is right without" in describe(plain).stderr
     compacted = await make_topic(prefix="fix-conn-t")
     no_dlq = run(compacted, "c", "--dlq-topic", unique("fix-conn-none"))
     last_line(no_dlq, 2, "dead-letter topic")
