@@ -26,7 +26,7 @@ from typing import Any, Final, NoReturn, TextIO, TypeVar
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsError
 
-from stream_replica import admin, event_loop, fold, logs, tuning
+from stream_replica import __version__, admin, event_loop, fold, logs, tuning
 from stream_replica.cli_flags import (
     add_model_flags,
     env_name,
@@ -549,30 +549,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2)
 
 
-class _VersionAction(argparse.Action):
-    """``--version``: the installed package's version, looked up only when asked
-    (importlib.metadata costs ~35 ms, which every command would pay)."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            found = version("stream-replica")
-        except PackageNotFoundError:  # run from a source tree, not installed
-            from stream_replica import __version__ as found
-        print(f"{parser.prog} {found}")
-        parser.exit()
-
-
 def _sub(
     commands: Any, name: str, text: str, model: type[BaseSettings] | None = None
 ) -> argparse.ArgumentParser:
@@ -622,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keep RocksDB read replicas of grain state from a compacted Kafka topic.",
     )
     parser.add_argument(
-        "--version", action=_VersionAction, help="print the installed version and exit"
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
     )
     parser.add_argument(
         "--log-level",
