@@ -119,13 +119,18 @@ def pause_far_behind(
 
 
 def resume_next(
-    focus: CatchUpFocus, consumer: AIOKafkaConsumer, topic: str, next_offsets: Mapping[int, int]
+    focus: CatchUpFocus,
+    consumer: AIOKafkaConsumer,
+    topic: str,
+    next_offsets: Mapping[int, int],
+    committed_only: bool = True,
 ) -> None:
     """After a poll: resume the next paused partition for each focused one that got
-    within ``focus.min_lag`` of its end."""
+    within ``focus.min_lag`` of what it can read (``committed_only``: the consumer reads
+    committed records only)."""
     lags = {}
     for partition, offset in next_offsets.items():
-        end = readable_end(consumer, TopicPartition(topic, partition))
+        end = readable_end(consumer, TopicPartition(topic, partition), committed_only)
         if end is not None:
             lags[partition] = end - offset
     for partition in focus.progressed(lags):
@@ -133,12 +138,17 @@ def resume_next(
         log.info("partition %d: catching up (next: %s)", partition, focus.waiting)
 
 
-def readable_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
-    """How far the consumer can read ``tp`` now: the end offset, or with read_committed the
-    last stable offset when a transaction is open (nothing past it is returned until the
-    transaction ends, which may take its producer's transaction timeout, minutes)."""
+def readable_end(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, committed_only: bool = True
+) -> int | None:
+    """How far the consumer can read ``tp`` now: the end offset, or reading committed
+    records only, the last stable offset when a transaction is open (nothing past it is
+    returned until the transaction ends, which may take its producer's transaction timeout,
+    minutes). The broker reports the last stable offset whatever the isolation level."""
     mark: int | None = consumer.highwater(tp)
+    if not committed_only:
+        return mark
     stable: int | None = consumer.last_stable_offset(tp)
-    if mark is not None and stable is not None and stable >= 0:  # -1: read_uncommitted
+    if mark is not None and stable is not None and stable >= 0:
         return min(mark, stable)
     return mark

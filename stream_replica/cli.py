@@ -757,7 +757,17 @@ def _run_handler(handler: Callable[[argparse.Namespace], Any], args: argparse.Na
     return int(result)
 
 
+def _early_log_format(argv: Sequence[str] | None) -> logs.LogFormat:
+    """``--log-format`` before the full parse, so that a refused argument's line is in it
+    too."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--log-format", default=os.environ.get("STREAM_REPLICA_LOG_FORMAT"))
+    found = early.parse_known_args(argv)[0].log_format
+    return "json" if found == "json" else "human"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    logs.configure("INFO", _early_log_format(argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.configure(args.log_level, args.log_format)

@@ -31,6 +31,13 @@ HEARTBEAT_INTERVAL_MS: Final = 500
 PARTITION_FETCH_BYTES: Final = 2 * 1024 * 1024
 
 
+def reads_committed_only(settings: WorkerSettings) -> bool:
+    """Whether the worker's consumers read committed records only (the default; an
+    ``isolation_level`` passthrough option may say otherwise)."""
+    options = READ_COMMITTED | settings.options("consumer")
+    return bool(options["isolation_level"] == "read_committed")
+
+
 def active_consumer(settings: WorkerSettings, strategy: type[Any]) -> AIOKafkaConsumer:
     """The group member's consumer; ``strategy``: our state-aware assignor (membership.py)."""
     session_timeout_ms = settings.effective_session_timeout_ms

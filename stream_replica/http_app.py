@@ -49,8 +49,9 @@ def build_app(view: WorkerView, rules: HealthRules) -> web.Application:
         if age is not None and age <= rules.max_poll_age_s:
             return web.json_response({"status": "ok", "last_poll_age_s": round(age, 3)})
         if age is None and status.waiting_for_kafka is not None:
-            # Alive, retrying a Kafka it cannot reach: a restart would not help (as for a
-            # worker that loses Kafka while it polls, whose polls go on coming back empty).
+            # Alive, waiting for Kafka (retrying one it cannot reach, or the group's
+            # assignment): a restart would not help (as for a worker that loses Kafka while
+            # it polls, whose polls go on coming back empty).
             return web.json_response(
                 {"status": "ok", "waiting_for_kafka": status.waiting_for_kafka}
             )
@@ -88,6 +89,19 @@ def build_app(view: WorkerView, rules: HealthRules) -> web.Application:
                     f"{unconfirmed} for {oldest:.0f} s (over {rules.end_offset_max_age_s:g} s): "
                     "Kafka unreachable? Answers may be stale",
                     "partitions": unconfirmed,
+                },
+                status=503,
+            )
+        unfetched = sorted(
+            p for p, row in status.partitions.items() if row.end_offset_age_s is None
+        )
+        if unfetched:  # their lag is against the end listed at the assignment, if anything
+            return web.json_response(
+                {
+                    "status": "not ready",
+                    "reason": f"no fetch has confirmed the end offsets of partitions {unfetched} "
+                    "yet",
+                    "partitions": unfetched,
                 },
                 status=503,
             )

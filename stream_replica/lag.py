@@ -57,7 +57,9 @@ class LagTracker:
     ) -> dict[int, int]:
         """``lags`` as the store's served records give them to its readers: -1 (unknown)
         where the broker has not confirmed the end offset for over end_offset_max_age_s
-        (Kafka unreachable: how far behind is not known, as /readyz says)."""
+        (Kafka unreachable: how far behind is not known, as /readyz says), and a lag of 0 no
+        fetch has confirmed yet (measured against the end listed at the assignment: "caught
+        up" needs the broker's word, as /readyz does)."""
         now = now_ms()
         limit_ms = self._end_offset_max_age_s * 1000
         confirmed = {p: end.confirmed_at_ms for p, (_, end) in self._standby.marks().items() if end}
@@ -66,10 +68,14 @@ class LagTracker:
                 end = end_offset(consumer, TopicPartition(self.topic, partition))
                 if end is not None:
                     confirmed[partition] = end.confirmed_at_ms
-        return {
-            p: -1 if p in confirmed and now - confirmed[p] > limit_ms else lag
-            for p, lag in lags.items()
-        }
+
+        def for_reader(partition: int, lag: int) -> int:
+            confirmed_at = confirmed.get(partition)
+            if confirmed_at is None:  # not fetched yet: a lower bound, never "caught up"
+                return lag if lag > 0 else -1
+            return -1 if now - confirmed_at > limit_ms else lag
+
+        return {p: for_reader(p, lag) for p, lag in lags.items()}
 
     def rows(self, consumer: AIOKafkaConsumer | None) -> dict[int, PartitionRow]:
         """Every served partition: role, the store's next offset, the end offset at the last

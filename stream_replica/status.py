@@ -72,7 +72,8 @@ class NodeStatus:
     counts: FoldCounts = field(default_factory=FoldCounts)
     repairs: int = 0
     shadowed_now: int = 0
-    # Before the first poll: why Kafka was not reached yet, while the worker retries it.
+    # Before the first poll: what the worker waits for (Kafka to answer, retried with the
+    # reason it did not; then the group to assign its partitions).
     waiting_for_kafka: str | None = None
 
     def as_json(self) -> dict[str, Any]:

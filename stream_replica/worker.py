@@ -41,7 +41,7 @@ from stream_replica.clients import start_client, stop_consumer
 from stream_replica.commits import COMMIT_TIMEOUT_S as COMMIT_TIMEOUT_S
 from stream_replica.commits import OffsetCommits
 from stream_replica.consumer import REBALANCE_TIMEOUT_MS as REBALANCE_TIMEOUT_MS
-from stream_replica.consumer import StoppableFetch, active_consumer
+from stream_replica.consumer import StoppableFetch, active_consumer, reads_committed_only
 from stream_replica.dead_letters import DLQ_TIMEOUT_S as DLQ_TIMEOUT_S
 from stream_replica.dead_letters import DeadLetters, log_rejection, refusals
 from stream_replica.durability import CatchUpDurability
@@ -99,7 +99,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.metrics = Metrics(self.topic)
         self.metrics.reads_on_thread.set_function(lambda: float(store.read_placement.on_thread))
         self.started_at = time.time()
-        self._kafka_unreached: str | None = None  # before the first poll, while retrying
+        # Before the first poll: what the worker waits for (Kafka to answer, the group).
+        self._waiting_for = f"connecting to Kafka at {settings.bootstrap_servers}"
+        self._committed_only = reads_committed_only(settings)
         self._fetcher = StoppableFetch(stop, settings.poll_timeout_ms, settings.max_records)
         self._batch_lock = asyncio.Lock()
         self._book = CommitBook()  # written to the store, not yet committed; never backwards
@@ -405,11 +407,12 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             counts=self.counts,
             repairs=self._repairer.repairs if self._repairer is not None else 0,
             shadowed_now=shadowed_now,
-            waiting_for_kafka=self._kafka_unreached,
+            waiting_for_kafka=self._waiting_for if last_poll is None else None,
         )
 
     def _waiting_for_kafka(self, why: str | None) -> None:
-        self._kafka_unreached = why
+        """Why Kafka did not answer (None: it did; the group's turn)."""
+        self._waiting_for = why or f"joining group {self.settings.group}"
 
     def _drop_lost_partitions(self) -> None:
         """Drop the data of partitions not served for longer than the grace period (another
@@ -439,7 +442,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             for p in self._focus.focus
             if p in owned_now and p in self.positions.next
         }
-        catchup.resume_next(self._focus, consumer, self.topic, held)
+        catchup.resume_next(self._focus, consumer, self.topic, held, self._committed_only)
 
     # --- one poll ----------------------------------------------------------------------------
 

@@ -3,12 +3,19 @@ joining meanwhile is given only partitions nobody has read yet."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
+from aiokafka import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_replica import catchup
 from stream_replica.assignor import MemberState, StoreOffsets, assign
 from stream_replica.catchup import CatchUpFocus
+from stream_replica.consumer import reads_committed_only
+from stream_replica.settings import WorkerSettings
 
 
 def test_half_of_the_partitions_far_behind_are_read_first_the_most_advanced_first() -> None:
@@ -99,3 +106,29 @@ def test_a_joiner_is_given_only_partitions_nobody_read(
         read = {p for p in share if p in offsets}
         if len(read) <= keep:
             assert not (read & given_to_joiner), (i, read, given_to_joiner)
+
+
+class _OpenTransaction:
+    """What the broker reports with a transaction of 5 records open: the last stable offset
+    0, for either isolation level."""
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return 5
+
+    def last_stable_offset(self, tp: TopicPartition) -> int:
+        return 0
+
+
+def test_the_readable_end_is_the_last_stable_offset_only_reading_committed_records() -> None:
+    consumer: Any = _OpenTransaction()
+    tp = TopicPartition("t", 0)
+    assert catchup.readable_end(consumer, tp, committed_only=True) == 0
+    assert catchup.readable_end(consumer, tp, committed_only=False) == 5
+
+
+def test_the_worker_reads_committed_records_unless_told_otherwise(tmp_path: Path) -> None:
+    assert reads_committed_only(WorkerSettings(db=tmp_path / "db"))
+    given_otherwise = ["isolation_level=read_uncommitted"]
+    assert not reads_committed_only(
+        WorkerSettings(db=tmp_path / "db", kafka_option=given_otherwise)
+    )

@@ -40,15 +40,19 @@ async def test_health_and_readiness_follow_the_loop_and_the_lag() -> None:
         assert (await client.get("/readyz")).status == 503  # no assignment yet
         worker.snapshot.last_poll_age_s = 0.2
         worker.snapshot.assigned = True
+        # Partition 0 at the end listed at its assignment, but no fetch has said so yet.
+        worker.snapshot.partitions = {0: PartitionRow("active", 100, 100, False)}
+        unfetched = await client.get("/readyz")
+        assert unfetched.status == 503 and (await unfetched.json())["partitions"] == [0]
         worker.snapshot.partitions = {
-            0: PartitionRow("active", 90, 100, False),
-            1: PartitionRow("active", 10, 500, False, rebuild_remaining=490),
+            0: PartitionRow("active", 90, 100, False, end_offset_age_s=0.5),
+            1: PartitionRow("active", 10, 500, False, rebuild_remaining=490, end_offset_age_s=0.5),
         }
         assert (await client.get("/healthz")).status == 200
         not_ready = await client.get("/readyz")
         assert not_ready.status == 503
         assert (await not_ready.json())["lag"] == {"1": 490}
-        worker.snapshot.partitions[1] = PartitionRow("active", 450, 500, False)
+        worker.snapshot.partitions[1] = PartitionRow("active", 450, 500, False, 0, 0.5)
         assert (await client.get("/readyz")).status == 200
         worker.snapshot.last_poll_age_s = 6.0  # the loop stalled
         stalled = await client.get("/healthz")

@@ -80,3 +80,17 @@ def test_readers_are_told_the_lag_is_unknown_while_the_broker_does_not_confirm_i
         assert tracker.for_readers(UnconfirmedFor20s(), lags) == {0: -1, 1: 30}  # type: ignore[arg-type]
     finally:
         store.close()
+
+
+def test_a_lag_of_0_no_fetch_confirmed_is_unknown_to_readers(tmp_path: Path) -> None:
+    """Assigned at its end, Kafka gone before the first fetch: readers were told "lag 0,
+    caught up" on the strength of the end listed at the assignment."""
+    store = ReplicaStore(tmp_path / "db", TOPIC)
+    try:
+        positions = Positions(TOPIC, next={0: 100, 1: 100}, listed_ends={1: 100})
+        tracker = LagTracker(TOPIC, store, positions, NoStandbys(), 15.0)  # type: ignore[arg-type]
+        consumer: Any = FetchedSome()  # partition 0 fetched (end 100), partition 1 not
+        assert tracker.for_readers(consumer, tracker.lags(consumer)) == {0: 0, 1: -1}
+        assert not tracker.rows(consumer)[1].caught_up
+    finally:
+        store.close()

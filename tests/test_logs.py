@@ -161,3 +161,10 @@ def test_a_command_ends_with_a_json_line_when_logs_are_json(tmp_path: Path) -> N
     assert result.returncode == 2
     line = json.loads(result.stderr.strip().splitlines()[-1])
     assert line["level"] == "CRITICAL" and "dead-letter topic is the replicated" in line["message"]
+
+
+def test_a_refused_argument_ends_with_a_json_line_when_logs_are_json(tmp_path: Path) -> None:
+    result = cli("--log-format", "json", "run", "--db", str(tmp_path / "db"), "--max-records", "x")
+    assert result.returncode == 2
+    line = json.loads(result.stderr.strip().splitlines()[-1])
+    assert line["level"] == "CRITICAL" and "--max-records" in line["message"]

@@ -512,22 +512,29 @@ def test_sigterm_while_waiting_for_broker_exits_cleanly(tmp_path: Path) -> None:
 async def test_the_status_says_why_kafka_is_not_reached_until_it_is(
     kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
 ) -> None:
-    waiting = InProcessWorker("127.0.0.1:1", "t", "g", tmp_path / "a").start()
+    waiting = InProcessWorker("127.0.0.1:1", "t", "g", tmp_path / "a")
+    # From the start (/healthz is 200 on it): an attempt at a silent address takes ~13 s.
+    assert waiting.worker.status().waiting_for_kafka == "connecting to Kafka at 127.0.0.1:1"
+    waiting.start()
     try:
 
         def reason() -> bool:
-            return waiting.worker.status().waiting_for_kafka is not None
+            return "(connection refused)" in str(waiting.worker.status().waiting_for_kafka)
 
         await wait_until(reason, 30, 0.05, what="a retry")
-        assert "(connection refused)" in str(waiting.worker.status().waiting_for_kafka)
     finally:
         waiting.stop_event.set()
         with pytest.raises(Stopped):  # stopped before the broker was reached
             await asyncio.wait_for(waiting.task, 30)  # type: ignore[arg-type]
         waiting.store.close()
-    topic = await make_topic(partitions=1)
-    reached = InProcessWorker(kafka_bootstrap, topic, unique("g"), tmp_path / "b").start()
+    topic, group = await make_topic(partitions=1), unique("g")
+    reached = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "b").start()
     try:
+
+        def joining() -> bool:
+            return reached.worker.status().waiting_for_kafka == f"joining group {group}"
+
+        await wait_until(joining, 30, 0.01, what="the group's turn")
         await wait_until(lambda: reached.worker.status().last_poll_age_s is not None, 30, 0.05)
         assert reached.worker.status().waiting_for_kafka is None
     finally:
