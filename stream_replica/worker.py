@@ -331,6 +331,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         (offsets.past_control_records), and on to the next paused partition if the focused
         ones have nothing more to read (their tail aborted or markers, a transaction open)."""
         async with self._batch_lock:
+            if self._fatal is not None:  # as for a poll with records: nothing more is written
+                raise self._fatal
             if self.positions.rebalancing or epoch != self.positions.seek_epoch:
                 return
             owned = self._owned()

@@ -751,6 +751,20 @@ async def test_failed_assignment_stops_the_worker_without_applying(
     worker.store.close()
 
 
+async def test_an_empty_poll_after_a_failure_writes_nothing(tmp_path: Path) -> None:
+    """No broker needed: once the worker has failed (a failed assignment, a refused
+    commit), an empty poll must not step a checkpoint over transaction markers either."""
+    from stream_replica.worker import FatalError
+
+    worker = InProcessWorker("127.0.0.1:1", "t", "g", tmp_path / "db")
+    worker.worker._fatal = FatalError("could not position the assigned partitions")
+    consumer: Any = object()  # never reached
+    with pytest.raises(FatalError):
+        await worker.worker._step_over_markers(consumer, worker.worker.positions.seek_epoch)
+    assert worker.store.checkpoints() == {}
+    worker.store.close()
+
+
 async def test_second_signal_exits_at_once(
     kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
 ) -> None:
