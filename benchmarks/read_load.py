@@ -191,10 +191,10 @@ async def client_child(argv: Sequence[str]) -> int:
     async with AsyncReplicaClient(args.endpoints.split(",")) as client:
         learn = client.refresh
 
-        async def counted() -> None:  # a map refresh per read would be a bug worth seeing
+        async def counted(deadline: float | None = None) -> None:  # one per read: a bug
             nonlocal refreshes
             refreshes += 1
-            await learn()
+            await learn(deadline)
 
         client.refresh = counted  # type: ignore[method-assign]
         await client.get(*grains[0])  # learn the map

@@ -25,7 +25,9 @@ import httpx
 from stream_replica.client_aio import AioGetter, Reply, TransportError, describe
 from stream_replica.routing import FORWARD_TIMEOUT_S, client_timeout_s, partition_for
 
-DOWN_FOR_S: Final = 2.0  # an endpoint that refused a connection is tried last for this long
+# An endpoint that refused a connection or did not answer in time is tried last for this
+# long: longer than a request's timeout, or a hung one is tried first again every round.
+DOWN_FOR_S: Final = 10.0
 
 
 class ReplicaClientError(Exception):
@@ -141,8 +143,22 @@ class _Router:
         return sorted(self.bases, key=lambda b: self.down.get(b, 0.0) > now)
 
 
+def _segment(text: str) -> str:
+    """One path segment. A key of "." or ".." is a dot segment, which HTTP clients remove
+    from the path (RFC 3986): its dots go percent-encoded (the server decodes them)."""
+    quoted = quote(text, safe="")
+    return quoted.replace(".", "%2E") if text in (".", "..") else quoted
+
+
 def _path(grain_type: str, grain_key: str) -> str:
-    return f"/grains/{quote(grain_type, safe='')}/{quote(grain_key, safe='')}"
+    return f"/grains/{_segment(grain_type)}/{_segment(grain_key)}"
+
+
+def _within(deadline: float, wanted_s: float) -> float | None:
+    """A request's timeout: what it wants, or what is left of the read's deadline; None when
+    nothing is left (a request would outlast the deadline the caller was promised)."""
+    left = deadline - time.monotonic()
+    return None if left <= 0 else min(wanted_s, left)
 
 
 def _params(stale: bool, min_sequence: int | None, wait_ms: int | None) -> dict[str, str]:
@@ -225,6 +241,13 @@ class _Last:
     def timed_out(self, deadline_s: float) -> ReplicaClientError:
         return ReplicaClientError(f"no answer within {deadline_s:.0f} s ({self.line})", self.status)
 
+    def out_of_time(self, base: str, why: str, deadline_s: float) -> ReplicaClientError:
+        """A request that ended with the deadline (cut short to it): not the worker's fault,
+        so it is not marked down, and what an earlier attempt ran into says more."""
+        if self.line == "no worker answered":
+            self.unreachable(base, why)
+        return self.timed_out(deadline_s)
+
 
 def _any_answered(base: str, response: _Answer, last: _Last) -> bool:
     """Whether a scan page's answer is the one (200); a 503 means try the next worker (the
@@ -300,11 +323,17 @@ class ReplicaClient(_Timeouts):
     def close(self) -> None:
         self.http.close()
 
-    def refresh(self) -> None:
-        """Learn the ownership map from the first worker that answers."""
+    def refresh(self, deadline: float | None = None) -> None:
+        """Learn the ownership map from the first worker that answers (before ``deadline``,
+        a ``time.monotonic()``, when given)."""
         for base in self.router.refresh_order():
+            timeout: float | None = self.request_timeout_s
+            if deadline is not None:
+                timeout = _within(deadline, self.request_timeout_s)
+            if timeout is None:
+                return
             try:
-                response = self.http.get(base + "/partitions", timeout=self.request_timeout_s)
+                response = self.http.get(base + "/partitions", timeout=timeout)
             except httpx.TransportError:
                 self.router.mark_down(base)
                 continue
@@ -330,16 +359,21 @@ class ReplicaClient(_Timeouts):
         last = _Last()
         while True:
             if self.router.stale_map:
-                self.refresh()
+                self.refresh(deadline)
             pause = 0.1
             for base in self.router.order(grain, stale):
+                timeout = _within(deadline, self.request_timeout_s + (wait_ms or 0) / 1000)
+                if timeout is None:
+                    raise last.timed_out(self.deadline_s)
                 try:
                     response = self.http.get(
                         base + _path(grain_type, grain_key),
                         params=_params(stale, min_sequence, wait_ms),
-                        timeout=self.request_timeout_s + (wait_ms or 0) / 1000,
+                        timeout=timeout,
                     )
                 except httpx.TransportError as exc:
+                    if time.monotonic() >= deadline:
+                        raise last.out_of_time(base, describe(exc), self.deadline_s) from None
                     self.router.mark_down(base)
                     last.unreachable(base, describe(exc))
                     continue
@@ -358,7 +392,7 @@ class ReplicaClient(_Timeouts):
         page; each page from any worker, retried (503, down) until the deadline."""
         cursor: str | None = None
         while True:
-            path = f"/grains/{quote(grain_type, safe='')}"
+            path = f"/grains/{_segment(grain_type)}"
             response = self._any(path, _scan_params(prefix, limit, cursor))
             page = response.json()
             yield from page["items"]
@@ -373,11 +407,14 @@ class ReplicaClient(_Timeouts):
         last = _Last()
         while True:
             for base in self.router.refresh_order():
+                timeout = _within(deadline, self.request_timeout_s)
+                if timeout is None:
+                    raise last.timed_out(self.deadline_s)
                 try:
-                    response = self.http.get(
-                        base + path, params=params, timeout=self.request_timeout_s
-                    )
+                    response = self.http.get(base + path, params=params, timeout=timeout)
                 except httpx.TransportError as exc:
+                    if time.monotonic() >= deadline:
+                        raise last.out_of_time(base, describe(exc), self.deadline_s) from None
                     self.router.mark_down(base)
                     last.unreachable(base, describe(exc))
                     continue
@@ -417,15 +454,18 @@ class AsyncReplicaClient(_Timeouts):
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def refresh(self) -> None:
+    async def refresh(self, deadline: float | None = None) -> None:
         async with self._refreshing:
             if not self.router.stale_map:
                 return  # another task just did it
             for base in self.router.refresh_order():
+                timeout: float | None = self.request_timeout_s
+                if deadline is not None:
+                    timeout = _within(deadline, self.request_timeout_s)
+                if timeout is None:
+                    return
                 try:
-                    response = await self.http.get(
-                        base + "/partitions", timeout_s=self.request_timeout_s
-                    )
+                    response = await self.http.get(base + "/partitions", timeout_s=timeout)
                 except TransportError:
                     self.router.mark_down(base)
                     continue
@@ -449,16 +489,21 @@ class AsyncReplicaClient(_Timeouts):
         last = _Last()
         while True:
             if self.router.stale_map:
-                await self.refresh()
+                await self.refresh(deadline)
             pause = 0.1
             for base in self.router.order(grain, stale):
+                timeout = _within(deadline, self.request_timeout_s + (wait_ms or 0) / 1000)
+                if timeout is None:
+                    raise last.timed_out(self.deadline_s)
                 try:
                     response = await self.http.get(
                         base + _path(grain_type, grain_key),
                         params=_params(stale, min_sequence, wait_ms),
-                        timeout_s=self.request_timeout_s + (wait_ms or 0) / 1000,
+                        timeout_s=timeout,
                     )
                 except TransportError as exc:
+                    if time.monotonic() >= deadline:
+                        raise last.out_of_time(base, str(exc), self.deadline_s) from None
                     self.router.mark_down(base)
                     last.unreachable(base, str(exc))
                     continue
@@ -477,7 +522,7 @@ class AsyncReplicaClient(_Timeouts):
     ) -> AsyncIterator[dict[str, Any]]:
         cursor: str | None = None
         while True:
-            path = f"/grains/{quote(grain_type, safe='')}"
+            path = f"/grains/{_segment(grain_type)}"
             response = await self._any(path, _scan_params(prefix, limit, cursor))
             page = response.json()
             for item in page["items"]:
@@ -492,11 +537,14 @@ class AsyncReplicaClient(_Timeouts):
         last = _Last()
         while True:
             for base in self.router.refresh_order():
+                timeout = _within(deadline, self.request_timeout_s)
+                if timeout is None:
+                    raise last.timed_out(self.deadline_s)
                 try:
-                    response = await self.http.get(
-                        base + path, params=params, timeout_s=self.request_timeout_s
-                    )
+                    response = await self.http.get(base + path, params=params, timeout_s=timeout)
                 except TransportError as exc:
+                    if time.monotonic() >= deadline:
+                        raise last.out_of_time(base, str(exc), self.deadline_s) from None
                     self.router.mark_down(base)
                     last.unreachable(base, str(exc))
                     continue

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 MAX_CONNECTIONS = 100  # per client, across workers (httpx's default too)
 
@@ -67,9 +68,14 @@ class AioGetter:
     ) -> Reply:
         limit = self._timeouts.get(timeout_s)
         if limit is None:
-            limit = self._timeouts.setdefault(timeout_s, aiohttp.ClientTimeout(total=timeout_s))
+            limit = aiohttp.ClientTimeout(total=timeout_s)
+            if len(self._timeouts) < 8:  # the usual few; one cut to a deadline is not kept
+                self._timeouts[timeout_s] = limit
         try:
-            async with self._open().get(url, params=params or None, timeout=limit) as response:
+            # encoded: the path is quoted already (client._path); yarl would otherwise decode
+            # a key's "%2E%2E" and drop it as a dot segment.
+            target = URL(url, encoded=True)
+            async with self._open().get(target, params=params or None, timeout=limit) as response:
                 body = await response.read()
                 return Reply(response.status, response.headers, body)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

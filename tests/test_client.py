@@ -141,14 +141,16 @@ async def test_a_forwarding_workers_503_arrives_before_the_client_gives_up_on_it
     front, store = await front_of(serve, tmp_path, owner)  # the default forward timeout
     started = time.monotonic()
 
+    # A deadline past the forward timeout (5 s): the 503 comes within it; the next attempt
+    # is cut short by the deadline, which does not make the front a dead worker either.
     def sync() -> tuple[ReplicaClientError, set[str]]:
-        with ReplicaClient([front], deadline_s=1) as client:
+        with ReplicaClient([front], deadline_s=7) as client:
             with pytest.raises(ReplicaClientError) as caught:
                 client.get("acct", "1")
             return caught.value, set(client.router.down)
 
     async def aio() -> tuple[ReplicaClientError, set[str]]:
-        async with AsyncReplicaClient([front], deadline_s=1) as client:
+        async with AsyncReplicaClient([front], deadline_s=7) as client:
             with pytest.raises(ReplicaClientError) as caught:
                 await client.get("acct", "1")
             return caught.value, set(client.router.down)
@@ -259,6 +261,79 @@ async def test_scan_and_get_give_up_at_the_deadline_with_the_last_status(
     with pytest.raises(ReplicaClientError) as caught:
         await scan_with(kind, [dead], deadline_s=0.3)
     assert caught.value.status is None and dead in str(caught.value)  # nobody answered
+
+
+def answering_only(grain_key: str) -> web.Application:
+    """A worker holding one grain of type "weird" under ``grain_key``; any other key is not
+    found."""
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.match_info["grain_key"] != grain_key:
+            return web.json_response({"error": "not found"}, status=404)
+        return web.json_response(
+            {
+                "grain_type": "weird", "grain_key": grain_key, "sequence": 5,
+                "timestamp_millis": 1, "source_cluster": "eu", "payload": "eA==",
+                "partition": 0, "offset": 0, "served_by": "w", "role": "active",
+                "replica_lag": 0, "caught_up": True,
+            }
+        )  # fmt: skip
+
+    async def partitions(_: web.Request) -> web.Response:
+        return web.json_response({"partition_count": None, "partitions": {}})
+
+    app = web.Application()
+    app.router.add_get("/partitions", partitions)
+    app.router.add_get("/grains/{grain_type}/{grain_key}", answer)
+    return app
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("grain_key", ["..", ".", "a.b"])
+async def test_keys_of_dots_reach_the_worker(kind: str, grain_key: str, serve: Started) -> None:
+    """A key ".." read as absent, "." as a scan page (KeyError): HTTP clients remove dot
+    segments from a path, so their dots must go percent-encoded."""
+    worker = await serve(answering_only(grain_key))
+    base = str(worker.make_url("")).rstrip("/")
+    if kind == "sync":
+
+        def get() -> Any:
+            with ReplicaClient([base], deadline_s=2) as client:
+                return client.get("weird", grain_key)
+
+        read = await asyncio.to_thread(get)
+    else:
+        async with AsyncReplicaClient([base], deadline_s=2) as client:
+            read = await client.get("weird", grain_key)
+    assert read is not None and read.grain_key == grain_key
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_hung_worker_does_not_hold_a_read_past_its_deadline(
+    kind: str, serve: Started
+) -> None:
+    """Each request took the whole request timeout (7 s), whatever was left of the deadline:
+    deadline_s=15 gave up after 28.8 s."""
+    release = asyncio.Event()
+
+    async def hang(_: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({"error": "late"}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/partitions", hang)
+    app.router.add_get("/grains/{grain_type}/{grain_key}", hang)
+    hung = await serve(app)
+    base = str(hung.make_url("")).rstrip("/")
+    started = time.monotonic()
+    try:
+        with pytest.raises(ReplicaClientError) as caught:
+            await get_with(kind, [base], deadline_s=1.5)
+    finally:
+        release.set()
+    took = time.monotonic() - started
+    assert took < 4, took  # the request timeout alone is ~7 s
+    assert "no answer within 2 s" in str(caught.value)  # (deadline_s rounded)
 
 
 class LocalView:
