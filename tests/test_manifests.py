@@ -46,6 +46,12 @@ def test_statefulset_gives_stable_ids_volumes_probes_and_metrics() -> None:
 def test_the_examples_cover_a_statefulset_service_and_disruption_budget() -> None:
     kinds = sorted(d["kind"] for d in documents())
     assert kinds == ["ConfigMap", "PodDisruptionBudget", "Service", "StatefulSet"]
+    (service,) = [d for d in documents() if d["kind"] == "Service"]
+    (statefulset,) = [d for d in documents() if d["kind"] == "StatefulSet"]
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+    # Each pod's DNS name (what workers advertise for forwarding) outlives readiness: a
+    # worker catching up or cut off from Kafka still serves and forwards reads.
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
 
 
 def test_the_manifest_args_are_flags_the_worker_accepts() -> None:
