@@ -23,6 +23,7 @@ from urllib.parse import quote
 import httpx
 
 from stream_replica.client_aio import AioGetter, Reply, TransportError, describe
+from stream_replica.contract import ContractError, check_grain_text
 from stream_replica.routing import FORWARD_TIMEOUT_S, client_timeout_s, partition_for
 
 # An endpoint that refused a connection or did not answer in time is tried last for this
@@ -141,6 +142,15 @@ class _Router:
     def refresh_order(self) -> list[str]:
         now = time.monotonic()
         return sorted(self.bases, key=lambda b: self.down.get(b, 0.0) > now)
+
+
+def _checked(grain_type: str, grain_key: str) -> tuple[str, str]:
+    """The grain, or the 400 a worker would answer (an empty type or key, a '/' in the type:
+    before routing, which cannot place it)."""
+    try:
+        return check_grain_text(grain_type, grain_key)
+    except ContractError as exc:
+        raise ReplicaClientError(str(exc), 400) from None
 
 
 def _segment(text: str) -> str:
@@ -353,8 +363,9 @@ class ReplicaClient(_Timeouts):
         wait_ms: int | None = None,
     ) -> GrainRead | None:
         """The grain (None: not found). Raises SequenceTimeout, or ReplicaClientError when
-        no worker answered within the deadline."""
-        grain = (grain_type, grain_key)
+        no worker answered within the deadline (status 400 for a grain the contract
+        refuses, before any request)."""
+        grain = _checked(grain_type, grain_key)
         deadline = time.monotonic() + self.deadline_s
         last = _Last()
         while True:
@@ -484,7 +495,7 @@ class AsyncReplicaClient(_Timeouts):
         min_sequence: int | None = None,
         wait_ms: int | None = None,
     ) -> GrainRead | None:
-        grain = (grain_type, grain_key)
+        grain = _checked(grain_type, grain_key)
         deadline = time.monotonic() + self.deadline_s
         last = _Last()
         while True:

@@ -309,6 +309,23 @@ async def test_keys_of_dots_reach_the_worker(kind: str, grain_key: str, serve: S
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("grain", [("account", ""), ("", "k"), ("a/b", "k")])
+async def test_a_grain_the_contract_refuses_is_a_400_before_any_request(
+    kind: str, grain: tuple[str, str]
+) -> None:
+    """It raised ContractError from the router instead of the documented status 400."""
+    nobody = closed_port()  # never asked
+    with pytest.raises(ReplicaClientError) as caught:
+        if kind == "sync":
+            with ReplicaClient([nobody], deadline_s=1) as client:
+                client.get(*grain)
+        else:
+            async with AsyncReplicaClient([nobody], deadline_s=1) as client:
+                await client.get(*grain)
+    assert caught.value.status == 400, caught.value
+
+
+@pytest.mark.parametrize("kind", KINDS)
 async def test_a_hung_worker_does_not_hold_a_read_past_its_deadline(
     kind: str, serve: Started
 ) -> None:
