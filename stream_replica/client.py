@@ -58,6 +58,9 @@ class GrainRead:
     role: str
     replica_lag: int
     caught_up: bool
+    # The offset of a later record on the grain's key that the fold refused (a Delta, an
+    # invalid value): the state may be stale (README, "Shadowed grains"). None: not shadowed.
+    shadowed_by_offset: int | None = None
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> GrainRead:
@@ -74,6 +77,7 @@ class GrainRead:
             obj["role"],
             obj["replica_lag"],
             obj["caught_up"],
+            obj.get("shadowed_by_offset"),
         )
 
 

@@ -276,6 +276,8 @@ def add_query_routes(
             age = _age(row)
             if age is not None:
                 headers["X-Replica-End-Offset-Age-S"] = str(age)
+            if state.shadowed:  # as the JSON answer's shadowed_by_offset: may be stale
+                headers["X-Grain-Shadowed-By-Offset"] = str(state.shadowed_by)
             return web.Response(
                 body=state.payload, headers=headers, content_type="application/octet-stream"
             )

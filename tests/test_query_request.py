@@ -147,3 +147,40 @@ async def test_any_key_is_readable_and_its_headers_are_percent_encoded(
         assert unquote(raw.headers["X-Grain-Key"]) == grain_key
     wrong = await client.get("/grains/acct/plain", headers={"Authorization": "Bearer nope"})
     assert wrong.status == 401
+
+
+async def test_a_shadowed_grain_says_so_in_every_answer_form(tmp_path: Path) -> None:
+    """The JSON answer had shadowed_by_offset (the state may be stale); the octet-stream
+    answer and the Python client's GrainRead lost it."""
+    from stream_replica.client import GrainRead
+
+    store = ReplicaStore(tmp_path / "db", "t")
+    shadowed = GrainState(5, 0, "primary", b"p", 0, 5, shadowed_by=42)
+    store.apply(
+        {("acct", "s"): shadowed, ("acct", "plain"): GrainState(5, 0, "primary", b"p", 0, 6)},
+        {},
+        FoldCounts(),
+    )
+    app = web.Application()
+    add_query_routes(app, _View(store), QueryConfig(endpoint="here:1", token=TOKEN, _partitions=3))
+    try:
+        async with TestClient(TestServer(app)) as http:
+            body = await (await http.get("/grains/acct/s", headers=AUTH)).json()
+            assert body["shadowed_by_offset"] == 42
+            assert GrainRead.from_json(body).shadowed_by_offset == 42
+            raw = await http.get(
+                "/grains/acct/s", headers=AUTH | {"Accept": "application/octet-stream"}
+            )
+            assert raw.headers["X-Grain-Shadowed-By-Offset"] == "42"
+            plain = await http.get(
+                "/grains/acct/plain", headers=AUTH | {"Accept": "application/octet-stream"}
+            )
+            assert "X-Grain-Shadowed-By-Offset" not in plain.headers
+            assert (
+                GrainRead.from_json(
+                    await (await http.get("/grains/acct/plain", headers=AUTH)).json()
+                ).shadowed_by_offset
+                is None
+            )
+    finally:
+        store.close()
