@@ -178,7 +178,9 @@ class Metrics:
         )
         self.shadowed_now = Gauge(
             "stream_replica_shadowed_grains",
-            "Grains whose state is shadowed now (not yet repaired)",
+            "Grains whose state is shadowed now (not yet repaired), by the role of their "
+            "partition here (active, standby, none: no longer served)",
+            ["role"],
             registry=r,
         )
         self.last_poll = Gauge(
@@ -238,6 +240,18 @@ class Metrics:
             self.checkpoint.labels(*labels).set(row.checkpoint)
             self.lag.labels(*labels).set(row.lag)
             self.rebuilding.labels(*labels).set(row.rebuild_remaining)
+
+    def set_shadowed(
+        self, per_partition: Mapping[int, int], rows: Mapping[int, PartitionRow]
+    ) -> None:
+        """Shadowed grains by role: summed over workers, ``role="active"`` counts each grain
+        once (a standby's copy holds the same marks)."""
+        by_role = dict.fromkeys(("active", "standby", "none"), 0)
+        for partition, count in per_partition.items():
+            row = rows.get(partition)
+            by_role[row.role if row is not None else "none"] += count
+        for role, count in by_role.items():
+            self.shadowed_now.labels(role).set(count)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

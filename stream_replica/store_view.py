@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -141,8 +142,9 @@ class _StoreView:
         epoch, active, standby = msgpack.unpackb(raw)
         return LastAssignment(epoch, frozenset(active), frozenset(standby))
 
-    def count_shadowed(self) -> int:
-        return sum(1 for _ in self._scan(_SHADOW_PREFIX))
+    def shadowed_per_partition(self) -> Counter[int]:
+        """Shadowed grains per partition of their state."""
+        return Counter(_SHADOW.unpack(raw)[0] for _, raw in self._scan(_SHADOW_PREFIX))
 
     def shadowed(self) -> Iterator[tuple[GrainId, ShadowMark]]:
         """Every grain whose state is shadowed, sorted by grain."""

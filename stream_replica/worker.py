@@ -393,8 +393,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     def status(self) -> NodeStatus:
         rows = self.partition_rows()
         self.metrics.set_partitions(rows)
-        shadowed_now = self.store.count_shadowed()
-        self.metrics.shadowed_now.set(shadowed_now)
+        shadowed = self.store.shadowed_per_partition()
+        self.metrics.set_shadowed(shadowed, rows)
+        shadowed_now = sum(shadowed.values())
         last_poll = self._fetcher.last_poll
         if last_poll is not None:
             self.metrics.last_poll.set(time.time() - (time.monotonic() - last_poll))

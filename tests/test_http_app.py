@@ -113,3 +113,17 @@ async def test_metrics_exposition_and_status() -> None:
         assert page.status == 200 and "status.json" in await page.text()
     finally:
         await client.close()
+
+
+def test_shadowed_grains_are_counted_by_the_role_of_their_partition() -> None:
+    """Summed over workers, the gauge counted a grain once per copy (active and standby):
+    the dashboard showed twice the shadowed grains with one standby replica."""
+    metrics = Metrics("t")
+    rows = {0: PartitionRow("active", 1, 1, True), 1: PartitionRow("standby", 1, 1, True)}
+    metrics.set_shadowed({0: 3, 1: 2, 5: 1}, rows)
+    text = metrics.exposition().decode()
+    assert 'stream_replica_shadowed_grains{role="active"} 3.0' in text
+    assert 'stream_replica_shadowed_grains{role="standby"} 2.0' in text
+    assert 'stream_replica_shadowed_grains{role="none"} 1.0' in text  # lost, not yet dropped
+    metrics.set_shadowed({}, rows)  # repaired: every role back to 0
+    assert 'stream_replica_shadowed_grains{role="standby"} 0.0' in metrics.exposition().decode()

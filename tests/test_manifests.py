@@ -74,6 +74,7 @@ def test_dashboard_queries_only_metrics_the_worker_exposes() -> None:
 
     metrics = Metrics("t")
     metrics.set_partitions({0: PartitionRow("active", 1, 2, False, end_offset_age_s=0.2)})
+    metrics.set_shadowed({}, {})
     # labelled series appear once used: one answered read, one forward
     metrics.http_requests.labels("grain", "200").inc()
     metrics.http_seconds.labels("grain").observe(0.001)
