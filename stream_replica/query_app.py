@@ -55,6 +55,7 @@ from stream_replica.routing import (
     FORWARD_TIMEOUT_S,
     OwnershipMap,
     ReplicaRef,
+    Unresponsive,
     decode_cursor,
     encode_cursor,
     partition_for,
@@ -133,6 +134,7 @@ def add_query_routes(
     # The routing table of the last assignment seen (rebuilt only when the assignment object
     # changes, i.e. once per rebalance, not once per forwarded read).
     routing: list[tuple[GroupAssignment | None, OwnershipMap]] = [(None, OwnershipMap())]
+    unresponsive = Unresponsive()
 
     def current_owners() -> OwnershipMap:
         assignment = view.group_assignment()
@@ -289,11 +291,13 @@ def add_query_routes(
         """The first answer of the partition's replicas (active first, then the standbys when
         ``stale``) other than 503; raises the last refusal when none answered."""
         owners = current_owners()
-        candidates = [
-            r
-            for r in owners.endpoints(partition, allow_standby=stale)
-            if r.endpoint != config.endpoint
-        ]
+        candidates = unresponsive.last(
+            [
+                r
+                for r in owners.endpoints(partition, allow_standby=stale)
+                if r.endpoint != config.endpoint
+            ]
+        )
         if not candidates:
             raise ReadError(
                 503,
@@ -314,6 +318,7 @@ def add_query_routes(
                     config.forward_timeout_s + wait_ms / 1000,
                 )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                unresponsive.failed(replica.endpoint)
                 last = ReadError(
                     503,
                     f"the {replica.role} replica of partition {partition} at "
@@ -322,6 +327,7 @@ def add_query_routes(
                     retry=True,
                 )
                 continue
+            unresponsive.answered(replica.endpoint)
             if status == 503:
                 last = ReadError(503, _message(body), retry=True)
                 continue
@@ -433,7 +439,9 @@ def add_query_routes(
                     "scan", endpoint, str(path), forward_headers(request), config.forward_timeout_s
                 )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                unresponsive.failed(endpoint)
                 return f"did not answer ({type(exc).__name__})"
+            unresponsive.answered(endpoint)
             if status == 503:
                 return _message(body)
             if status != 200:
@@ -452,7 +460,7 @@ def add_query_routes(
             if p not in local:
                 pending[p] = [
                     r.endpoint
-                    for r in owners.endpoints(p, allow_standby=stale)
+                    for r in unresponsive.last(owners.endpoints(p, allow_standby=stale))
                     if r.endpoint and r.endpoint != config.endpoint
                 ]
         items = local_scan(grain_type, prefix, after, limit, local, rows, stale) if local else []

@@ -5,6 +5,7 @@ reader tries the replicas of a partition."""
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -54,6 +55,34 @@ class OwnershipMap:
         accepts a possibly staler answer) the standbys; only those with an endpoint."""
         found = [r for r in self.replicas.get(partition, ()) if r.endpoint]
         return [r for r in found if r.role == "active" or allow_standby]
+
+
+# A worker that did not answer a forward is tried after the other replicas for this long:
+# with ?stale=ok a hung owner otherwise costs every read a whole forward timeout before its
+# caught-up standby is asked.
+UNRESPONSIVE_FOR_S: Final = 10.0
+
+
+class Unresponsive:
+    """Endpoints that lately did not answer a forward (timed out, refused the connection)."""
+
+    def __init__(self, for_s: float = UNRESPONSIVE_FOR_S) -> None:
+        self.for_s = for_s
+        self._until: dict[str, float] = {}
+
+    def failed(self, endpoint: str) -> None:
+        self._until[endpoint] = time.monotonic() + self.for_s
+
+    def answered(self, endpoint: str) -> None:
+        self._until.pop(endpoint, None)
+
+    def last(self, replicas: list[ReplicaRef]) -> list[ReplicaRef]:
+        """``replicas`` in their order, those that did not answer lately moved to the end
+        (still tried: the only replica may be back)."""
+        if not self._until:
+            return replicas
+        now = time.monotonic()
+        return sorted(replicas, key=lambda r: self._until.get(r.endpoint or "", 0.0) > now)
 
 
 def encode_cursor(grain_key: str) -> str:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -323,6 +324,45 @@ async def test_a_grain_the_contract_refuses_is_a_400_before_any_request(
             async with AsyncReplicaClient([nobody], deadline_s=1) as client:
                 await client.get(*grain)
     assert caught.value.status == 400, caught.value
+
+
+class StandbyFrontView(FrontView):
+    """A front whose partitions have ``owner`` active and ``standby`` as their standby."""
+
+    def __init__(self, store: ReplicaStore, owner: str, standby: str) -> None:
+        super().__init__(store, owner)
+        self.standby = standby
+
+    def group_assignment(self) -> GroupAssignment:
+        owners = PartitionOwners(Replica("owner", self.owner), (Replica("spare", self.standby),))
+        return GroupAssignment(
+            1, frozenset(), frozenset(), {TopicPartition("t", p): owners for p in range(PARTITIONS)}
+        )
+
+
+async def test_a_stale_read_asks_the_standby_first_once_the_owner_did_not_answer(
+    serve: Started, tmp_path: Path
+) -> None:
+    """?stale=ok with a hung owner cost every read a whole forward timeout before the
+    caught-up standby was asked."""
+    owner, standby = await serve(silent_owner()), await serve(answering_only("k"))
+    store = ReplicaStore(tmp_path / "front", "t")
+    app = web.Application()
+    view = StandbyFrontView(store, f"127.0.0.1:{owner.port}", f"127.0.0.1:{standby.port}")
+    add_query_routes(app, view, QueryConfig(_partitions=PARTITIONS, forward_timeout_s=1.0))
+    front = await serve(app)
+    took = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):
+                started = time.monotonic()
+                async with session.get(str(front.make_url("/grains/weird/k?stale=ok"))) as answer:
+                    assert answer.status == 200, await answer.text()
+                took.append(time.monotonic() - started)
+    finally:
+        store.close()
+    assert took[0] >= 1.0  # the owner's forward timed out first
+    assert took[1] < 0.5, took  # then the standby first, while the owner stays silent
 
 
 @pytest.mark.parametrize("kind", KINDS)
