@@ -422,6 +422,10 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         worker has them). Synchronous: no poll can be applied in between."""
         if not self.rebalance.ever_assigned:
             return  # the group has not told us what we own yet
+        if self.positions.rebalancing or self._batch_lock.locked():
+            # It may be telling us now: an assignment reads the checkpoints of partitions
+            # given back, then resumes from them (the next progress line tries again).
+            return
         expired = self.ownership.expired(self.store.checkpoints())
         if expired:
             self.store.drop_partitions(expired)

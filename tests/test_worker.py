@@ -12,12 +12,13 @@ import socketserver
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_replica import admin
 from stream_replica.contract import EntryType
@@ -763,6 +764,70 @@ async def test_an_empty_poll_after_a_failure_writes_nothing(tmp_path: Path) -> N
         await worker.worker._step_over_markers(consumer, worker.worker.positions.seek_epoch)
     assert worker.store.checkpoints() == {}
     worker.store.close()
+
+
+class _SeekingConsumer:
+    """The consumer calls an assignment makes for partition 0 of "t" (at its log start 0,
+    end 5, no committed offset); ``meanwhile`` runs during the committed-offset round trip,
+    where the event loop runs other tasks (the worker's loop, its periodic work)."""
+
+    def __init__(self, meanwhile: Callable[[], None]) -> None:
+        self.sought: dict[TopicPartition, int] = {}
+        self.meanwhile = meanwhile
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition("t", 0)}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.sought[tp] = offset
+
+    async def beginning_offsets(self, tps: Any) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, 0)
+
+    async def end_offsets(self, tps: Any) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, 5)
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        await asyncio.sleep(0)
+        self.meanwhile()
+        return None
+
+    def highwater(self, tp: TopicPartition) -> None:
+        return None
+
+    def pause(self, *tps: Any) -> None: ...
+
+
+async def test_a_partition_given_back_is_not_dropped_while_its_assignment_reads_it(
+    tmp_path: Path,
+) -> None:
+    """Lost longer than the grace period but not dropped yet, then given back: the periodic
+    drop ran while the assignment awaited Kafka, between reading the checkpoint and seeking
+    to it, and the partition resumed from a checkpoint whose grains were gone for good."""
+    from stream_replica.fold import FoldCounts, GrainState
+    from stream_replica.ownership import now_ms
+    from stream_replica.settings import WorkerSettings
+    from stream_replica.store import Served
+    from stream_replica.worker import ReplicaWorker
+
+    store = ReplicaStore(tmp_path / "db", "t")
+    store.apply(
+        {("g", "k"): GrainState(1, 1, "eu", b"x", 0, 2)}, {0: Checkpoint(3, now_ms())}, FoldCounts()
+    )
+    lost_at = now_ms() - 60_000
+    store.set_served({0: Served("", -1, lost_at, lost_at)})  # lost 60 s ago, grace 30 s
+    settings = WorkerSettings(db=tmp_path / "db", topic="t", lost_partition_grace_ms=30_000)
+    worker = ReplicaWorker(settings, store, asyncio.Event())
+    worker.rebalance.ever_assigned = True  # assigned before (it served partition 0 then)
+    worker.rebalance.delete_retention_ms = 86_400_000
+    consumer: Any = _SeekingConsumer(worker._drop_lost_partitions)
+    try:
+        await worker.rebalance.assigned(consumer, {TopicPartition("t", 0)})
+        assert consumer.sought[TopicPartition("t", 0)] == 3  # resumed from its checkpoint...
+        assert store.get(("g", "k")) is not None  # ...with the grains it stands for
+        assert store.checkpoints()[0].next_offset == 3
+    finally:
+        store.close()
 
 
 async def test_second_signal_exits_at_once(
