@@ -168,9 +168,12 @@ def _path(grain_type: str, grain_key: str) -> str:
     return f"/grains/{_segment(grain_type)}/{_segment(grain_key)}"
 
 
-def _within(deadline: float, wanted_s: float) -> float | None:
-    """A request's timeout: what it wants, or what is left of the read's deadline; None when
-    nothing is left (a request would outlast the deadline the caller was promised)."""
+def _within(deadline: float | None, wanted_s: float) -> float | None:
+    """A request's timeout: what it wants, or what is left of the read's deadline (None: no
+    deadline); None when nothing is left (a request would outlast the deadline the caller
+    was promised)."""
+    if deadline is None:
+        return wanted_s
     left = deadline - time.monotonic()
     return None if left <= 0 else min(wanted_s, left)
 
@@ -341,9 +344,7 @@ class ReplicaClient(_Timeouts):
         """Learn the ownership map from the first worker that answers (before ``deadline``,
         a ``time.monotonic()``, when given)."""
         for base in self.router.refresh_order():
-            timeout: float | None = self.request_timeout_s
-            if deadline is not None:
-                timeout = _within(deadline, self.request_timeout_s)
+            timeout = _within(deadline, self.request_timeout_s)
             if timeout is None:
                 return
             try:
@@ -474,9 +475,7 @@ class AsyncReplicaClient(_Timeouts):
             if not self.router.stale_map:
                 return  # another task just did it
             for base in self.router.refresh_order():
-                timeout: float | None = self.request_timeout_s
-                if deadline is not None:
-                    timeout = _within(deadline, self.request_timeout_s)
+                timeout = _within(deadline, self.request_timeout_s)
                 if timeout is None:
                     return
                 try:
