@@ -105,6 +105,10 @@ def _schemas() -> dict[str, Any]:
                     "type": ["string", "null"],
                     "description": "pass as ?cursor= for the next page; null: the last page",
                 },
+                "more": {
+                    "type": "boolean",
+                    "description": "only with ?partitions=: whether those partitions hold more",
+                },
             },
             "required": ["items", "next_cursor"],
         },
@@ -283,6 +287,12 @@ def openapi() -> dict[str, Any]:
                         ),
                         _query("cursor", {"type": "string"}, "a page's next_cursor"),
                         _STALE,
+                        _query(
+                            "partitions",
+                            {"type": "string", "pattern": "^[0-9]+(,[0-9]+)*$"},
+                            "a fan-out's step between workers: only these partitions, only "
+                            "from this worker's store (no forwarding); applications leave it out",
+                        ),
                     ],
                     "responses": {
                         "200": _json("a page", _ref("ScanPage")),

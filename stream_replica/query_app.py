@@ -421,11 +421,13 @@ def add_query_routes(
         wanted = request.query.get("partitions")
         if wanted is not None:  # a fan-out's local step
             partitions = partitions_param(wanted, partition_count())
+            items, more = local_scan(grain_type, prefix, after, limit, partitions, rows, stale)
+            # the page of these partitions alone, with its cursor like any page
             return web.json_response(
-                {"items": local_scan(grain_type, prefix, after, limit, partitions, rows, stale)}
+                {"items": items, "more": more, "next_cursor": _cursor_after(items, more)}
             )
 
-        async def fetch(endpoint: str, parts: list[int]) -> list[dict[str, Any]] | str:
+        async def fetch(endpoint: str, parts: list[int]) -> tuple[list[dict[str, Any]], bool] | str:
             """The items of ``parts`` from ``endpoint``, or why it could not answer (down,
             or 503: another replica may). Other refusals (401, 400) end the scan."""
             query = {"prefix": prefix, "limit": str(limit), "partitions": ",".join(map(str, parts))}
@@ -446,8 +448,10 @@ def add_query_routes(
                 return _message(body)
             if status != 200:
                 raise ReadError(status if status == 401 else 502, _message(body), retry=True)
-            got: list[dict[str, Any]] = json.loads(body)["items"]
-            return got
+            got = json.loads(body)
+            found: list[dict[str, Any]] = got["items"]
+            # a worker of an older version does not say whether more follow
+            return found, bool(got.get("more", len(found) >= limit))
 
         count = partition_count()
         # A standby copy here serves the page only to a caller accepting staleness (as a get).
@@ -463,8 +467,11 @@ def add_query_routes(
                     for r in unresponsive.last(owners.endpoints(p, allow_standby=stale))
                     if r.endpoint and r.endpoint != config.endpoint
                 ]
-        items = local_scan(grain_type, prefix, after, limit, local, rows, stale) if local else []
-        sources = [len(items)]
+        items, more = (
+            local_scan(grain_type, prefix, after, limit, local, rows, stale)
+            if local
+            else ([], False)
+        )
         failed: dict[int, str] = {}  # partition -> why no replica answered
         while pending:
             plan: dict[str, list[int]] = {}
@@ -481,8 +488,8 @@ def add_query_routes(
                         failed[p] = f"{endpoint}: {answer}"
                         retry[p] = pending[p][1:]
                     continue
-                items.extend(answer)
-                sources.append(len(answer))
+                items.extend(answer[0])
+                more = more or answer[1]
             pending = {p: rest for p, rest in retry.items() if rest}
             for p in pending:
                 del failed[p]
@@ -500,9 +507,8 @@ def add_query_routes(
 
         items.sort(key=lambda item: str(item["grain_key"]))
         page = items[:limit]
-        more = len(items) > limit or any(n >= limit for n in sources)
-        next_cursor = encode_cursor(page[-1]["grain_key"]) if more and page else None
-        return web.json_response({"items": page, "next_cursor": next_cursor})
+        more = more or len(items) > limit
+        return web.json_response({"items": page, "next_cursor": _cursor_after(page, more)})
 
     def local_scan(
         grain_type: str,
@@ -512,7 +518,9 @@ def add_query_routes(
         partitions: set[int],
         rows: Mapping[int, PartitionRow],
         stale: bool,
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Up to ``limit`` items of ``partitions`` after ``after``, and whether more follow
+        (one more is looked for, so a page that ends the scan says so)."""
         for p in sorted(partitions):
             row = rows.get(p)
             if row is None:
@@ -527,10 +535,12 @@ def add_query_routes(
                 raise ReadError(
                     503, f"partition {p} has only a standby copy on {config.endpoint}", retry=True
                 )
-        items = []
+        items: list[dict[str, Any]] = []
         for grain_key, state in view.store.grains_of_type(grain_type, prefix, after):
             if state.partition not in partitions:
                 continue
+            if len(items) >= limit:
+                return items, True
             row = rows[state.partition]
             items.append(
                 {
@@ -542,9 +552,7 @@ def add_query_routes(
                     "end_offset_age_s": _age(row),
                 }
             )
-            if len(items) >= limit:
-                break
-        return items
+        return items, False
 
     def local_rows() -> dict[str, Any]:
         return {
@@ -614,6 +622,11 @@ def add_query_routes(
     app.router.add_get("/grains/{grain_type}", scan, name="scan")
     app.router.add_get("/partitions", partitions, name="partitions")
     app.router.add_get("/openapi.json", openapi_json, name="openapi")
+
+
+def _cursor_after(items: list[dict[str, Any]], more: bool) -> str | None:
+    """The next page's cursor: None when the scan has no more items."""
+    return encode_cursor(items[-1]["grain_key"]) if more and items else None
 
 
 def _age(row: PartitionRow) -> float | None:

@@ -195,6 +195,14 @@ async def test_real_answers_match_the_document(app: tuple[App, TestClient[Any, A
     page = await c.check(client, scan, "/grains/acct?limit=1000", 200, headers=AUTH)
     assert len(page["items"]) == 3 and page["next_cursor"] is None
     assert any("shadowed_by_offset" in item for item in page["items"])
+    # a page that ends the scan exactly at its limit says so (no empty page after it)
+    page = await c.check(client, scan, "/grains/acct?limit=3", 200, headers=AUTH)
+    assert len(page["items"]) == 3 and page["next_cursor"] is None
+    page = await c.check(client, scan, "/grains/acct?limit=2", 200, headers=AUTH)
+    assert len(page["items"]) == 2 and page["next_cursor"]
+    # a fan-out's step (one worker's partitions) is a page like any other
+    step = await c.check(client, scan, "/grains/acct?limit=2&partitions=0", 200, headers=AUTH)
+    assert step["more"] == (step["next_cursor"] is not None)
     await c.check(client, scan, "/grains/acct?limit=0", 400, headers=AUTH)
     await c.check(client, scan, "/grains/acct?limit=1001", 400, headers=AUTH)
     await c.check(client, scan, "/grains/acct", 401)
