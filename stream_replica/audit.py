@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import sys
 import time
 from collections.abc import Callable
@@ -131,23 +132,56 @@ async def _read_last_records(
     return found
 
 
-def _rebuilt(
-    partition: int, last: dict[bytes, tuple[int, bytes | None]]
-) -> dict[GrainId, tuple[GrainState | None, Polled]]:
-    """What a rebuild from only these records (one per key) gives, with the record."""
-    result: dict[GrainId, tuple[GrainState | None, Polled]] = {}
-    for key, (offset, value) in last.items():
-        try:
-            decoded: Any = decode(key, value)
-        except ContractError as exc:
-            decoded = exc
-        record = Polled(partition, offset, key, value, decoded)
-        body = record.body
-        grain = body.grain
-        if grain is None:
-            continue  # an unparseable key names no grain
-        state = fold([record], {}).changes.get(grain)
-        result[grain] = (state, record)
+@dataclass(slots=True)
+class _Rebuild:
+    """What a rebuild gives one grain: ``states``, every outcome the order of its
+    partitions' records allows (one unless the grain has records on several partitions,
+    whose interleaving a rebuild does not fix), and the last record on each partition."""
+
+    states: list[GrainState | None]
+    records: dict[int, Polled]
+
+
+# A grain on more partitions than this (a producer that keyed it in many ways) is folded in
+# offset order only, not in every order.
+MAX_ORDERED_PARTITIONS = 4
+
+
+def rebuilt_grains(
+    found: dict[int, dict[bytes, tuple[int, bytes | None]]],
+) -> dict[GrainId, _Rebuild]:
+    """What a rebuild from only these records (the last of each key, per partition) gives.
+    A grain with records on several partitions (a key sent to another partition, or the
+    topic's partition count raised) is folded in every order of its partitions: the fold
+    keeps the higher sequence whatever the order, but an equal sequence or a tombstone
+    depends on which partition's record a rebuild reads last."""
+    records: dict[GrainId, dict[int, Polled]] = {}
+    for partition, last in found.items():
+        for key, (offset, value) in last.items():
+            try:
+                decoded: Any = decode(key, value)
+            except ContractError as exc:
+                decoded = exc
+            grain = decoded.grain
+            if grain is None:
+                continue  # an unparseable key names no grain
+            records.setdefault(grain, {})[partition] = Polled(
+                partition, offset, key, value, decoded
+            )
+    result: dict[GrainId, _Rebuild] = {}
+    for grain, on in records.items():
+        ordered = [on[p] for p in sorted(on)]
+        orders = (
+            itertools.permutations(ordered)
+            if 1 < len(ordered) <= MAX_ORDERED_PARTITIONS
+            else [sorted(ordered, key=lambda r: r.offset)]
+        )
+        states: list[GrainState | None] = []
+        for order in orders:
+            state = fold(order, {}).changes.get(grain)
+            if state not in states:
+                states.append(state)
+        result[grain] = _Rebuild(states, on)
     return result
 
 
@@ -200,34 +234,40 @@ async def audit(
     report = AuditReport()
     reasons = {"shadowed": 0, "missing": 0, "extra": 0, "differs": 0}
     skipped = 0
-    rebuilt: dict[GrainId, tuple[GrainState | None, Polled]] = {}
     later: set[GrainId] = set()
-    for partition, bucket in found.items():
-        rebuilt.update(_rebuilt(partition, bucket.last))
+    for bucket in found.values():
         for key in bucket.later_keys:
             with contextlib.suppress(ContractError):  # an unparseable key names no grain
                 later.add(parse_key(key))
-    for grain in sorted(set(stored) | {g for g, (s, _) in rebuilt.items() if s is not None}):
+    rebuilt = rebuilt_grains({p: bucket.last for p, bucket in found.items()})
+    no_rebuild = _Rebuild([None], {})
+    for grain in sorted(set(stored) | {g for g, r in rebuilt.items() if r.states != [None]}):
         if grain in later:
             skipped += 1
             continue
         mine = stored.get(grain)
-        theirs, record = rebuilt.get(grain, (None, None))
-        if mine == theirs:
+        rebuild = rebuilt.get(grain, no_rebuild)
+        if mine in rebuild.states:
             continue
+        theirs = rebuild.states[0]
         line: dict[str, Any] = {
             "grain_type": grain[0],
             "grain_key": grain[1],
             "store": state_json(mine),
             "rebuild": state_json(theirs),
         }
+        if len(rebuild.records) > 1:
+            # which of them a rebuild keeps depends on the order it reads the partitions in
+            line["on_partitions"] = sorted(rebuild.records)
+            line["rebuilds"] = [state_json(s) for s in rebuild.states]
+        record = None if mine is None else rebuild.records.get(mine.partition)
         if record is not None and mine is not None and record.offset > mine.offset:
             why = "shadowed"
             line["shadowed_by_offset"] = record.offset
             line["last_record"] = _record_kind(record, mine)
         elif mine is None:
             why = "missing"
-        elif theirs is None:
+        elif theirs is None and len(rebuild.states) == 1:
             why = "extra"
         else:
             why = "differs"
