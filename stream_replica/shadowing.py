@@ -70,6 +70,7 @@ class ShadowRepairs:
                     p in owned
                     and self._lag.is_caught_up(consumer, p, self._positions.next.get(p, -1))
                 ),
+                self._positions.next,
             )
             self._metrics.repairs.inc(repaired)
 
@@ -90,7 +91,9 @@ class ShadowRepairs:
             ):
                 items.append((grain, state))
         if items:
-            self._metrics.repairs.inc(await repairer.repair(sorted(items, key=lambda i: i[0])))
+            self._metrics.repairs.inc(
+                await repairer.repair(sorted(items, key=lambda i: i[0]), result.next_offsets)
+            )
 
 
 def log_shadowing(topic: str, result: FoldResult, repairing: bool) -> None:

@@ -502,6 +502,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.commits.schedule(consumer)
         if self._repairer is not None:
             self._repairer.forget(result.unshadowed)
+            if self._repairer.watching:
+                await self._repairer.read_back(batch, self.store)
             await self.repairs.repair_now(consumer, self._repairer, result)
 
     # --- rebalance: the listener's callbacks (rebalance.py does the work) ----------------------

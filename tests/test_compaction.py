@@ -8,13 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer
 
 from stream_replica import admin
 from stream_replica.contract import EntryType, GrainId, encode_key
 from stream_replica.fold import FoldCounts, GrainState
 from stream_replica.publisher import Publisher
-from stream_replica.repair import REPAIR_HEADER, repair_record
+from stream_replica.repair import REPAIR_HEADER, ShadowRepairer, repair_record
 from stream_replica.store import Checkpoint, ReplicaStore
 from tests.helpers import (
     InProcessWorker,
@@ -255,6 +256,58 @@ async def test_repair_converges_with_two_groups_and_a_concurrent_primary(
     await rebuilt.stop()
     audited = cli("audit", "--bootstrap-servers", kafka_bootstrap, "--db", str(tmp_path / "a"))
     assert audited.returncode == 0, audited.stdout + audited.stderr
+
+
+async def test_a_repair_that_follows_a_concurrent_deletion_restores_it(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    tmp_path: Path,
+    unique: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The primary deletes a shadowed grain between the worker's caught-up check and its
+    repair (injected: the tombstone is produced just before the repair is sent). The repair,
+    a FullState after a tombstone, starts the grain again; the worker re-publishes the
+    deletion, and the replica and the log end deleted."""
+    topic = await make_topic()
+    grain = ("acct", "doomed")
+    send = ShadowRepairer._send
+    deleted: list[int] = []
+
+    async def deleted_first(self: ShadowRepairer, key: bytes, value: bytes | None, *a: Any) -> int:
+        if value is not None and not deleted:  # the first repair: the primary deletes first
+            async with Publisher(kafka_bootstrap, topic) as p:
+                await p.publish_tombstone(*grain)
+            deleted.append(1)
+        return await send(self, key, value, *a)
+
+    monkeypatch.setattr(ShadowRepairer, "_send", deleted_first)
+    async with Publisher(kafka_bootstrap, topic) as p:
+        await p.publish_snapshot(*grain, b"s1", sequence=1)  # offset 0
+        await p.publish_snapshot("acct", "other", b"o1", sequence=1)  # 1
+        await p.flush()
+        await publish_unchecked(p, *grain, b"d2", 2, EntryType.DELTA)  # 2: shadows offset 0
+    worker = InProcessWorker(
+        kafka_bootstrap, topic, unique("g"), tmp_path / "db", repair_shadowed=True
+    ).start()
+
+    async def deleted_again() -> bool:
+        # tombstone (3), repair (4), the re-published deletion (5)
+        return await caught_up_to_end(kafka_bootstrap, topic, worker) and (
+            (await admin.end_offsets(kafka_bootstrap, topic, 1))[0] >= 6
+        )
+
+    await wait_until(deleted_again, 60, what="the deletion to be re-published")
+    assert worker.store.get(grain) is None
+    assert by_key(dict(worker.store.grains())) == {"other": (1, b"o1")}
+    records = [r for r in await log_records(kafka_bootstrap, topic) if r.key == encode_key(*grain)]
+    assert [r.value is None for r in records] == [False, False, True, False, True]
+    last = dict(records[-1].headers)
+    assert last[REPAIR_HEADER] == b"1"
+    assert last["stream-replica.repair-of-deletion-offset"] == str(records[2].offset).encode()
+    assert worker.worker._repairer is not None
+    assert worker.worker._repairer.deletions_restored == 1
+    await worker.stop()
 
 
 async def test_recreated_topic_or_new_partition_count_is_not_resumed(
