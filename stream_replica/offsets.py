@@ -86,8 +86,8 @@ def resume_from(
 async def past_control_records(
     consumer: AIOKafkaConsumer, topic: str, positions: Mapping[int, int], partitions: Iterable[int]
 ) -> dict[int, int]:
-    """After an empty poll, the partitions whose consumer position is past the store's next
-    offset, with that position. A transactional producer ends each transaction with a control
+    """After a poll (empty, or with records already applied to ``positions``), the partitions
+    whose consumer position is past the store's next offset, with that position. A transactional producer ends each transaction with a control
     record (a commit or abort marker) that getmany steps over without returning it (aborted
     records too): without this the store's next offset stays before the last one and the
     partition is never caught up (lag 1 forever, no repairs, the tombstone-retention clock
@@ -107,6 +107,27 @@ async def past_control_records(
         if position > held:
             moved[partition] = position
     return moved
+
+
+# A poll's partition this close to its end offset is checked for markers after its records.
+NEAR_END: Final = 1_000
+
+
+async def past_trailing_markers(
+    consumer: AIOKafkaConsumer, topic: str, next_offsets: dict[int, int]
+) -> None:
+    """Move a poll's ``next_offsets`` (its records applied) past the control records the
+    consumer stepped over after them, for partitions a little short of their end offset: a
+    commit marker after a poll's last record (a transactional producer writing all the time,
+    so no poll comes back empty) would keep them one short for good, never caught up. Far
+    from the end (a catch-up) the next polls read on, and the position is not asked for."""
+    near = []
+    for partition, next_offset in next_offsets.items():
+        end = consumer.highwater(TopicPartition(topic, partition))
+        if end is not None and 0 < end - next_offset <= NEAR_END:
+            near.append(partition)
+    if near:
+        next_offsets.update(await past_control_records(consumer, topic, next_offsets, near))
 
 
 def caught_up_since(next_offset: int, end: EndOffset | None, now_ms: int) -> int | None:

@@ -33,6 +33,7 @@ from stream_replica.offsets import (
     caught_up_since,
     end_offset,
     past_control_records,
+    past_trailing_markers,
     resume_from,
 )
 from stream_replica.ownership import now_ms
@@ -214,6 +215,7 @@ class StandbyFollower:
         # Refused records are logged and dead-lettered by the active owner, not twice.
         if result.rejected:
             log.debug("standby: %d refused records left to the active owner", len(result.rejected))
+        await past_trailing_markers(consumer, self.topic, result.next_offsets)
         checkpoints = advance(
             result.next_offsets,
             lambda p: self._end(consumer, p),

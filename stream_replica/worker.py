@@ -59,6 +59,7 @@ from stream_replica.offsets import (
     advance,
     end_offset,
     past_control_records,
+    past_trailing_markers,
 )
 from stream_replica.ownership import NEWCOMER_WINDOW_S as NEWCOMER_WINDOW_S
 from stream_replica.ownership import DuplicateInstanceCheck, Ownership, fenced_line, is_fenced
@@ -472,6 +473,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             if self._dlq is not None:
                 await self._dlq.send(result.rejected)
                 self.metrics.dlq_sends.inc(len(result.rejected))
+        await past_trailing_markers(consumer, self.topic, result.next_offsets)
         checkpoints = advance(
             result.next_offsets,
             lambda p: end_offset(consumer, TopicPartition(self.topic, p)),

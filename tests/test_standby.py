@@ -54,6 +54,9 @@ class ScriptedConsumer:
     def highwater(self, tp: TopicPartition) -> int:
         return len(self.log[tp.partition])
 
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp]
+
     def last_poll_timestamp(self, tp: TopicPartition) -> int:
         return time.time_ns() // 1_000_000  # every call "fetches": the end is always fresh
 
@@ -118,4 +121,35 @@ async def test_batch_fetched_across_a_refollow_is_neither_lost_nor_doubled(
     # Every record applied exactly once: a dropped batch is read again from the store's position.
     assert follower.counts.records == sum(expected.values())
     assert follower.lags() == dict.fromkeys(expected, 0)
+    store.close()
+
+
+class MarkedConsumer(ScriptedConsumer):
+    """Its log ends with a commit marker (offset 3) that getmany steps over with the records
+    before it, as aiokafka does: the position is past the marker, the records end before."""
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return 4
+
+    async def position(self, tp: TopicPartition) -> int:
+        return 4
+
+
+async def test_a_poll_followed_by_a_commit_marker_leaves_the_standby_past_it(
+    tmp_path: Path,
+) -> None:
+    """A transactional producer writing all the time: no poll comes back empty, so the
+    marker after a poll's records must be stepped over with them (the copy stayed one short
+    of the end for good: never caught up)."""
+    store = ReplicaStore(tmp_path / "db", TOPIC)
+    follower = StandbyFollower(
+        WorkerSettings(db=tmp_path / "db", topic=TOPIC), store, asyncio.Lock()
+    )
+    consumer = MarkedConsumer({0: []})
+    follower._consumer = consumer  # type: ignore[assignment]
+    follower._partitions = frozenset({0})
+    batch = {TopicPartition(TOPIC, 0): [record(o, f"k{o}", 1) for o in range(3)]}
+    await follower._apply(consumer, batch)  # type: ignore[arg-type]
+    assert store.checkpoints()[0].next_offset == 4
+    assert follower.lags() == {0: 0}
     store.close()

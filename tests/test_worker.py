@@ -4,6 +4,7 @@ test_cluster.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -990,6 +991,49 @@ async def test_a_transactional_producers_log_is_caught_up_and_aborted_records_ne
 
         await wait_until(committed, 30, 0.2, what="offset 6 committed")
     finally:
+        await worker.stop()
+
+
+async def test_a_transactional_producer_writing_all_the_time_leaves_the_worker_caught_up(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    """Transactions back to back: every poll ends with records and the commit marker after
+    them is stepped over, no poll comes back empty. The partition must still catch up (its
+    next offset past the marker); it stayed one short for good, so reads of it were refused
+    as "being rebuilt (1 records left)" for as long as the producer wrote."""
+    from aiokafka import AIOKafkaProducer
+
+    topic = await make_topic(partitions=1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=unique("tx"))
+    await producer.start()
+    writing = asyncio.Event()
+    written = 0
+
+    async def write_all_the_time() -> None:
+        nonlocal written
+        while True:
+            async with producer.transaction():
+                for i in range(5):
+                    written += 1
+                    await producer.send(topic, **_transactional_record(0, f"g{i}", written))
+            writing.set()
+
+    task = asyncio.create_task(write_all_the_time())
+    worker = InProcessWorker(kafka_bootstrap, topic, unique("g"), tmp_path / "db").start()
+    try:
+        await asyncio.wait_for(writing.wait(), 30)
+
+        async def caught_up_while_writing() -> bool:
+            assert not task.done(), task
+            row = worker.worker.partition_rows().get(0)
+            return row is not None and row.caught_up and written > 100
+
+        await wait_until(caught_up_while_writing, 30, 0.05, what="caught up while writing")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await producer.stop()
         await worker.stop()
 
 
