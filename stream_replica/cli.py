@@ -540,11 +540,35 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------
 
 
+# An option that looks like it takes a secret, however misspelt or abbreviated (argparse
+# echoes what it refuses: `--sasl-pasword S` as an unrecognized argument, `--sasl-pass=S`
+# as an ambiguous option, `get --sasl-password S` where get takes none).
+_SECRET_OPTION: Final = re.compile(r"-[-\w]*(pas|pw|secret|token|cred)", re.IGNORECASE)
+
+
+def _secret_values(argv: Sequence[str]) -> list[str]:
+    """The values given to options that look like they take a secret: never echoed."""
+    found = []
+    for i, token in enumerate(argv):
+        name, eq, value = token.partition("=")
+        if not _SECRET_OPTION.match(name):
+            continue
+        if eq:
+            found.append(value)
+        elif i + 1 < len(argv):
+            found.append(argv[i + 1])
+    return sorted({v for v in found if v}, key=len, reverse=True)
+
+
 class _Parser(argparse.ArgumentParser):
     """Refuses bad arguments with the one line every other refusal is (argparse prints the
-    whole usage first: 16 lines for publish)."""
+    whole usage first: 16 lines for publish), with the values of secret options hidden."""
+
+    hidden: tuple[str, ...] = ()  # set by main(): the values never to echo
 
     def error(self, message: str) -> NoReturn:
+        for value in self.hidden:
+            message = message.replace(value, "***")
         fail(f"{message} (`{self.prog} --help` lists the options)")
         self.exit(2)
 
@@ -768,6 +792,7 @@ def _early_log_format(argv: Sequence[str] | None) -> logs.LogFormat:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logs.configure("INFO", _early_log_format(argv))
+    _Parser.hidden = tuple(_secret_values(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.configure(args.log_level, args.log_format)

@@ -298,3 +298,26 @@ def test_a_store_failing_while_the_worker_runs_is_exit_1(
     code = main(["run", "--topic", "t", "--db", str(tmp_path / "db")])
     assert code == 1
     assert capfd.readouterr().err.strip().endswith("IO error: No space left")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["get", "--db", "x", "a", "b", "--sasl-password", "hunter2-SECRET"],  # get takes none
+        ["dump", "--db", "x", "--sasl-password=hunter2-SECRET"],
+        ["topic", "describe", "--sasl-pasword", "hunter2-SECRET"],  # misspelt
+        ["run", "--db", "x", "--sasl-pass=hunter2-SECRET"],  # ambiguous abbreviation
+        ["--ssl-key-password", "hunter2-SECRET", "run"],  # before the command
+    ],
+)
+def test_a_refused_argument_line_never_echoes_a_secret(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """argparse's refusals quote what they refuse: the value of a password flag too."""
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("stream-replica: "), err
+    assert "hunter2" not in err and "SECRET" not in err, err
+    assert "***" in err, err
