@@ -69,7 +69,12 @@ async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> No
     for host, port in parse_bootstrap_servers(settings.bootstrap_servers):
         try:
             conn = await connect(settings, host, port, timeout_s, context)
-        except (SaslAuthenticationFailed, UnsupportedSaslMechanismError) as exc:
+        except UnsupportedSaslMechanismError:
+            # Not the credentials (aiokafka's text is then only the connection's repr).
+            raise KafkaAccessError(
+                await _mechanism_refused(settings, host, port, context, timeout_s)
+            ) from None
+        except SaslAuthenticationFailed as exc:
             raise KafkaAccessError(
                 f"SASL authentication failed at {host}:{port} for user "
                 f"{settings.sasl_username!r} ({settings.sasl_mechanism}): check the user name "
@@ -129,6 +134,23 @@ async def preflight(settings: ConnectionSettings, timeout_s: float = 10.0) -> No
                 raise KafkaAccessError(_wants_sasl(settings, host, port, answer.mechanisms))
             return
     raise _unavailable(settings, failures, unresolved)
+
+
+async def _mechanism_refused(
+    settings: ConnectionSettings,
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+    timeout_s: float,
+) -> str:
+    """A listener that does not enable our SASL mechanism: which ones it does."""
+    mechanisms = await listener.sasl_mechanisms(host, port, context, timeout_s)
+    enabled = f"it enables {', '.join(mechanisms)}" if mechanisms else "it would not say which"
+    return (
+        f"the broker at {host}:{port} does not enable the SASL mechanism "
+        f"{settings.sasl_mechanism} ({enabled}): set {option_label('sasl_mechanism')} to one "
+        "it enables"
+    )
 
 
 async def _silent(host: str, port: int, timeout_s: float) -> str:

@@ -158,6 +158,32 @@ async def plain_protocol(
     return ("SASL_PLAINTEXT", answer.mechanisms) if answer.takes_sasl else ("PLAINTEXT", ())
 
 
+async def sasl_mechanisms(
+    host: str, port: int, context: ssl.SSLContext | None, timeout_s: float
+) -> tuple[str, ...] | None:
+    """The SASL mechanisms the listener enables, asked without authenticating (over TLS with
+    ``context``, the client's own); None if it would not say."""
+    try:
+        conn = await asyncio.wait_for(
+            create_conn(
+                host,
+                port,
+                ssl_context=context,
+                security_protocol="PLAINTEXT" if context is None else "SSL",
+                request_timeout_ms=int(timeout_s * 1000),
+            ),
+            timeout_s,
+        )
+    except Exception:
+        log.debug("SASL mechanisms probe: no ApiVersions answer", exc_info=True)
+        return None
+    try:
+        answer = await ask_sasl(conn, timeout_s)
+    finally:
+        conn.close()
+    return answer.mechanisms if answer is not None and answer.takes_sasl else None
+
+
 def _api_versions_request() -> bytes:
     """A Kafka ApiVersions v0 request frame: api key 18, version 0, correlation id 1, client
     id "stream-replica-probe", no body; any broker answers it before authentication."""

@@ -113,6 +113,24 @@ def test_wrong_password_is_one_line_within_seconds(
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.parametrize("listener", ["SASL_SSL", "SASL_PLAINTEXT"])
+def test_a_sasl_mechanism_the_broker_does_not_enable_is_named_as_such(
+    secure: SecureBroker, listener: str
+) -> None:
+    """The broker enables SCRAM only: PLAIN was reported as a wrong user name or password,
+    with aiokafka's connection repr as the reason."""
+    env = {**secure.client_env("replica"), "STREAM_REPLICA_SASL_MECHANISM": "PLAIN"}
+    if listener == "SASL_PLAINTEXT":
+        env |= {"KAFKA_BOOTSTRAP_SERVERS": secure.sasl_plaintext}
+        env |= {"STREAM_REPLICA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}
+        del env["STREAM_REPLICA_SSL_CAFILE"]
+    result = cli("topic", "describe", "--topic", TOPIC, env=env)
+    one_line_failure(result, "does not enable the SASL mechanism PLAIN")
+    assert "SCRAM-SHA-256" in result.stderr and "SCRAM-SHA-512" in result.stderr
+    assert "--sasl-mechanism" in result.stderr
+    assert "password" not in result.stderr and "AIOKafkaConnection" not in result.stderr
+
+
 def test_untrusted_certificate_is_one_line(secure: SecureBroker) -> None:
     env = {
         **secure.client_env("replica"),
