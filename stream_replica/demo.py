@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from stream_replica import admin
+from stream_replica.clients import start_client
 from stream_replica.contract import ContractError, Entry, GrainId, Tombstone, decode
 from stream_replica.errors import ConfigurationError
 from stream_replica.fold import FoldCounts, GrainState, Polled, fold
@@ -330,8 +331,9 @@ async def _verify(
 ) -> tuple[int, int, tuple[GrainId, Path] | None]:
     """Fold each partition's whole log and compare with the store that holds the partition."""
     by_partition: dict[int, list[Polled]] = {p: [] for p in ends}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
+    settings = admin.connection(bootstrap_servers)  # (TLS and SASL from the environment)
+    consumer = AIOKafkaConsumer(**settings.options("consumer"), enable_auto_commit=False)
+    await start_client(settings, consumer)
     try:
         tps = [TopicPartition(topic, p) for p in ends]
         consumer.assign(tps)

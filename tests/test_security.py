@@ -606,3 +606,15 @@ def test_topic_create_on_a_misadvertised_broker_ends_before_the_request_timeout(
     one_line_failure(result, "advertises no broker reachable from here")
     assert result.returncode == 2, result.stderr[-2000:]
     assert elapsed < 20, elapsed  # the request timeout is 30 s
+
+
+def test_the_demo_runs_over_sasl_ssl(secure: SecureBroker, tmp_path: Path) -> None:
+    """Its topics, workers, producer and lag checks took TLS and SASL from the environment,
+    its final check of the replicas against the log did not: it ended with
+    "KafkaConnectionError: ... Unable to bootstrap" (exit 1) and an unclosed consumer."""
+    env = secure.client_env("replica")
+    result = cli(
+        "demo", "--grains", "20", "--workers", "1", "--workdir", str(tmp_path / "demo"), env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "verified:" in result.stderr and "Unclosed" not in result.stderr
