@@ -276,8 +276,7 @@ class ConnectionSettings(BaseSettings):
                     f"give the SASL password once: {option_label('sasl_password')} or "
                     f"{option_label('sasl_password_file')}, not both"
                 )
-            secret = self.sasl_password_file.read_text(encoding="utf-8").rstrip("\r\n")
-            self.sasl_password = SecretStr(secret)
+            self.sasl_password = SecretStr(_read_secret(self.sasl_password_file))
         if sasl:
             missing = [
                 label
@@ -413,6 +412,21 @@ class ConnectionSettings(BaseSettings):
         """For logs: never the password."""
         who = f" as {self.sasl_username} ({self.sasl_mechanism})" if self.sasl_username else ""
         return f"{self.bootstrap_servers} over {self.security_protocol}{who}"
+
+
+def _read_secret(path: Path) -> str:
+    """The password in ``path`` (trailing newline ignored), or ValueError naming the option
+    and the file; never anything of the content (a decoding error quotes a byte of it)."""
+    label = option_label("sasl_password_file")
+    try:
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"{label}: cannot read {path} ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{label}: {path} is not UTF-8 text") from None
+    if not secret:
+        raise ValueError(f"{label}: {path} is empty")
+    return secret
 
 
 class _KeyEncryptedError(Exception):

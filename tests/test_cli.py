@@ -321,3 +321,24 @@ def test_a_refused_argument_line_never_echoes_a_secret(
     assert err.count("\n") == 1 and err.startswith("stream-replica: "), err
     assert "hunter2" not in err and "SECRET" not in err, err
     assert "***" in err, err
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"), [(b"hunter2-SECRET\xff\n", "is not UTF-8 text"), (b"\n", "is empty")]
+)
+def test_a_password_file_that_cannot_be_used_is_refused_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, content: bytes, expected: str
+) -> None:
+    """A file not in UTF-8 was "configuration error: 'utf-8' codec can't decode byte 0xff in
+    position 14" (no option named, a byte of the secret quoted); an unreadable one exit 1
+    with "PermissionError: ..."; an empty one went to the broker as an empty password."""
+    secret = tmp_path / "password"
+    secret.write_bytes(content)
+    line = refused(
+        capsys, "topic", "describe", "--security-protocol", "SASL_PLAINTEXT",
+        "--sasl-mechanism", "PLAIN", "--sasl-username", "u", "--sasl-password-file", str(secret),
+    )  # fmt: skip
+    assert line == (
+        "stream-replica: configuration error: --sasl-password-file "
+        f"(env STREAM_REPLICA_SASL_PASSWORD_FILE): {secret} {expected}"
+    )
