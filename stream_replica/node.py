@@ -51,8 +51,10 @@ def advertised(settings: WorkerSettings, host: str, port: int) -> str:
 def read_token(path: Path) -> str:
     try:
         token = path.read_text("utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ConfigurationError(f"--http-token-file {path}: cannot read it ({exc})") from None
+    except UnicodeDecodeError:  # (its text quotes a byte of the token)
+        raise ConfigurationError(f"--http-token-file {path}: not UTF-8 text") from None
     if not token:
         raise ConfigurationError(f"--http-token-file {path}: the file is empty")
     return token
