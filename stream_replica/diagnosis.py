@@ -180,6 +180,9 @@ def _wants_sasl(
 
 # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH: the CA is trusted, the name is not in the certificate.
 _HOSTNAME_MISMATCH: Final = 62
+# X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED: a certificate in the broker's
+# chain is outside its validity (another --ssl-cafile would not help).
+_OUT_OF_DATE: Final = frozenset({9, 10})
 # The alerts a mutual-TLS listener refuses a client certificate (or the lack of one) with:
 # Java's (Kafka's) bad_certificate for none and certificate_unknown for an untrusted one,
 # TLS 1.3's certificate_required, and what other TLS stacks send.
@@ -202,6 +205,12 @@ def _untrusted(host: str, port: int, exc: ssl.SSLCertVerificationError) -> str:
             f"TLS: the certificate of {host}:{port} does not name that host "
             f"({exc.verify_message}): connect by a host name or address it holds, or turn "
             "the check off with --no-ssl-check-hostname"
+        )
+    if exc.verify_code in _OUT_OF_DATE:
+        return (
+            f"TLS: the certificate of {host}:{port} is not valid now ({exc.verify_message}): "
+            "the broker's certificate (or its CA's) must be renewed, or this host's clock is "
+            "wrong"
         )
     return (
         f"TLS: the certificate of {host}:{port} is not trusted ({exc.verify_message}); "

@@ -4,7 +4,9 @@ kind of failure, an outage never taken for a misconfiguration."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -114,4 +116,61 @@ async def test_a_silent_listener_is_told_apart_from_no_connection(silent_listene
     assert str(unavailable.value).startswith(
         f"no Kafka broker answered at {silent_listener} over PLAINTEXT (the connection was "
         "accepted, but no Kafka answer came within 1 s: is it a Kafka listener"
+    )
+
+
+def _expired_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate valid on 1-2 January 2020 only, and its key."""
+    (directory / "ca.cnf").write_text(
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n"
+        "default_md = sha256\npolicy = p\n[p]\ncommonName = supplied\n"
+    )
+    (directory / "index.txt").write_text("")
+    (directory / "serial").write_text("01\n")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl(
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-subj", "/CN=old", "-keyout", "old.key", "-out", "old.csr",
+    )  # fmt: skip
+    openssl(
+        "ca", "-batch", "-config", "ca.cnf", "-selfsign", "-keyfile", "old.key", "-in",
+        "old.csr", "-startdate", "20200101000000Z", "-enddate", "20200102000000Z",
+        "-out", "old.pem",
+    )  # fmt: skip
+    return directory / "old.pem", directory / "old.key"
+
+
+async def test_an_expired_broker_certificate_is_named_as_such(tmp_path: Path) -> None:
+    """It was "not trusted (certificate has expired); check --ssl-cafile": the CA file is
+    right, the certificate needs renewing."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not found")
+    cert, key = _expired_certificate(tmp_path)
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        settings = ConnectionSettings(
+            bootstrap_servers=f"127.0.0.1:{port}",
+            security_protocol="SSL",
+            ssl_cafile=cert,
+            ssl_check_hostname=False,  # (it names no host)
+        )
+        with pytest.raises(KafkaAccessError) as refused:
+            await preflight(settings, timeout_s=5)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert str(refused.value) == (
+        f"TLS: the certificate of 127.0.0.1:{port} is not valid now (certificate has "
+        "expired): the broker's certificate (or its CA's) must be renewed, or this host's "
+        "clock is wrong"
     )
