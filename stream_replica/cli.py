@@ -121,10 +121,9 @@ async def cmd_topic_create(args: argparse.Namespace) -> int:
             info.configs.get("cleanup.policy"),
         )
         return 0
-    print(
-        f"stream-replica: topic {s.topic!r} already exists with {'; '.join(differences)}; "
-        "left unchanged (topic create never alters an existing topic)",
-        file=sys.stderr,
+    fail(
+        f"topic {s.topic!r} already exists with {'; '.join(differences)}; "
+        "left unchanged (topic create never alters an existing topic)"
     )
     return 3
 
@@ -196,7 +195,8 @@ async def cmd_publish(args: argparse.Namespace) -> int:
                         sent += 1
                     except (ValueError, KeyError, TypeError, ContractError) as exc:
                         bad_lines += 1
-                        print(f"stream-replica: stdin line {line_number}: {exc}", file=sys.stderr)
+                        refused = f"stdin line {line_number}: {exc}"
+                        print(logs.fatal_line(refused, logging.ERROR), file=sys.stderr)
             except LineTooLongError as exc:
                 bad_lines += 1
                 too_long = exc.line_number

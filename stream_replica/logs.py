@@ -60,14 +60,14 @@ def configure(level: str, log_format: LogFormat = "human") -> None:
     handler.addFilter(LibraryRepeats())
 
 
-def fatal_line(message: str) -> str:
+def fatal_line(message: str, level: int = logging.CRITICAL) -> str:
     """The one line a command ends with on stderr: ``stream-replica: <message>``, or with
     JSON logs a JSON line like the others (level CRITICAL), so a log pipeline keeps the
-    reason a worker ended."""
+    reason a worker ended. ``level``: for a refusal the command goes on after (ERROR)."""
     text = " ".join(message.split())  # one line, whatever the exception's text holds
     if _configured != "json":
         return f"stream-replica: {text}"
-    record = logging.LogRecord("stream_replica", logging.CRITICAL, "", 0, text, None, None)
+    record = logging.LogRecord("stream_replica", level, "", 0, text, None, None)
     return _json_formatter().format(record)
 
 

@@ -618,3 +618,29 @@ def test_the_demo_runs_over_sasl_ssl(secure: SecureBroker, tmp_path: Path) -> No
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "verified:" in result.stderr and "Unclosed" not in result.stderr
+
+
+def test_json_logs_keep_the_lines_of_refusals_a_command_goes_on_after(
+    secure: SecureBroker,
+) -> None:
+    """`topic create` finding the topic different (exit 3) and `publish` refusing a stdin line
+    wrote "stream-replica: ..." lines among the JSON ones."""
+    env = secure.client_env("replica")
+    created = cli("topic", "create", "--topic", "json-lines", "--partitions", "1", env=env)
+    assert created.returncode == 0, created.stderr
+    differs = cli(
+        "--log-format", "json", "topic", "create", "--topic", "json-lines", "--partitions", "2",
+        env=env,
+    )  # fmt: skip
+    assert differs.returncode == 3, differs.stderr
+    [line] = differs.stderr.splitlines()
+    assert json.loads(line)["level"] == "CRITICAL"
+    assert "already exists with 1 partitions (asked 2)" in json.loads(line)["message"]
+    published = cli(
+        "--log-format", "json", "publish", "--topic", "json-lines", env=env,
+        input='{"grain_type": "a", "grain_key": "k", "payload": "!!"}\n',
+    )  # fmt: skip
+    assert json.loads(published.stdout)["rejected_lines"] == 1, published.stderr
+    [line] = published.stderr.splitlines()
+    assert json.loads(line)["level"] == "ERROR"
+    assert json.loads(line)["message"].startswith("stdin line 1: field 'payload'")
