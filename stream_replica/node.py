@@ -60,6 +60,14 @@ def read_token(path: Path) -> str:
     return token
 
 
+class _KeyEncryptedError(Exception):
+    """--http-tls-key needs a password (there is no option for one)."""
+
+
+def _no_key_password() -> str:
+    raise _KeyEncryptedError
+
+
 def tls_contexts(settings: WorkerSettings) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
     """(server context, client context for forwarding); (None, None) without TLS."""
     cert, key = settings.http_tls_cert, settings.http_tls_key
@@ -69,7 +77,14 @@ def tls_contexts(settings: WorkerSettings) -> tuple[ssl.SSLContext | None, ssl.S
         raise ConfigurationError("--http-tls-cert and --http-tls-key go together")
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        server.load_cert_chain(cert, key)
+        # A password callback, or OpenSSL asks for an encrypted key's on the terminal (a
+        # worker started from one waited there; without one: "[Errno 22] Invalid argument").
+        server.load_cert_chain(cert, key, _no_key_password)
+    except _KeyEncryptedError:
+        raise ConfigurationError(
+            f"--http-tls-key {key} is encrypted: give the key unencrypted (PEM), readable "
+            "by this process only"
+        ) from None
     except (OSError, ssl.SSLError) as exc:
         raise ConfigurationError(
             f"--http-tls-cert {cert} / --http-tls-key {key}: cannot load them ({exc})"
