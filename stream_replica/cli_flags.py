@@ -2,9 +2,10 @@
 
 Each pydantic field becomes ``--field-name`` with the field's description as help, a type
 and choices from its annotation, and no default of its own (``None``), so pydantic-settings
-can layer flags > environment (``STREAM_REPLICA_<FIELD>``) > model defaults. Secrets are
-accepted as flags but their help says to prefer the environment or a file, and no default
-is ever shown.
+can layer flags > environment (``STREAM_REPLICA_<FIELD>``) > model defaults. Secrets
+(``SecretStr`` fields) come from the environment or a file only: their flag exists, hidden, to
+refuse the value in one line (never echoed) and say where to put it instead, since a command
+line shows in ``ps``, ``/proc/PID/cmdline`` and shell history.
 """
 
 from __future__ import annotations
@@ -42,9 +43,33 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# Settings that are secrets: no command-line value (see the module docstring); each has a
+# ``<name>_file`` setting beside it.
+SECRETS: frozenset[str] = frozenset({"sasl_password", "ssl_key_password"})
+
+
 def option_label(name: str) -> str:
-    """How an error names the setting ``name``: ``--ssl-cafile (env STREAM_REPLICA_SSL_CAFILE)``."""
+    """How an error names the setting ``name``: ``--ssl-cafile (env STREAM_REPLICA_SSL_CAFILE)``
+    (a secret: ``env STREAM_REPLICA_SASL_PASSWORD or --sasl-password-file``)."""
+    if name in SECRETS:
+        return f"env {env_name(name)} or {flag_name(name + '_file')}"
     return f"{flag_name(name)} (env {env_name(name)})"
+
+
+class _SecretFlag(argparse.Action):
+    """A secret given on the command line: refused without echoing it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{self.option_strings[0]}: a secret is not taken on the command line (ps and "
+            f"shell history show it); use {option_label(self.dest)}"
+        )
 
 
 def _shown_default(default: Any) -> str:
@@ -89,7 +114,8 @@ def add_model_flags(
         elif annotation is Path:
             options["metavar"] = "PATH"
         if annotation is SecretStr:
-            text = f"{text} (secret: prefer env {env}; never shown)"
+            parser.add_argument(flag, dest=name, action=_SecretFlag, help=argparse.SUPPRESS)
+            continue
         else:
             if info.is_required():
                 shown = "; required"

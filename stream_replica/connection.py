@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from stream_replica.cli_flags import option_label
+from stream_replica.cli_flags import env_name, option_label
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +206,12 @@ class ConnectionSettings(BaseSettings):
     )
     sasl_username: str | None = Field(default=None, description="SASL user name")
     sasl_password: SecretStr | None = Field(
-        default=None,
-        description="SASL password, or use --sasl-password-file",
+        default=None, description="SASL password (environment only; or --sasl-password-file)"
     )
     sasl_password_file: Path | None = Field(
-        default=None, description="file holding the SASL password (trailing newline ignored)"
+        default=None,
+        description="file holding the SASL password (trailing newline ignored); or the "
+        "password itself in env STREAM_REPLICA_SASL_PASSWORD, never a flag",
     )
     ssl_cafile: Path | None = Field(
         default=None, description="CA bundle that signed the brokers' certificates (PEM)"
@@ -218,7 +219,15 @@ class ConnectionSettings(BaseSettings):
     ssl_certfile: Path | None = Field(default=None, description="client certificate (mutual TLS)")
     ssl_keyfile: Path | None = Field(default=None, description="client private key (mutual TLS)")
     ssl_key_password: SecretStr | None = Field(
-        default=None, description="password of an encrypted --ssl-keyfile"
+        default=None,
+        description="password of an encrypted --ssl-keyfile (environment only; or "
+        "--ssl-key-password-file)",
+    )
+    ssl_key_password_file: Path | None = Field(
+        default=None,
+        description="file holding the password of an encrypted --ssl-keyfile (trailing "
+        "newline ignored); or the password itself in env STREAM_REPLICA_SSL_KEY_PASSWORD, "
+        "never a flag",
     )
     ssl_check_hostname: bool = Field(
         default=True, description="verify that the broker certificate names the host"
@@ -257,7 +266,9 @@ class ConnectionSettings(BaseSettings):
                 raise ValueError(f"not a JSON list of NAME=VALUE strings ({exc})") from None
         return text.split()
 
-    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_password_file")
+    @field_validator(
+        "ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_password_file", "ssl_key_password_file"
+    )
     @classmethod
     def _readable(cls, path: Path | None) -> Path | None:
         if path is not None and not path.is_file():
@@ -273,20 +284,28 @@ class ConnectionSettings(BaseSettings):
         if self.sasl_password_file is not None:
             if self.sasl_password is not None:
                 raise ValueError(
-                    f"give the SASL password once: {option_label('sasl_password')} or "
+                    f"give the SASL password once: env {env_name('sasl_password')} or "
                     f"{option_label('sasl_password_file')}, not both"
                 )
-            self.sasl_password = SecretStr(_read_secret(self.sasl_password_file))
+            self.sasl_password = SecretStr(
+                _read_secret(self.sasl_password_file, "sasl_password_file")
+            )
+        if self.ssl_key_password_file is not None:
+            if self.ssl_key_password is not None:
+                raise ValueError(
+                    f"give the key's password once: env {env_name('ssl_key_password')} or "
+                    f"{option_label('ssl_key_password_file')}, not both"
+                )
+            self.ssl_key_password = SecretStr(
+                _read_secret(self.ssl_key_password_file, "ssl_key_password_file")
+            )
         if sasl:
             missing = [
                 label
                 for label, value in (
                     (option_label("sasl_mechanism"), self.sasl_mechanism),
                     (option_label("sasl_username"), self.sasl_username),
-                    (
-                        "--sasl-password-file or env STREAM_REPLICA_SASL_PASSWORD",
-                        self.sasl_password,
-                    ),
+                    (option_label("sasl_password"), self.sasl_password),
                 )
                 if value is None
             ]
@@ -303,6 +322,8 @@ class ConnectionSettings(BaseSettings):
                 )
         tls = self.security_protocol in ("SSL", "SASL_SSL")
         given = _given(self, "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
+        if self.ssl_key_password_file is not None and given:  # (its content is in the password)
+            given[-1] = option_label("ssl_key_password_file")
         if not tls and given:
             raise ValueError(
                 f"{_and(given)} given, but {protocol} (env STREAM_REPLICA_SECURITY_PROTOCOL): "
@@ -365,7 +386,7 @@ class ConnectionSettings(BaseSettings):
         except _KeyEncryptedError:
             raise ValueError(
                 f"{option_label('ssl_keyfile')}: {keyfile} is encrypted; give its password "
-                "with --ssl-key-password or env STREAM_REPLICA_SSL_KEY_PASSWORD"
+                f"in {option_label('ssl_key_password')}"
             ) from None
         except (OSError, ssl.SSLError) as exc:
             if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
@@ -414,10 +435,10 @@ class ConnectionSettings(BaseSettings):
         return f"{self.bootstrap_servers} over {self.security_protocol}{who}"
 
 
-def _read_secret(path: Path) -> str:
+def _read_secret(path: Path, setting: str) -> str:
     """The password in ``path`` (trailing newline ignored), or ValueError naming the option
     and the file; never anything of the content (a decoding error quotes a byte of it)."""
-    label = option_label("sasl_password_file")
+    label = option_label(setting)
     try:
         secret = path.read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:

@@ -28,12 +28,12 @@ def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
         (
             ["--security-protocol", "SASL_PLAINTEXT", "--sasl-username", "u"],
             "--security-protocol is SASL_PLAINTEXT, which needs --sasl-mechanism "
-            "(env STREAM_REPLICA_SASL_MECHANISM) and --sasl-password-file or env "
-            "STREAM_REPLICA_SASL_PASSWORD",
+            "(env STREAM_REPLICA_SASL_MECHANISM) and env STREAM_REPLICA_SASL_PASSWORD or "
+            "--sasl-password-file",
         ),
         (
-            ["--sasl-password", "pw"],
-            "--sasl-password (env STREAM_REPLICA_SASL_PASSWORD) given, but --security-protocol "
+            ["--sasl-username", "u"],
+            "--sasl-username (env STREAM_REPLICA_SASL_USERNAME) given, but --security-protocol "
             "is PLAINTEXT (env STREAM_REPLICA_SECURITY_PROTOCOL)",
         ),
         (["--kafka-option", "no_such=1"], "configuration error: --kafka-option no_such: not a"),
@@ -301,6 +301,32 @@ def test_a_store_failing_while_the_worker_runs_is_exit_1(
 
 
 @pytest.mark.parametrize(
+    ("flag", "where"),
+    [
+        ("--sasl-password", "env STREAM_REPLICA_SASL_PASSWORD or --sasl-password-file"),
+        ("--ssl-key-password", "env STREAM_REPLICA_SSL_KEY_PASSWORD or --ssl-key-password-file"),
+    ],
+)
+def test_a_secret_is_never_taken_on_the_command_line(
+    capsys: pytest.CaptureFixture[str], flag: str, where: str
+) -> None:
+    """ps, /proc/PID/cmdline and shell history show a command line: secrets come from the
+    environment or a file only."""
+    for argv in (["run", flag, "hunter2-SECRET"], ["topic", "describe", f"{flag}=hunter2-SECRET"]):
+        with pytest.raises(SystemExit) as caught:
+            main(argv)
+        assert caught.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "hunter2" not in err, err
+        assert f"{flag}: a secret is not taken on the command line" in err, err
+        assert f"use {where}" in err, err
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"{flag}-file PATH" in help_text and f"{flag} " not in help_text
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ["get", "--db", "x", "a", "b", "--sasl-password", "hunter2-SECRET"],  # get takes none
@@ -320,7 +346,7 @@ def test_a_refused_argument_line_never_echoes_a_secret(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("stream-replica: "), err
     assert "hunter2" not in err and "SECRET" not in err, err
-    assert "***" in err, err
+    assert "***" in err or "a secret is not taken on the command line" in err, err
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,11 @@ def test_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             "--sasl-username \\(env STREAM_REPLICA_SASL_USERNAME\\) given, but "
             "--security-protocol is PLAINTEXT",
         ),
-        ({"sasl_password": "p"}, "--sasl-password .* given, but --security-protocol is PLAINTEXT"),
+        (
+            {"sasl_password": "p"},
+            "env STREAM_REPLICA_SASL_PASSWORD or --sasl-password-file given, but "
+            "--security-protocol is PLAINTEXT",
+        ),
         ({"security_protocol": "TLS"}, "security_protocol"),
         ({"security_protocol": "SSL", "ssl_cafile": "/nonexistent/ca.pem"}, "not a readable file"),
         ({"kafka_option": ["no-equals"]}, "expected NAME=VALUE"),
@@ -193,16 +197,17 @@ def test_malformed_bootstrap_servers_refused(given: str, message: str) -> None:
         (
             {"ssl_certfile": "a.pem", "ssl_keyfile": "a-enc.key"},
             "--ssl-keyfile (env STREAM_REPLICA_SSL_KEYFILE): {dir}/a-enc.key is encrypted; give "
-            "its password with --ssl-key-password",
+            "its password in env STREAM_REPLICA_SSL_KEY_PASSWORD or --ssl-key-password-file",
         ),
         (
             {"ssl_certfile": "a.pem", "ssl_keyfile": "a-enc.key", "ssl_key_password": "wrong"},
-            "--ssl-key-password (env STREAM_REPLICA_SSL_KEY_PASSWORD): it does not decrypt "
+            "env STREAM_REPLICA_SSL_KEY_PASSWORD or --ssl-key-password-file: it does not decrypt "
             "{dir}/a-enc.key",
         ),
         (
             {"ssl_key_password": "pw"},
-            "--ssl-key-password (env STREAM_REPLICA_SSL_KEY_PASSWORD) given without --ssl-keyfile",
+            "env STREAM_REPLICA_SSL_KEY_PASSWORD or --ssl-key-password-file given without "
+            "--ssl-keyfile",
         ),
     ],
 )
@@ -230,3 +235,24 @@ def test_the_tls_context_is_built_once_with_an_encrypted_key(pem: Path) -> None:
     assert isinstance(context, ssl.SSLContext) and not context.check_hostname
     assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "b"),),)]
     assert "pw" not in repr(settings)
+
+
+def test_the_key_password_from_a_file(pem: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "key-password"
+    secret.write_text("pw\n")
+    settings = ConnectionSettings(
+        security_protocol="SSL",
+        ssl_cafile=pem / "b.pem",
+        ssl_certfile=pem / "a.pem",
+        ssl_keyfile=pem / "a-enc.key",
+        ssl_key_password_file=secret,
+    )
+    assert isinstance(settings.ssl_context(), ssl.SSLContext)
+    with pytest.raises(ValidationError, match="give the key's password once"):
+        ConnectionSettings(
+            security_protocol="SSL",
+            ssl_keyfile=pem / "a-enc.key",
+            ssl_certfile=pem / "a.pem",
+            ssl_key_password="pw",  # type: ignore[arg-type]
+            ssl_key_password_file=secret,
+        )
