@@ -34,9 +34,15 @@ class HealthRules:
     end_offset_max_age_s: float = 15.0
 
 
+async def _server_header(_: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp's default names the Python and aiohttp versions to anyone who asks
+    response.headers["Server"] = "stream-replica"
+
+
 def build_app(view: WorkerView, rules: HealthRules) -> web.Application:
     app = web.Application()
     app.middlewares.append(request_metrics(view.metrics))  # first: it sees every answer
+    app.on_response_prepare.append(_server_header)
 
     async def metrics(_: web.Request) -> web.Response:
         view.status()  # refreshes the per-partition gauges a scrape reads

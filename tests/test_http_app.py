@@ -89,6 +89,9 @@ async def test_metrics_exposition_and_status() -> None:
     client = await client_for(worker)
     try:
         scrape = await client.get("/metrics")
+        assert scrape.headers["Server"] == "stream-replica"  # not Python's and aiohttp's versions
+        missing = await client.get("/no-such-route")
+        assert missing.status == 404 and missing.headers["Server"] == "stream-replica"
         # prometheus_client's own content type (with its format version and the charset)
         assert scrape.headers["Content-Type"] == CONTENT_TYPE
         assert "charset=utf-8" in CONTENT_TYPE
