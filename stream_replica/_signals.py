@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from types import FrameType
 
+from stream_replica.logs import fatal_line
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 received: list[int] = []
 _on_stop: Callable[[int], None] | None = None
@@ -22,7 +24,9 @@ _on_stop: Callable[[int], None] | None = None
 def _handle(signum: int, frame: FrameType | None) -> None:
     received.append(signum)
     if len(received) > 1:
-        os.write(sys.stderr.fileno(), b"stream-replica: second signal, exiting at once\n")
+        # (a JSON line with --log-format json; Python runs this handler between bytecodes)
+        line = fatal_line("second signal, exiting at once") + "\n"
+        os.write(sys.stderr.fileno(), line.encode())
         os._exit(128 + signum)
     if _on_stop is not None:
         _on_stop(signum)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import itertools
-import sys
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +47,8 @@ from stream_replica.refusals import refusal
 from stream_replica.store import ReplicaReader, StoreError
 
 PROGRESS_INTERVAL_S = 2.0
+# Progress lines go to the log (stderr, in --log-format json too), the report to stdout.
+log = logging.getLogger("stream_replica.audit")
 
 
 @dataclass
@@ -202,7 +204,7 @@ async def audit(
     db: Path,
     cluster: Cluster,
     partitions: list[int] | None = None,
-    progress: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True),
+    progress: Callable[[str], None] | None = None,
 ) -> AuditReport:
     started = time.monotonic()
     with ReplicaReader(db) as reader:
@@ -229,7 +231,7 @@ async def audit(
             f"topic {topic!r} has ID {info.topic_id}, the store was built from "
             f"{identity.topic_id}: it replicates a deleted topic; rebuild it"
         )
-    found = await _read_last_records(cluster, topic, checkpoints, progress)
+    found = await _read_last_records(cluster, topic, checkpoints, progress or log.info)
 
     report = AuditReport()
     reasons = {"shadowed": 0, "missing": 0, "extra": 0, "differs": 0}

@@ -831,12 +831,15 @@ async def test_a_partition_given_back_is_not_dropped_while_its_assignment_reads_
         store.close()
 
 
+@pytest.mark.parametrize("log_format", ["human", "json"])
 async def test_second_signal_exits_at_once(
-    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any, log_format: str
 ) -> None:
     topic = await make_topic(partitions=1)
     process = subprocess.Popen(
-        worker_command(kafka_bootstrap, topic, unique("g"), tmp_path / "db"),
+        worker_command(
+            kafka_bootstrap, topic, unique("g"), tmp_path / "db", "--log-format", log_format
+        ),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -847,6 +850,9 @@ async def test_second_signal_exits_at_once(
     rest = finish(process, 30)
     assert process.returncode in (128 + signal.SIGTERM, 128 + signal.SIGINT), rest
     assert "second signal, exiting at once" in rest
+    if log_format == "json":  # every line a JSON line, the last one too
+        last = json.loads(rest.strip().splitlines()[-1])
+        assert last["message"] == "second signal, exiting at once", last
 
 
 async def test_far_behind_partitions_are_caught_up_one_after_another(
