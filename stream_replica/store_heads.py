@@ -27,6 +27,7 @@ from stream_replica.store_layout import (
     _grain_body,
     _unpack_state,
 )
+from stream_replica.store_records import StoreError
 from stream_replica.store_view import _StoreView
 from stream_replica.watchdog import note_blocking_call
 
@@ -168,6 +169,8 @@ class _HeadCache(_StoreView):
         except StopIteration as done:
             result: dict[GrainId, GrainState | None] = done.value
             return result
+        except Exception as exc:  # RocksDB's I/O or corruption errors, a value not decoded
+            raise StoreError(f"read of state directory {self.path} failed: {exc}") from None
 
     async def read_states_async(
         self, hints: Mapping[GrainId, int]
@@ -195,6 +198,8 @@ class _HeadCache(_StoreView):
         except StopIteration as done:
             result: dict[GrainId, GrainState | None] = done.value
             return result
+        except Exception as exc:  # RocksDB's I/O or corruption errors, a value not decoded
+            raise StoreError(f"read of state directory {self.path} failed: {exc}") from None
 
     def _timed_multi_get(self, keys: _DbKeys) -> tuple[list[bytes | None], float]:
         started = time.monotonic()

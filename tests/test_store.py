@@ -489,3 +489,36 @@ async def test_a_catch_up_compacts_level_0_less_often(tmp_path: Path) -> None:
         assert l0_trigger() == L0_COMPACTION_TRIGGER
     finally:
         store.close()
+
+
+class _FailingReads:
+    """RocksDB failing every read (an I/O error, a corrupt block), writes untouched."""
+
+    def __init__(self, db: Rdict) -> None:
+        self._db = db
+
+    def get(self, *args: object, **kwargs: object) -> object:
+        raise Exception("Corruption: block checksum mismatch (injected)")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+
+def test_a_failing_read_is_a_store_error_naming_the_directory(tmp_path: Path) -> None:
+    """The worker's reads of held states (the fold's) fail as a StoreError naming the state
+    directory, which the command line ends with in one line (exit 1), not RocksDB's bare
+    exception."""
+    with ReplicaStore(tmp_path / "db", "t") as store:
+        store.apply({("t", "a"): state(1)}, {0: Checkpoint(1, 1)}, FoldCounts(records=1))
+        store._drop_heads()  # not cached: the fold must read it
+        real = store._db
+        store._db = _FailingReads(real)  # type: ignore[assignment]
+        try:
+            for read in (
+                lambda: store.read_states({("t", "a"): 0}),
+                lambda: asyncio.run(store.read_states_async({("t", "a"): 0})),
+            ):
+                with pytest.raises(StoreError, match=r"read of state directory .*/db failed: "):
+                    read()
+        finally:
+            store._db = real
