@@ -29,6 +29,11 @@ HEARTBEAT_INTERVAL_MS: Final = 500
 # overlapped (aiokafka fetches no partition of a broker while another's buffered data is
 # under 100 ms old: with 1 MiB, three partitions drain in ~70 ms and every fetch stalls).
 PARTITION_FETCH_BYTES: Final = 2 * 1024 * 1024
+# How often the consumer refreshes its metadata when nothing else makes it: partitions added
+# to the topic are assigned (and a recreated topic is noticed) only after a refresh, which
+# aiokafka's default (5 min) left unread and routed by the old count that long. One small
+# metadata request per 30 s.
+METADATA_MAX_AGE_MS: Final = 30_000
 
 
 def reads_committed_only(settings: WorkerSettings) -> bool:
@@ -42,7 +47,12 @@ def active_consumer(settings: WorkerSettings, strategy: type[Any]) -> AIOKafkaCo
     """The group member's consumer; ``strategy``: our state-aware assignor (membership.py)."""
     session_timeout_ms = settings.effective_session_timeout_ms
     return AIOKafkaConsumer(
-        **(READ_COMMITTED | settings.options("consumer")),
+        # --kafka-option metadata_max_age_ms=... still wins
+        **(
+            {"metadata_max_age_ms": METADATA_MAX_AGE_MS}
+            | READ_COMMITTED
+            | settings.options("consumer")
+        ),
         group_id=settings.group,
         client_id=f"stream-replica-{settings.group}",
         enable_auto_commit=False,

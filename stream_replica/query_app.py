@@ -93,6 +93,7 @@ class QueryConfig:
     scheme: str = "http"
     client_ssl: ssl.SSLContext | None = None
     forward_timeout_s: float = FORWARD_TIMEOUT_S
+    # Tests only: a fixed partition count (else the store's, asked on every read)
     _partitions: int | None = field(default=None, repr=False)
 
 
@@ -186,12 +187,15 @@ def add_query_routes(
     app.middlewares.append(guard)
 
     def partition_count() -> int:
-        if config._partitions is None:
-            identity = view.store.topic_identity()
-            if identity is None:
-                raise ReadError(503, "this worker has not reached the topic yet", retry=True)
-            config._partitions = identity.partitions
-        return config._partitions
+        # Asked on every read (the writer keeps its topic's identity in memory): a topic
+        # given more partitions while the worker runs moves grains, and a read routed by
+        # the count the worker started with goes to a partition that no longer gets them.
+        if config._partitions is not None:
+            return config._partitions
+        identity = view.store.topic_identity()
+        if identity is None:
+            raise ReadError(503, "this worker has not reached the topic yet", retry=True)
+        return identity.partitions
 
     def forward_headers(request: web.Request) -> dict[str, str]:
         headers = {FORWARDED_HEADER: config.endpoint or "?"}

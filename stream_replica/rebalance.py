@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
@@ -30,10 +31,14 @@ from stream_replica.offsets import CommitBook, resume_from
 from stream_replica.ownership import DuplicateInstanceCheck, Ownership, now_ms
 from stream_replica.positions import Positions
 from stream_replica.standby import StandbyFollower
-from stream_replica.store import ReplicaStore
+from stream_replica.store import ReplicaStore, TopicIdentity
+from stream_replica.topic_id import fetch_topic_id_with
 
 # The worker's logger: these lines have always been the worker's.
 log = logging.getLogger("stream_replica.worker")
+# How long an assignment waits for the topic's ID (check_topic_identity) before going on
+# with the partition count alone.
+IDENTITY_TIMEOUT_S: Final = 5.0
 
 
 class RebalanceHandler:
@@ -112,6 +117,8 @@ class RebalanceHandler:
             try:
                 self._instance_check.check(consumer)
                 actives = [tp for tp in assigned if tp.topic == self.topic]
+                if actives and consumer is not None:
+                    await self.check_topic_identity(consumer)
                 lags, held = await self.seek_assigned(actives, consumer)
                 catchup.pause_far_behind(self._focus, consumer, self.topic, lags, held)
                 standby = self._ownership.assigned(tp.partition for tp in actives)
@@ -132,6 +139,40 @@ class RebalanceHandler:
             finally:
                 self._positions.seek_epoch += 1
                 self._positions.rebalancing = False
+
+    async def check_topic_identity(self, consumer: AIOKafkaConsumer) -> None:
+        """The store was bound to the topic's identity at start (worker.run); the topic may
+        have changed under the running worker since. aiokafka follows a topic by name: one
+        deleted and recreated comes back in an assignment like the old one, and seeking its
+        partitions to the old log's checkpoints would skip the new log's first records and
+        keep the old log's grains, all reported caught up. A partition count raised meanwhile
+        moves grains to other partitions, and the read API routes by the stored count. So
+        every assignment compares the topic's ID and partition count with the store's and
+        re-binds it as a restart would (store.bind_topic: a changed identity drops the
+        replica, which the seeks that follow rebuild from the log start)."""
+        known = self._store.topic_identity()
+        if known is None:
+            return
+        partitions = consumer._client.cluster.partitions_for_topic(self.topic)
+        if not partitions:
+            return
+        try:
+            topic_id = await asyncio.wait_for(
+                fetch_topic_id_with(consumer._client, self.topic), IDENTITY_TIMEOUT_S
+            )
+        except TimeoutError:
+            topic_id = None  # unknown now: only the partition count is compared
+        identity = TopicIdentity(topic_id or known.topic_id, len(partitions))
+        if identity == known:
+            return
+        reason = self._store.bind_topic(identity)
+        if reason is None:
+            return
+        log.warning("%s: dropped the local replica, rebuilding every partition", reason)
+        self._ownership.reload()
+        self._standby.reset()  # its positions were in the old log
+        self._positions.next.clear()
+        self._positions.caught_up_at.clear()
 
     async def seek_assigned(
         self, assigned: list[TopicPartition], consumer: AIOKafkaConsumer | None

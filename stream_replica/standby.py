@@ -78,6 +78,12 @@ class StandbyFollower:
     def partitions(self) -> frozenset[int]:
         return self._partitions
 
+    def reset(self) -> None:
+        """The store was dropped (the topic changed under the worker): the next follow()
+        positions every partition afresh, none from where it stood."""
+        self._partitions = frozenset()
+        self._positions.clear()
+
     async def follow(self, partitions: frozenset[int]) -> None:
         """Follow exactly ``partitions`` from now on, each from the store's checkpoint (or
         rebuilt, by the same rules as the active path). Call with the batch lock held."""

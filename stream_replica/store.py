@@ -159,6 +159,7 @@ class ReplicaStore(_HeadCache):
         # Held by a memtable flush on another thread: close() waits for it.
         self._flush_lock = threading.Lock()
         self._writes = 0  # write batches so far: write_with_wal sees whether any slipped in
+        self._identity: TopicIdentity | None = None  # topic_identity(), kept by this writer
         stored_topic = self.topic
         if stored_topic is None:
             batch = WriteBatch(raw_mode=True)
@@ -460,7 +461,15 @@ class ReplicaStore(_HeadCache):
         batch.put(_TOPIC_ID_KEY, (identity.topic_id or "").encode())
         batch.put(_PARTITIONS_KEY, str(identity.partitions).encode())
         self._write(batch)
+        self._identity = TopicIdentity(identity.topic_id or None, identity.partitions)
         return reason
+
+    def topic_identity(self) -> TopicIdentity | None:
+        """As stored; kept in memory by the single writer (the HTTP face asks on every
+        read), and changed only by bind_topic."""
+        if self._identity is None:
+            self._identity = super().topic_identity()
+        return self._identity
 
     def set_group(self, group: str) -> None:
         """Record the consumer group this store's worker runs in (``replay`` checks it)."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Awaitable
 from io import BytesIO
 from typing import Any, Final
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import (
     AbstractType,
@@ -122,8 +124,18 @@ class _TopicIdRequest(Request[_MetadataRequestV12]):  # type: ignore[misc]
 
 async def fetch_topic_id(client: AIOKafkaAdminClient, topic: str) -> str | None:
     """The topic's ID, or None when the broker cannot say (too old, or the topic is gone)."""
+    return await _topic_id(client._send_request(_TopicIdRequest(topic)), topic)
+
+
+async def fetch_topic_id_with(client: AIOKafkaClient, topic: str) -> str | None:
+    """The same through a consumer's own client (``consumer._client``): a running worker
+    asks without opening an admin connection."""
+    return await _topic_id(client.send(client.get_random_node(), _TopicIdRequest(topic)), topic)
+
+
+async def _topic_id(request: Awaitable[Any], topic: str) -> str | None:
     try:
-        response: Any = await client._send_request(_TopicIdRequest(topic))
+        response: Any = await request
     except Exception as exc:  # an old broker refuses the version: the ID stays unknown
         log.debug("topic ID of %s not available (%s: %s)", topic, type(exc).__name__, exc)
         return None

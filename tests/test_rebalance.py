@@ -1,0 +1,96 @@
+"""The topic changing under a running worker (rebalance.RebalanceHandler.check_topic_identity):
+deleted and recreated, or given more partitions. A restart already re-binds the store
+(tests/test_compaction.py); these keep the worker running throughout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aiokafka.admin import NewPartitions
+
+from stream_replica import admin
+from stream_replica.publisher import Publisher
+from tests.helpers import InProcessWorker, TopicFactory, wait_until
+
+# The default refresh (consumer.METADATA_MAX_AGE_MS) is 30 s: a test need not wait that long.
+FAST_METADATA = ["metadata_max_age_ms=1000"]
+
+
+async def test_topic_recreated_under_a_running_worker_is_rebuilt_not_resumed(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    topic = await make_topic(partitions=1)
+    async with Publisher(kafka_bootstrap, topic) as p:
+        for i in range(5):
+            await p.publish_snapshot("acct", f"old{i}", b"old", sequence=1)
+    worker = InProcessWorker(
+        kafka_bootstrap, topic, unique("g"), tmp_path / "db", kafka_option=FAST_METADATA
+    ).start()
+    try:
+        await wait_until(lambda: worker.caught_up({0: 5}), 60, what="the first replica")
+        old_id = worker.store.topic_identity()
+        assert old_id is not None and old_id.topic_id is not None
+
+        await admin.delete_topic(kafka_bootstrap, topic)
+
+        async def recreated() -> bool:
+            try:
+                return await admin.create_topic(kafka_bootstrap, topic, 1)
+            except admin.AdminError:
+                return False  # deletion still in progress
+
+        await wait_until(recreated, 60, interval=0.5, what="the topic to be recreated")
+        # More records than the old checkpoint (5): resuming there would skip new0..new4
+        # and keep old0..old4.
+        async with Publisher(kafka_bootstrap, topic) as p:
+            for i in range(8):
+                await p.publish_snapshot("acct", f"new{i}", b"new", sequence=1)
+
+        def keys() -> list[str]:
+            return sorted(g[1] for g, _ in worker.store.grains())
+
+        async def rebuilt() -> bool:
+            return await worker.caught_up({0: 8}) and keys() == [f"new{i}" for i in range(8)]
+
+        await wait_until(rebuilt, 60, interval=0.25, what=f"the new topic's grains (have {keys()})")
+        identity = worker.store.topic_identity()
+        assert identity is not None and identity.topic_id not in (None, old_id.topic_id)
+    finally:
+        await worker.stop()
+
+
+async def test_partitions_added_under_a_running_worker_are_read_and_bound(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    topic = await make_topic(partitions=1)
+    async with Publisher(kafka_bootstrap, topic) as p:
+        for i in range(5):
+            await p.publish_snapshot("acct", f"k{i}", b"v1", sequence=1)
+    worker = InProcessWorker(
+        kafka_bootstrap, topic, unique("g"), tmp_path / "db", kafka_option=FAST_METADATA
+    ).start()
+    try:
+        await wait_until(lambda: worker.caught_up({0: 5}), 60, what="the first replica")
+        async with admin.admin_client(kafka_bootstrap) as client:
+            await client.create_partitions({topic: NewPartitions(total_count=3)})
+        async with Publisher(kafka_bootstrap, topic) as p:
+            for i in range(5):
+                await p.publish_snapshot("acct", f"k{i}", b"v2", sequence=2)
+        ends = await admin.end_offsets(kafka_bootstrap, topic, 3)
+        assert sum(ends.values()) == 10
+
+        async def everything_read() -> bool:
+            identity = worker.store.topic_identity()
+            return (
+                identity is not None
+                and identity.partitions == 3  # the read API routes by it
+                and await worker.caught_up(ends)
+            )
+
+        await wait_until(everything_read, 60, interval=0.25, what="the new partitions")
+        assert {g[1]: s.sequence for g, s in worker.store.grains()} == {
+            f"k{i}": 2 for i in range(5)
+        }
+    finally:
+        await worker.stop()
