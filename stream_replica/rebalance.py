@@ -204,6 +204,14 @@ class RebalanceHandler:
                 if behind
                 else ""
             )
+            if resume.reason is None and group_offset is not None and group_offset < resume.offset:
+                # An operator's offset reset (kafka-consumer-groups --reset-offsets) lands
+                # here: say that it is overridden, and what re-reads instead.
+                lag = (
+                    f"; the group's committed offset {group_offset} is behind it (an offset "
+                    "reset, or a stop between a write and its commit): the store's checkpoint "
+                    "wins and is committed; to re-read, use `stream-replica replay`"
+                )
             if resume.reason is None:
                 assert checkpoint is not None
                 # The group's offset may lag the store (a crash between write and commit):

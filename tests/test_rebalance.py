@@ -4,9 +4,12 @@ deleted and recreated, or given more partitions. A restart already re-binds the 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewPartitions
 
 from stream_replica import admin
@@ -94,3 +97,48 @@ async def test_partitions_added_under_a_running_worker_are_read_and_bound(
         }
     finally:
         await worker.stop()
+
+
+async def test_an_offset_reset_behind_the_store_is_overridden_and_said_so(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    tmp_path: Path,
+    unique: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """kafka-consumer-groups --reset-offsets --to-earliest while the workers are stopped: the
+    store's checkpoint wins (offsets never rewind), and the resume line says so."""
+    topic = await make_topic(partitions=1)
+    async with Publisher(kafka_bootstrap, topic) as p:
+        for i in range(5):
+            await p.publish_snapshot("acct", f"k{i}", b"v", sequence=1)
+    group = unique("g")
+    first = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "db").start()
+    await wait_until(lambda: first.caught_up({0: 5}), 60, what="the replica")
+    await wait_until(lambda: _committed(kafka_bootstrap, group, topic, 5), 30, what="the commit")
+    await first.stop()
+
+    reset = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await reset.start()
+    try:
+        reset.assign([TopicPartition(topic, 0)])
+        await reset.commit({TopicPartition(topic, 0): 0})  # what --to-earliest does
+    finally:
+        await reset.stop()
+
+    caplog.set_level(logging.INFO, logger="stream_replica.worker")
+    second = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "db").start()
+    try:
+        await wait_until(
+            lambda: _committed(kafka_bootstrap, group, topic, 5), 30, what="the store's commit"
+        )
+        lines = [r.getMessage() for r in caplog.records if "resuming from" in r.getMessage()]
+        assert any("committed offset 0 is behind it" in line for line in lines), lines
+    finally:
+        await second.stop()
+
+
+async def _committed(bootstrap: str, group: str, topic: str, offset: int) -> bool:
+    return (await admin.committed_offsets(bootstrap, group, topic)).get(0) == offset
