@@ -31,7 +31,7 @@ from stream_replica.offsets import CommitBook, resume_from
 from stream_replica.ownership import DuplicateInstanceCheck, Ownership, now_ms
 from stream_replica.positions import Positions
 from stream_replica.standby import StandbyFollower
-from stream_replica.store import ReplicaStore, TopicIdentity
+from stream_replica.store import ReplicaStore, TopicIdentity, partitions_added
 from stream_replica.topic_id import fetch_topic_id_with
 
 # The worker's logger: these lines have always been the worker's.
@@ -148,8 +148,9 @@ class RebalanceHandler:
         keep the old log's grains, all reported caught up. A partition count raised meanwhile
         moves grains to other partitions, and the read API routes by the stored count. So
         every assignment compares the topic's ID and partition count with the store's and
-        re-binds it as a restart would (store.bind_topic: a changed identity drops the
-        replica, which the seeks that follow rebuild from the log start)."""
+        re-binds it as a restart would (store.bind_topic: another topic drops the replica,
+        which the seeks that follow rebuild from the log start; more partitions keep it,
+        record the new count and say, once, what that means: partitions_added)."""
         known = self._store.topic_identity()
         if known is None:
             return
@@ -165,8 +166,11 @@ class RebalanceHandler:
         identity = TopicIdentity(topic_id or known.topic_id, len(partitions))
         if identity == known:
             return
+        added = partitions_added(self.topic, known, identity)
         reason = self._store.bind_topic(identity)
         if reason is None:
+            if added is not None:
+                log.error("%s", added)
             return
         log.warning("%s: dropped the local replica, rebuilding every partition", reason)
         self._ownership.reload()

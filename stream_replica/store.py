@@ -85,6 +85,7 @@ from stream_replica.store_records import (
     ShadowMark,
     StoreError,
     TopicIdentity,
+    partitions_added,
 )
 from stream_replica.watchdog import note_blocking_call
 
@@ -111,6 +112,7 @@ __all__ = [
     "grain_db_key",
     "index_db_key",
     "parse_grain_db_key",
+    "partitions_added",
     "shadow_db_key",
     "state_db_key",
 ]
@@ -432,10 +434,10 @@ class ReplicaStore(_HeadCache):
             self._start_grain_filter()
 
     def bind_topic(self, identity: TopicIdentity) -> str | None:
-        """Record the topic's identity. When the store already holds another one (the topic
-        was deleted and recreated, or its partition count changed), everything stored is
-        dropped first and the reason returned: positions and grains of another log mean
-        nothing here."""
+        """Record the topic's identity. When the store already holds another topic (deleted
+        and recreated: another ID, or fewer partitions), everything stored is dropped first
+        and the reason returned: positions and grains of another log mean nothing here. A
+        partition count raised keeps the store (store_records.partitions_added)."""
         known = self.topic_identity()
         reason = None
         if known is not None:
@@ -448,10 +450,10 @@ class ReplicaStore(_HeadCache):
                     f"topic {self.topic!r} has ID {identity.topic_id}, the store was built "
                     f"from ID {known.topic_id} (deleted and recreated?)"
                 )
-            elif known.partitions != identity.partitions:
+            elif known.partitions > identity.partitions:  # Kafka only adds: recreated
                 reason = (
                     f"topic {self.topic!r} has {identity.partitions} partitions, the store was "
-                    f"built from {known.partitions} (grains now map to other partitions)"
+                    f"built from {known.partitions} (deleted and recreated?)"
                 )
             elif known == identity:
                 return None

@@ -49,6 +49,25 @@ class TopicIdentity:
     partitions: int
 
 
+def partitions_added(topic: str, known: TopicIdentity | None, now: TopicIdentity) -> str | None:
+    """What a partition count raised under a store means (None: not raised). The store is
+    kept: each old partition's log, and so its checkpoint, is unchanged, and the fold keeps
+    the higher sequence of a grain whatever partition it comes from."""
+    if known is None or now.partitions <= known.partitions:
+        return None
+    if known.topic_id is not None and now.topic_id not in (None, known.topic_id):
+        return None  # another topic: bind_topic drops the store
+    return (
+        f"topic {topic!r} now has {now.partitions} partitions, the store was built from "
+        f"{known.partitions}: a grain whose key maps to another partition now has its older "
+        "records in the old one. This replica keeps what it read and reads the new "
+        "partitions from their start, but reads route by the new count (a grain not written "
+        "since is looked for in the wrong partition) and a rebuild reads the partitions in no "
+        "fixed order (a grain deleted since may come back): have the primary republish every "
+        "grain, or replicate a new topic created with the partition count wanted"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Served:
     """Whether this store's worker serves a partition. ``role``: ``active``, ``standby``, or

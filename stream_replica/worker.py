@@ -74,7 +74,7 @@ from stream_replica.settings import WorkerSettings
 from stream_replica.shadowing import ShadowRepairs, log_shadowing, shadowings
 from stream_replica.standby import StandbyError, StandbyFollower
 from stream_replica.status import NodeStatus, PartitionRow
-from stream_replica.store import ReplicaStore, StoreError, TopicIdentity
+from stream_replica.store import ReplicaStore, StoreError, TopicIdentity, partitions_added
 from stream_replica.watchdog import LoopWatchdog
 
 log = logging.getLogger("stream_replica.worker")
@@ -168,10 +168,14 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         info = await check_topic(self.settings, self.stop, self._waiting_for_kafka)
         self.rebalance.delete_retention_ms = info.delete_retention_ms
         self.standby.delete_retention_ms = info.delete_retention_ms
-        changed = self.store.bind_topic(TopicIdentity(info.topic_id, info.partitions))
+        identity = TopicIdentity(info.topic_id, info.partitions)
+        added = partitions_added(self.topic, self.store.topic_identity(), identity)
+        changed = self.store.bind_topic(identity)
         if changed is not None:
             log.warning("%s: dropped the local replica, rebuilding every partition", changed)
             self.ownership.reload()
+        elif added is not None:
+            log.error("%s", added)
         self.store.set_group(self.settings.group)
         log.info(
             "replicating topic %s (%d partitions, delete.retention.ms=%d) as group %s%s into %s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -310,8 +311,12 @@ async def test_a_repair_that_follows_a_concurrent_deletion_restores_it(
     await worker.stop()
 
 
-async def test_recreated_topic_or_new_partition_count_is_not_resumed(
-    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+async def test_recreated_topic_is_not_resumed_and_more_partitions_keep_the_store(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    tmp_path: Path,
+    unique: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     topic = await make_topic(partitions=1)
     async with Publisher(kafka_bootstrap, topic) as p:
@@ -341,16 +346,25 @@ async def test_recreated_topic_or_new_partition_count_is_not_resumed(
     assert sorted(g[1] for g, _ in second.store.grains()) == [f"new{i}" for i in range(8)]
     await second.stop()
 
-    # More partitions: grains map elsewhere, so the store is rebuilt, not resumed.
+    # More partitions: the old partition's log and checkpoint stand, so the store is kept
+    # (a rebuild would read the partitions in no fixed order), and the line says what the
+    # change means.
     async with admin.admin_client(kafka_bootstrap) as client:
         from aiokafka.admin import NewPartitions
 
         await client.create_partitions({topic: NewPartitions(total_count=2)})
+    caplog.set_level(logging.INFO, logger="stream_replica.worker")
+    caplog.clear()
     third = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "db").start()
     await wait_until(
         lambda: caught_up_to_end(kafka_bootstrap, topic, third), 60, what="the third replica"
     )
     identity = third.store.topic_identity()
     assert identity is not None and identity.partitions == 2
-    assert third.store.counts().records >= 5 + 8 + 8  # the new topic was read twice
+    assert third.store.counts().records == 5 + 8  # partition 0 not read again
+    assert sorted(g[1] for g, _ in third.store.grains()) == [f"new{i}" for i in range(8)]
+    added = [r for r in caplog.records if "now has 2 partitions" in r.getMessage()]
+    assert len(added) == 1 and added[0].levelno == logging.ERROR
+    assert "republish every grain" in added[0].getMessage()
+    assert not any("dropped the local replica" in r.getMessage() for r in caplog.records)
     await third.stop()

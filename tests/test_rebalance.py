@@ -64,8 +64,16 @@ async def test_topic_recreated_under_a_running_worker_is_rebuilt_not_resumed(
 
 
 async def test_partitions_added_under_a_running_worker_are_read_and_bound(
-    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    tmp_path: Path,
+    unique: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """The store is kept (partition 0's log and checkpoint stand), the new partitions are
+    read from their start, the new count is recorded (the read API routes by it), and one
+    error line says what the change means."""
+    caplog.set_level(logging.INFO, logger="stream_replica.worker")
     topic = await make_topic(partitions=1)
     async with Publisher(kafka_bootstrap, topic) as p:
         for i in range(5):
@@ -95,6 +103,10 @@ async def test_partitions_added_under_a_running_worker_are_read_and_bound(
         assert {g[1]: s.sequence for g, s in worker.store.grains()} == {
             f"k{i}": 2 for i in range(5)
         }
+        assert worker.store.counts().records == 10  # partition 0 was not read again
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("now has 3 partitions, the store was built from 1" in m for m in messages) == 1
+        assert not any("dropped the local replica" in m for m in messages)
     finally:
         await worker.stop()
 
