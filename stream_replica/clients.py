@@ -1,6 +1,7 @@
 """Starting and stopping aiokafka clients: a failed start closes the client and raises one
 clear :class:`StreamReplicaError` (diagnosis.py says why), a slow one has the pre-flight run
-beside it, and a consumer's stop absorbs aiokafka's stray cancellation."""
+beside it, a consumer's stop absorbs aiokafka's stray cancellation, and a producer's stop is
+bounded."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import contextlib
 from collections.abc import Awaitable
 from typing import Any, Final, Protocol
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from stream_replica import diagnosis
 from stream_replica.connection import ConnectionSettings
@@ -39,6 +40,34 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.close()
+
+
+async def stop_producer(producer: AIOKafkaProducer, timeout_s: float) -> bool:
+    """Stop a producer, waiting at most ``timeout_s`` for the records it still holds to be
+    acknowledged. aiokafka's ``stop()`` first waits until every record is acknowledged, and
+    an idempotent producer's batches never expire: it retries them until a broker takes
+    them. With fewer in-sync replicas than min.insync.replicas (acks=all: two brokers of
+    three down) that is until the brokers come back, and a worker stopping (SIGTERM, or a
+    dead-letter send that timed out) hung there with no word. Past the bound the records
+    left are failed and the producer closes. Returns False when some were."""
+    stopping = asyncio.ensure_future(producer.stop())
+    done, _ = await asyncio.wait((stopping,), timeout=timeout_s)
+    if done:
+        stopping.result()
+        return True
+    await discard(stopping)  # its wait for the flush; the producer is marked closed already
+    # What stop() does after the flush, without it: end the sender (it lets its in-flight
+    # requests finish: bounded again), fail what is left so nothing waits for it, and close
+    # the connections. (Failing batches while a request for them is in flight makes the
+    # sender raise on the answer, and aiokafka's handler of that raises in turn.)
+    with contextlib.suppress(Exception, TimeoutError):
+        await asyncio.wait_for(producer._sender.close(), timeout_s)
+    producer._message_accumulator.fail_all(
+        KafkaTimeoutError(f"not acknowledged within {timeout_s:g} s; the producer stopped")
+    )
+    with contextlib.suppress(Exception):
+        await producer.client.close()
+    return False
 
 
 async def start_client(

@@ -15,7 +15,7 @@ from typing import Final
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from stream_replica.clients import start_client
+from stream_replica.clients import start_client, stop_producer
 from stream_replica.errors import FatalError
 from stream_replica.fold import Rejection
 from stream_replica.logs import RateLimitedLog
@@ -50,8 +50,10 @@ class DeadLetters:
     async def start(self) -> None:
         await start_client(self.settings, self.producer, (self.dlq_topic, "--dlq-topic"))
 
-    async def stop(self) -> None:
-        await self.producer.stop()
+    async def stop(self, timeout_s: float) -> bool:
+        """False: records of a poll that was not written were dropped unacknowledged (they
+        are read and sent again after a restart)."""
+        return await stop_producer(self.producer, timeout_s)
 
     async def send(self, rejected: list[Rejection]) -> None:
         try:
@@ -67,9 +69,16 @@ class DeadLetters:
             )
             if refused is not None:
                 raise refused from None
+            why = (
+                f"no acknowledgement within {DLQ_TIMEOUT_S:.0f} s: Kafka unreachable, or fewer "
+                "in-sync replicas than the topic's min.insync.replicas (the producer's "
+                "warnings above say which)"
+                if isinstance(exc, TimeoutError)
+                else f"{type(exc).__name__}: {exc}"
+            )
             raise FatalError(
-                f"dead-letter topic {self.dlq_topic!r}: send failed "
-                f"({type(exc).__name__}: {exc}); nothing of this poll was written or committed"
+                f"dead-letter topic {self.dlq_topic!r}: send failed ({why}); nothing of this "
+                "poll was written or committed"
             ) from None
 
     async def _send_all(self, producer: AIOKafkaProducer, rejected: list[Rejection]) -> None:

@@ -37,7 +37,7 @@ from typing import Any, Final
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from stream_replica.clients import start_client
+from stream_replica.clients import start_client, stop_producer
 from stream_replica.connection import ConnectionSettings
 from stream_replica.contract import Entry, EntryType, GrainId, encode_key, encode_value
 from stream_replica.fold import GrainState
@@ -119,8 +119,10 @@ class ShadowRepairer:
         else:
             await self._producer.start()
 
-    async def stop(self) -> None:
-        await self._producer.stop()
+    async def stop(self, timeout_s: float) -> bool:
+        """False: repairs were dropped unacknowledged (the next sweep after a restart sends
+        them again: the store's shadow marks are the to-do list)."""
+        return await stop_producer(self._producer, timeout_s)
 
     def forget(self, grains: Iterable[GrainId]) -> None:
         """The grains are no longer shadowed (their repair, or a newer record, was read)."""

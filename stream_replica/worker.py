@@ -263,10 +263,21 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 log.warning("leaving the group took over %.0f s; exiting anyway", STOP_TIMEOUT_S)
             except Exception as exc:
                 log.warning("consumer stop failed: %s", exc)
-        for name, producer in (("dead-letter", self._dlq), ("repair", self._repairer)):
+        for name, producer, left in (
+            ("dead-letter", self._dlq, "their poll was not written: they are sent again"),
+            ("repair", self._repairer, "the next sweep repairs those grains"),
+        ):
             if producer is not None:
                 try:
-                    await producer.stop()
+                    if not await producer.stop(STOP_TIMEOUT_S):
+                        log.warning(
+                            "%s producer: records not acknowledged within %.0f s (Kafka "
+                            "unreachable, or fewer in-sync replicas than min.insync.replicas); "
+                            "dropped: %s after a restart",
+                            name,
+                            STOP_TIMEOUT_S,
+                            left,
+                        )
                 except Exception as exc:
                     log.warning("%s producer stop failed: %s", name, exc)
         refusals.flush()  # say what the rate limits held back before going quiet
