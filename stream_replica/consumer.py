@@ -17,7 +17,7 @@ from stream_replica.offsets import READ_COMMITTED
 from stream_replica.settings import WorkerSettings
 
 # How long the group waits for a member to rejoin, so the longest revocation: the in-flight
-# poll (its dead-letter sends, DLQ_TIMEOUT_S, or a repair sweep's, repair.SEND_TIMEOUT_S), the
+# poll (its dead-letter sends, DLQ_TIMEOUT_S, or its repairs', repair.LONGEST_WAIT_S), the
 # background commit it awaits and the revocation's own (COMMIT_TIMEOUT_S each, +1 s): ~91 s
 # at worst, well under a second normally. A member still revoking is not evicted meanwhile.
 REBALANCE_TIMEOUT_MS: Final = 120_000

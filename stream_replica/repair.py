@@ -16,10 +16,8 @@ Why it converges without ping-pong:
 * Several replica groups repairing the same grain publish the same state; duplicates are
   harmless and clear every group's mark.
 * If the primary deletes the grain concurrently (a tombstone between the caught-up check and
-  the repair), the repair, a FullState after a tombstone, starts the grain again. The worker
-  watches what it reads up to its repair: when the last record on the key before it is such a
-  tombstone and nothing followed the repair, it re-publishes the deletion (a tombstone with
-  the repair header), and the replicas, and compaction, end deleted again.
+  the repair), the repair, a FullState after a tombstone, starts the grain again; the worker
+  sees it when it reads its repair back and re-publishes the deletion (repair_watch.py).
 
 The shadow index in the store (written with the poll's batch) is the to-do list: a repair
 lost in a crash or a failed send is retried by the next sweep.
@@ -28,10 +26,10 @@ lost in a crash or a failed send is retried by the next sweep.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -41,14 +39,18 @@ from stream_replica.clients import start_client, stop_producer
 from stream_replica.connection import ConnectionSettings
 from stream_replica.contract import Entry, EntryType, GrainId, encode_key, encode_value
 from stream_replica.fold import GrainState
+from stream_replica.repair_watch import RepairWatch
 from stream_replica.store import ReplicaStore
 
 log = logging.getLogger("stream_replica.repair")
 
-SEND_TIMEOUT_S: Final = 30.0
+HAND_OFF_TIMEOUT_S: Final = 5.0  # the producer taking a record (metadata, buffer space)
+ACK_WAIT_S: Final = 2.0  # a repair pass waits this long for acknowledgements
+BACKOFF_S: Final = 30.0  # no repairs for this long after one was not acknowledged in time
+# The longest a poll waits on repairs: a pass (one hand-off may time out, then the wait for
+# acknowledgements) and a deletion restored when a repair is read back.
+LONGEST_WAIT_S: Final = 2 * (HAND_OFF_TIMEOUT_S + ACK_WAIT_S)
 REPAIR_HEADER: Final = "stream-replica.repair"
-# A repair not read back within this (its partition went to another worker) is not watched.
-WATCH_FOR_S: Final = 600.0
 
 
 def repair_record(
@@ -73,20 +75,17 @@ def repair_record(
     return encode_key(*grain), encode_value(entry), headers
 
 
-@dataclass(slots=True)
-class _Watch:
-    """A repair on its way back: which record on its key came last before it."""
-
-    grain: GrainId
-    partition: int
-    since: int  # the partition's next offset when the repair was decided
-    repair_offset: int  # where the repair landed
-    started: float
-    deleted_at: int = -1  # the last record on the key in [since, repair_offset): a tombstone
-
-
 class ShadowRepairer:
-    """Publishes repairs with an idempotent producer (acks=all) to the replicated topic."""
+    """Publishes repairs with an idempotent producer (acks=all) to the replicated topic.
+
+    A repair pass never holds the worker up for long: each send is handed to the producer
+    (bounded: HAND_OFF_TIMEOUT_S) and its acknowledgement awaited for ACK_WAIT_S at most. One
+    not acknowledged by then stays in flight (the producer retries it until a broker takes
+    it; it is not sent again meanwhile) and is counted when it lands; repairs pause for
+    BACKOFF_S, since the partition takes no writes now (Kafka unreachable, or fewer in-sync
+    replicas than min.insync.replicas). A pass used to wait 30 s per repair, holding the
+    batch lock: every other partition got one poll per 30 s, and each pass queued the same
+    repairs again."""
 
     def __init__(
         self,
@@ -101,10 +100,13 @@ class ShadowRepairer:
         self._connection = connection
         # grain → the shadowing offset a repair was acknowledged for (not sent twice)
         self._acknowledged: dict[GrainId, int] = {}
-        # Kafka key → its repair not read back yet (a concurrent deletion is looked for)
-        self._watches: dict[bytes, _Watch] = {}
+        # grain → the delivery of its repair, not acknowledged yet
+        self._in_flight: dict[GrainId, asyncio.Future[Any]] = {}
+        self._paused_until = 0.0
+        self.watch = RepairWatch(self._restore_deletion)
         self.repairs = 0
         self.deletions_restored = 0
+        self.on_repaired: Callable[[int], object] = lambda count: None  # (the metrics)
 
     @classmethod
     def create(cls, settings: ConnectionSettings, topic: str, group: str) -> ShadowRepairer:
@@ -129,6 +131,15 @@ class ShadowRepairer:
         for grain in grains:
             self._acknowledged.pop(grain, None)
 
+    @property
+    def watching(self) -> bool:
+        return self.watch.watching
+
+    async def read_back(
+        self, batch: Mapping[TopicPartition, list[Any]], store: ReplicaStore
+    ) -> None:
+        await self.watch.read_back(batch, store)
+
     async def sweep(
         self,
         store: ReplicaStore,
@@ -136,12 +147,16 @@ class ShadowRepairer:
         next_offsets: Mapping[int, int],
     ) -> int:
         """Repair every shadowed grain of the partitions for which ``caught_up`` is true
-        (read up to ``next_offsets``). Returns the number of repairs acknowledged; failures
-        are logged and retried later."""
+        (read up to ``next_offsets``). Returns the number of repairs acknowledged within the
+        pass; failures are logged and retried later."""
+        if self._paused():
+            return 0
         wanted = [
             grain
             for grain, mark in store.shadowed()
-            if self._acknowledged.get(grain) != mark.by_offset and caught_up(mark.partition)
+            if self._acknowledged.get(grain) != mark.by_offset
+            and grain not in self._in_flight
+            and caught_up(mark.partition)
         ]
         if not wanted:
             return 0
@@ -154,96 +169,108 @@ class ShadowRepairer:
         self, items: list[tuple[GrainId, GrainState]], next_offsets: Mapping[int, int]
     ) -> int:
         """Re-publish each state; ``next_offsets``: how far its partition was read when the
-        repair was decided (what comes after is watched for a deletion)."""
-        sends = []
-        keys = {}
+        repair was decided (what comes after is watched for a deletion). Returns the number
+        acknowledged within ACK_WAIT_S (the others are counted when they land)."""
+        if self._paused():
+            return 0
+        sent = []
         for grain, state in items:
+            if grain in self._in_flight:
+                continue
             key, value, headers = repair_record(grain, state, self.group)
-            keys[grain] = key
-            sends.append((grain, state, self._send(key, value, state.partition, headers)))
-        results = await asyncio.gather(*(send for _, _, send in sends), return_exceptions=True)
-        done = 0
-        for (grain, state, _), outcome in zip(sends, results, strict=True):
-            if isinstance(outcome, BaseException):
-                log.warning(
-                    "repair of grain %s/%s (partition %d, state at offset %d, shadowed by "
-                    "offset %d) not published (%s: %s); retrying later",
-                    grain[0],
-                    grain[1],
-                    state.partition,
-                    state.offset,
-                    state.shadowed_by,
-                    type(outcome).__name__,
-                    outcome,
-                )
-                continue
-            self._acknowledged[grain] = state.shadowed_by
+            try:
+                delivery = await self._hand_off(key, value, state.partition, headers)
+            except KafkaError as exc:
+                self._not_published(grain, state, exc)
+                self._pause()
+                break  # the producer takes nothing now: the rest waits for the next pass
             since = next_offsets.get(state.partition, state.shadowed_by + 1)
-            self._watches[keys[grain]] = _Watch(
-                grain, state.partition, since, outcome, time.monotonic()
+            self.watch.expect(key, grain, state.partition, since)
+            self._in_flight[grain] = delivery
+            delivery.add_done_callback(functools.partial(self._delivered, grain, state, key))
+            sent.append(delivery)
+        if not sent:
+            return 0
+        done, pending = await asyncio.wait(sent, timeout=ACK_WAIT_S)
+        if pending:
+            log.warning(
+                "%d repair(s) not acknowledged within %.0f s (Kafka unreachable, or fewer "
+                "in-sync replicas than min.insync.replicas); they land when Kafka takes "
+                "them, and repairs pause for %.0f s",
+                len(pending),
+                ACK_WAIT_S,
+                BACKOFF_S,
             )
-            done += 1
-            log.info(
-                "repaired grain %s/%s: re-published sequence %d (state at %s/%d/%d, shadowed "
-                "by offset %d) at offset %s",
-                grain[0],
-                grain[1],
-                state.sequence,
-                self.topic,
-                state.partition,
-                state.offset,
-                state.shadowed_by,
-                outcome,
-            )
-        self.repairs += done
-        return done
+            self._pause()
+        return sum(1 for d in done if not d.cancelled() and d.exception() is None)
 
-    @property
-    def watching(self) -> bool:
-        return bool(self._watches)
+    def _paused(self) -> bool:
+        return time.monotonic() < self._paused_until
 
-    async def read_back(
-        self, batch: Mapping[TopicPartition, list[Any]], store: ReplicaStore
+    def _pause(self) -> None:
+        self._paused_until = time.monotonic() + BACKOFF_S
+
+    def _delivered(
+        self, grain: GrainId, state: GrainState, key: bytes, delivery: asyncio.Future[Any]
     ) -> None:
-        """After a poll is written: note the records on watched keys, and for each repair
-        this poll read back, re-publish the deletion it undid (if it undid one)."""
-        watches = self._watches
-        read: list[_Watch] = []
-        for tp, records in batch.items():
-            for record in records:
-                watch = watches.get(record.key)
-                if watch is None or watch.partition != tp.partition:
-                    continue
-                if record.offset >= watch.repair_offset:
-                    read.append(watches.pop(record.key))
-                elif record.offset >= watch.since:
-                    watch.deleted_at = record.offset if record.value is None else -1
-        expired = time.monotonic() - WATCH_FOR_S
-        for key in [k for k, w in watches.items() if w.started < expired]:
-            del watches[key]
-        for watch in read:
-            if watch.deleted_at < 0:
-                continue
-            state = store.get(watch.grain)
-            if state is None or state.offset != watch.repair_offset:
-                continue  # deleted or set again after the repair: nothing to restore
-            await self._restore_deletion(watch)
+        """A repair's delivery ended (its done-callback)."""
+        if self._in_flight.get(grain) is delivery:
+            del self._in_flight[grain]
+        failure = asyncio.CancelledError() if delivery.cancelled() else delivery.exception()
+        if failure is not None:
+            self.watch.cancel(key)
+            self._not_published(grain, state, failure)
+            return
+        offset = int(delivery.result().offset)
+        self._acknowledged[grain] = state.shadowed_by
+        self.watch.landed(key, offset)
+        self.repairs += 1
+        self.on_repaired(1)
+        log.info(
+            "repaired grain %s/%s: re-published sequence %d (state at %s/%d/%d, shadowed "
+            "by offset %d) at offset %d",
+            grain[0],
+            grain[1],
+            state.sequence,
+            self.topic,
+            state.partition,
+            state.offset,
+            state.shadowed_by,
+            offset,
+        )
 
-    async def _restore_deletion(self, watch: _Watch) -> None:
-        grain = watch.grain
+    def _not_published(self, grain: GrainId, state: GrainState, failure: BaseException) -> None:
+        log.warning(
+            "repair of grain %s/%s (partition %d, state at offset %d, shadowed by offset %d) "
+            "not published (%s: %s); retrying later",
+            grain[0],
+            grain[1],
+            state.partition,
+            state.offset,
+            state.shadowed_by,
+            type(failure).__name__,
+            failure,
+        )
+
+    async def _restore_deletion(
+        self, grain: GrainId, partition: int, deleted_at: int, repair_offset: int
+    ) -> None:
+        """The repair at ``repair_offset`` started the grain again after its deletion at
+        ``deleted_at`` (repair_watch.py): publish the deletion again."""
         headers = [
             (REPAIR_HEADER, b"1"),
-            ("stream-replica.repair-of-deletion-offset", str(watch.deleted_at).encode()),
+            ("stream-replica.repair-of-deletion-offset", str(deleted_at).encode()),
             ("stream-replica.repair-group", self.group.encode()),
         ]
         where = (
-            f"grain {grain[0]}/{grain[1]}: the repair at {self.topic}/{watch.partition}/"
-            f"{watch.repair_offset} came after the grain's deletion at offset "
-            f"{watch.deleted_at} and started it again"
+            f"grain {grain[0]}/{grain[1]}: the repair at {self.topic}/{partition}/"
+            f"{repair_offset} came after the grain's deletion at offset {deleted_at} and "
+            "started it again"
         )
         try:
-            offset = await self._send(encode_key(*grain), None, watch.partition, headers)
-        except KafkaError as exc:
+            delivery = await self._hand_off(encode_key(*grain), None, partition, headers)
+            offset = int((await asyncio.wait_for(asyncio.shield(delivery), ACK_WAIT_S)).offset)
+        except (KafkaError, TimeoutError) as exc:
             log.error(
                 "%s; re-publishing the deletion failed (%s: %s): publish a tombstone for it",
                 where,
@@ -254,18 +281,20 @@ class ShadowRepairer:
         self.deletions_restored += 1
         log.warning("%s; re-published the deletion at offset %d", where, offset)
 
-    async def _send(
+    async def _hand_off(
         self, key: bytes, value: bytes | None, partition: int, headers: list[tuple[str, bytes]]
-    ) -> int:
-        async def acknowledged() -> int:
-            future = await self._producer.send(
-                self.topic, key=key, value=value, partition=partition, headers=headers
-            )
-            return int((await future).offset)
-
-        # Bounded as a whole: send() itself waits for metadata and buffer space, and the sweep
-        # holds the worker's batch lock, which a revocation waits for.
+    ) -> asyncio.Future[Any]:
+        """The record handed to the producer; its delivery (the broker's acknowledgement).
+        Bounded: send() itself waits for metadata and buffer space."""
         try:
-            return await asyncio.wait_for(acknowledged(), SEND_TIMEOUT_S)
+            delivery: asyncio.Future[Any] = await asyncio.wait_for(
+                self._producer.send(
+                    self.topic, key=key, value=value, partition=partition, headers=headers
+                ),
+                HAND_OFF_TIMEOUT_S,
+            )
         except TimeoutError:
-            raise KafkaError(f"no acknowledgement within {SEND_TIMEOUT_S:.0f} s") from None
+            raise KafkaError(
+                f"the producer took no record within {HAND_OFF_TIMEOUT_S:.0f} s"
+            ) from None
+        return delivery

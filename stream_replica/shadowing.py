@@ -17,7 +17,6 @@ from stream_replica import positions
 from stream_replica.fold import FoldResult
 from stream_replica.lag import LagTracker
 from stream_replica.logs import RateLimitedLog
-from stream_replica.metrics import Metrics
 from stream_replica.positions import Positions
 from stream_replica.repair import ShadowRepairer
 from stream_replica.store import ReplicaStore
@@ -45,14 +44,12 @@ class ShadowRepairs:
         lock: asyncio.Lock,
         positions: Positions,
         lag: LagTracker,
-        metrics: Metrics,
     ) -> None:
         self.topic = topic
         self._store = store
         self._lock = lock
         self._positions = positions
         self._lag = lag
-        self._metrics = metrics
         self._last_sweep = 0.0
 
     async def sweep(self, consumer: AIOKafkaConsumer, repairer: ShadowRepairer) -> None:
@@ -64,7 +61,7 @@ class ShadowRepairs:
         self._last_sweep = now
         async with self._lock:
             owned = set(positions.owned(consumer, self.topic))
-            repaired = await repairer.sweep(
+            await repairer.sweep(
                 self._store,
                 lambda p: (
                     p in owned
@@ -72,7 +69,6 @@ class ShadowRepairs:
                 ),
                 self._positions.next,
             )
-            self._metrics.repairs.inc(repaired)
 
     async def repair_now(
         self, consumer: AIOKafkaConsumer, repairer: ShadowRepairer, result: FoldResult
@@ -90,10 +86,8 @@ class ShadowRepairs:
                 )
             ):
                 items.append((grain, state))
-        if items:
-            self._metrics.repairs.inc(
-                await repairer.repair(sorted(items, key=lambda i: i[0]), result.next_offsets)
-            )
+        if items:  # (counted as each lands: repairer.on_repaired)
+            await repairer.repair(sorted(items, key=lambda i: i[0]), result.next_offsets)
 
 
 def log_shadowing(topic: str, result: FoldResult, repairing: bool) -> None:

@@ -139,9 +139,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         self.instance_check = DuplicateInstanceCheck(settings)  # static membership
         self.watchdog = LoopWatchdog(self.metrics.loop_stall_max.set)
-        self.repairs = ShadowRepairs(
-            self.topic, store, self._batch_lock, self.positions, self.lag, self.metrics
-        )
+        self.repairs = ShadowRepairs(self.topic, store, self._batch_lock, self.positions, self.lag)
         self.rebalance = RebalanceHandler(
             self.topic,
             store,
@@ -190,6 +188,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._dlq = DeadLetters.create(self.settings, self.topic)
         if self.settings.repair_shadowed:
             self._repairer = ShadowRepairer.create(self.settings, self.topic, self.settings.group)
+            self._repairer.on_repaired = self.metrics.repairs.inc
         self.watchdog.start()
         try:
             await start_client(self.settings, self._consumer)

@@ -272,17 +272,17 @@ async def test_a_repair_that_follows_a_concurrent_deletion_restores_it(
     deletion, and the replica and the log end deleted."""
     topic = await make_topic()
     grain = ("acct", "doomed")
-    send = ShadowRepairer._send
+    hand_off = ShadowRepairer._hand_off
     deleted: list[int] = []
 
-    async def deleted_first(self: ShadowRepairer, key: bytes, value: bytes | None, *a: Any) -> int:
+    async def deleted_first(self: ShadowRepairer, key: bytes, value: bytes | None, *a: Any) -> Any:
         if value is not None and not deleted:  # the first repair: the primary deletes first
             async with Publisher(kafka_bootstrap, topic) as p:
                 await p.publish_tombstone(*grain)
             deleted.append(1)
-        return await send(self, key, value, *a)
+        return await hand_off(self, key, value, *a)
 
-    monkeypatch.setattr(ShadowRepairer, "_send", deleted_first)
+    monkeypatch.setattr(ShadowRepairer, "_hand_off", deleted_first)
     async with Publisher(kafka_bootstrap, topic) as p:
         await p.publish_snapshot(*grain, b"s1", sequence=1)  # offset 0
         await p.publish_snapshot("acct", "other", b"o1", sequence=1)  # 1

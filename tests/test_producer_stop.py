@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import NewTopic
 
 from stream_replica import admin, dead_letters, repair
 from stream_replica import worker as worker_module
-from stream_replica.contract import EntryType
+from stream_replica.contract import Entry, EntryType, encode_value
 from stream_replica.errors import FatalError
 from stream_replica.publisher import Publisher
 from tests.helpers import InProcessWorker, publish_unchecked, wait_until
@@ -135,7 +136,7 @@ async def test_worker_exits_when_the_dead_letter_topic_takes_no_write(
 async def test_sigterm_with_repairs_kafka_will_not_take_exits(
     cluster: KafkaCluster, tmp_path: Path, unique: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(repair, "SEND_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(repair, "ACK_WAIT_S", 1.0)
     monkeypatch.setattr(worker_module, "STOP_TIMEOUT_S", 2.0)
     bootstrap = cluster.bootstrap
     topic = unique("repairs")
@@ -153,7 +154,10 @@ async def test_sigterm_with_repairs_kafka_will_not_take_exits(
             bootstrap, topic, unique("g"), tmp_path / "db", repair_shadowed=True
         ).start()
         await wait_until(lambda: worker.caught_up({0: 2}), 60, what="catch-up")
-        await asyncio.sleep(2.0)  # a repair sent and timed out; aiokafka retries it still
+        repairer = worker.worker._repairer
+        assert repairer is not None
+        # a repair sent and not acknowledged; aiokafka retries it still
+        await wait_until(lambda: bool(repairer._in_flight), 30, 0.05, what="a repair in flight")
         assert [g for g, _ in worker.store.shadowed()] == [("acct", "a")]
         started = time.monotonic()
         worker.stop_event.set()  # SIGTERM: before the fix, the repair producer's stop hung
@@ -168,3 +172,90 @@ async def test_sigterm_with_repairs_kafka_will_not_take_exits(
         if stopped:
             await asyncio.to_thread(cluster.start_broker, stopped)
         await delete(bootstrap, topic)
+
+
+async def test_repairs_kafka_will_not_take_do_not_hold_up_the_worker(
+    cluster: KafkaCluster, tmp_path: Path, unique: Any
+) -> None:
+    """A broker down during a catch-up: no partition of the topic takes writes (fewer in-sync
+    replicas than min.insync.replicas), but what the log holds can be read. A repair not
+    acknowledged stays in flight, sent once, and repairs pause: the catch-up goes on. A repair
+    pass used to wait 30 s per repair holding the batch lock (one poll per 30 s for every
+    partition), and each pass queued the same repair again."""
+    bootstrap = cluster.bootstrap
+    topic = unique("repairs")
+    configs = admin.replication_topic_configs(2) | {"min.insync.replicas": "2"}
+    leader, follower = cluster.ids[:2]  # both partitions on the same two brokers
+    async with admin.admin_client(bootstrap) as client:
+        await client.create_topics(
+            [
+                NewTopic(
+                    topic,
+                    num_partitions=-1,
+                    replication_factor=-1,
+                    replica_assignments={0: [leader, follower], 1: [leader, follower]},
+                    topic_configs=configs,
+                )
+            ]
+        )
+
+    async def in_sync() -> bool:
+        state = await partition_state(bootstrap, topic)
+        return len(state) == 2 and all(len(p["isr"]) == 2 for p in state.values())
+
+    await wait_until(in_sync, 60, 0.25, what=f"{topic}'s replicas")
+    stopped: list[int] = []
+    worker: InProcessWorker | None = None
+    try:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+        await producer.start()
+        try:
+            # partition 0: a state and a Delta that shadows it (repaired once caught up);
+            # partition 1: a backlog read 20 records a poll
+            await producer.send_and_wait(topic, full_state("a", 1), key=b"acct/a", partition=0)
+            delta = Entry("acct", "a", 2, 1, "c1", EntryType.DELTA, b"d")
+            await producer.send_and_wait(topic, encode_value(delta), key=b"acct/a", partition=0)
+            sends = [
+                await producer.send(
+                    topic, full_state(f"b{i}", 1), key=f"acct/b{i}".encode(), partition=1
+                )
+                for i in range(2_000)
+            ]
+            await asyncio.gather(*sends)
+        finally:
+            await producer.stop()
+        ends = await admin.end_offsets(bootstrap, topic, 2)
+        stopped = [follower]  # (the group's coordinator keeps its in-sync replicas)
+        await asyncio.to_thread(cluster.stop_broker, *stopped)
+
+        async def below_min_isr() -> bool:
+            state = await partition_state(bootstrap, topic)
+            return all(p["isr"] == [leader] for p in state.values())
+
+        await wait_until(below_min_isr, 60, 0.25, what="both partitions below min ISR")
+        worker = InProcessWorker(
+            bootstrap, topic, unique("g"), tmp_path / "db", repair_shadowed=True, max_records=20
+        ).start()
+
+        def in_flight() -> bool:
+            repairer = worker.worker._repairer  # made once the worker reached Kafka
+            return repairer is not None and bool(repairer._in_flight)
+
+        await wait_until(in_flight, 60, 0.05, what="a repair in flight")
+        repairer = worker.worker._repairer
+        assert repairer is not None
+        await wait_until(lambda: worker.caught_up(ends), 30, 0.1, what="the catch-up")
+        assert len(repairer._in_flight) == 1 and repairer.repairs == 0  # sent once
+        await asyncio.to_thread(cluster.start_broker, *stopped)
+        stopped = []
+        await wait_until(lambda: repairer.repairs == 1, 60, 0.1, what="the repair to land")
+    finally:
+        if worker is not None:
+            await worker.stop()
+        if stopped:
+            await asyncio.to_thread(cluster.start_broker, *stopped)
+        await delete(bootstrap, topic)
+
+
+def full_state(key: str, sequence: int) -> bytes:
+    return encode_value(Entry("acct", key, sequence, 1, "c1", EntryType.FULL_STATE, b"v"))

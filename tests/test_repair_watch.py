@@ -1,0 +1,83 @@
+"""A repair read back restores a deletion it undid, and only then (repair_watch.py, the
+records it reads, without a broker). The broker test is in tests/test_compaction.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+
+from stream_replica.fold import GrainState
+from stream_replica.repair_watch import RepairWatch
+
+KEY = b"acct/a"
+GRAIN = ("acct", "a")
+TP = TopicPartition("t", 0)
+
+
+class Record:
+    def __init__(self, key: bytes, offset: int, value: bytes | None) -> None:
+        self.key, self.offset, self.value = key, offset, value
+
+
+class OneGrainStore:
+    """The grain's state is the record at ``offset`` (-1: none)."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    def get(self, grain: Any) -> Any:
+        return None if self.offset < 0 else GrainState(1, 1, "c", b"p", 0, self.offset)
+
+
+def watch() -> tuple[RepairWatch, list[tuple[Any, ...]]]:
+    restored: list[tuple[Any, ...]] = []
+
+    async def restore(*args: Any) -> None:
+        restored.append(args)
+
+    return RepairWatch(restore), restored
+
+
+@pytest.mark.parametrize("acknowledged_first", [True, False])
+@pytest.mark.parametrize(
+    ("window", "state_offset", "restored_at"),
+    [
+        ([], 10, None),  # nothing on the key between the decision and the repair
+        ([(7, None)], 10, 7),  # deleted just before the repair landed
+        ([(7, None), (8, b"v")], 10, None),  # deleted and set again: the repair is stale
+        ([(7, None)], 11, None),  # set again after the repair
+        ([(7, None)], -1, None),  # deleted again after the repair
+        ([(4, None)], 10, None),  # a deletion the decision had already seen
+    ],
+)
+async def test_a_repair_read_back_restores_only_a_deletion_it_undid(
+    window: list[tuple[int, bytes | None]],
+    state_offset: int,
+    restored_at: int | None,
+    acknowledged_first: bool,
+) -> None:
+    """The acknowledgement and the read of the repair come in either order."""
+    repairs, restored = watch()
+    store: Any = OneGrainStore(state_offset)
+    repairs.expect(KEY, GRAIN, 0, since=5)
+    if acknowledged_first:
+        repairs.landed(KEY, 10)
+    records = [Record(KEY, o, v) for o, v in window] + [Record(b"acct/other", 9, None)]
+    await repairs.read_back({TP: records}, store)  # type: ignore[dict-item]
+    assert repairs.watching  # the repair itself not read yet
+    await repairs.read_back({TP: [Record(KEY, 10, b"repair")]}, store)  # type: ignore[dict-item]
+    if not acknowledged_first:
+        assert repairs.watching and not restored  # read, but where it landed is not known
+        repairs.landed(KEY, 10)
+        await repairs.read_back({}, store)
+    assert not repairs.watching
+    assert restored == ([] if restored_at is None else [(GRAIN, 0, restored_at, 10)])
+
+
+async def test_a_repair_not_published_is_not_watched() -> None:
+    repairs, _ = watch()
+    repairs.expect(KEY, GRAIN, 0, since=5)
+    repairs.cancel(KEY)
+    assert not repairs.watching
