@@ -365,6 +365,10 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                     self._book.written(partition, next_offset)
             if self._focus.waiting:
                 self._hand_on(consumer)
+            if self._repairer is not None and self._repairer.watching:
+                # A repair acknowledged after it was read back is decided now, not when the
+                # next record comes (on a quiet topic, never).
+                await self._repairer.read_back({}, self.store)
 
     def _periodic(self) -> None:
         now = time.monotonic()

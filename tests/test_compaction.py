@@ -311,6 +311,60 @@ async def test_a_repair_that_follows_a_concurrent_deletion_restores_it(
     await worker.stop()
 
 
+async def test_a_deletion_undone_by_a_repair_acknowledged_after_it_was_read_is_restored(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    tmp_path: Path,
+    unique: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, but the repair's acknowledgement reaches the worker only after its consumer
+    has read the repair back (a produce response lost and retried, a slow ISR), and nothing
+    is written after it: the deletion is re-published all the same, without waiting for
+    another record on the topic."""
+    topic = await make_topic()
+    grain = ("acct", "doomed")
+    hand_off = ShadowRepairer._hand_off
+    deleted: list[int] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def deleted_first(self: ShadowRepairer, key: bytes, value: bytes | None, *a: Any) -> Any:
+        if value is None or deleted:
+            return await hand_off(self, key, value, *a)
+        deleted.append(1)
+        async with Publisher(kafka_bootstrap, topic) as p:  # the primary deletes first
+            await p.publish_tombstone(*grain)
+        delivery = await hand_off(self, key, value, *a)
+        late: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def acknowledge_late() -> None:
+            metadata = await delivery
+            await asyncio.sleep(3)  # the worker reads the repair back meanwhile
+            late.set_result(metadata)
+
+        tasks.append(asyncio.create_task(acknowledge_late()))
+        return late
+
+    monkeypatch.setattr(ShadowRepairer, "_hand_off", deleted_first)
+    async with Publisher(kafka_bootstrap, topic) as p:
+        await p.publish_snapshot(*grain, b"s1", sequence=1)  # offset 0
+        await p.flush()
+        await publish_unchecked(p, *grain, b"d2", 2, EntryType.DELTA)  # 1: shadows offset 0
+    worker = InProcessWorker(
+        kafka_bootstrap, topic, unique("g"), tmp_path / "db", repair_shadowed=True
+    ).start()
+
+    async def deleted_again() -> bool:
+        # tombstone (2), repair (3), the re-published deletion (4)
+        return (await admin.end_offsets(kafka_bootstrap, topic, 1))[0] >= 5
+
+    await wait_until(deleted_again, 20, what="the deletion to be re-published")
+    await wait_until(lambda: caught_up_to_end(kafka_bootstrap, topic, worker), 20)
+    assert worker.store.get(grain) is None
+    await asyncio.gather(*tasks)
+    await worker.stop()
+
+
 async def test_recreated_topic_is_not_resumed_and_more_partitions_keep_the_store(
     kafka_bootstrap: str,
     make_topic: TopicFactory,
