@@ -39,7 +39,7 @@ from stream_replica.clients import start_client, stop_producer
 from stream_replica.connection import ConnectionSettings
 from stream_replica.contract import Entry, EntryType, GrainId, encode_key, encode_value
 from stream_replica.fold import GrainState
-from stream_replica.repair_watch import RepairWatch
+from stream_replica.repair_watch import REPAIR_HEADER, RepairWatch
 from stream_replica.store import ReplicaStore
 
 log = logging.getLogger("stream_replica.repair")
@@ -50,7 +50,6 @@ BACKOFF_S: Final = 30.0  # no repairs for this long after one was not acknowledg
 # The longest a poll waits on repairs: a pass (one hand-off may time out, then the wait for
 # acknowledgements) and a deletion restored when a repair is read back.
 LONGEST_WAIT_S: Final = 2 * (HAND_OFF_TIMEOUT_S + ACK_WAIT_S)
-REPAIR_HEADER: Final = "stream-replica.repair"
 
 
 def repair_record(

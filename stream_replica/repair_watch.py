@@ -7,7 +7,11 @@ the grain between that and the repair's append, every replica, and compaction, w
 resurrected state. So each repair is watched from ``since``: the records read on its key are
 noted until the repair itself (``repair_offset``, known once it is acknowledged) has been
 read. If the last of them before the repair is a tombstone, and the grain's state is still
-the repair's own (nothing set or deleted it since), the deletion is re-published.
+the repair's own (nothing set or deleted it since), the deletion is re-published. Other
+replica groups' repairs of the grain (the same state, sent at the same time) are no write of
+the primary: they are passed over on both sides of the repair, or with two groups repairing,
+each would take the other's repair for the grain set again and neither would restore the
+deletion.
 
 The ack and the read of the repair come in either order (the consumer may fetch the repair
 before the producer hears back), so the watch keeps what it saw and decides once it knows
@@ -30,6 +34,8 @@ from stream_replica.store import ReplicaStore
 WATCH_FOR_S: Final = 600.0
 # A key written this often past ``since`` is not a deletion race worth following.
 MAX_SEEN: Final = 64
+# The header that marks a repair (repair.py), also another replica group's.
+REPAIR_HEADER: Final = "stream-replica.repair"
 
 
 @dataclass(slots=True)
@@ -39,7 +45,8 @@ class _Watch:
     since: int  # the partition's next offset when the repair was decided
     started: float
     repair_offset: int | None = None  # where the repair landed, once acknowledged
-    seen: list[tuple[int, bool]] = field(default_factory=list)  # (offset, a tombstone)
+    # (offset, a tombstone, a repair's FullState: this worker's or another group's)
+    seen: list[tuple[int, bool, bool]] = field(default_factory=list)
 
 
 # What re-publishes a deletion: (grain, partition, offset of the tombstone, of the repair).
@@ -80,21 +87,31 @@ class RepairWatch:
                 if watch is None or watch.partition != tp.partition:
                     continue
                 if record.offset >= watch.since:
-                    watch.seen.append((record.offset, record.value is None))
+                    deleted = record.value is None
+                    watch.seen.append((record.offset, deleted, not deleted and _repair(record)))
                     if len(watch.seen) > MAX_SEEN:
                         del watches[record.key]
         expired = time.monotonic() - WATCH_FOR_S
         for key, watch in list(watches.items()):
             landed = watch.repair_offset
-            if landed is None or not any(offset >= landed for offset, _ in watch.seen):
+            if landed is None or not any(offset >= landed for offset, _, _ in watch.seen):
                 if watch.started < expired:
                     del watches[key]
                 continue
             del watches[key]
-            before = [(offset, deleted) for offset, deleted in watch.seen if offset < landed]
+            primary = [(o, deleted) for o, deleted, repair in watch.seen if not repair]
+            before = [(o, deleted) for o, deleted in primary if o < landed]
             if not before or not before[-1][1]:
                 continue  # the last record before the repair was no deletion
+            if any(o > landed for o, _ in primary):
+                continue  # set or deleted again after the repair: nothing to restore
+            repairs = {o for o, _, repair in watch.seen if repair and o > landed}
             state = store.get(watch.grain)
-            if state is None or state.offset != landed:
+            if state is None or (state.offset != landed and state.offset not in repairs):
                 continue  # deleted or set again after the repair: nothing to restore
             await self._restore(watch.grain, watch.partition, before[-1][0], landed)
+
+
+def _repair(record: Any) -> bool:
+    """Whether a consumer record carries the repair header."""
+    return any(name == REPAIR_HEADER for name, _ in getattr(record, "headers", None) or ())

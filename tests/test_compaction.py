@@ -365,6 +365,64 @@ async def test_a_deletion_undone_by_a_repair_acknowledged_after_it_was_read_is_r
     await worker.stop()
 
 
+async def test_a_deletion_undone_by_two_groups_repairs_is_restored(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    tmp_path: Path,
+    unique: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two replica groups repair the same shadowed grain after the primary deleted it: both
+    repairs (the same state) land after the tombstone. Each group's repair follows a deletion
+    (the other group's repair is no write of the primary), so the deletion is re-published:
+    by either group, or both (a duplicate tombstone is harmless)."""
+    topic = await make_topic()
+    grain = ("acct", "doomed")
+    hand_off = ShadowRepairer._hand_off
+    deleted: list[int] = []
+    both, tombstoned = asyncio.Event(), asyncio.Event()
+
+    async def deleted_first(self: ShadowRepairer, key: bytes, value: bytes | None, *a: Any) -> Any:
+        if value is not None and len(deleted) < 2:
+            deleted.append(1)
+            if len(deleted) == 1:  # the first repair: the primary deletes first
+                async with Publisher(kafka_bootstrap, topic) as p:
+                    await p.publish_tombstone(*grain)
+                tombstoned.set()
+                await asyncio.wait_for(both.wait(), 20)  # both repairs sent together
+            else:
+                both.set()
+                await asyncio.wait_for(tombstoned.wait(), 20)
+        return await hand_off(self, key, value, *a)
+
+    monkeypatch.setattr(ShadowRepairer, "_hand_off", deleted_first)
+    async with Publisher(kafka_bootstrap, topic) as p:
+        await p.publish_snapshot(*grain, b"s1", sequence=1)  # offset 0
+        await p.flush()
+        await publish_unchecked(p, *grain, b"d2", 2, EntryType.DELTA)  # 1: shadows offset 0
+    workers = [
+        InProcessWorker(
+            kafka_bootstrap, topic, unique(name), tmp_path / name, repair_shadowed=True
+        ).start()
+        for name in ("a", "b")
+    ]
+
+    async def settled() -> bool:
+        # tombstone (2), two repairs (3, 4), then the re-published deletion(s)
+        if (await admin.end_offsets(kafka_bootstrap, topic, 1))[0] < 5:
+            return False
+        return await caught_up_to_end(kafka_bootstrap, topic, *workers) and all(
+            w.store.get(grain) is None for w in workers
+        )
+
+    await wait_until(settled, 20, what="the deletion to be re-published")
+    records = [r for r in await log_records(kafka_bootstrap, topic) if r.key == encode_key(*grain)]
+    assert [r.value is None for r in records[:5]] == [False, False, True, False, False]
+    assert records[-1].value is None
+    for worker in workers:
+        await worker.stop()
+
+
 async def test_recreated_topic_is_not_resumed_and_more_partitions_keep_the_store(
     kafka_bootstrap: str,
     make_topic: TopicFactory,

@@ -9,6 +9,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from stream_replica.fold import GrainState
+from stream_replica.repair import REPAIR_HEADER
 from stream_replica.repair_watch import RepairWatch
 
 KEY = b"acct/a"
@@ -17,8 +18,13 @@ TP = TopicPartition("t", 0)
 
 
 class Record:
-    def __init__(self, key: bytes, offset: int, value: bytes | None) -> None:
-        self.key, self.offset, self.value = key, offset, value
+    def __init__(
+        self, key: bytes, offset: int, value: bytes | None, headers: tuple[Any, ...] = ()
+    ) -> None:
+        self.key, self.offset, self.value, self.headers = key, offset, value, headers
+
+
+OTHER_GROUPS_REPAIR = ((REPAIR_HEADER, b"1"),)
 
 
 class OneGrainStore:
@@ -81,3 +87,32 @@ async def test_a_repair_not_published_is_not_watched() -> None:
     repairs.expect(KEY, GRAIN, 0, since=5)
     repairs.cancel(KEY)
     assert not repairs.watching
+
+
+@pytest.mark.parametrize(
+    ("window", "after", "state_offset", "restored_at"),
+    [
+        ([(7, None, ()), (8, b"r", OTHER_GROUPS_REPAIR)], [], 10, 7),  # its repair first
+        ([(7, None, ())], [(11, b"r", OTHER_GROUPS_REPAIR)], 11, 7),  # its repair after
+        ([(7, None, ())], [(11, None, OTHER_GROUPS_REPAIR)], -1, None),  # it restored it
+        ([(7, None, ())], [(11, b"v", ())], 11, None),  # the primary set it again
+    ],
+)
+async def test_another_groups_repair_is_no_write_of_the_primary(
+    window: list[tuple[int, bytes | None, tuple[Any, ...]]],
+    after: list[tuple[int, bytes | None, tuple[Any, ...]]],
+    state_offset: int,
+    restored_at: int | None,
+) -> None:
+    """Two replica groups repair the grain the primary deleted: both repairs land after the
+    tombstone, in either order, and each group restores the deletion (not: each takes the
+    other's repair for the grain set again, and the deletion stays undone)."""
+    repairs, restored = watch()
+    store: Any = OneGrainStore(state_offset)
+    repairs.expect(KEY, GRAIN, 0, since=5)
+    repairs.landed(KEY, 10)
+    records = [Record(KEY, o, v, h) for o, v, h in [*window, (10, b"r", OTHER_GROUPS_REPAIR)]]
+    records += [Record(KEY, o, v, h) for o, v, h in after]
+    await repairs.read_back({TP: records}, store)  # type: ignore[dict-item]
+    assert not repairs.watching
+    assert restored == ([] if restored_at is None else [(GRAIN, 0, restored_at, 10)])
