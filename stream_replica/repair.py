@@ -135,9 +135,12 @@ class ShadowRepairer:
         return self.watch.watching
 
     async def read_back(
-        self, batch: Mapping[TopicPartition, list[Any]], store: ReplicaStore
+        self,
+        batch: Mapping[TopicPartition, list[Any]],
+        store: ReplicaStore,
+        caught_up: Callable[[int], bool],
     ) -> None:
-        await self.watch.read_back(batch, store)
+        await self.watch.read_back(batch, store, caught_up)
 
     async def sweep(
         self,

@@ -12,6 +12,9 @@ replica groups' repairs of the grain (the same state, sent at the same time) are
 the primary: they are passed over on both sides of the repair, or with two groups repairing,
 each would take the other's repair for the grain set again and neither would restore the
 deletion.
+The decision waits until the worker has read its partition to the end offset: a poll can end
+just after the repair while the primary has already started the grain again after it (a
+catch-up, a poll's max_records), and a deletion re-published then would delete that.
 
 The ack and the read of the repair come in either order (the consumer may fetch the repair
 before the producer hears back), so the watch keeps what it saw and decides once it knows
@@ -76,10 +79,14 @@ class RepairWatch:
         self._watches.pop(key, None)
 
     async def read_back(
-        self, batch: Mapping[TopicPartition, list[Any]], store: ReplicaStore
+        self,
+        batch: Mapping[TopicPartition, list[Any]],
+        store: ReplicaStore,
+        caught_up: Callable[[int], bool],
     ) -> None:
         """After a poll is written: note the records on watched keys; for each repair read
-        back by now, re-publish the deletion it undid (if it undid one)."""
+        back by now, its partition read to the end offset (``caught_up``), re-publish the
+        deletion it undid (if it undid one)."""
         watches = self._watches
         for tp, records in batch.items():
             for record in records:
@@ -94,7 +101,11 @@ class RepairWatch:
         expired = time.monotonic() - WATCH_FOR_S
         for key, watch in list(watches.items()):
             landed = watch.repair_offset
-            if landed is None or not any(offset >= landed for offset, _, _ in watch.seen):
+            if (
+                landed is None
+                or not any(offset >= landed for offset, _, _ in watch.seen)
+                or not caught_up(watch.partition)
+            ):
                 if watch.started < expired:
                     del watches[key]
                 continue

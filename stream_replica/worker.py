@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -368,7 +368,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             if self._repairer is not None and self._repairer.watching:
                 # A repair acknowledged after it was read back is decided now, not when the
                 # next record comes (on a quiet topic, never).
-                await self._repairer.read_back({}, self.store)
+                await self._repairer.read_back({}, self.store, self._read_to_end(consumer))
+
+    def _read_to_end(self, consumer: AIOKafkaConsumer) -> Callable[[int], bool]:
+        """Whether the store holds a partition up to its end offset at the last fetch."""
+        return lambda p: self.lag.is_caught_up(consumer, p, self.positions.next.get(p, -1))
 
     def _periodic(self) -> None:
         now = time.monotonic()
@@ -523,7 +527,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         if self._repairer is not None:
             self._repairer.forget(result.unshadowed)
             if self._repairer.watching:
-                await self._repairer.read_back(batch, self.store)
+                await self._repairer.read_back(batch, self.store, self._read_to_end(consumer))
             await self.repairs.repair_now(consumer, self._repairer, result)
 
     # --- rebalance: the listener's callbacks (rebalance.py does the work) ----------------------

@@ -423,6 +423,63 @@ async def test_a_deletion_undone_by_two_groups_repairs_is_restored(
         await worker.stop()
 
 
+async def test_a_grain_the_primary_started_again_after_a_repair_is_not_deleted(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    tmp_path: Path,
+    unique: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The primary deletes the grain before the repair lands and starts it again just after
+    it. The worker reads the repair in a poll that ends before the new start (one record per
+    poll here; a catch-up's polls end anywhere): the deletion is not re-published while the
+    log holds more than the worker has read, and the primary's new state stands."""
+    topic = await make_topic()
+    grain = ("acct", "doomed")
+    hand_off = ShadowRepairer._hand_off
+    deleted: list[int] = []
+
+    async def deleted_around(self: ShadowRepairer, key: bytes, value: bytes | None, *a: Any) -> Any:
+        if value is None or deleted:
+            return await hand_off(self, key, value, *a)
+        deleted.append(1)
+        async with Publisher(kafka_bootstrap, topic) as p:
+            await p.publish_tombstone(*grain)  # the primary deletes
+            await p.flush()
+            delivery = await hand_off(self, key, value, *a)
+            await delivery  # the repair lands
+            await p.publish_snapshot(*grain, b"new", sequence=7)  # and the primary restarts
+            await p.flush()
+        return delivery
+
+    monkeypatch.setattr(ShadowRepairer, "_hand_off", deleted_around)
+    async with Publisher(kafka_bootstrap, topic) as p:
+        await p.publish_snapshot(*grain, b"s1", sequence=5)  # offset 0
+        await p.flush()
+        await publish_unchecked(p, *grain, b"d6", 6, EntryType.DELTA)  # 1: shadows offset 0
+    worker = InProcessWorker(
+        kafka_bootstrap, topic, unique("g"), tmp_path / "db", repair_shadowed=True, max_records=1
+    ).start()
+
+    async def read() -> bool:
+        # tombstone (2), repair (3), the primary's new state (4)
+        return (await admin.end_offsets(kafka_bootstrap, topic, 1))[0] >= 5 and (
+            await caught_up_to_end(kafka_bootstrap, topic, worker)
+        )
+
+    await wait_until(read, 20, what="the worker to read the primary's new state")
+    await asyncio.sleep(1)  # (a deletion re-published would be read by now)
+    await wait_until(lambda: caught_up_to_end(kafka_bootstrap, topic, worker), 20)
+    records = [r for r in await log_records(kafka_bootstrap, topic) if r.key == encode_key(*grain)]
+    print(
+        [(r.offset, r.value, dict(r.headers or ()).get("stream-replica.repair")) for r in records]
+    )
+    assert records[-1].value is not None, "the primary's new state was deleted"
+    state = worker.store.get(grain)
+    assert state is not None and state.offset == records[-1].offset
+    await worker.stop()
+
+
 async def test_recreated_topic_is_not_resumed_and_more_partitions_keep_the_store(
     kafka_bootstrap: str,
     make_topic: TopicFactory,

@@ -27,6 +27,10 @@ class Record:
 OTHER_GROUPS_REPAIR = ((REPAIR_HEADER, b"1"),)
 
 
+def AT_END(partition: int) -> bool:  # the partition is read to its end
+    return True
+
+
 class OneGrainStore:
     """The grain's state is the record at ``offset`` (-1: none)."""
 
@@ -71,13 +75,13 @@ async def test_a_repair_read_back_restores_only_a_deletion_it_undid(
     if acknowledged_first:
         repairs.landed(KEY, 10)
     records = [Record(KEY, o, v) for o, v in window] + [Record(b"acct/other", 9, None)]
-    await repairs.read_back({TP: records}, store)  # type: ignore[dict-item]
+    await repairs.read_back({TP: records}, store, AT_END)  # type: ignore[dict-item]
     assert repairs.watching  # the repair itself not read yet
-    await repairs.read_back({TP: [Record(KEY, 10, b"repair")]}, store)  # type: ignore[dict-item]
+    await repairs.read_back({TP: [Record(KEY, 10, b"repair")]}, store, AT_END)  # type: ignore[dict-item]
     if not acknowledged_first:
         assert repairs.watching and not restored  # read, but where it landed is not known
         repairs.landed(KEY, 10)
-        await repairs.read_back({}, store)
+        await repairs.read_back({}, store, AT_END)
     assert not repairs.watching
     assert restored == ([] if restored_at is None else [(GRAIN, 0, restored_at, 10)])
 
@@ -113,6 +117,19 @@ async def test_another_groups_repair_is_no_write_of_the_primary(
     repairs.landed(KEY, 10)
     records = [Record(KEY, o, v, h) for o, v, h in [*window, (10, b"r", OTHER_GROUPS_REPAIR)]]
     records += [Record(KEY, o, v, h) for o, v, h in after]
-    await repairs.read_back({TP: records}, store)  # type: ignore[dict-item]
+    await repairs.read_back({TP: records}, store, AT_END)  # type: ignore[dict-item]
     assert not repairs.watching
     assert restored == ([] if restored_at is None else [(GRAIN, 0, restored_at, 10)])
+
+
+async def test_the_decision_waits_until_the_partition_is_read_to_its_end() -> None:
+    """A poll that ends just after the repair says nothing of what the primary wrote after
+    it (a new start of the grain, which a re-published deletion would delete)."""
+    repairs, restored = watch()
+    repairs.expect(KEY, GRAIN, 0, since=5)
+    repairs.landed(KEY, 10)
+    read = [Record(KEY, 7, None), Record(KEY, 10, b"r", OTHER_GROUPS_REPAIR)]
+    await repairs.read_back({TP: read}, OneGrainStore(10), lambda p: False)  # type: ignore[dict-item,arg-type]
+    assert repairs.watching and not restored
+    await repairs.read_back({TP: [Record(KEY, 11, b"v")]}, OneGrainStore(11), AT_END)  # type: ignore[dict-item,arg-type]
+    assert not repairs.watching and not restored
