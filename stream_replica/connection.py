@@ -281,24 +281,15 @@ class ConnectionSettings(BaseSettings):
         # model as a whole has no flag of its own.
         protocol = f"--security-protocol is {self.security_protocol}"
         sasl = self.security_protocol.startswith("SASL_")
-        if self.sasl_password_file is not None:
-            if self.sasl_password is not None:
-                raise ValueError(
-                    f"give the SASL password once: env {env_name('sasl_password')} or "
-                    f"{option_label('sasl_password_file')}, not both"
-                )
-            self.sasl_password = SecretStr(
-                _read_secret(self.sasl_password_file, "sasl_password_file")
-            )
-        if self.ssl_key_password_file is not None:
-            if self.ssl_key_password is not None:
-                raise ValueError(
-                    f"give the key's password once: env {env_name('ssl_key_password')} or "
-                    f"{option_label('ssl_key_password_file')}, not both"
-                )
-            self.ssl_key_password = SecretStr(
-                _read_secret(self.ssl_key_password_file, "ssl_key_password_file")
-            )
+        self.sasl_password = _secret(
+            self.sasl_password, self.sasl_password_file, "sasl_password", "the SASL password"
+        )
+        self.ssl_key_password = _secret(
+            self.ssl_key_password,
+            self.ssl_key_password_file,
+            "ssl_key_password",
+            "the key's password",
+        )
         if sasl:
             missing = [
                 label
@@ -433,6 +424,20 @@ class ConnectionSettings(BaseSettings):
         """For logs: never the password."""
         who = f" as {self.sasl_username} ({self.sasl_mechanism})" if self.sasl_username else ""
         return f"{self.bootstrap_servers} over {self.security_protocol}{who}"
+
+
+def _secret(
+    given: SecretStr | None, path: Path | None, setting: str, what: str
+) -> SecretStr | None:
+    """A secret from the environment (``given``) or from its ``<setting>_file``, not both."""
+    if path is None:
+        return given
+    if given is not None:
+        raise ValueError(
+            f"give {what} once: env {env_name(setting)} or "
+            f"{option_label(setting + '_file')}, not both"
+        )
+    return SecretStr(_read_secret(path, setting + "_file"))
 
 
 def _read_secret(path: Path, setting: str) -> str:
