@@ -200,6 +200,19 @@ class RebalanceHandler:
             self._positions.listed_ends[tp.partition] = end
             lags[tp.partition] = max(0, end - resume.offset)
             held[tp.partition] = resume.offset - beginnings[tp]
+            if group_offset is not None and group_offset > end:
+                # Of another log: the offsets a revocation committed for a topic then deleted
+                # and recreated under the name (or a log truncated). As the floor it would hold
+                # every commit back until the new log passed it.
+                log.warning(
+                    "partition %d: the group's committed offset %d is past the end offset %d "
+                    "(the topic deleted and recreated, or its log truncated): commits start "
+                    "over from the store's",
+                    tp.partition,
+                    group_offset,
+                    end,
+                )
+                group_offset = None
             self._book.assigned(tp.partition, group_offset)
             behind = self._book.behind(tp.partition, resume.offset)
             lag = (

@@ -154,3 +154,42 @@ async def test_an_offset_reset_behind_the_store_is_overridden_and_said_so(
 
 async def _committed(bootstrap: str, group: str, topic: str, offset: int) -> bool:
     return (await admin.committed_offsets(bootstrap, group, topic)).get(0) == offset
+
+
+async def test_a_group_offset_past_the_end_is_not_a_floor(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    tmp_path: Path,
+    unique: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A committed offset past the log's end is of another log (a revocation committed the
+    old offsets of a topic deleted and recreated under the name): commits start over from
+    the store's. As the floor it held every commit back until the new log passed it."""
+    topic = await make_topic(partitions=1)
+    async with Publisher(kafka_bootstrap, topic) as p:
+        for i in range(5):
+            await p.publish_snapshot("acct", f"k{i}", b"v", sequence=1)
+    group = unique("g")
+    old_log = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await old_log.start()
+    try:
+        old_log.assign([TopicPartition(topic, 0)])
+        await old_log.commit({TopicPartition(topic, 0): 300})
+    finally:
+        await old_log.stop()
+    caplog.set_level(logging.INFO, logger="stream_replica.worker")
+    worker = InProcessWorker(kafka_bootstrap, topic, group, tmp_path / "db").start()
+    try:
+        await wait_until(lambda: worker.caught_up({0: 5}), 60, what="the replica")
+        await wait_until(
+            lambda: _committed(kafka_bootstrap, group, topic, 5), 30, what="the store's commit"
+        )
+        assert any(
+            "committed offset 300 is past the end offset 5" in r.getMessage()
+            for r in caplog.records
+        )
+    finally:
+        await worker.stop()
