@@ -162,7 +162,16 @@ class RebalanceHandler:
                 fetch_topic_id_with(consumer._client, self.topic), IDENTITY_TIMEOUT_S
             )
         except TimeoutError:
-            topic_id = None  # unknown now: only the partition count is compared
+            topic_id = None
+        if topic_id is None and known.topic_id is not None:
+            log.warning(
+                "topic %s: its ID could not be confirmed at this assignment (the broker did "
+                "not answer within %.0f s): only its partition count was compared, a topic "
+                "deleted and recreated meanwhile goes unnoticed until the next assignment or "
+                "a restart",
+                self.topic,
+                IDENTITY_TIMEOUT_S,
+            )
         identity = TopicIdentity(topic_id or known.topic_id, len(partitions))
         if identity == known:
             return
