@@ -62,9 +62,19 @@ async def stop_producer(producer: AIOKafkaProducer, timeout_s: float) -> bool:
     # sender raise on the answer, and aiokafka's handler of that raises in turn.)
     with contextlib.suppress(Exception, TimeoutError):
         await asyncio.wait_for(producer._sender.close(), timeout_s)
-    producer._message_accumulator.fail_all(
-        KafkaTimeoutError(f"not acknowledged within {timeout_s:g} s; the producer stopped")
-    )
+    with contextlib.suppress(Exception):
+        accumulator = producer._message_accumulator
+        batches = [b for queue in accumulator._batches.values() for b in queue]
+        batches += list(accumulator._pending_batches)
+        accumulator.fail_all(
+            KafkaTimeoutError(f"not acknowledged within {timeout_s:g} s; the producer stopped")
+        )
+        # Retrieved here (the caller reports the drop): asyncio would log each future failed
+        # and never awaited when it is collected ("Future exception was never retrieved").
+        for batch in batches:
+            for future in (batch.future, *(f for f, _ in batch._msg_futures)):
+                if future.done() and not future.cancelled():
+                    future.exception()
     with contextlib.suppress(Exception):
         await producer.client.close()
     return False

@@ -271,6 +271,8 @@ class ShadowRepairer:
         )
         try:
             delivery = await self._hand_off(encode_key(*grain), None, partition, headers)
+            # (an outcome after the wait is not awaited by anyone: retrieved, not reported)
+            delivery.add_done_callback(lambda d: d.cancelled() or d.exception())
             offset = int((await asyncio.wait_for(asyncio.shield(delivery), ACK_WAIT_S)).offset)
         except (KafkaError, TimeoutError) as exc:
             log.error(
