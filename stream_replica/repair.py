@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from stream_replica.clients import start_client, stop_producer
@@ -129,18 +129,6 @@ class ShadowRepairer:
         """The grains are no longer shadowed (their repair, or a newer record, was read)."""
         for grain in grains:
             self._acknowledged.pop(grain, None)
-
-    @property
-    def watching(self) -> bool:
-        return self.watch.watching
-
-    async def read_back(
-        self,
-        batch: Mapping[TopicPartition, list[Any]],
-        store: ReplicaStore,
-        caught_up: Callable[[int], bool],
-    ) -> None:
-        await self.watch.read_back(batch, store, caught_up)
 
     async def sweep(
         self,

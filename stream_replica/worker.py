@@ -365,10 +365,10 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                     self._book.written(partition, next_offset)
             if self._focus.waiting:
                 self._hand_on(consumer)
-            if self._repairer is not None and self._repairer.watching:
+            if self._repairer is not None and self._repairer.watch.watching:
                 # A repair acknowledged after it was read back is decided now, not when the
                 # next record comes (on a quiet topic, never).
-                await self._repairer.read_back({}, self.store, self._read_to_end(consumer))
+                await self._repairer.watch.read_back({}, self.store, self._read_to_end(consumer))
 
     def _read_to_end(self, consumer: AIOKafkaConsumer) -> Callable[[int], bool]:
         """Whether the store holds a partition up to its end offset at the last fetch."""
@@ -526,8 +526,8 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.commits.schedule(consumer)
         if self._repairer is not None:
             self._repairer.forget(result.unshadowed)
-            if self._repairer.watching:
-                await self._repairer.read_back(batch, self.store, self._read_to_end(consumer))
+            if self._repairer.watch.watching:
+                await self._repairer.watch.read_back(batch, self.store, self._read_to_end(consumer))
             await self.repairs.repair_now(consumer, self._repairer, result)
 
     # --- rebalance: the listener's callbacks (rebalance.py does the work) ----------------------

@@ -54,6 +54,14 @@ async def publish_hazards(bootstrap: str, topic: str) -> None:
 SHADOWED = {"delta", "invalid", "stale"}
 
 
+async def publish_shadowed(bootstrap: str, topic: str, grain: GrainId, sequence: int) -> None:
+    """The grain's state (payload s1, ``sequence``), then a Delta that shadows it."""
+    async with Publisher(bootstrap, topic) as p:
+        await p.publish_snapshot(*grain, b"s1", sequence=sequence)
+        await p.flush()
+        await publish_unchecked(p, *grain, b"d", sequence + 1, EntryType.DELTA)
+
+
 def by_key(grains: Grains) -> dict[str, tuple[int, bytes]]:
     return {g[1]: (s.sequence, s.payload) for g, s in grains.items()}
 
@@ -346,10 +354,7 @@ async def test_a_deletion_undone_by_a_repair_acknowledged_after_it_was_read_is_r
         return late
 
     monkeypatch.setattr(ShadowRepairer, "_hand_off", deleted_first)
-    async with Publisher(kafka_bootstrap, topic) as p:
-        await p.publish_snapshot(*grain, b"s1", sequence=1)  # offset 0
-        await p.flush()
-        await publish_unchecked(p, *grain, b"d2", 2, EntryType.DELTA)  # 1: shadows offset 0
+    await publish_shadowed(kafka_bootstrap, topic, grain, 1)  # offsets 0, 1
     worker = InProcessWorker(
         kafka_bootstrap, topic, unique("g"), tmp_path / "db", repair_shadowed=True
     ).start()
@@ -396,10 +401,7 @@ async def test_a_deletion_undone_by_two_groups_repairs_is_restored(
         return await hand_off(self, key, value, *a)
 
     monkeypatch.setattr(ShadowRepairer, "_hand_off", deleted_first)
-    async with Publisher(kafka_bootstrap, topic) as p:
-        await p.publish_snapshot(*grain, b"s1", sequence=1)  # offset 0
-        await p.flush()
-        await publish_unchecked(p, *grain, b"d2", 2, EntryType.DELTA)  # 1: shadows offset 0
+    await publish_shadowed(kafka_bootstrap, topic, grain, 1)  # offsets 0, 1
     workers = [
         InProcessWorker(
             kafka_bootstrap, topic, unique(name), tmp_path / name, repair_shadowed=True
@@ -453,10 +455,7 @@ async def test_a_grain_the_primary_started_again_after_a_repair_is_not_deleted(
         return delivery
 
     monkeypatch.setattr(ShadowRepairer, "_hand_off", deleted_around)
-    async with Publisher(kafka_bootstrap, topic) as p:
-        await p.publish_snapshot(*grain, b"s1", sequence=5)  # offset 0
-        await p.flush()
-        await publish_unchecked(p, *grain, b"d6", 6, EntryType.DELTA)  # 1: shadows offset 0
+    await publish_shadowed(kafka_bootstrap, topic, grain, 5)  # offsets 0, 1
     worker = InProcessWorker(
         kafka_bootstrap, topic, unique("g"), tmp_path / "db", repair_shadowed=True, max_records=1
     ).start()
