@@ -51,12 +51,32 @@ class AdminError(StreamReplicaError):
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionReplicas:
+    """Where one partition lives, as the metadata says: its leader (-1 when it has none),
+    its replicas and those in sync."""
+
+    partition: int
+    leader: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "partition": self.partition,
+            "leader": self.leader if self.leader >= 0 else None,
+            "replicas": list(self.replicas),
+            "isr": list(self.isr),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class TopicInfo:
     name: str
     partitions: int
     replication_factor: int
     configs: dict[str, str]
     topic_id: str | None = None  # KIP-516; None when the broker does not report it
+    replica_sets: tuple[PartitionReplicas, ...] = ()
 
     @property
     def compacted(self) -> bool:
@@ -66,6 +86,43 @@ class TopicInfo:
     def delete_retention_ms(self) -> int:
         return int(self.configs.get("delete.retention.ms", DEFAULT_DELETE_RETENTION_MS))
 
+    @property
+    def min_insync_replicas(self) -> int:
+        return int(self.configs.get("min.insync.replicas", "1"))
+
+    def leaderless(self) -> list[int]:
+        """Partitions nobody can read or write until a replica is elected."""
+        return [p.partition for p in self.replica_sets if p.leader < 0]
+
+    def under_replicated(self) -> list[int]:
+        return [p.partition for p in self.replica_sets if len(p.isr) < len(p.replicas)]
+
+    def below_min_insync(self) -> list[int]:
+        """Partitions an acks=all producer cannot write to (the dead-letter and repair
+        producers): fewer replicas in sync than min.insync.replicas."""
+        return [p.partition for p in self.replica_sets if len(p.isr) < self.min_insync_replicas]
+
+    def replica_warnings(self) -> list[str]:
+        """One line per kind of unhealthy partition, naming them; empty when all are well."""
+        lines = []
+        if leaderless := self.leaderless():
+            lines.append(
+                f"topic {self.name!r}: partitions {leaderless} have no leader (their brokers "
+                "are down): nothing is read from them until a replica is elected"
+            )
+        if below := [p for p in self.below_min_insync() if p not in leaderless]:
+            lines.append(
+                f"topic {self.name!r}: partitions {below} have fewer in-sync replicas than "
+                f"min.insync.replicas={self.min_insync_replicas}: writes with acks=all (the "
+                "primary's, dead letters, repairs) are refused until brokers rejoin"
+            )
+        if under := [p for p in self.under_replicated() if p not in leaderless and p not in below]:
+            lines.append(
+                f"topic {self.name!r}: partitions {under} are under-replicated (a replica "
+                "is out of sync): still readable and writable"
+            )
+        return lines
+
     def as_json(self) -> dict[str, Any]:
         return {
             "topic": self.name,
@@ -74,6 +131,10 @@ class TopicInfo:
             "topic_id": self.topic_id,
             "compacted": self.compacted,
             "configs": dict(sorted(self.configs.items())),
+            "replicas": [p.as_json() for p in self.replica_sets],
+            "leaderless": self.leaderless(),
+            "under_replicated": self.under_replicated(),
+            "below_min_insync": self.below_min_insync(),
         }
 
 
@@ -314,7 +375,18 @@ async def _describe_topic(bootstrap_servers: Cluster, topic: str) -> TopicInfo |
                 name, value = config[0], config[1]
                 if value is not None:
                     configs[name] = value
-    return TopicInfo(topic, len(partitions), replication_factor, configs, topic_id)
+    replica_sets = tuple(
+        sorted(
+            (
+                PartitionReplicas(
+                    p["partition"], p["leader"], tuple(p["replicas"]), tuple(p["isr"])
+                )
+                for p in partitions
+            ),
+            key=lambda replicas: replicas.partition,
+        )
+    )
+    return TopicInfo(topic, len(partitions), replication_factor, configs, topic_id, replica_sets)
 
 
 async def describe_group(bootstrap_servers: Cluster, group: str) -> tuple[str, list[str]]:

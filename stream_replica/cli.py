@@ -154,6 +154,8 @@ async def cmd_topic_describe(args: argparse.Namespace) -> int:
             "(--topic, env STREAM_REPLICA_TOPIC)"
         )
     emit(info.as_json())
+    for warning in info.replica_warnings():
+        log.warning("%s", warning)
     return _report_compaction(info)
 
 

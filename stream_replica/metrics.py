@@ -171,6 +171,12 @@ class Metrics:
             labels,
             registry=r,
         )
+        self.topic_compacted = Gauge(
+            "stream_replica_topic_compacted",
+            "1 while the replicated topic has cleanup.policy=compact (checked at start and "
+            "every minute), 0 once it has not",
+            registry=r,
+        )
         self.store_bytes = Gauge(
             "stream_replica_store_size_bytes",
             "Size of the state directory on disk (measured every 10 s)",

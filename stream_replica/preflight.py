@@ -80,6 +80,8 @@ async def check_topic(
             f"(cleanup.policy={info.configs.get('cleanup.policy')}); "
             "pass --allow-non-compacted to run anyway"
         )
+    for warning in info.replica_warnings():
+        log.warning("%s", warning)
     if settings.dlq_topic:
         dlq = await describe_topic(settings, settings.dlq_topic)
         if dlq is None:

@@ -75,6 +75,7 @@ from stream_replica.shadowing import ShadowRepairs, log_shadowing, shadowings
 from stream_replica.standby import StandbyError, StandbyFollower
 from stream_replica.status import NodeStatus, PartitionRow
 from stream_replica.store import ReplicaStore, StoreError, TopicIdentity, partitions_added
+from stream_replica.topic_watch import TopicWatch
 from stream_replica.watchdog import LoopWatchdog
 
 log = logging.getLogger("stream_replica.worker")
@@ -134,6 +135,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.grain_waits = GrainWaits()
         self.standby = StandbyFollower(settings, store, self._batch_lock, self.grain_waits)
         self._standby_task: asyncio.Task[None] | None = None
+        self._topic_watch_task: asyncio.Task[None] | None = None
         self.lag = LagTracker(
             self.topic, store, self.positions, self.standby, settings.end_offset_max_age_s
         )
@@ -164,8 +166,10 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         if not c_parser_loaded():
             log.warning("aiokafka's C record parser is not loaded; consuming will be slow")
         info = await check_topic(self.settings, self.stop, self._waiting_for_kafka)
-        self.rebalance.delete_retention_ms = info.delete_retention_ms
-        self.standby.delete_retention_ms = info.delete_retention_ms
+        self._set_delete_retention_ms(info.delete_retention_ms)
+        topic_watch = TopicWatch(
+            self.settings, info, self._set_delete_retention_ms, self.metrics.topic_compacted.set
+        )
         identity = TopicIdentity(info.topic_id, info.partitions)
         added = partitions_added(self.topic, self.store.topic_identity(), identity)
         changed = self.store.bind_topic(identity)
@@ -198,6 +202,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._repairer.start()
             self._consumer.subscribe([self.topic], listener=self)
             self._standby_task = asyncio.create_task(self._run_standby())
+            self._topic_watch_task = asyncio.create_task(topic_watch.run(self.stop))
             await self._loop(self._consumer)
             if self._fatal is not None:
                 raise self._fatal
@@ -211,6 +216,10 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             self.ownership.stopped()
         finally:
             await self._stop_standby()
+            if self._topic_watch_task is not None:
+                self._topic_watch_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._topic_watch_task
             await self._shutdown()
             try:
                 await self.durability.close()
@@ -228,6 +237,10 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 dog.longest_waiting_for_core_s * 1000,
                 f"; the longest in {dog.longest_where}" if dog.longest_where else "",
             )
+
+    def _set_delete_retention_ms(self, delete_retention_ms: int) -> None:
+        self.rebalance.delete_retention_ms = delete_retention_ms
+        self.standby.delete_retention_ms = delete_retention_ms
 
     async def _run_standby(self) -> None:
         try:

@@ -97,6 +97,9 @@ async def test_stop_producer_drops_what_kafka_will_not_take(
 
     topic = unique("below-min-isr")
     stopped = await below_min_isr(cluster, topic, compacted=False)
+    described = await admin.describe_topic(cluster.bootstrap, topic)
+    assert described is not None and described.below_min_insync() == [0]
+    assert "fewer in-sync replicas than min.insync.replicas=2" in described.replica_warnings()[0]
     producer = AIOKafkaProducer(
         bootstrap_servers=cluster.bootstrap, acks="all", enable_idempotence=True
     )

@@ -97,7 +97,16 @@ async def test_topic_created_compacted(kafka_bootstrap: str, unique: object) -> 
         env={"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "STREAM_REPLICA_TOPIC": name},
     )
     assert described.returncode == 0, described.stderr
-    assert json.loads(described.stdout)["compacted"] is True
+    description = json.loads(described.stdout)
+    assert description["compacted"] is True
+    # where each partition lives: one broker, leader and in sync
+    leader = description["replicas"][0]["leader"]
+    assert description["replicas"] == [
+        {"partition": p, "leader": leader, "replicas": [leader], "isr": [leader]}
+        for p in range(description["partitions"])
+    ]
+    assert description["leaderless"] == description["below_min_insync"] == []
+    assert "WARNING" not in described.stderr
     again = cli("topic", "create", "--bootstrap-servers", kafka_bootstrap, "--topic", name)
     assert again.returncode == 0 and json.loads(again.stdout)["created"] is False
     await admin.delete_topic(kafka_bootstrap, name)
