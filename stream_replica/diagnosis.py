@@ -14,6 +14,8 @@ import asyncio
 import logging
 import socket
 import ssl
+import time
+from pathlib import Path
 from typing import Any, Final
 
 from aiokafka.conn import create_conn
@@ -250,11 +252,37 @@ def _certificate_refused(
             f"refused the connection without one ({reason}): give --ssl-certfile and "
             "--ssl-keyfile"
         )
+    if (not_valid := _not_valid_now(settings.ssl_certfile)) is not None:
+        return KafkaAccessError(
+            f"the broker at {host}:{port} refused the client certificate --ssl-certfile "
+            f"{settings.ssl_certfile} ({reason}): it {not_valid}; renew it, or check this "
+            "host's clock"
+        )
     return KafkaAccessError(
         f"the broker at {host}:{port} refused the client certificate --ssl-certfile "
         f"{settings.ssl_certfile} ({reason}): use one signed by a CA the broker trusts "
         "(its ssl.truststore), with its key in --ssl-keyfile"
     )
+
+
+def _not_valid_now(certfile: Path) -> str | None:
+    """Why a certificate is outside its dates ("expired on <date>", "is valid only from
+    <date>"; a broker refuses it as it refuses an untrusted one), else None. Read with the
+    ssl module's certificate decoder: the public API reads only a peer's certificate."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if decode is None:
+        return None
+    try:
+        fields = decode(str(certfile))
+        not_before, not_after = fields["notBefore"], fields["notAfter"]
+        now = time.time()
+        if now > ssl.cert_time_to_seconds(not_after):
+            return f"expired on {not_after}"
+        if now < ssl.cert_time_to_seconds(not_before):
+            return f"is valid only from {not_before}"
+    except (OSError, ssl.SSLError, KeyError, ValueError, TypeError):
+        return None
+    return None
 
 
 async def _tls_on_plaintext(

@@ -499,6 +499,34 @@ def test_a_client_certificate_refused_by_mutual_tls_is_one_line_exit_2(
     assert expected.format(tls=secure.tls) in last, last
 
 
+def test_an_expired_client_certificate_is_named_expired(
+    secure: SecureBroker, tmp_path: Path
+) -> None:
+    """Signed by the CA the broker trusts, but past its dates: it was reported as untrusted
+    ("use one signed by a CA the broker trusts"), which it is."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    openssl(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-subj", "/O=stream-replica local test/CN=client", "-keyout", "expired.key",
+        "-out", "expired.csr",
+    )  # fmt: skip
+    openssl(
+        "x509", "-req", "-in", "expired.csr", "-CA", str(secure.tls / "ca.pem"),
+        "-CAkey", str(secure.tls / "ca.key"), "-CAcreateserial", "-CAserial", "ca.srl",
+        "-days", "-1", "-out", "expired.pem",
+    )  # fmt: skip
+    env = _client_env(secure, secure.mutual_tls, "SSL") | {
+        "STREAM_REPLICA_SSL_CERTFILE": str(tmp_path / "expired.pem"),
+        "STREAM_REPLICA_SSL_KEYFILE": str(tmp_path / "expired.key"),
+    }
+    last = _run_ends_with_one_line(secure, tmp_path, env, f"the broker at {secure.mutual_tls} ")
+    assert f"refused the client certificate --ssl-certfile {tmp_path}/expired.pem" in last, last
+    assert ": it expired on " in last and "renew it, or check this host's clock" in last, last
+
+
 def test_a_broker_certificate_for_another_host_names_the_hostname_check(
     secure: SecureBroker,
 ) -> None:
