@@ -10,17 +10,24 @@ package depends on it wherever uvloop ships wheels, i.e. not on Windows), asynci
 otherwise; the worker's start-up line names the one it got.
 
 Programs that embed the worker (:class:`~stream_replica.worker.ReplicaWorker`) run it on
-whatever loop they run; nothing here is global (so they do not get the TLS close fix below).
+whatever loop they run; nothing here is global (so they do not get the TLS close fix nor the
+handler of aiokafka's unobserved task errors below).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from collections.abc import Callable, Coroutine
 from importlib.metadata import version
 from typing import Any, Final, TypeVar
 
+from aiokafka.errors import KafkaError
+
 from stream_replica.errors import ConfigurationError
+
+log = logging.getLogger("stream_replica")
 
 T = TypeVar("T")
 
@@ -83,7 +90,23 @@ def run(main: Coroutine[Any, Any, T], name: str = DEFAULT) -> T:
         main.close()  # never awaited: no "coroutine was never awaited" warning
         raise
     with asyncio.Runner(loop_factory=factory) as runner:
+        runner.get_loop().set_exception_handler(_unobserved_library_errors)
         return runner.run(main)
+
+
+def _unobserved_library_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """aiokafka's commit runs in a task it shields from cancellation: when a commit times
+    out (the group coordinator down), that task fails later with nobody to see it, and
+    asyncio logged "Task exception was never retrieved" with a traceback, an ERROR for a
+    failure the worker reports itself (the commit timed out, retried). Such Kafka errors of
+    aiokafka's own tasks go to DEBUG; everything else to asyncio's handler as before."""
+    failed, exception = context.get("future"), context.get("exception")
+    if isinstance(exception, KafkaError) and isinstance(failed, asyncio.Task):
+        code = getattr(failed.get_coro(), "cr_code", None)
+        if code is not None and f"{os.sep}aiokafka{os.sep}" in code.co_filename:
+            log.debug("%s (%s): %r", context.get("message"), code.co_qualname, exception)
+            return
+    loop.default_exception_handler(context)
 
 
 def describe() -> str:

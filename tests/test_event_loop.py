@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import signal
 import subprocess
 import sys
@@ -104,3 +105,40 @@ async def test_worker_runs_and_stops_on_sigterm_on_either_loop(
         if process.poll() is None:
             process.kill()
             process.wait(30)
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_an_aiokafka_task_failing_unobserved_is_debug_not_an_error(
+    loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiokafka's shielded commit task failing after our commit timed out (the coordinator
+    down) was logged as "Task exception was never retrieved" with a traceback; a task of
+    anyone else's still is."""
+    from aiokafka.client import AIOKafkaClient
+
+    class Ours(Exception):
+        pass
+
+    async def fails() -> None:
+        raise Ours("ours")
+
+    async def unobserved() -> None:
+        client = AIOKafkaClient(bootstrap_servers="127.0.0.1:1")
+        for coroutine in (client.bootstrap(), fails()):
+            task = asyncio.create_task(coroutine)
+            await asyncio.wait([task])  # done, its exception never asked for
+            del task
+            gc.collect()
+        await client.close()
+
+    with caplog.at_level(logging.DEBUG):
+        event_loop.run(unobserved(), loop)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "asyncio"]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert errors[0].exc_info is not None and isinstance(errors[0].exc_info[1], Ours)
+    debug = [r.getMessage() for r in caplog.records if r.name == "stream_replica"]
+    assert any(
+        "Task exception was never retrieved (AIOKafkaClient.bootstrap): KafkaConnectionError"
+        in line
+        for line in debug
+    ), debug
