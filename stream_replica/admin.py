@@ -37,6 +37,7 @@ from stream_replica.topic_id import fetch_topic_id
 # - min.compaction.lag.ms 0: snapshots may be compacted as soon as a segment rolls.
 DEFAULT_SEGMENT_MS: Final = 60 * 60 * 1000
 DEFAULT_DELETE_RETENTION_MS: Final = 24 * 60 * 60 * 1000
+DEFAULT_REPLICATION_FACTOR: Final = 3
 # How long an admin request is retried when it fails on one broker of a cluster (see _retrying).
 RETRY_S: Final = 30.0
 
@@ -306,6 +307,17 @@ async def create_topic(
             return False
         raise AdminError(f"cannot create topic {topic!r}: {error.__name__} {message or ''}".strip())
     return True
+
+
+async def default_replication_factor(cluster: Cluster) -> int:
+    """3 copies, as production clusters keep, or one per broker when there are fewer (a
+    development broker): what ``topic create`` uses when no replication factor is given."""
+
+    async def brokers() -> int:
+        async with admin_client(cluster) as client:
+            return len((await client.describe_cluster())["brokers"])
+
+    return max(1, min(DEFAULT_REPLICATION_FACTOR, await _retrying(brokers, cluster)))
 
 
 async def delete_topic(bootstrap_servers: Cluster, topic: str) -> None:

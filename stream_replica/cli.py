@@ -100,13 +100,14 @@ async def cmd_topic_create(args: argparse.Namespace) -> int:
     """Exit 0 when the topic was created, or exists as asked; 3 when it exists but differs
     (then one line says how, and that it was left unchanged)."""
     s = settings_from(TopicSettings, args)
+    replication_factor = s.replication_factor or await admin.default_replication_factor(s)
     if s.cleanup_policy == "delete":
-        configs = admin.dead_letter_topic_configs(s.replication_factor, s.segment_ms)
+        configs = admin.dead_letter_topic_configs(replication_factor, s.segment_ms)
     else:
         configs = admin.replication_topic_configs(
-            s.replication_factor, s.segment_ms, s.delete_retention_ms
+            replication_factor, s.segment_ms, s.delete_retention_ms
         )
-    created = await admin.create_topic(s, s.topic, s.partitions, s.replication_factor, configs)
+    created = await admin.create_topic(s, s.topic, s.partitions, replication_factor, configs)
     info = await admin.describe_topic(s, s.topic)
     assert info is not None
     emit({"created": created, **info.as_json()})

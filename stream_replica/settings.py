@@ -32,7 +32,12 @@ class TopicSettings(KafkaSettings):
         description="compact: the replicated topic; delete: a dead-letter topic (run "
         "--dlq-topic), whose records of one grain must not replace each other",
     )
-    replication_factor: int = Field(default=1, ge=1, description="copies of each partition")
+    replication_factor: int | None = Field(
+        default=None,
+        ge=1,
+        description="copies of each partition of a new topic (default: 3, or the number of "
+        "brokers when fewer)",
+    )
     segment_ms: int = Field(
         default=60 * 60 * 1000,
         ge=1000,

@@ -161,3 +161,18 @@ async def test_leader_kill_while_a_worker_replicates(
     ]
     assert lost == []
     print(f"broker {victim} killed; partitions {moved} replicated again after {stall:.1f} s")
+
+
+async def test_topic_create_keeps_three_copies_on_a_cluster_by_default(
+    cluster: KafkaCluster, unique: Any
+) -> None:
+    """It made one copy unless told (--replication-factor): a production topic lost with
+    one broker. One copy per broker up to 3; a single development broker still gets 1."""
+    topic = unique("default-rf")
+    created = cli("topic", "create", "--bootstrap-servers", cluster.bootstrap, "--topic", topic)
+    assert created.returncode == 0, created.stderr
+    description = json.loads(created.stdout)
+    assert description["replication_factor"] == 3
+    assert description["configs"]["min.insync.replicas"] == "2"
+    async with admin.admin_client(cluster.bootstrap) as client:
+        await client.delete_topics([topic])

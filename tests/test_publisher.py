@@ -88,6 +88,7 @@ async def test_topic_created_compacted(kafka_bootstrap: str, unique: object) -> 
     info = await admin.describe_topic(kafka_bootstrap, name)
     assert info is not None
     assert info.partitions == 3
+    assert info.replication_factor == 1  # one broker: one copy (3 on a cluster)
     assert info.configs["cleanup.policy"] == "compact"
     assert int(info.configs["segment.ms"]) < 7 * 24 * 3600 * 1000
     assert "delete.retention.ms" in info.configs
