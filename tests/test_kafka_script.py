@@ -380,3 +380,38 @@ def test_cluster_ids_never_start_with_a_dash(tmp_path: Path) -> None:
     ids = done.stdout.split()
     assert len(ids) == 500 and len(set(ids)) == 500
     assert all(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{21}", i) for i in ids), ids[:5]
+
+
+def test_cluster_readiness_check_reads_a_long_log(tmp_path: Path) -> None:
+    """`cluster start` on a running cluster checks each node's log for "Kafka Server started"
+    after its latest start header. The check was `tail | grep -q` under pipefail: false once a
+    node had logged more than a pipe's worth since it started (grep quits at the match, tail
+    dies of SIGPIPE), so the fixture's `cluster start` waited 90 s and stopped a healthy broker."""
+    header = "===== 2026-01-01T00:00:00Z kafka.sh start (127.0.0.1:1) =====\n"
+    filler = "".join(f"[ts] INFO filler line {i} (kafka.Test)\n" for i in range(20_000))
+    started = "[ts] INFO [KafkaRaftServer nodeId=1] Kafka Server started (kafka.server.X)\n"
+    logs = {
+        "long": header + started + filler,  # ~700 KB after the match
+        "restarted": header + started + filler + header + filler,  # this run not started yet
+        "again": header + started + header + filler + started + filler,
+        "fresh": header,
+    }
+    for name, text in logs.items():
+        (tmp_path / name).write_text(text)
+    script = (
+        "set -euo pipefail\n"
+        'source <(sed -n "/^started_since_launch() {/,/^}/p" "$1")\n'
+        "for f in long restarted again fresh missing; do\n"
+        '  if started_since_launch "$2/$f"; then echo "$f yes"; else echo "$f no"; fi\n'
+        "done"
+    )
+    done = subprocess.run(
+        ["bash", "-c", script, "bash", str(SCRIPT), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.split("\n")[:-1] == [
+        "long yes", "restarted no", "again yes", "fresh no", "missing no"
+    ]  # fmt: skip

@@ -676,18 +676,25 @@ launch_nodes() {
   done
 }
 
+# True when server.log $1 has "Kafka Server started" after its latest start header (the header
+# launch_jvm writes). One awk over the file, no pipe: `tail | grep -q` under pipefail was false
+# whenever grep quit at the match while tail still had lines to write (tail killed by SIGPIPE,
+# status 141), i.e. for every node that had logged more than a pipe's worth (~64 KiB) since it
+# started: `cluster start` waited out START_TIMEOUT and then stopped that healthy node.
+started_since_launch() {
+  awk '/^===== .* kafka\.sh start/ { started = 0 } /Kafka Server started/ { started = 1 }
+    END { exit !started }' "$1" 2>/dev/null
+}
+
 # Waits until the selected node logs "Kafka Server started" after its latest start header
 # (a broker logs it once the controller has unfenced it) and its port accepts connections.
 wait_node_ready() {
-  local pid deadline=$((SECONDS + START_TIMEOUT)) from
+  local pid deadline=$((SECONDS + START_TIMEOUT))
   pid=$(current_pid) || start_failed "$(node_name) is not running (run dir $RUN_DIR)"
   while :; do
     is_alive "$pid" || start_failed "$(node_name) (pid $pid) exited during startup"
-    if port_open "$PORT"; then
-      from=$(grep -n '^===== .* kafka.sh start' "$LOG_DIR/server.log" 2>/dev/null | tail -n 1 | cut -d: -f1)
-      if tail -n +"${from:-1}" "$LOG_DIR/server.log" 2>/dev/null | grep -q 'Kafka Server started'; then
-        break
-      fi
+    if port_open "$PORT" && started_since_launch "$LOG_DIR/server.log"; then
+      break
     fi
     if [ "$SECONDS" -ge "$deadline" ]; then
       kill_broker "$pid" >/dev/null 2>&1 || true
