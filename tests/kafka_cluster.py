@@ -52,9 +52,14 @@ class KafkaCluster:
             check=False,
         )
         if check and result.returncode != 0:
-            tail = result.stderr.strip().splitlines()[-1:] or ["(no output)"]
+            # kafka.sh's error line, then what it printed after it (a failed start: the tail
+            # of the node's server.log); the last line alone was a log line, not the error.
+            lines = result.stderr.strip().splitlines() or ["(no output)"]
+            errors = [i for i, line in enumerate(lines) if line.startswith("kafka: error:")]
+            first = errors[0] if errors else len(lines) - 1
             raise ClusterError(
-                f"kafka.sh cluster {' '.join(args)} exited {result.returncode}: {tail[0]}"
+                f"kafka.sh cluster {' '.join(args)} exited {result.returncode}: "
+                + "\n".join(lines[first:][:40])
             )
         return result
 
