@@ -5,7 +5,6 @@ broker (dev/kafka/kafka.sh), started once per session."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 
 from stream_replica import admin
 from tests.helpers import TopicFactory
-from tests.kafka_cluster import ClusterError, KafkaCluster
+from tests.kafka_cluster import KafkaCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "dev" / "kafka" / "kafka.sh"
@@ -124,14 +123,7 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaClu
 @pytest.fixture
 def cluster(kafka_cluster: KafkaCluster) -> KafkaCluster:
     """The session cluster with every broker up (a previous test may have stopped one)."""
-    try:
-        kafka_cluster.start()  # idempotent: starts only what is down
-    except ClusterError as exc:
-        # A broker a previous test stopped and started again did not come back in time (seen
-        # twice in CI after the producer-stop tests): start the whole cluster over, once.
-        logging.getLogger("tests").warning("restarting the test cluster: %s", exc)
-        kafka_cluster.stop()
-        kafka_cluster.start()
+    kafka_cluster.start()  # idempotent: starts only what is down
     return kafka_cluster
 
 
