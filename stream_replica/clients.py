@@ -65,14 +65,20 @@ async def stop_producer(producer: AIOKafkaProducer, timeout_s: float) -> bool:
     with contextlib.suppress(Exception):
         accumulator = producer._message_accumulator
         batches = [b for queue in accumulator._batches.values() for b in queue]
+        # A batch sent and put back for a retry left the pending set, but the callback its
+        # first send registered removes it from that set once it is done: failing it raised
+        # KeyError in that callback (an ERROR with a traceback, aiokafka 0.13).
+        accumulator._pending_batches.update(b for b in batches if b.retry_count > 0)
         batches += list(accumulator._pending_batches)
         accumulator.fail_all(
             KafkaTimeoutError(f"not acknowledged within {timeout_s:g} s; the producer stopped")
         )
         # Retrieved here (the caller reports the drop): asyncio would log each future failed
-        # and never awaited when it is collected ("Future exception was never retrieved").
+        # and never awaited when it is collected ("Future exception was never retrieved"),
+        # the batch's drain waiter too (failed with the rest; only flush() awaits it).
         for batch in batches:
-            for future in (batch.future, *(f for f, _ in batch._msg_futures)):
+            waiters = (batch.future, batch._drain_waiter, *(f for f, _ in batch._msg_futures))
+            for future in waiters:
                 if future.done() and not future.cancelled():
                     future.exception()
     with contextlib.suppress(Exception):
