@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 KAFKA   := dev/kafka/kafka.sh
 PYTEST_ARGS ?=
 
-.PHONY: all venv broker broker-stop demo test lint chaos chaos-small chaos-cluster fuzz bench bench-audit bench-read rolling clean
+.PHONY: all venv broker broker-stop demo test lint chaos chaos-small chaos-cluster fuzz bench bench-audit bench-read rolling check-alerts clean
 
 all: test
 
@@ -84,6 +84,16 @@ bench-audit: venv broker
 ## seconds with and without standbys; knobs: ROLLING_ARGS="--records N --legacy ..."
 rolling: venv broker
 	$(PY) -m benchmarks.rolling $(ROLLING_ARGS)
+
+## promtool's check of deploy/prometheus/alerts.yml and its unit tests (alerts_test.yml);
+## promtool is built with Go from the Go module proxy into .cache/bin (minutes, the first time)
+PROMTOOL_VERSION := v0.316.0
+.cache/bin/promtool:
+	GOBIN=$(CURDIR)/.cache/bin GOFLAGS=-mod=mod go install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+
+check-alerts: .cache/bin/promtool
+	cd deploy/prometheus && $(CURDIR)/.cache/bin/promtool check rules alerts.yml
+	cd deploy/prometheus && $(CURDIR)/.cache/bin/promtool test rules alerts_test.yml
 
 clean:
 	-$(KAFKA) clean

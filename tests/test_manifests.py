@@ -1,8 +1,14 @@
 """The example Kubernetes manifests: valid against the Kubernetes schemas (kubernetes-validate
-bundles them; nothing is downloaded), and wired the way the worker expects."""
+bundles them; nothing is downloaded), and wired the way the worker expects. The Grafana
+dashboard and the Prometheus alerts query only metrics a worker exposes."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
+import subprocess
 from typing import Any
 
 import kubernetes_validate
@@ -65,10 +71,8 @@ def test_the_manifest_args_are_flags_the_worker_accepts() -> None:
     assert "STREAM_REPLICA_INSTANCE_ID" in env_names
 
 
-def test_dashboard_queries_only_metrics_the_worker_exposes() -> None:
-    import json
-    import re
-
+def exposed_metrics() -> set[str]:
+    """Every series name a worker's /metrics carries once each labelled metric was used."""
     from stream_replica.metrics import Metrics
     from stream_replica.status import PartitionRow
 
@@ -79,11 +83,14 @@ def test_dashboard_queries_only_metrics_the_worker_exposes() -> None:
     metrics.http_requests.labels("grain", "200").inc()
     metrics.http_seconds.labels("grain").observe(0.001)
     metrics.forwards.labels("grain", "answered").inc()
-    exposed = {
+    return {
         line.split("{")[0].split(" ")[0]
         for line in metrics.exposition().decode().splitlines()
         if line and not line.startswith("#")
     }
+
+
+def test_dashboard_queries_only_metrics_the_worker_exposes() -> None:
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/stream-replica.json").read_text())
     used = {
         name
@@ -92,4 +99,35 @@ def test_dashboard_queries_only_metrics_the_worker_exposes() -> None:
         for name in re.findall(r"stream_replica_[a-z_]+", target["expr"])
     }
     assert used, "the dashboard queries nothing"
-    assert used <= exposed, f"not exposed: {sorted(used - exposed)}"
+    assert used <= exposed_metrics(), f"not exposed: {sorted(used - exposed_metrics())}"
+
+
+def test_alerts_use_only_metrics_the_worker_exposes_and_prometheus_loads_them() -> None:
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    assert len(alerts) >= 8
+    for rule in alerts:
+        assert rule["alert"].startswith("StreamReplica"), rule
+        assert rule["labels"]["severity"] in ("critical", "warning"), rule
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule
+    used = {name for rule in alerts for name in re.findall(r"stream_replica_[a-z_]+", rule["expr"])}
+    # counters are queried by their series name (_total)
+    assert used <= exposed_metrics(), f"not exposed: {sorted(used - exposed_metrics())}"
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    assert prometheus["rule_files"] == ["alerts.yml"]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    volumes = compose["services"]["prometheus"]["volumes"]
+    assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in volumes
+
+
+PROMTOOL = shutil.which("promtool", path=f"{ROOT / '.cache/bin'}:{os.environ.get('PATH', '')}")
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (make check-alerts)")
+def test_promtool_checks_the_rules_and_their_unit_tests() -> None:
+    assert PROMTOOL is not None
+    for args in (("check", "rules", "alerts.yml"), ("test", "rules", "alerts_test.yml")):
+        result = subprocess.run(
+            [PROMTOOL, *args], cwd=ROOT / "deploy/prometheus", capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
