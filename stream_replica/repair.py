@@ -259,19 +259,30 @@ class ShadowRepairer:
         )
         try:
             delivery = await self._hand_off(encode_key(*grain), None, partition, headers)
-            # (an outcome after the wait is not awaited by anyone: retrieved, not reported)
-            delivery.add_done_callback(lambda d: d.cancelled() or d.exception())
-            offset = int((await asyncio.wait_for(asyncio.shield(delivery), ACK_WAIT_S)).offset)
-        except (KafkaError, TimeoutError) as exc:
-            log.error(
-                "%s; re-publishing the deletion failed (%s: %s): publish a tombstone for it",
-                where,
-                type(exc).__name__,
-                exc,
-            )
+        except KafkaError as exc:
+            self._not_restored(where, exc)
+            return
+        # Not awaited: the loop goes on (a wait here held up the poll, up to ACK_WAIT_S per
+        # deletion); the idempotent producer retries it until Kafka takes it or it stops.
+        delivery.add_done_callback(functools.partial(self._restored, where))
+
+    def _restored(self, where: str, delivery: asyncio.Future[Any]) -> None:
+        """A re-published deletion's delivery ended (its done-callback)."""
+        failure = asyncio.CancelledError() if delivery.cancelled() else delivery.exception()
+        if failure is not None:
+            self._not_restored(where, failure)
             return
         self.deletions_restored += 1
-        log.warning("%s; re-published the deletion at offset %d", where, offset)
+        log.warning("%s; re-published the deletion at offset %d", where, delivery.result().offset)
+
+    @staticmethod
+    def _not_restored(where: str, failure: BaseException) -> None:
+        log.error(
+            "%s; re-publishing the deletion failed (%s: %s): publish a tombstone for it",
+            where,
+            type(failure).__name__,
+            failure,
+        )
 
     async def _hand_off(
         self, key: bytes, value: bytes | None, partition: int, headers: list[tuple[str, bytes]]

@@ -314,8 +314,10 @@ async def test_a_repair_that_follows_a_concurrent_deletion_restores_it(
     last = dict(records[-1].headers)
     assert last[REPAIR_HEADER] == b"1"
     assert last["stream-replica.repair-of-deletion-offset"] == str(records[2].offset).encode()
-    assert worker.worker._repairer is not None
-    assert worker.worker._repairer.deletions_restored == 1
+    repairer = worker.worker._repairer
+    assert repairer is not None
+    # counted when its acknowledgement is heard (not waited for)
+    await wait_until(lambda: repairer.deletions_restored == 1, 30, 0.05, what="counted")
     await worker.stop()
 
 
