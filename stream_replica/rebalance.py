@@ -157,20 +157,20 @@ class RebalanceHandler:
         partitions = consumer._client.cluster.partitions_for_topic(self.topic)
         if not partitions:
             return
+        why = "the broker did not report it"
         try:
             topic_id = await asyncio.wait_for(
                 fetch_topic_id_with(consumer._client, self.topic), IDENTITY_TIMEOUT_S
             )
         except TimeoutError:
-            topic_id = None
+            topic_id, why = None, f"the broker did not answer within {IDENTITY_TIMEOUT_S:.0f} s"
         if topic_id is None and known.topic_id is not None:
             log.warning(
-                "topic %s: its ID could not be confirmed at this assignment (the broker did "
-                "not answer within %.0f s): only its partition count was compared, a topic "
-                "deleted and recreated meanwhile goes unnoticed until the next assignment or "
-                "a restart",
+                "topic %s: its ID could not be confirmed at this assignment (%s): only its "
+                "partition count was compared, a topic deleted and recreated meanwhile goes "
+                "unnoticed until the next assignment or a restart",
                 self.topic,
-                IDENTITY_TIMEOUT_S,
+                why,
             )
         identity = TopicIdentity(topic_id or known.topic_id, len(partitions))
         if identity == known:

@@ -4,6 +4,7 @@ deleted and recreated, or given more partitions. A restart already re-binds the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,39 @@ async def test_a_group_offset_past_the_end_is_not_a_floor(
         )
     finally:
         await worker.stop()
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [("hangs", "the broker did not answer within 0 s"), ("none", "the broker did not report it")],
+)
+async def test_an_assignment_that_cannot_confirm_the_topic_id_says_why_and_goes_on(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    tmp_path: Path,
+    unique: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    answer: str,
+    why: str,
+) -> None:
+    """A slow or empty answer to the topic-ID request at an assignment: the partition count
+    alone is compared, with one warning naming why, and the worker replicates as usual."""
+    from stream_replica import rebalance
+
+    async def unanswered(client: Any, topic: str) -> str | None:
+        if answer == "hangs":
+            await asyncio.Event().wait()
+        return None
+
+    monkeypatch.setattr(rebalance, "IDENTITY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(rebalance, "fetch_topic_id_with", unanswered)
+    topic = await make_topic(partitions=1)
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        await publisher.publish_snapshot("t", "a", b"1")
+    with caplog.at_level(logging.WARNING, "stream_replica"):
+        worker = InProcessWorker(kafka_bootstrap, topic, unique("g"), tmp_path / "db").start()
+        await wait_until(lambda: worker.caught_up({0: 1}), 60, what="catch-up")
+        await worker.stop()
+    expected = f"topic {topic}: its ID could not be confirmed at this assignment ({why})"
+    assert expected in caplog.text
