@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -306,7 +307,36 @@ async def create_topic(
         if error.__name__ == "TopicAlreadyExistsError":
             return False
         raise AdminError(f"cannot create topic {topic!r}: {error.__name__} {message or ''}".strip())
+    await _until_led(bootstrap_servers, topic, partitions)
     return True
+
+
+# How long a topic just created may take to have a leader for every partition.
+CREATED_READY_S: Final = 30.0
+
+
+async def _until_led(cluster: Cluster, topic: str, partitions: int) -> None:
+    """Wait until the broker asked knows the topic just created and a leader for each of its
+    partitions. On a cluster the controller answers CreateTopics before every broker has the
+    new metadata: a describe right after said the topic did not exist, and a producer's
+    first sends waited for leaders."""
+    deadline = time.monotonic() + CREATED_READY_S
+    pause = 0.05
+    while True:
+        async with admin_client(cluster) as client:
+            metadata = await client.describe_topics([topic])
+        if metadata and metadata[0]["error_code"] == 0:
+            led = [p for p in metadata[0]["partitions"] if p["leader"] >= 0]
+            if len(led) == partitions:
+                return
+        if time.monotonic() > deadline:
+            raise AdminError(
+                f"topic {topic!r} was created, but its {partitions} partitions did not all have "
+                f"a leader within {CREATED_READY_S:.0f} s: check the brokers "
+                "(`stream-replica topic describe`)"
+            )
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 1.0)
 
 
 async def default_replication_factor(cluster: Cluster) -> int:

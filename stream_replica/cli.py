@@ -109,7 +109,8 @@ async def cmd_topic_create(args: argparse.Namespace) -> int:
         )
     created = await admin.create_topic(s, s.topic, s.partitions, replication_factor, configs)
     info = await admin.describe_topic(s, s.topic)
-    assert info is not None
+    if info is None:  # deleted by someone else meanwhile
+        raise admin.AdminError(f"topic {s.topic!r} was created, then could not be described")
     emit({"created": created, **info.as_json()})
     if created:
         return _report_compaction(info) if s.cleanup_policy == "compact" else 0
