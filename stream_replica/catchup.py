@@ -22,6 +22,8 @@ from typing import Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stream_replica.offsets import readable_end
+
 # The worker's logger: these lines have always been the worker's.
 log = logging.getLogger("stream_replica.worker")
 
@@ -136,19 +138,3 @@ def resume_next(
     for partition in focus.progressed(lags):
         consumer.resume(TopicPartition(topic, partition))
         log.info("partition %d: catching up (next: %s)", partition, focus.waiting)
-
-
-def readable_end(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, committed_only: bool = True
-) -> int | None:
-    """How far the consumer can read ``tp`` now: the end offset, or reading committed
-    records only, the last stable offset when a transaction is open (nothing past it is
-    returned until the transaction ends, which may take its producer's transaction timeout,
-    minutes). The broker reports the last stable offset whatever the isolation level."""
-    mark: int | None = consumer.highwater(tp)
-    if not committed_only:
-        return mark
-    stable: int | None = consumer.last_stable_offset(tp)
-    if mark is not None and stable is not None and stable >= 0:
-        return min(mark, stable)
-    return mark

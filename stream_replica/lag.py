@@ -1,7 +1,8 @@
 """How far behind the served partitions are, and since when the active ones are caught up.
 
-* Lags (records behind the high watermark) go to the assignor (ownership.report_lag), the
-  WAL policy (durability.py) and the progress line.
+* Lags (records behind the end offset: what the consumers can read, offsets.end_offset) go
+  to the assignor (ownership.report_lag), the WAL policy (durability.py) and the progress
+  line.
 * The rows of the HTTP face: role, next offset, end offset, caught up, what is left.
 * Caught-up bookkeeping: since when the store of each owned partition holds everything the
   log had (store.Checkpoint), which the tombstone-retention check on assignment uses.
@@ -13,7 +14,7 @@ from collections.abc import Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream_replica.offsets import EndOffset, caught_up_since, end_offset
+from stream_replica.offsets import EndOffset, caught_up_since, end_offset, readable_end
 from stream_replica.ownership import now_ms
 from stream_replica.positions import Positions, owned
 from stream_replica.standby import StandbyFollower
@@ -29,8 +30,10 @@ class LagTracker:
         positions: Positions,
         standby: StandbyFollower,
         end_offset_max_age_s: float,
+        committed_only: bool = True,
     ) -> None:
         self.topic = topic
+        self._committed_only = committed_only  # the active consumer reads committed records
         self._store = store
         self._positions = positions
         self._standby = standby
@@ -39,11 +42,12 @@ class LagTracker:
         self.reached_end: set[tuple[int, str]] = set()
 
     def lags(self, consumer: AIOKafkaConsumer | None) -> dict[int, int]:
-        """Records behind the high watermark, per served partition (-1: not known yet)."""
+        """Records behind the end offset, per served partition (-1: not known yet)."""
         lags = self._standby.lags()
         if consumer is not None:
             for partition in owned(consumer, self.topic):
-                mark = consumer.highwater(TopicPartition(self.topic, partition))
+                tp = TopicPartition(self.topic, partition)
+                mark = readable_end(consumer, tp, self._committed_only)
                 if mark is None:  # not fetched yet (paused for a catch-up)
                     mark = self._positions.listed_ends.get(partition)
                 position = self._positions.next.get(partition)
@@ -65,7 +69,7 @@ class LagTracker:
         confirmed = {p: end.confirmed_at_ms for p, (_, end) in self._standby.marks().items() if end}
         if consumer is not None:
             for partition in owned(consumer, self.topic):
-                end = end_offset(consumer, TopicPartition(self.topic, partition))
+                end = self._end(consumer, partition)
                 if end is not None:
                     confirmed[partition] = end.confirmed_at_ms
 
@@ -87,7 +91,7 @@ class LagTracker:
         listed: dict[int, int] = {}
         if consumer is not None:
             for partition in owned(consumer, self.topic):
-                end = end_offset(consumer, TopicPartition(self.topic, partition))
+                end = self._end(consumer, partition)
                 served.append((partition, "active", self._positions.next.get(partition), end))
                 if end is None and partition in self._positions.listed_ends:
                     listed[partition] = self._positions.listed_ends[partition]
@@ -114,17 +118,33 @@ class LagTracker:
             # nothing about what the log holds now: not caught up, however close we were.
             age_s = None if end is None else max(0, now - end.confirmed_at_ms) / 1000
             caught_up = reached and age_s is not None and age_s <= max_age_s
-            rows[partition] = PartitionRow(role, checkpoint, mark, caught_up, remaining, age_s)
+            held_back = 0 if end is None else end.held_back
+            rows[partition] = PartitionRow(
+                role, checkpoint, mark, caught_up, remaining, age_s, held_back
+            )
         return rows
 
+    def _end(self, consumer: AIOKafkaConsumer, partition: int) -> EndOffset | None:
+        return end_offset(consumer, TopicPartition(self.topic, partition), self._committed_only)
+
     def is_caught_up(self, consumer: AIOKafkaConsumer, partition: int, next_offset: int) -> bool:
+        """Whether the store holds the partition up to the end offset at the last fetch
+        (what the consumer can read: an open transaction's records are not waited for)."""
+        end = readable_end(consumer, TopicPartition(self.topic, partition), self._committed_only)
+        return end is not None and next_offset >= end
+
+    def read_to_log_end(self, consumer: AIOKafkaConsumer, partition: int, next_offset: int) -> bool:
+        """Whether the store holds the partition up to its high watermark at the last fetch:
+        also past every transaction open then. The repair watch waits for this (a record of
+        the primary's in an open transaction, once committed, may come before the deletion
+        it would re-publish: repair_watch.py)."""
         highwater = consumer.highwater(TopicPartition(self.topic, partition))
         return highwater is not None and next_offset >= highwater
 
     def mark_caught_up(
         self, consumer: AIOKafkaConsumer, partitions: Iterable[int] | None = None
     ) -> None:
-        """Record, for owned partitions whose position has reached the high watermark, since
+        """Record, for owned partitions whose position has reached the end offset, since
         when the store is caught up: when the broker confirmed that end offset (the
         tombstone-retention check on assignment uses it)."""
         now = now_ms()
@@ -134,8 +154,7 @@ class LagTracker:
             position = self._positions.next.get(partition)
             if position is None:
                 continue
-            end = end_offset(consumer, TopicPartition(self.topic, partition))
-            since = caught_up_since(position, end, now)
+            since = caught_up_since(position, self._end(consumer, partition), now)
             if since is not None:
                 since = max(since, self._positions.caught_up_at.get(partition, since))
                 self._positions.caught_up_at[partition] = since

@@ -142,7 +142,8 @@ class Metrics:
         labels = ["partition", "role"]
         self.end_offset = Gauge(
             "stream_replica_partition_end_offset",
-            "The partition's end offset (high watermark) at the last fetch",
+            "The partition's end offset at the last fetch: its high watermark, or reading "
+            "committed records, its last stable offset while a transaction is open",
             labels,
             registry=r,
         )
@@ -175,6 +176,14 @@ class Metrics:
             "stream_replica_topic_compacted",
             "1 while the replicated topic has cleanup.policy=compact (checked at start and "
             "every minute), 0 once it has not",
+            registry=r,
+        )
+        self.held_back = Gauge(
+            "stream_replica_partition_held_back_records",
+            "Records past the partition's end offset that an open transaction keeps from "
+            "every consumer reading committed records (its own and all written after its "
+            "start; readable once it ends: a hung transactional producer shows here)",
+            labels,
             registry=r,
         )
         self.store_bytes = Gauge(
@@ -234,7 +243,14 @@ class Metrics:
 
     def set_partitions(self, rows: Mapping[int, PartitionRow]) -> None:
         """Replace the per-partition gauges: partitions no longer served disappear."""
-        gauges = (self.end_offset, self.end_offset_age, self.checkpoint, self.lag, self.rebuilding)
+        gauges = (
+            self.end_offset,
+            self.end_offset_age,
+            self.checkpoint,
+            self.lag,
+            self.rebuilding,
+            self.held_back,
+        )
         for gauge in gauges:
             gauge.clear()
         for partition, row in rows.items():
@@ -246,6 +262,7 @@ class Metrics:
             self.checkpoint.labels(*labels).set(row.checkpoint)
             self.lag.labels(*labels).set(row.lag)
             self.rebuilding.labels(*labels).set(row.rebuild_remaining)
+            self.held_back.labels(*labels).set(row.held_back)
 
     def set_shadowed(
         self, per_partition: Mapping[int, int], rows: Mapping[int, PartitionRow]

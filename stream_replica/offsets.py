@@ -28,19 +28,50 @@ READ_COMMITTED: Final[dict[str, str]] = {"isolation_level": "read_committed"}
 
 
 class EndOffset(NamedTuple):
-    """A partition's end offset (high watermark) as the broker last reported it."""
+    """A partition's end offset as the broker last reported it: how far the consumer can
+    read (see readable_end)."""
 
     offset: int
     confirmed_at_ms: int  # wall clock of the fetch response that carried it
+    # Records past ``offset`` up to the high watermark: an open transaction's, and every
+    # record written after its start (plain ones too), returned to no consumer reading
+    # committed records until it ends (0 when none is open, or reading uncommitted ones).
+    held_back: int = 0
 
 
-def end_offset(consumer: AIOKafkaConsumer, tp: TopicPartition) -> EndOffset | None:
-    """The end offset of an assigned partition with the time the broker confirmed it (None
-    before the first fetch response). While the broker is unreachable it does not change,
-    and its age says how far back "caught up" was true."""
+def readable_end(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, committed_only: bool
+) -> int | None:
+    """How far the consumer can read ``tp`` now: the high watermark, or reading committed
+    records only, the last stable offset when a transaction is open (nothing past it is
+    returned until the transaction ends, which may take its producer's transaction timeout,
+    minutes). The broker reports the last stable offset whatever the isolation level."""
     mark: int | None = consumer.highwater(tp)
+    if not committed_only:
+        return mark
+    stable: int | None = consumer.last_stable_offset(tp)
+    if mark is not None and stable is not None and stable >= 0:
+        return min(mark, stable)
+    return mark
+
+
+def end_offset(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, committed_only: bool
+) -> EndOffset | None:
+    """The end offset of an assigned partition, as far as the consumer can read it
+    (``committed_only``: it reads committed records only), with the time the broker confirmed
+    it (None before the first fetch response). While the broker is unreachable it does not
+    change, and its age says how far back "caught up" was true. "Caught up" is with this
+    end: measured against the high watermark, a transaction held open (up to its producer's
+    transaction.timeout.ms; for good while several producers' transactions overlap) kept a
+    partition "behind", its reads refused as being rebuilt, all that time."""
+    mark = readable_end(consumer, tp, committed_only)
     confirmed_ms: int | None = consumer.last_poll_timestamp(tp)
-    return None if mark is None or confirmed_ms is None else EndOffset(mark, confirmed_ms)
+    if mark is None or confirmed_ms is None:
+        return None
+    highwater: int | None = consumer.highwater(tp)
+    held_back = 0 if highwater is None else max(0, highwater - mark)
+    return EndOffset(mark, confirmed_ms, held_back)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,9 @@ each would take the other's repair for the grain set again and neither would res
 deletion.
 The decision waits until the worker has read its partition to the end offset: a poll can end
 just after the repair while the primary has already started the grain again after it (a
-catch-up, a poll's max_records), and a deletion re-published then would delete that.
+catch-up, a poll's max_records), and a deletion re-published then would delete that. The end
+is the high watermark, not the last stable offset the worker's freshness is measured
+against (lag.py): a transaction still open may hold the primary's new start of the grain.
 
 The ack and the read of the repair come in either order (the consumer may fetch the repair
 before the producer hears back), so the watch keeps what it saw and decides once it knows

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from stream_replica.clients import start_client, stop_consumer
+from stream_replica.consumer import reads_committed_only
 from stream_replica.fold import FoldCounts
 from stream_replica.grain_waits import GrainWaits
 from stream_replica.memory import FETCH_MAX_BYTES
@@ -65,6 +66,8 @@ class StandbyFollower:
         self.store = store
         self.topic = settings.topic
         self.lock = lock  # the worker's batch lock
+        # Whether the follower's consumer reads committed records only (as the active one).
+        self._committed_only = reads_committed_only(settings)
         self.delete_retention_ms = delete_retention_ms
         self.counts = FoldCounts()
         self._consumer: AIOKafkaConsumer | None = None
@@ -254,10 +257,10 @@ class StandbyFollower:
                 consumer.seek(tp, self._positions[tp.partition])
 
     def _end(self, consumer: AIOKafkaConsumer, partition: int) -> EndOffset | None:
-        return end_offset(consumer, TopicPartition(self.topic, partition))
+        return end_offset(consumer, TopicPartition(self.topic, partition), self._committed_only)
 
     def lags(self) -> dict[int, int]:
-        """Records behind the high watermark per standby partition (-1: not known yet)."""
+        """Records behind the end offset per standby partition (-1: not known yet)."""
         if self._consumer is None:
             return {}
         result = {}

@@ -18,6 +18,7 @@ class PartitionRow:
         "checkpoint",
         "end_offset",
         "end_offset_age_s",
+        "held_back",
         "rebuild_remaining",
         "role",
     )
@@ -30,6 +31,7 @@ class PartitionRow:
         caught_up: bool,
         rebuild_remaining: int = 0,
         end_offset_age_s: float | None = None,
+        held_back: int = 0,
     ) -> None:
         self.role = role
         self.checkpoint = checkpoint
@@ -39,6 +41,9 @@ class PartitionRow:
         self.caught_up = caught_up
         self.rebuild_remaining = rebuild_remaining
         self.end_offset_age_s = end_offset_age_s
+        # records past the end offset that an open transaction keeps from every consumer
+        # reading committed records (offsets.EndOffset.held_back)
+        self.held_back = held_back
 
     @property
     def lag(self) -> int:
@@ -53,6 +58,7 @@ class PartitionRow:
             "lag": self.lag,
             "caught_up": self.caught_up,
             "rebuild_remaining": self.rebuild_remaining,
+            "held_back": self.held_back,
         }
 
 

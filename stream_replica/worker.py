@@ -56,6 +56,7 @@ from stream_replica.membership import GroupAssignment
 from stream_replica.metrics import Metrics
 from stream_replica.offsets import (
     CommitBook,
+    EndOffset,
     advance,
     end_offset,
     past_control_records,
@@ -137,7 +138,12 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._standby_task: asyncio.Task[None] | None = None
         self._topic_watch_task: asyncio.Task[None] | None = None
         self.lag = LagTracker(
-            self.topic, store, self.positions, self.standby, settings.end_offset_max_age_s
+            self.topic,
+            store,
+            self.positions,
+            self.standby,
+            settings.end_offset_max_age_s,
+            self._committed_only,
         )
         self.instance_check = DuplicateInstanceCheck(settings)  # static membership
         self.watchdog = LoopWatchdog(self.metrics.loop_stall_max.set)
@@ -368,7 +374,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             if moved:
                 checkpoints = advance(
                     moved,
-                    lambda p: end_offset(consumer, TopicPartition(self.topic, p)),
+                    lambda p: self._end(consumer, p),
                     self.positions.caught_up_at,
                     now_ms(),
                 )
@@ -384,8 +390,13 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._repairer.watch.read_back({}, self.store, self._read_to_end(consumer))
 
     def _read_to_end(self, consumer: AIOKafkaConsumer) -> Callable[[int], bool]:
-        """Whether the store holds a partition up to its end offset at the last fetch."""
-        return lambda p: self.lag.is_caught_up(consumer, p, self.positions.next.get(p, -1))
+        """Whether the store holds a partition up to its high watermark at the last fetch
+        (past any transaction open then: lag.read_to_log_end)."""
+        return lambda p: self.lag.read_to_log_end(consumer, p, self.positions.next.get(p, -1))
+
+    def _end(self, consumer: AIOKafkaConsumer, partition: int) -> EndOffset | None:
+        tp = TopicPartition(self.topic, partition)
+        return end_offset(consumer, tp, self._committed_only)
 
     def _periodic(self) -> None:
         now = time.monotonic()
@@ -511,7 +522,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         await past_trailing_markers(consumer, self.topic, result.next_offsets)
         checkpoints = advance(
             result.next_offsets,
-            lambda p: end_offset(consumer, TopicPartition(self.topic, p)),
+            lambda p: self._end(consumer, p),
             self.positions.caught_up_at,
             now_ms(),
         )

@@ -11,10 +11,10 @@ from aiokafka import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_replica import catchup
 from stream_replica.assignor import MemberState, StoreOffsets, assign
 from stream_replica.catchup import CatchUpFocus
 from stream_replica.consumer import reads_committed_only
+from stream_replica.offsets import readable_end
 from stream_replica.settings import WorkerSettings
 
 
@@ -122,8 +122,8 @@ class _OpenTransaction:
 def test_the_readable_end_is_the_last_stable_offset_only_reading_committed_records() -> None:
     consumer: Any = _OpenTransaction()
     tp = TopicPartition("t", 0)
-    assert catchup.readable_end(consumer, tp, committed_only=True) == 0
-    assert catchup.readable_end(consumer, tp, committed_only=False) == 5
+    assert readable_end(consumer, tp, committed_only=True) == 0
+    assert readable_end(consumer, tp, committed_only=False) == 5
 
 
 def test_the_worker_reads_committed_records_unless_told_otherwise(tmp_path: Path) -> None:

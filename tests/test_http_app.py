@@ -111,6 +111,7 @@ async def test_metrics_exposition_and_status() -> None:
             "lag": 2,
             "caught_up": True,
             "rebuild_remaining": 0,
+            "held_back": 0,
         }
         page = await client.get("/")
         assert page.status == 200 and "status.json" in await page.text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 
 from stream_replica.lag import LagTracker
@@ -23,6 +24,9 @@ class FetchedSome:
 
     def highwater(self, tp: TopicPartition) -> int | None:
         return 100 if tp.partition == 0 else None
+
+    def last_stable_offset(self, tp: TopicPartition) -> int | None:
+        return self.highwater(tp)  # no transaction open
 
     def last_poll_timestamp(self, tp: TopicPartition) -> int | None:
         return now_ms() if tp.partition == 0 else None
@@ -92,5 +96,56 @@ def test_a_lag_of_0_no_fetch_confirmed_is_unknown_to_readers(tmp_path: Path) -> 
         consumer: Any = FetchedSome()  # partition 0 fetched (end 100), partition 1 not
         assert tracker.for_readers(consumer, tracker.lags(consumer)) == {0: 0, 1: -1}
         assert not tracker.rows(consumer)[1].caught_up
+    finally:
+        store.close()
+
+
+class TransactionOpen(FetchedSome):
+    """Partition 0 (high watermark 100) holds a transaction open from offset 90 on: the
+    broker reports the last stable offset 90."""
+
+    def last_stable_offset(self, tp: TopicPartition) -> int | None:
+        return 90 if tp.partition == 0 else None
+
+
+@pytest.mark.parametrize("committed_only", [True, False])
+def test_a_transaction_held_open_is_not_waited_for_reading_committed_records(
+    tmp_path: Path, committed_only: bool
+) -> None:
+    """Reading committed records, nothing past the last stable offset is returned until the
+    transaction ends (up to its producer's transaction timeout; for good with overlapping
+    transactions): the partition was "10 records behind", reads of it refused as "being
+    rebuilt" all that time. Caught up is caught up with what can be read; the records held
+    back are reported apart. Reading uncommitted records, the high watermark stays the end."""
+    store = ReplicaStore(tmp_path / "db", TOPIC)
+    try:
+        positions = Positions(TOPIC, next={0: 90, 1: 0}, listed_ends={1: 0})
+        tracker = LagTracker(
+            TOPIC,
+            store,
+            positions,
+            NoStandbys(),  # type: ignore[arg-type]
+            15.0,
+            committed_only=committed_only,
+        )
+        consumer: Any = TransactionOpen()
+        row = tracker.rows(consumer)[0]
+        if committed_only:
+            assert (row.end_offset, row.lag, row.caught_up, row.rebuild_remaining) == (
+                90,
+                0,
+                True,
+                0,
+            )
+            assert row.held_back == 10 and row.as_json()["held_back"] == 10
+            assert tracker.lags(consumer)[0] == 0
+            assert tracker.is_caught_up(consumer, 0, 90)
+        else:
+            assert (row.end_offset, row.lag, row.caught_up, row.held_back) == (100, 10, False, 0)
+            assert tracker.lags(consumer)[0] == 10
+            assert not tracker.is_caught_up(consumer, 0, 90)
+        # The repair watch still waits for the high watermark (repair_watch.py).
+        assert not tracker.read_to_log_end(consumer, 0, 90)
+        assert tracker.read_to_log_end(consumer, 0, 100)
     finally:
         store.close()

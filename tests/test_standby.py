@@ -1,5 +1,6 @@
-"""standby.py without a broker (a scripted consumer): a standby applies by the active path's
-rules, and a batch fetched while its partitions were re-sought is never applied nor skipped."""
+"""standby.py, mostly without a broker (a scripted consumer): a standby applies by the active
+path's rules, and a batch fetched while its partitions were re-sought is never applied nor
+skipped. One test against the broker: a transaction held open."""
 
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ class ScriptedConsumer:
 
     def highwater(self, tp: TopicPartition) -> int:
         return len(self.log[tp.partition])
+
+    def last_stable_offset(self, tp: TopicPartition) -> int:
+        return self.highwater(tp)  # no transaction open
 
     async def position(self, tp: TopicPartition) -> int:
         return self.positions[tp]
@@ -153,3 +157,65 @@ async def test_a_poll_followed_by_a_commit_marker_leaves_the_standby_past_it(
     assert store.checkpoints()[0].next_offset == 4
     assert follower.lags() == {0: 0}
     store.close()
+
+
+async def test_a_transaction_held_open_leaves_the_standby_caught_up_with_what_it_can_read(
+    kafka_bootstrap: str, make_topic: Any, tmp_path: Path, unique: Any
+) -> None:
+    """Against a broker: a transaction left open keeps its records, and every record after
+    its start, from the standby's consumer (it reads committed records only). Its lag was
+    measured against the high watermark: behind for as long as the transaction stayed open,
+    and its caught-up time (the tombstone-retention check on a takeover) not refreshed."""
+    from aiokafka import AIOKafkaProducer
+
+    from stream_replica.publisher import Publisher
+
+    topic = await make_topic(partitions=1)
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for i in range(5):
+            await publisher.publish_snapshot("t", f"g{i}", b"plain")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=unique("tx"))
+    await producer.start()
+    settings = WorkerSettings(
+        bootstrap_servers=kafka_bootstrap, topic=topic, group=unique("g"), db=tmp_path / "db"
+    )
+    store = ReplicaStore(tmp_path / "db", topic)
+    lock = asyncio.Lock()
+    follower = StandbyFollower(settings, store, lock)
+    stop = asyncio.Event()
+    runner = None
+    try:
+        await producer.begin_transaction()
+        for i in range(3):
+            entry = Entry("t", f"g{i}", 2**60, 1, "eu", EntryType.FULL_STATE, b"in transaction")
+            await (
+                await producer.send(
+                    topic, key=encode_key("t", f"g{i}"), value=encode_value(entry), partition=0
+                )
+            )
+        async with lock:
+            await follower.follow(frozenset({0}))
+        runner = asyncio.create_task(follower.run(stop))
+        started = time.time_ns() // 1_000_000
+
+        def caught_up() -> bool:
+            _, end = follower.marks()[0]
+            return (
+                follower.lags() == {0: 0}
+                and end is not None
+                and end.held_back == 3
+                and end.confirmed_at_ms > started
+            )
+
+        await wait_until(caught_up, 30, 0.1, what="the standby caught up, the transaction open")
+        async with lock:
+            follower.touch()  # the caught-up time: when the broker confirmed that end
+        checkpoint = store.checkpoints()[0]
+        assert checkpoint.next_offset == 5 and checkpoint.caught_up_at_ms > started
+    finally:
+        stop.set()
+        if runner is not None:
+            await asyncio.wait_for(runner, 10)
+        await follower.stop()
+        await producer.stop()
+        store.close()

@@ -1043,6 +1043,63 @@ async def test_a_transactional_producer_writing_all_the_time_leaves_the_worker_c
         await worker.stop()
 
 
+async def test_a_transaction_held_open_leaves_the_worker_caught_up_with_what_it_can_read(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    """A transaction left open (a producer between its writes and its commit, up to its
+    transaction.timeout.ms; a hung one) keeps every record from its start on, a plain
+    producer's too, from a consumer reading committed records. Measured against the high
+    watermark, a partition assigned meanwhile never "reached the end": reads of it were
+    refused as "being rebuilt (4 records left)" for as long as the transaction was open (for
+    good with two producers whose transactions overlap). Caught up is caught up with what
+    can be read; what the transaction holds back is reported apart."""
+    from aiokafka import AIOKafkaProducer
+
+    topic = await make_topic(partitions=1)
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for i in range(5):
+            await publisher.publish_snapshot("t", f"g{i}", b"plain")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=unique("tx"))
+    await producer.start()
+    worker = None
+    try:
+        await producer.begin_transaction()
+        for i in range(3):  # offsets 5-7
+            await (await producer.send(topic, **_transactional_record(0, f"g{i}", 2**60)))
+        async with Publisher(kafka_bootstrap, topic) as publisher:  # offset 8: after its start
+            await publisher.publish_snapshot("t", "g4", b"plain, after the transaction began")
+        worker = InProcessWorker(kafka_bootstrap, topic, unique("g"), tmp_path / "db").start()
+
+        def caught_up() -> bool:
+            row = worker.worker.partition_rows().get(0)
+            return row is not None and row.caught_up
+
+        await wait_until(caught_up, 30, 0.1, what="caught up, the transaction open")
+        row = worker.worker.partition_rows()[0]
+        assert (row.end_offset, row.lag, row.rebuild_remaining, row.held_back) == (5, 0, 0, 4)
+        assert worker.worker.lag.lags(worker.worker._consumer) == {0: 0}
+        assert worker.store.checkpoints()[0].next_offset == 5
+        state = worker.store.get(("t", "g0"))
+        assert state is not None and state.payload == b"plain"  # nothing of the transaction
+
+        await producer.commit_transaction()  # its marker: offset 9
+
+        def all_read() -> bool:
+            row = worker.worker.partition_rows()[0]
+            return row.caught_up and row.end_offset == 10 and row.held_back == 0
+
+        await wait_until(all_read, 30, 0.1, what="the committed transaction read")
+        assert worker.store.checkpoints()[0].next_offset == 10
+        state = worker.store.get(("t", "g4"))
+        assert state is not None and state.payload == b"plain, after the transaction began"
+        state = worker.store.get(("t", "g0"))
+        assert state is not None and state.sequence == 2**60
+    finally:
+        await producer.stop()
+        if worker is not None:
+            await worker.stop()
+
+
 def _transactional_record(partition: int, grain_key: str, sequence: int) -> dict[str, Any]:
     from stream_replica.contract import Entry, encode_key, encode_value
 
