@@ -142,6 +142,11 @@ async def past_control_records(
 
 # A poll's partition this close to its end offset is checked for markers after its records.
 NEAR_END: Final = 1_000
+# How often, while polls come back with records, every served partition is checked for
+# markers stepped over: a partition can be stepped past its last marker by a poll that
+# returned only other partitions' records (its records ended the previous poll exactly at
+# max_records), and with another partition written all the time no poll comes back empty.
+MARKERS_CHECK_INTERVAL_S: Final = 1.0
 
 
 async def past_trailing_markers(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -28,6 +29,7 @@ from stream_replica.fold import FoldCounts
 from stream_replica.grain_waits import GrainWaits
 from stream_replica.memory import FETCH_MAX_BYTES
 from stream_replica.offsets import (
+    MARKERS_CHECK_INTERVAL_S,
     READ_COMMITTED,
     EndOffset,
     advance,
@@ -76,6 +78,7 @@ class StandbyFollower:
         self._caught_up_at: dict[int, int] = {}
         self._epoch = 0  # bumped by every follow(): a batch fetched before it is stale
         self._wake = asyncio.Event()
+        self._markers_checked = 0.0  # when the follower last looked for markers stepped over
 
     @property
     def partitions(self) -> frozenset[int]:
@@ -193,14 +196,6 @@ class StandbyFollower:
                 log.warning("standby fetch failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)
                 continue
-            if not batch:
-                async with self.lock:
-                    if epoch == self._epoch:
-                        self._step_over_markers(
-                            await past_control_records(
-                                consumer, self.topic, self._positions, self._partitions
-                            )
-                        )
             if batch:
                 async with self.lock:
                     if epoch == self._epoch:
@@ -209,6 +204,17 @@ class StandbyFollower:
                         # Fetched before follow() or a rebuild moved positions: the consumer
                         # has moved past this batch, so go back to what the store holds.
                         self._reseek(consumer)
+            # After an empty poll, and now and then after others (a partition whose last
+            # marker was stepped over by a poll of other partitions' records only).
+            if not batch or time.monotonic() - self._markers_checked > MARKERS_CHECK_INTERVAL_S:
+                self._markers_checked = time.monotonic()
+                async with self.lock:
+                    if epoch == self._epoch:
+                        self._step_over_markers(
+                            await past_control_records(
+                                consumer, self.topic, self._positions, self._partitions
+                            )
+                        )
 
     async def _apply(
         self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]

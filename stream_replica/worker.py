@@ -55,6 +55,7 @@ from stream_replica.lag import LagTracker
 from stream_replica.membership import GroupAssignment
 from stream_replica.metrics import Metrics
 from stream_replica.offsets import (
+    MARKERS_CHECK_INTERVAL_S,
     CommitBook,
     EndOffset,
     advance,
@@ -124,6 +125,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._dlq: DeadLetters | None = None
         self._last_touch = time.monotonic()
         self._last_lag_report = 0.0
+        self._markers_checked = 0.0  # when _step_over_markers last ran
         self._last_progress = time.monotonic()
         self._repairer: ShadowRepairer | None = None
         self.ownership = Ownership(
@@ -344,7 +346,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
                         # Fetched before on_partitions_assigned sought (e.g. from the group's
                         # committed offset): drop it and fetch again from our own positions.
                         self.positions.reseek(consumer)
-            else:
+            if not batch or time.monotonic() - self._markers_checked > MARKERS_CHECK_INTERVAL_S:
                 await self._step_over_markers(consumer, epoch)
                 if self._book:
                     self.commits.schedule(consumer)
@@ -361,9 +363,11 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             raise FatalError(str(exc)) from None
 
     async def _step_over_markers(self, consumer: AIOKafkaConsumer, epoch: int) -> None:
-        """After an empty poll: past the transaction markers the consumer stepped over
-        (offsets.past_control_records), and on to the next paused partition if the focused
-        ones have nothing more to read (their tail aborted or markers, a transaction open)."""
+        """After an empty poll, and now and then after others (MARKERS_CHECK_INTERVAL_S):
+        past the transaction markers the consumer stepped over (offsets.past_control_records),
+        and on to the next paused partition if the focused ones have nothing more to read
+        (their tail aborted or markers, a transaction open)."""
+        self._markers_checked = time.monotonic()
         async with self._batch_lock:
             if self._fatal is not None:  # as for a poll with records: nothing more is written
                 raise self._fatal

@@ -159,6 +159,67 @@ async def test_a_poll_followed_by_a_commit_marker_leaves_the_standby_past_it(
     store.close()
 
 
+class BusyNeighbour(ScriptedConsumer):
+    """Partition 0: three records and a commit marker (offset 3), which a fetch steps over
+    on its own after the poll that returned the records; partition 1: written all the time,
+    so no poll comes back empty."""
+
+    def __init__(self) -> None:
+        super().__init__({0: [record(o, f"k{o}", 1) for o in range(3)], 1: []})
+        self.polls = 0
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return 4 if tp.partition == 0 else self.polls * 3
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
+        self.polls += 1
+        batch = {}
+        p0, p1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+        if self.positions[p0] == 3:
+            self.positions[p0] = 4  # stepped over the marker, nothing of it returned
+        elif self.positions[p0] == 0:
+            batch[p0] = self.log[0]
+            self.positions[p0] = 3
+        start = self.positions[p1]
+        batch[p1] = [record(o, f"b{o % 5}", o + 1) for o in range(start, start + 3)]
+        self.positions[p1] = start + 3
+        await asyncio.sleep(0.001)
+        return batch
+
+
+async def test_a_quiet_partition_steps_over_its_marker_while_another_is_busy(
+    tmp_path: Path,
+) -> None:
+    """The standby stepped over markers only after an empty poll: with another partition
+    written all the time, the quiet one stayed one short of its end for as long."""
+    store = ReplicaStore(tmp_path / "db", TOPIC)
+    follower = StandbyFollower(
+        WorkerSettings(db=tmp_path / "db", topic=TOPIC), store, asyncio.Lock()
+    )
+    consumer = BusyNeighbour()
+    consumer.assign([TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])
+    for tp in consumer.assignment():
+        consumer.seek(tp, 0)
+    follower._consumer = consumer  # type: ignore[assignment]
+    follower._partitions = frozenset({0, 1})
+    follower._positions = {0: 0, 1: 0}
+    stop = asyncio.Event()
+    runner = asyncio.create_task(follower.run(stop))
+    try:
+
+        def past_the_marker() -> bool:
+            assert not runner.done(), runner
+            checkpoint = store.checkpoints().get(0)
+            return checkpoint is not None and checkpoint.next_offset == 4
+
+        await wait_until(past_the_marker, 10, 0.02, what="partition 0 past its marker")
+        assert follower.lags()[0] == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 5)
+        store.close()
+
+
 async def test_a_transaction_held_open_leaves_the_standby_caught_up_with_what_it_can_read(
     kafka_bootstrap: str, make_topic: Any, tmp_path: Path, unique: Any
 ) -> None:

@@ -1100,6 +1100,66 @@ async def test_a_transaction_held_open_leaves_the_worker_caught_up_with_what_it_
             await worker.stop()
 
 
+async def test_a_quiet_partition_steps_over_its_marker_while_another_partition_is_busy(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    """A poll that ends exactly at a transaction's last record (max_records) leaves its
+    commit marker for the next fetch, which steps over it and returns nothing of that
+    partition. While another partition is written all the time, no poll comes back empty,
+    so the quiet partition stayed one short of its end (reads refused as "being rebuilt (1
+    records left)") for as long as the other was busy."""
+    from aiokafka import AIOKafkaProducer
+
+    topic = await make_topic(partitions=2)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=unique("tx"))
+    await producer.start()
+    try:
+        async with producer.transaction():  # partition 0: offsets 0-9, the marker 10
+            for i in range(10):
+                await producer.send(topic, **_transactional_record(0, f"q{i}", 1))
+    finally:
+        await producer.stop()
+    # Each poll waits up to 5 s: once the other partition is written, none comes back empty.
+    worker = InProcessWorker(
+        kafka_bootstrap,
+        topic,
+        unique("g"),
+        tmp_path / "db",
+        max_records=10,
+        poll_timeout_ms=5_000,
+    ).start()
+    busy_writes = 0
+
+    async def write_all_the_time() -> None:
+        nonlocal busy_writes
+        async with Publisher(kafka_bootstrap, topic) as publisher:
+            while True:
+                busy_writes += 1
+                await publisher.publish_raw(
+                    **_transactional_record(1, f"b{busy_writes % 20}", busy_writes)
+                )
+                await asyncio.sleep(0.005)
+
+    busy = None
+    try:
+        await wait_until(lambda: worker.caught_up({0: 10}), 60, 0.005, what="partition 0 read")
+        busy = asyncio.create_task(write_all_the_time())
+
+        def past_the_marker() -> bool:
+            assert not busy.done(), busy
+            row = worker.worker.partition_rows().get(0)
+            return row is not None and row.checkpoint == 11 and row.caught_up
+
+        await wait_until(past_the_marker, 20, 0.1, what="partition 0 past its commit marker")
+        assert busy_writes > 100  # the other partition was written all along
+    finally:
+        if busy is not None:
+            busy.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await busy
+        await worker.stop()
+
+
 def _transactional_record(partition: int, grain_key: str, sequence: int) -> dict[str, Any]:
     from stream_replica.contract import Entry, encode_key, encode_value
 
