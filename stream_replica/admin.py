@@ -480,10 +480,14 @@ async def committed_offsets(bootstrap_servers: Cluster, group: str, topic: str) 
 
 
 @asynccontextmanager
-async def offsets_reader(cluster: Cluster) -> AsyncIterator[AIOKafkaConsumer]:
-    """A group-less consumer used only for ListOffsets requests."""
+async def offsets_reader(cluster: Cluster, **options: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A group-less consumer used only for ListOffsets requests. ``options``: consumer
+    options the connection's --kafka-option values override (``isolation_level``: the end
+    offset it lists is the last stable offset reading committed records only)."""
     settings = connection(cluster)
-    consumer = AIOKafkaConsumer(**settings.options("consumer"), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **(options | settings.options("consumer")), enable_auto_commit=False
+    )
     await start_client(settings, consumer)
     try:
         yield consumer

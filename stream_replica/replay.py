@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaError
 from stream_replica.admin import AdminError, describe_topic, group_members, offsets_reader
 from stream_replica.clients import start_client
 from stream_replica.errors import StreamReplicaError
+from stream_replica.offsets import READ_COMMITTED
 from stream_replica.refusals import refusal
 from stream_replica.settings import ReplaySettings
 from stream_replica.store import Checkpoint, ReplicaStore
@@ -65,7 +66,9 @@ async def replay(
         raise ReplayError(f"topic {settings.topic!r} has no partition(s) {unknown}")
     tps = [TopicPartition(settings.topic, p) for p in partitions]
 
-    async with offsets_reader(settings) as reader:
+    # The ends the workers see: reading committed records only, nothing past a transaction
+    # still open (a checkpoint past it would be taken for one of another log, and rebuilt).
+    async with offsets_reader(settings, **READ_COMMITTED) as reader:
         beginnings = {tp.partition: o for tp, o in (await reader.beginning_offsets(tps)).items()}
         ends = {tp.partition: o for tp, o in (await reader.end_offsets(tps)).items()}
         if from_beginning:
@@ -86,7 +89,8 @@ async def replay(
                 if not beginnings[p] <= offsets[p] <= ends[p]:
                     raise ReplayError(
                         f"offset {offsets[p]} for partition {p} is outside "
-                        f"{beginnings[p]}..{ends[p]}"
+                        f"{beginnings[p]}..{ends[p]} (the end: what the workers can read, "
+                        "before any transaction still open)"
                     )
                 targets[p] = offsets[p]
 

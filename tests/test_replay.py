@@ -176,3 +176,46 @@ async def test_replay_with_another_group_than_the_stores_is_refused(
     assert store_state(db)[1] == {0: 5}  # the store as it was
     assert await admin.committed_offsets(kafka_bootstrap, typo, topic) == {}  # no new group
     assert replay(kafka_bootstrap, topic, group, db, "--from-beginning")["partitions"] == {"0": 0}
+
+
+async def test_replay_ends_where_the_workers_can_read_while_a_transaction_is_open(
+    kafka_bootstrap: str, make_topic: TopicFactory, tmp_path: Path, unique: Any
+) -> None:
+    """Replay took the end offset as a consumer reading uncommitted records sees it (the high
+    watermark). While a transaction is open the workers, reading committed records only, see
+    the last stable offset: a store moved past it (--offsets 0:8 --rebuild, or a
+    --from-timestamp after every record) was taken by the next worker for a checkpoint
+    "past the end offset (topic recreated?)", wiped and rebuilt from the log start, and the
+    group's offset for one of another log."""
+    from aiokafka import AIOKafkaProducer
+
+    from tests.test_worker import _transactional_record
+
+    topic = await make_topic(partitions=1)
+    group, db = unique("g"), tmp_path / "db"
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        for i in range(5):
+            await publisher.publish_snapshot("t", f"k{i}", b"x")
+    assert await catch_up(kafka_bootstrap, topic, group, db, {0: 5}) == 5
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=unique("tx"))
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        for i in range(3):  # offsets 5-7, the high watermark 8, the last stable offset 5
+            await (await producer.send(topic, **_transactional_record(0, f"k{i}", 2**60)))
+        args = ("--bootstrap-servers", kafka_bootstrap, "--topic", topic, "--group", group)
+        past = cli("replay", *args, "--db", str(db), "--offsets", "0:8", "--rebuild")
+        assert past.returncode == 2, past.stderr
+        assert "outside 0..5" in past.stderr and "transaction" in past.stderr
+        assert store_state(db)[1] == {0: 5}  # unchanged
+        later = datetime.now(UTC).replace(year=datetime.now(UTC).year + 1).isoformat()
+        out = replay(kafka_bootstrap, topic, group, db, "--from-timestamp", later, "--rebuild")
+        assert out["partitions"] == {"0": 5}
+        assert await admin.committed_offsets(kafka_bootstrap, group, topic) == {0: 5}
+        await producer.commit_transaction()  # its marker: offset 8
+    finally:
+        await producer.stop()
+    # The store holds what the records from offset 5 on give: the transaction's.
+    assert await catch_up(kafka_bootstrap, topic, group, db, {0: 9}) == 3
+    grains, checkpoints = store_state(db)
+    assert checkpoints == {0: 9} and sorted(k for _, k in grains) == ["k0", "k1", "k2"]
