@@ -365,24 +365,27 @@ async def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def with_container_name(s: WorkerSettings, lookup: Callable[[], str]) -> WorkerSettings:
+def with_container_name(s: WorkerSettings, lookup: Callable[[str], str]) -> WorkerSettings:
     """``--instance-id @container`` and ``--advertise @container:PORT`` with this container's
     name: Docker's embedded DNS resolves it on the compose network, so the other workers can
     forward to it (the default, the host name, is the container id)."""
     update: dict[str, str] = {}
     if s.instance_id == CONTAINER_NAME:
-        update["instance_id"] = lookup()
+        update["instance_id"] = lookup(f"--instance-id {CONTAINER_NAME}")
     if s.advertise is not None and s.advertise.startswith(CONTAINER_NAME + ":"):
         port = s.advertise.removeprefix(CONTAINER_NAME + ":")
-        update["advertise"] = f"{update.get('instance_id') or lookup()}:{port}"
+        name = update.get("instance_id") or lookup(f"--advertise {s.advertise}")
+        update["advertise"] = f"{name}:{port}"
     return s.model_copy(update=update) if update else s
 
 
-def container_name() -> str:
+def container_name(option: str = f"--instance-id {CONTAINER_NAME}") -> str:
     """This container's name, e.g. ``stream-replica-worker-2``: Docker's embedded DNS answers
     a reverse lookup of the container's address with ``<name>.<network>``. Stable while the
     replica slot exists (``docker compose up`` recreates worker-2 as worker-2, keeping its
-    anonymous volume), unlike the hostname, which is the container id."""
+    anonymous volume), unlike the hostname, which is the container id. ``option``: what asked
+    for it, as the refusal names it (``--advertise @container:8080`` was refused as
+    ``--instance-id @container``, an option not given)."""
     host = socket.gethostname()
     try:
         addresses = sorted({info[4][0] for info in socket.getaddrinfo(host, None, socket.AF_INET)})
@@ -396,9 +399,10 @@ def container_name() -> str:
         label = name.split(".", 1)[0]
         if label and label != host and not label.startswith("localhost"):
             return label
+    what = "the address" if option.startswith("--advertise") else "the instance id"
     raise UsageError(
-        f"--instance-id {CONTAINER_NAME}: no container name found by a reverse DNS lookup of "
-        f"{host} ({', '.join(map(str, addresses)) or 'no address'}); set the instance id explicitly"
+        f"{option}: no container name found by a reverse DNS lookup of {host} "
+        f"({', '.join(map(str, addresses)) or 'no address'}); set {what} explicitly"
     )
 
 

@@ -272,7 +272,7 @@ def test_worker_advertises_a_name_the_other_workers_resolve(services):
         bootstrap_servers="kafka:9092", topic="t", group="g", db=Path("/data/x"),
         http=listen, advertise=str(advertise), instance_id="@container",
     )  # fmt: skip
-    named = with_container_name(settings, lambda: "stream-replica-worker-2")
+    named = with_container_name(settings, lambda option: "stream-replica-worker-2")
     assert named.advertise == f"stream-replica-worker-2:{port}"
     assert named.instance_id == "stream-replica-worker-2"
 

@@ -163,6 +163,26 @@ def test_container_name_from_reverse_dns(monkeypatch: pytest.MonkeyPatch) -> Non
         cli.container_name()
 
 
+def test_container_name_refusal_names_the_option_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--advertise @container:PORT`` outside a container was refused as ``--instance-id
+    @container``, an option the operator had not given."""
+    import socket
+
+    from stream_replica import cli
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "vm")
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda host, port, family: [(family, 1, 6, "", ("127.0.0.1", 0))]
+    )
+    monkeypatch.setattr(socket, "gethostbyaddr", lambda ip: ("vm", [], [ip]))
+    settings = WorkerSettings(db=Path("/tmp/x"), http="127.0.0.1:8080", advertise="@container:8080")
+    with pytest.raises(cli.UsageError) as refused:
+        cli.with_container_name(settings, cli.container_name)
+    line = str(refused.value)
+    assert line.startswith("--advertise @container:8080: no container name found"), line
+    assert "--instance-id" not in line and line.endswith("set the address explicitly"), line
+
+
 def test_reload_after_the_store_was_wiped_forgets_claims_and_roles(tmp_path: Path) -> None:
     """The worker builds its ownership before it binds the store to the topic; when the
     topic was recreated the bind wipes the store, and the ownership must not keep claiming
