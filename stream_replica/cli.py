@@ -798,11 +798,31 @@ def _early_log_format(argv: Sequence[str] | None) -> logs.LogFormat:
     return "json" if found == "json" else "human"
 
 
+def _refused_log_setting(args: argparse.Namespace) -> str | None:
+    """A log level or format from the environment that is not one of the flag's choices:
+    argparse checks a flag's value, never a default (STREAM_REPLICA_LOG_LEVEL=verbose ended in
+    a traceback, STREAM_REPLICA_LOG_FORMAT=jsonl gave human lines, silently)."""
+    for option, variable, value, choices in (
+        ("--log-level", "STREAM_REPLICA_LOG_LEVEL", args.log_level, _LOG_LEVELS),
+        ("--log-format", "STREAM_REPLICA_LOG_FORMAT", args.log_format, _LOG_FORMATS),
+    ):
+        if value not in choices:
+            return (
+                f"configuration error: env {variable} ({option}) is {os.environ.get(variable)!r}: "
+                f"choose one of {', '.join(choices)}"
+            )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logs.configure("INFO", _early_log_format(argv))
     _Parser.hidden = tuple(_secret_values(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(argv)
+    refused = _refused_log_setting(args)
+    if refused is not None:
+        fail(refused)
+        return ConfigurationError.exit_code
     logs.configure(args.log_level, args.log_format)
     try:
         return _run_handler(args.handler, args)

@@ -120,6 +120,34 @@ def test_a_value_the_environment_gives_that_cannot_be_parsed_names_the_variable(
 
 
 @pytest.mark.parametrize(
+    ("variable", "value", "choices"),
+    [
+        ("STREAM_REPLICA_LOG_LEVEL", "verbose", "DEBUG, INFO, WARNING, ERROR"),
+        ("STREAM_REPLICA_LOG_FORMAT", "jsonl", "human, json"),
+    ],
+)
+def test_a_log_setting_the_environment_gives_is_checked_as_the_flag_is(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    choices: str,
+) -> None:
+    """argparse checks the flags' choices, not a default from the environment: an unknown
+    level ended in a traceback (exit 1), an unknown format was ignored."""
+    monkeypatch.setenv(variable, value)
+    option = "--log-level" if variable.endswith("LEVEL") else "--log-format"
+    assert refused(capsys, "stats", "--db", "x") == (
+        f"stream-replica: configuration error: env {variable} ({option}) is {value!r}: "
+        f"choose one of {choices}"
+    )
+    capsys.readouterr()
+    monkeypatch.setenv(variable, "debug" if option == "--log-level" else "json")  # accepted
+    assert main(["stats", "--db", "x"]) == 2
+    assert "no replica store at x" in capsys.readouterr().err  # the command itself ran
+
+
+@pytest.mark.parametrize(
     "command",
     [
         ["run", "--db", "{tmp}/db"],
