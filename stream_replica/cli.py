@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, NoReturn, TextIO, TypeVar
 
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsError
 
@@ -190,13 +191,16 @@ async def cmd_publish(args: argparse.Namespace) -> int:
                 await publisher.publish_raw(op.key, op.value)
                 sent += 1
         else:
+            deliveries = _Deliveries(publisher)
             try:
                 for line_number, line in _lines(sys.stdin, cap):
                     if not line.strip():
                         continue
                     try:
-                        await _publish_line(publisher, line)
+                        future = await _publish_line(publisher, line)
                         sent += 1
+                        if deliveries.track(line_number, future):
+                            await deliveries.settle()
                     except (ValueError, KeyError, TypeError, ContractError) as exc:
                         bad_lines += 1
                         refused = f"stdin line {line_number}: {exc}"
@@ -204,6 +208,10 @@ async def cmd_publish(args: argparse.Namespace) -> int:
             except LineTooLongError as exc:
                 bad_lines += 1
                 too_long = exc.line_number
+            await deliveries.settle()
+            not_delivered = deliveries.report()
+            sent -= not_delivered
+            bad_lines += not_delivered
         await publisher.flush()
     emit({"topic": s.topic, "published": sent, "rejected_lines": bad_lines})
     if too_long is not None:  # after the summary: what was published before it is kept
@@ -215,6 +223,60 @@ async def cmd_publish(args: argparse.Namespace) -> int:
         )
         return ConfigurationError.exit_code
     return 1 if bad_lines else 0
+
+
+class _Deliveries:
+    """What became of each stdin line's record once sent. A record the broker refuses (one
+    over the topic's max.message.bytes) fails its delivery future after its line was counted
+    as published: that ended the command with a bare ``MessageSizeTooLargeError: [Error 10]
+    MessageSizeTooLargeError``, naming no line and printing no summary. Here each line not
+    delivered is named and counted as rejected. It flushes the publisher one record before
+    the publisher would itself (whose flush raises the first failure out of a line's send)."""
+
+    _NAMED: Final = 20  # lines named at most; the rest counted
+
+    def __init__(self, publisher: Any) -> None:
+        self._publisher = publisher
+        self._settle_at: int = publisher.FLUSH_EVERY - 1
+        self._waiting: list[tuple[int, asyncio.Future[Any]]] = []
+        self._failed: list[tuple[int, BaseException]] = []
+
+    def track(self, line_number: int, future: asyncio.Future[Any]) -> bool:
+        """True: time to :meth:`settle`."""
+        self._waiting.append((line_number, future))
+        return len(self._waiting) >= self._settle_at
+
+    async def settle(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        try:
+            await self._publisher.flush()
+        except KafkaError:  # at the first failure: wait for the others too
+            unsettled = [future for _, future in waiting if not future.done()]
+            if unsettled:
+                await asyncio.wait(unsettled)
+        for line_number, future in waiting:
+            failure = future.exception()
+            if failure is not None:
+                self._failed.append((line_number, failure))
+
+    def report(self) -> int:
+        """Print a line per record not delivered (at most ``_NAMED``); their number."""
+        for line_number, failure in self._failed[: self._NAMED]:
+            line = f"stdin line {line_number}: not published: {_delivery_failure(failure)}"
+            print(logs.fatal_line(line, logging.ERROR), file=sys.stderr)
+        if len(self._failed) > self._NAMED:
+            more = f"{len(self._failed) - self._NAMED} more stdin lines not published"
+            print(logs.fatal_line(more, logging.ERROR), file=sys.stderr)
+        return len(self._failed)
+
+
+def _delivery_failure(failure: BaseException) -> str:
+    if isinstance(failure, MessageSizeTooLargeError):
+        return (
+            "the broker refused the record as too large (MessageSizeTooLargeError): over the "
+            "topic's max.message.bytes, which `stream-replica topic describe` shows"
+        )
+    return f"{type(failure).__name__}: {failure}"
 
 
 # Room in a stdin line for the fields besides the payload (grain type and key, sequence...).
@@ -258,8 +320,9 @@ async def _require_topic(s: PublishSettings) -> None:
         )
 
 
-async def _publish_line(publisher: Any, line: str) -> None:
-    """Publish one stdin line; a ValueError names the field and what was expected."""
+async def _publish_line(publisher: Any, line: str) -> asyncio.Future[Any]:
+    """Publish one stdin line (its record's delivery future); a ValueError names the field
+    and what was expected, or why the record cannot be sent."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -268,9 +331,28 @@ async def _publish_line(publisher: Any, line: str) -> None:
         raise ValueError(f"expected a JSON object, got {_json_type(obj)}")
     grain_type = _string_field(obj, "grain_type")
     grain_key = _string_field(obj, "grain_key")
-    if obj.get("delete") is True:
-        await publisher.publish_tombstone(grain_type, grain_key)
-        return
+    try:
+        if obj.get("delete") is True:
+            return await publisher.publish_tombstone(grain_type, grain_key)  # type: ignore[no-any-return]
+        payload, sequence, entry_type = _snapshot_fields(obj)
+        return await publisher.publish_snapshot(  # type: ignore[no-any-return]
+            grain_type, grain_key, payload, sequence, entry_type
+        )
+    except MessageSizeTooLargeError as exc:
+        # The producer refuses a record over its max_request_size as it takes it (a payload
+        # under the line cap can be): a rejected line naming the grain, not the end of the
+        # command with aiokafka's bare MessageSizeTooLargeError.
+        size = re.search(r"is (\d+) bytes", str(exc))
+        raise ValueError(
+            f"grain {grain_type}/{grain_key}: the record"
+            + (f" ({size.group(1)} bytes serialized)" if size else "")
+            + " is larger than the producer's max_request_size; --kafka-option "
+            "max_request_size=N raises it, up to the topic's max.message.bytes"
+        ) from None
+
+
+def _snapshot_fields(obj: dict[str, Any]) -> tuple[bytes, int | None, EntryType]:
+    """A snapshot line's payload, sequence and entry type; a ValueError names the field."""
     if "payload" not in obj:
         raise ValueError(
             "field 'payload' is missing: expected the state as a base64 string "
@@ -299,7 +381,7 @@ async def _publish_line(publisher: Any, line: str) -> None:
         raise ValueError(
             f"field 'entry_type': expected {expected}, got {_shown(entry_type_name)}"
         ) from None
-    await publisher.publish_snapshot(grain_type, grain_key, payload, sequence, entry_type)
+    return payload, sequence, entry_type
 
 
 def _string_field(obj: dict[str, Any], name: str) -> str:

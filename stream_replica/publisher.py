@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 
@@ -45,6 +45,8 @@ class Publisher:
     publisher keeps increasing (as long as a grain changes less than once per microsecond);
     callers that own a real version counter should pass it explicitly.
     """
+
+    FLUSH_EVERY: Final = 10_000  # records queued: publish_raw then waits for them (flush)
 
     def __init__(
         self,
@@ -106,9 +108,10 @@ class Publisher:
         sequence: int | None = None,
         entry_type: EntryType = EntryType.FULL_STATE,
         timestamp_millis: int | None = None,
-    ) -> None:
-        """Queue one snapshot; call :meth:`flush` to wait for acknowledgement. Raises
-        :class:`PublishError` for a Delta or a sequence below the grain's last one."""
+    ) -> asyncio.Future[Any]:
+        """Queue one snapshot; call :meth:`flush` to wait for acknowledgement (or await the
+        returned delivery future). Raises :class:`PublishError` for a Delta or a sequence below
+        the grain's last one."""
         grain = (grain_type, grain_key)
         if entry_type is not EntryType.FULL_STATE:
             raise PublishError(
@@ -135,11 +138,11 @@ class Publisher:
             entry_type,
             payload,
         )
-        await self.publish_raw(encode_key(grain_type, grain_key), encode_value(entry))
+        return await self.publish_raw(encode_key(grain_type, grain_key), encode_value(entry))
 
-    async def publish_tombstone(self, grain_type: str, grain_key: str) -> None:
+    async def publish_tombstone(self, grain_type: str, grain_key: str) -> asyncio.Future[Any]:
         self._last_sequence.pop((grain_type, grain_key), None)
-        await self.publish_raw(encode_key(grain_type, grain_key), None)
+        return await self.publish_raw(encode_key(grain_type, grain_key), None)
 
     async def publish_raw(
         self, key: bytes | None, value: bytes | None, partition: int | None = None
@@ -150,7 +153,7 @@ class Publisher:
             self.topic, value=value, key=key, partition=partition
         )
         self._pending.append(future)
-        if len(self._pending) >= 10_000:
+        if len(self._pending) >= self.FLUSH_EVERY:
             await self.flush()
         return future
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -230,6 +231,69 @@ async def test_cli_publish_reads_dev_zero_in_bounded_memory(
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("stream-replica: stdin line 1 is longer than 1463640 ")
     assert json.loads(result.stdout)["published"] == 0
+
+
+async def test_cli_publish_a_record_too_large_to_send_is_a_rejected_line(
+    kafka_bootstrap: str, make_topic: TopicFactory
+) -> None:
+    """A payload under the line cap can still make a record over the producer's
+    max_request_size: that ended the command with aiokafka's bare MessageSizeTooLargeError,
+    naming no line, printing no summary (the lines before it were published all the same)."""
+    topic = await make_topic()
+    big = json.dumps(
+        {
+            "grain_type": "cart",
+            "grain_key": "big",
+            "payload": base64.b64encode(b"x" * 20_000).decode(),
+        }
+    )
+    lines = [_snapshot_line("c1"), big, _snapshot_line("c3")]
+    result = cli(
+        "publish", "--bootstrap-servers", kafka_bootstrap, "--topic", topic,
+        "--kafka-option", "max_request_size=10000", input="\n".join(lines),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert re.fullmatch(
+        r"stream-replica: stdin line 2: grain cart/big: the record \(\d+ bytes serialized\) is "
+        r"larger than the producer's max_request_size; --kafka-option max_request_size=N "
+        r"raises it, up to the topic's max.message.bytes",
+        line,
+    ), line
+    assert json.loads(result.stdout) == {"topic": topic, "published": 2, "rejected_lines": 1}
+    records = await read_all(kafka_bootstrap, topic, 2)
+    assert sorted(decode(r.key, r.value).grain_key for r in records) == ["c1", "c3"]
+
+
+async def test_cli_publish_a_record_the_broker_refuses_is_named_and_counted(
+    kafka_bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    """A record over the topic's max.message.bytes (the producer's max_request_size raised
+    past it) fails at the broker, after its line was sent: the command ended with
+    ``MessageSizeTooLargeError: [Error 10] MessageSizeTooLargeError`` and no summary."""
+    topic = unique("small-records")
+    configs = admin.replication_topic_configs(1) | {"max.message.bytes": "4000"}
+    await admin.create_topic(kafka_bootstrap, topic, 1, 1, configs)
+    big = json.dumps(
+        {
+            "grain_type": "cart",
+            "grain_key": "big",
+            "payload": base64.b64encode(b"x" * 8_000).decode(),
+        }
+    )
+    lines = ["", big]  # alone: the broker refuses a whole batch, records beside it too
+    result = cli(
+        "publish", "--bootstrap-servers", kafka_bootstrap, "--topic", topic, input="\n".join(lines)
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        "stream-replica: stdin line 2: not published: the broker refused the record as too "
+        "large (MessageSizeTooLargeError): over the topic's max.message.bytes, which "
+        "`stream-replica topic describe` shows"
+    ]
+    assert json.loads(result.stdout) == {"topic": topic, "published": 0, "rejected_lines": 1}
+    async with admin.admin_client(kafka_bootstrap) as client:
+        await client.delete_topics([topic])
 
 
 class _NoPublisher:
