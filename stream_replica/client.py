@@ -405,7 +405,9 @@ class ReplicaClient(_Timeouts):
 
     def scan(self, grain_type: str, prefix: str = "", limit: int = 100) -> Iterator[dict[str, Any]]:
         """Every grain of a type (whose key starts with ``prefix``), in key order, page by
-        page; each page from any worker, retried (503, down) until the deadline."""
+        page; each page from any worker, retried (503, down) until the deadline. Yields the
+        answer's JSON objects as they are (``payload`` base64; :meth:`GrainRead.from_json`
+        makes one a :class:`GrainRead`)."""
         cursor: str | None = None
         while True:
             path = f"/grains/{_segment(grain_type)}"
@@ -534,6 +536,7 @@ class AsyncReplicaClient(_Timeouts):
     async def scan(
         self, grain_type: str, prefix: str = "", limit: int = 100
     ) -> AsyncIterator[dict[str, Any]]:
+        """As :meth:`ReplicaClient.scan`: the answer's JSON objects (``payload`` base64)."""
         cursor: str | None = None
         while True:
             path = f"/grains/{_segment(grain_type)}"
