@@ -10,18 +10,18 @@ import argparse
 import asyncio
 import base64
 import faulthandler
-import itertools
 import json
 import logging
 import os
 import re
+import select
 import shlex
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final, NoReturn, TextIO, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from pydantic import ValidationError
@@ -193,11 +193,11 @@ async def cmd_publish(args: argparse.Namespace) -> int:
         else:
             deliveries = _Deliveries(publisher)
             try:
-                for line_number, line in _lines(sys.stdin, cap):
-                    if not line.strip():
+                async for line_number, raw in _StdinLines(sys.stdin.fileno(), cap):
+                    if not raw.strip():
                         continue
                     try:
-                        future = await _publish_line(publisher, line)
+                        future = await _publish_line(publisher, _utf8(raw))
                         sent += 1
                         if deliveries.track(line_number, future):
                             await deliveries.settle()
@@ -296,17 +296,81 @@ class LineTooLongError(Exception):
         self.line_number = line_number
 
 
-def _lines(stream: TextIO, cap: int) -> Iterator[tuple[int, str]]:
-    """The lines of ``stream`` with their numbers, none read past ``cap`` characters:
-    iterating over stdin reads a line whole, however long (`publish < /dev/zero` grew to
-    22 GB). Raises :class:`LineTooLongError` at the first longer line."""
-    for line_number in itertools.count(1):
-        line = stream.readline(cap + 1)
-        if not line:
+class _StdinLines:
+    """The lines of a file descriptor (stdin), numbered, without their newline, none read past
+    ``cap`` bytes: iterating over stdin read a line whole, however long (`publish < /dev/zero`
+    grew to 22 GB); :class:`LineTooLongError` at the first longer line.
+
+    While the descriptor has nothing to give (a pipe or a terminal waiting for its writer),
+    the event loop runs: a blocking read held it, so the producer sent nothing until the next
+    lines or the end of the input came (`tail -f log | stream-replica publish` published
+    nothing), and a Ctrl-C, which asyncio turns into the cancellation of the command's task,
+    went unnoticed until then too."""
+
+    _CHUNK: Final = 64 * 1024
+
+    def __init__(self, fd: int, cap: int) -> None:
+        self._fd = fd
+        self._cap = cap
+
+    async def __aiter__(self) -> AsyncIterator[tuple[int, bytes]]:
+        buffer = bytearray()
+        searched = 0  # no newline before this in buffer
+        number = 0
+        while True:
+            newline = buffer.find(b"\n", searched)
+            if newline >= 0:
+                number += 1
+                if newline > self._cap:
+                    raise LineTooLongError(number)
+                line = bytes(buffer[:newline])
+                del buffer[: newline + 1]
+                searched = 0
+                yield number, line
+                continue
+            if len(buffer) > self._cap:
+                raise LineTooLongError(number + 1)
+            searched = len(buffer)
+            chunk = await self._read()
+            if chunk:
+                buffer += chunk
+                continue
+            if buffer:  # the last line, without a newline
+                yield number + 1, bytes(buffer)
             return
-        if len(line) > cap and not line.endswith("\n"):
-            raise LineTooLongError(line_number)
-        yield line_number, line
+
+    async def _read(self) -> bytes:
+        try:
+            ready = select.select([self._fd], [], [], 0)[0]
+        except (OSError, ValueError):
+            ready = [self._fd]
+        if not ready:
+            await self._readable()
+        return os.read(self._fd, self._CHUNK)
+
+    async def _readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+
+        def on_readable() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        try:
+            loop.add_reader(self._fd, on_readable)
+        except (OSError, ValueError, NotImplementedError):
+            return  # a descriptor the loop cannot watch: the read blocks, as it always did
+        try:
+            await readable
+        finally:
+            loop.remove_reader(self._fd)
+
+
+def _utf8(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
 async def _require_topic(s: PublishSettings) -> None:

@@ -296,6 +296,34 @@ async def test_cli_publish_a_record_the_broker_refuses_is_named_and_counted(
         await client.delete_topics([topic])
 
 
+async def test_cli_publish_sends_lines_as_they_come_and_stops_at_one_ctrl_c(
+    kafka_bootstrap: str, make_topic: TopicFactory
+) -> None:
+    """A read blocked on stdin held the event loop: the producer sent nothing until more lines
+    or the end of the input came, and a SIGINT, which only cancels the command's task
+    (asyncio.Runner's handler), went unnoticed as long."""
+    import signal
+    import subprocess
+    import sys
+
+    topic = await make_topic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stream_replica", "publish",
+         "--bootstrap-servers", kafka_bootstrap, "--topic", topic],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdin is not None
+        process.stdin.write(_snapshot_line("c1") + "\n")
+        process.stdin.flush()
+        await read_all(kafka_bootstrap, topic, 1)  # published before the input ends
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 130, process.stderr.read() if process.stderr else ""
+    finally:
+        process.kill()
+        process.communicate()
+
+
 class _NoPublisher:
     async def publish_tombstone(self, grain_type: str, grain_key: str) -> None:
         raise AssertionError("nothing should be published")
