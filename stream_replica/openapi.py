@@ -192,16 +192,23 @@ _GRAIN_TYPE = {
 }
 
 
-def _health(ok: str, failing: str, fields: dict[str, Any]) -> dict[str, Any]:
-    schema = {
-        "type": "object",
-        "properties": {"status": {"type": "string"}, "reason": {"type": "string"}} | fields,
-        "required": ["status"],
-    }
+def _health(
+    ok: str, failing: str, ok_fields: dict[str, Any], failing_fields: dict[str, Any]
+) -> dict[str, Any]:
+    def schema(fields: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "properties": {"status": {"type": "string"}, "reason": {"type": "string"}} | fields,
+            "required": ["status"],
+        }
+
     return {
         "get": {
             "security": [],
-            "responses": {"200": _json(ok, schema), "503": _json(failing, schema)},
+            "responses": {
+                "200": _json(ok, schema(ok_fields)),
+                "503": _json(failing, schema(failing_fields)),
+            },
         }
     }
 
@@ -322,15 +329,28 @@ def openapi() -> dict[str, Any]:
                 }
             },
             "/healthz": _health(
-                "the loop polls",
+                "the loop polls, or has not polled yet and says what it waits for",
                 "no poll within --health-max-poll-age-s",
-                {"last_poll_age_s": {"type": "number"}, "max_poll_age_s": {"type": "number"}},
+                {
+                    "last_poll_age_s": {"type": "number"},
+                    "waiting_for_kafka": {
+                        "type": "string",
+                        "description": "before the first poll: what the worker waits for",
+                    },
+                },
+                {"max_poll_age_s": {"type": "number"}},
             ),
             "/readyz": _health(
                 "every served partition within --ready-max-lag records",
-                "no assignment yet, or partitions behind",
+                "no assignment yet, end offsets not confirmed, or partitions behind",
+                {"partitions": {"type": "integer", "description": "partitions served"}},
                 {
-                    "partitions": {"type": "integer"},
+                    "partitions": {
+                        "type": "array",
+                        "items": {"type": "integer"},
+                        "description": "those whose end offsets the broker has not confirmed "
+                        "(lately, or yet)",
+                    },
                     "lag": {"type": "object", "additionalProperties": {"type": "integer"}},
                 },
             ),

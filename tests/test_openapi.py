@@ -41,11 +41,12 @@ def test_the_document_is_valid_openapi() -> None:
 
 
 def strict(spec: dict[str, Any]) -> dict[str, Any]:
-    """The document with every object schema of its components closed (no field beyond
-    those documented): what the tests hold real answers to. The served document stays open,
-    so clients keep working when a field is added."""
+    """The document with every object schema closed (no field beyond those documented; the
+    components' and those written in a route, as /healthz's): what the tests hold real
+    answers to. The served document stays open, so clients keep working when a field is
+    added."""
     spec = copy.deepcopy(spec)
-    pending: list[Any] = list(spec["components"]["schemas"].values())
+    pending: list[Any] = [*spec["components"]["schemas"].values(), spec["paths"]]
     while pending:
         node = pending.pop()
         if isinstance(node, dict):
@@ -221,10 +222,21 @@ async def test_real_answers_match_the_document(app: tuple[App, TestClient[Any, A
 
     await c.check(client, "/healthz", "/healthz", 503)
     await c.check(client, "/readyz", "/readyz", 503)
+    view.worker.snapshot.waiting_for_kafka = "no Kafka broker answered at 127.0.0.1:1"
+    waiting = await c.check(client, "/healthz", "/healthz", 200)
+    assert waiting["waiting_for_kafka"].startswith("no Kafka broker answered")
     view.worker.snapshot.last_poll_age_s = 0.1
     view.worker.snapshot.assigned = True
     await c.check(client, "/healthz", "/healthz", 200)
     await c.check(client, "/readyz", "/readyz", 200)
+    # not ready: a list of partitions (the document said an integer, as in the 200)
+    view.worker.snapshot.partitions = {0: PartitionRow("active", 10, 10, False)}  # no fetch yet
+    assert (await c.check(client, "/readyz", "/readyz", 503))["partitions"] == [0]
+    view.worker.snapshot.partitions[0] = PartitionRow("active", 10, 10, False, 0, 99.0)
+    assert (await c.check(client, "/readyz", "/readyz", 503))["partitions"] == [0]
+    view.worker.snapshot.partitions[0] = PartitionRow("active", 10, 5000, False, 0, 0.1)
+    assert (await c.check(client, "/readyz", "/readyz", 503))["lag"] == {"0": 4990}
+    view.worker.snapshot.partitions = {}
     await c.check(client, "/metrics", "/metrics", 200)
     await c.check(client, "/status.json", "/status.json", 200)
     await c.check(client, "/", "/", 200)
