@@ -890,6 +890,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo's (default .demo)",
     )
     demo.set_defaults(handler=cmd_demo)
+    # A missing command is named by its choices, as the usage shows them, not by the
+    # attribute it is stored in ("required: topic_command").
+    for choosing in (commands, topic_commands):
+        choosing.metavar = "{" + ",".join(choosing.choices) + "}"
     return parser
 
 

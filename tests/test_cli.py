@@ -238,6 +238,8 @@ def test_counts_of_one_or_more_are_accepted() -> None:
     [
         (["demo", "--workers", "0"], "argument --workers: must be at least 1, got 0"),
         (["get", "--db", "x"], "the following arguments are required: grain_type, grain_key"),
+        (["topic"], "the following arguments are required: {create,describe}"),
+        ([], "the following arguments are required: {topic,publish,run,audit,get,dump,"),
         (["topic", "create", "--cleanup-policy", "x"], "argument --cleanup-policy: invalid choice"),
     ],
 )
