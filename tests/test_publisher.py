@@ -380,6 +380,16 @@ async def test_a_bad_stdin_line_names_the_field_and_what_was_expected(
     assert str(err.value) == message
 
 
+def test_a_stdin_line_that_is_not_utf8_is_refused_saying_so() -> None:
+    """stdin is read as bytes: a line that is not UTF-8 is a rejected line (it was decoded
+    with surrogate escapes, then refused as "'utf-8' codec can't encode character '\\udcff'")."""
+    from stream_replica.cli import _utf8
+
+    assert _utf8('{"grain_key": "é"}'.encode()) == '{"grain_key": "é"}'
+    with pytest.raises(ValueError, match=r"^not UTF-8 \(invalid start byte at byte 15\)$"):
+        _utf8(b'{"grain_key": "\xff"}')
+
+
 def test_publish_to_a_missing_topic_is_one_line_at_once(
     kafka_bootstrap: str, unique: Callable[[str], str]
 ) -> None:
