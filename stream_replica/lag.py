@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -20,6 +21,8 @@ from stream_replica.positions import Positions, owned
 from stream_replica.standby import StandbyFollower
 from stream_replica.status import PartitionRow
 from stream_replica.store import Checkpoint, ReplicaStore
+
+log = logging.getLogger("stream_replica.worker")
 
 
 class LagTracker:
@@ -40,6 +43,7 @@ class LagTracker:
         self._end_offset_max_age_s = end_offset_max_age_s
         # (partition, role) that reached the end offset since they were assigned here
         self.reached_end: set[tuple[int, str]] = set()
+        self._unconfirmed: list[int] = []  # partitions said to have no word from Kafka
 
     def lags(self, consumer: AIOKafkaConsumer | None) -> dict[int, int]:
         """Records behind the end offset, per served partition (-1: not known yet)."""
@@ -123,6 +127,37 @@ class LagTracker:
                 role, checkpoint, mark, caught_up, remaining, age_s, held_back
             )
         return rows
+
+    def report_contact(self, consumer: AIOKafkaConsumer | None) -> None:
+        """One warning when the broker has not confirmed the end offset of served partitions
+        for over end_offset_max_age_s (Kafka unreachable from here, or their leader down):
+        their reads answer "not caught up" meanwhile. One line when it does again. Without
+        it only aiokafka's rate-limited connection errors said so, and nothing said when
+        they ended. Partitions paused for a catch-up are not fetched: not counted."""
+        now = now_ms()
+        ends = [(p, end) for p, (_, end) in self._standby.marks().items()]
+        if consumer is not None:
+            paused = {tp.partition for tp in consumer.paused() if tp.topic == self.topic}
+            ends += [(p, self._end(consumer, p)) for p in owned(consumer, self.topic)]
+            ends = [(p, end) for p, end in ends if p not in paused]
+        limit_ms = self._end_offset_max_age_s * 1000
+        silent = {
+            p: (now - end.confirmed_at_ms) / 1000
+            for p, end in ends
+            if end is not None and now - end.confirmed_at_ms > limit_ms
+        }
+        unconfirmed = sorted(silent)
+        if unconfirmed and not self._unconfirmed:
+            log.warning(
+                "Kafka has not confirmed the end offset of partitions %s for %.0f s "
+                "(unreachable from here, or their leader down): their reads answer not caught "
+                "up until it does",
+                unconfirmed,
+                max(silent.values()),
+            )
+        elif self._unconfirmed and not unconfirmed:
+            log.info("Kafka confirms the end offsets of every served partition again")
+        self._unconfirmed = unconfirmed
 
     def _end(self, consumer: AIOKafkaConsumer, partition: int) -> EndOffset | None:
         return end_offset(consumer, TopicPartition(self.topic, partition), self._committed_only)

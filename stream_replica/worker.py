@@ -87,6 +87,7 @@ PROGRESS_INTERVAL_S: Final = 10.0
 # Lags (for the served records and the assignor) are computed at most this often: per poll
 # they cost ~1 % of a catch-up.
 LAG_REPORT_INTERVAL_S: Final = 0.02
+CONTACT_CHECK_INTERVAL_S: Final = 1.0  # lag.report_contact
 
 
 def now_ms() -> int:
@@ -125,6 +126,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._dlq: DeadLetters | None = None
         self._last_touch = time.monotonic()
         self._last_lag_report = 0.0
+        self._last_contact_check = 0.0
         self._markers_checked = 0.0  # when _step_over_markers last ran
         self._last_progress = time.monotonic()
         self._repairer: ShadowRepairer | None = None
@@ -410,6 +412,9 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             self.lag.mark_caught_up(self._consumer)
             self.standby.touch()
             self._last_touch = now
+        if now - self._last_contact_check > CONTACT_CHECK_INTERVAL_S:
+            self.lag.report_contact(self._consumer)
+            self._last_contact_check = now
         if now - self._last_lag_report < LAG_REPORT_INTERVAL_S:
             return
         self._last_lag_report = now

@@ -115,6 +115,9 @@ async def test_a_worker_cut_off_from_kafka_stops_calling_itself_caught_up(
                 if line.startswith("stream_replica_partition_end_offset_age_seconds{")
             ]
             assert len(ages) == 2 and min(ages) > MAX_AGE_S, ages
+            # said once in the worker's own log, not only by aiokafka's connection errors
+            silent = "Kafka has not confirmed the end offset of partitions [0, 1] for "
+            await wait_until(lambda: silent in log_path.read_text(), 30, 0.2, what="its line")
 
         worker.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(worker.wait, 120) == 0, log_path.read_text()
@@ -134,3 +137,38 @@ async def test_a_worker_cut_off_from_kafka_stops_calling_itself_caught_up(
     assert sorted(checkpoints) == [0, 1]
     for partition, checkpoint in checkpoints.items():
         assert 0 < checkpoint.caught_up_at_ms <= cut_off_ms, (partition, checkpoint, cut_off_ms)
+
+
+async def test_a_worker_says_when_kafka_goes_silent_and_when_it_answers_again(
+    own_broker: OwnBroker, tmp_path: Path
+) -> None:
+    """Only aiokafka's rate-limited connection errors said so, and nothing said when the
+    outage ended."""
+    bootstrap, topic = own_broker.bootstrap, "silent"
+    await admin.create_topic(bootstrap, topic, 1, 1, admin.replication_topic_configs(1))
+    async with Publisher(bootstrap, topic) as publisher:
+        await publisher.publish_snapshot("acct", "k", b"v")
+    command = worker_command(bootstrap, topic, "g", tmp_path / "db",
+                             "--end-offset-max-age-s", str(MAX_AGE_S))  # fmt: skip
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log_file:
+        worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file)
+    try:
+
+        async def read() -> bool:  # fetched, written, committed: an end offset confirmed
+            return (await admin.committed_offsets(bootstrap, "g", topic)).get(0) == 1
+
+        await wait_until(read, 60, 0.2, what="the record read")
+        own_broker.run("stop")
+        silent = "Kafka has not confirmed the end offset of partitions [0] for "
+        await wait_until(lambda: silent in log_path.read_text(), 60, 0.2, what="silent")
+        own_broker.run("start")
+        again = "Kafka confirms the end offsets of every served partition again"
+        await wait_until(lambda: again in log_path.read_text(), 90, 0.2, what="again")
+        assert log_path.read_text().count(silent) == 1
+        worker.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(worker.wait, 120) == 0, log_path.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
