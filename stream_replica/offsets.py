@@ -1,6 +1,6 @@
 """Positions and commits: where a partition resumes, and which offsets may be committed.
 
-Two rules (README "Partition ownership and recovery"):
+Two rules (docs/operations.md, "Partition ownership and recovery"):
 
 * The store is the source of truth for positions: a partition resumes from its checkpoint,
   or is rebuilt from the log start when the checkpoint cannot be trusted (``resume_from``).

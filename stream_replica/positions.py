@@ -1,7 +1,7 @@
 """Where the active loop stands on each owned partition, shared by the loop, the rebalance
 callbacks, the commits and the lag reports (worker.py composes them).
 
-Two fences guard what a poll may do (README "Partition ownership and recovery"):
+Two fences guard what a poll may do (docs/operations.md, "Partition ownership and recovery"):
 
 * the seek epoch: a batch fetched before a seek is stale and must not be applied;
 * ``rebalancing``: between a revocation and the next assignment nothing is applied or

@@ -154,7 +154,7 @@ class ReplicaStore(_HeadCache):
             raise _open_error(self.path, exc) from None
         # WAL on, no fsync per batch: a process crash loses nothing (the WAL is in the OS page
         # cache); an OS crash can lose the last batches, but grains and checkpoints roll back
-        # together, and the worker re-reads those records from Kafka. See README.
+        # together, and the worker re-reads those records from Kafka. See docs/operations.md.
         self._write_options = WriteOptions()
         self._write_options.sync = False
         self._wal_on = True  # see write_without_wal
