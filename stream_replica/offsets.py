@@ -88,6 +88,8 @@ def resume_from(
     checkpoint: Checkpoint | None, start: int, end: int, now_ms: int, delete_retention_ms: int
 ) -> Resume:
     if checkpoint is None:
+        if start == end:  # nothing to rebuild: no "rebuilding" at every restart
+            return Resume(start, False, f"no local state, the partition is empty (offset {end})")
         return Resume(start, False, "no local state: rebuilding from the beginning")
     if checkpoint.next_offset < start:
         return Resume(

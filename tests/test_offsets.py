@@ -26,6 +26,9 @@ def test_resume_from_the_checkpoint_or_rebuild() -> None:
     assert resume_from(fresh, 0, 80, now, HOUR_MS) == Resume(50, False, None)
     missing = resume_from(None, 7, 80, now, HOUR_MS)
     assert (missing.offset, missing.wipe) == (7, False) and "no local state" in str(missing.reason)
+    assert "rebuilding from the beginning" in str(missing.reason)
+    empty = resume_from(None, 7, 7, now, HOUR_MS)  # nothing to rebuild, none said
+    assert empty == Resume(7, False, "no local state, the partition is empty (offset 7)")
     below = resume_from(Checkpoint(3, now), 7, 80, now, HOUR_MS)
     assert (below.offset, below.wipe) == (7, True) and "below the log start" in str(below.reason)
     past = resume_from(Checkpoint(90, now), 0, 80, now, HOUR_MS)
