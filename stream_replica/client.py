@@ -61,6 +61,9 @@ class GrainRead:
     # The offset of a later record on the grain's key that the fold refused (a Delta, an
     # invalid value): the state may be stale (README, "Shadowed grains"). None: not shadowed.
     shadowed_by_offset: int | None = None
+    # Seconds since the broker confirmed the end offset that replica_lag and caught_up are
+    # measured against (None: not confirmed yet).
+    end_offset_age_s: float | None = None
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> GrainRead:
@@ -78,6 +81,7 @@ class GrainRead:
             obj["replica_lag"],
             obj["caught_up"],
             obj.get("shadowed_by_offset"),
+            obj.get("end_offset_age_s"),
         )
 
 

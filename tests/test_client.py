@@ -15,7 +15,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiokafka.structs import TopicPartition
 
-from stream_replica.client import AsyncReplicaClient, ReplicaClient, ReplicaClientError
+from stream_replica.client import (
+    AsyncReplicaClient,
+    ReplicaClient,
+    ReplicaClientError,
+)
+from stream_replica.fold import FoldCounts, GrainState
+from stream_replica.grain_waits import GrainWaits
 from stream_replica.membership import GroupAssignment, PartitionOwners, Replica
 from stream_replica.query_app import FORWARDED_HEADER, QueryConfig, add_query_routes
 from stream_replica.routing import CLIENT_TIMEOUT_MARGIN_S
@@ -400,9 +406,13 @@ class LocalView:
 
     def __init__(self, store: ReplicaStore) -> None:
         self.store = store
+        self.grain_waits = GrainWaits()
 
     def partition_rows(self) -> dict[int, PartitionRow]:
-        return {p: PartitionRow("active", 10, 10, True) for p in range(PARTITIONS)}
+        return {
+            p: PartitionRow("active", 10, 10, True, end_offset_age_s=0.25)
+            for p in range(PARTITIONS)
+        }
 
     def group_assignment(self) -> GroupAssignment | None:
         return None
@@ -426,3 +436,46 @@ async def test_refusals_carry_their_status(kind: str, serve: Started, tmp_path: 
         assert caught.value.status == 400 and "contains '/'" in str(caught.value)
     finally:
         store.close()
+
+
+async def local_worker(serve: Started, tmp_path: Path) -> tuple[str, ReplicaStore]:
+    """A real read API serving every partition from a store holding acct/plain at sequence
+    5; its base URL."""
+    store = ReplicaStore(tmp_path / "db", "t")
+    store.apply({("acct", "plain"): GrainState(5, 1, "eu", b"p", 0, 4)}, {}, FoldCounts())
+    app = web.Application()
+    config = QueryConfig(endpoint="here:1", _partitions=PARTITIONS)
+    add_query_routes(app, LocalView(store), config)
+    return str((await serve(app)).make_url("")).rstrip("/"), store
+
+
+async def read_with(kind: str, endpoints: list[str], options: dict[str, Any], **read: Any) -> Any:
+    """``get("acct", "plain", **read)`` with either client (the sync one in a thread)."""
+    if kind == "sync":
+
+        def get() -> Any:
+            with ReplicaClient(endpoints, **options) as client:
+                return client.get("acct", "plain", **read)
+
+        return await asyncio.to_thread(get)
+    async with AsyncReplicaClient(endpoints, **options) as client:
+        return await client.get("acct", "plain", **read)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_read_has_every_freshness_field_of_the_answer(
+    kind: str, serve: Started, tmp_path: Path
+) -> None:
+    """GrainRead lacked end_offset_age_s: how old the end offset that caught_up and
+    replica_lag are measured against is (a worker cut off from Kafka, or one that just
+    woke from a pause, answers against an old one)."""
+    base, store = await local_worker(serve, tmp_path)
+    try:
+        read = await read_with(kind, [base], {})
+    finally:
+        store.close()
+    assert read is not None
+    assert (read.served_by, read.role, read.replica_lag, read.caught_up) == (
+        "here:1", "active", 0, True
+    )  # fmt: skip
+    assert read.end_offset_age_s == 0.25
