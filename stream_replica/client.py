@@ -41,7 +41,12 @@ class ReplicaClientError(Exception):
 
 
 class SequenceTimeout(ReplicaClientError):
-    """``min_sequence`` was not reached within ``wait_ms`` (HTTP 504)."""
+    """``min_sequence`` was not reached within ``wait_ms`` (HTTP 504); ``sequence``: the one
+    the replica held then (None: no state)."""
+
+    def __init__(self, message: str, status: int = 504, sequence: int | None = None) -> None:
+        super().__init__(message, status)
+        self.sequence = sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +187,13 @@ def _within(deadline: float | None, wanted_s: float) -> float | None:
     return None if left <= 0 else min(wanted_s, left)
 
 
+def _read_deadline_s(deadline_s: float, wait_ms: int | None) -> float:
+    """How long one read may take: ``deadline_s`` of retries on top of the ``wait_ms`` the
+    caller asked a worker to wait for its sequence (a wait longer than the deadline was cut
+    short and reported as "no answer", status None, from healthy workers)."""
+    return deadline_s + (wait_ms or 0) / 1000
+
+
 def _params(stale: bool, min_sequence: int | None, wait_ms: int | None) -> dict[str, str]:
     params = {}
     if stale:
@@ -238,7 +250,13 @@ def _judge(router: _Router, grain: tuple[str, str], base: str, response: _Answer
     if status == 404:
         return _Outcome(True, None)
     if status == 504:
-        raise SequenceTimeout(_error_line(response), status)
+        try:
+            sequence = response.json().get("sequence")
+        except (ValueError, AttributeError):
+            sequence = None
+        raise SequenceTimeout(
+            _error_line(response), status, sequence if isinstance(sequence, int) else None
+        )
     if status == 503:
         router.stale_map = True
         return _Outcome(False, pause=_retry_after(response))
@@ -318,7 +336,7 @@ class ReplicaClient(_Timeouts):
     for HTTPS workers; ``token``: the workers' bearer token; ``timeout_s``: how long to wait
     for one worker (default: the workers' ``--read-forward-timeout-s`` + 2 s, see
     :class:`_Timeouts`), plus ``wait_ms``; ``deadline_s``: how long one read keeps retrying
-    other workers."""
+    other workers (on top of its ``wait_ms``)."""
 
     def __init__(
         self,
@@ -371,11 +389,12 @@ class ReplicaClient(_Timeouts):
         min_sequence: int | None = None,
         wait_ms: int | None = None,
     ) -> GrainRead | None:
-        """The grain (None: not found). Raises SequenceTimeout, or ReplicaClientError when
-        no worker answered within the deadline (status 400 for a grain the contract
-        refuses, before any request)."""
+        """The grain (None: not found). Raises SequenceTimeout (with the ``sequence`` held),
+        or ReplicaClientError when no worker answered within the deadline (status 400 for a
+        grain the contract refuses, before any request)."""
         grain = _checked(grain_type, grain_key)
-        deadline = time.monotonic() + self.deadline_s
+        deadline_s = _read_deadline_s(self.deadline_s, wait_ms)
+        deadline = time.monotonic() + deadline_s
         last = _Last()
         while True:
             if self.router.stale_map:
@@ -384,7 +403,7 @@ class ReplicaClient(_Timeouts):
             for base in self.router.order(grain, stale):
                 timeout = _within(deadline, self.request_timeout_s + (wait_ms or 0) / 1000)
                 if timeout is None:
-                    raise last.timed_out(self.deadline_s)
+                    raise last.timed_out(deadline_s)
                 try:
                     response = self.http.get(
                         base + _path(grain_type, grain_key),
@@ -393,7 +412,7 @@ class ReplicaClient(_Timeouts):
                     )
                 except httpx.TransportError as exc:
                     if time.monotonic() >= deadline:
-                        raise last.out_of_time(base, describe(exc), self.deadline_s) from None
+                        raise last.out_of_time(base, describe(exc), deadline_s) from None
                     self.router.mark_down(base)
                     last.unreachable(base, describe(exc))
                     continue
@@ -404,7 +423,7 @@ class ReplicaClient(_Timeouts):
                 pause = outcome.pause
                 break
             if time.monotonic() + pause > deadline:
-                raise last.timed_out(self.deadline_s)
+                raise last.timed_out(deadline_s)
             time.sleep(pause)
 
     def scan(self, grain_type: str, prefix: str = "", limit: int = 100) -> Iterator[dict[str, Any]]:
@@ -505,7 +524,8 @@ class AsyncReplicaClient(_Timeouts):
         wait_ms: int | None = None,
     ) -> GrainRead | None:
         grain = _checked(grain_type, grain_key)
-        deadline = time.monotonic() + self.deadline_s
+        deadline_s = _read_deadline_s(self.deadline_s, wait_ms)
+        deadline = time.monotonic() + deadline_s
         last = _Last()
         while True:
             if self.router.stale_map:
@@ -514,7 +534,7 @@ class AsyncReplicaClient(_Timeouts):
             for base in self.router.order(grain, stale):
                 timeout = _within(deadline, self.request_timeout_s + (wait_ms or 0) / 1000)
                 if timeout is None:
-                    raise last.timed_out(self.deadline_s)
+                    raise last.timed_out(deadline_s)
                 try:
                     response = await self.http.get(
                         base + _path(grain_type, grain_key),
@@ -523,7 +543,7 @@ class AsyncReplicaClient(_Timeouts):
                     )
                 except TransportError as exc:
                     if time.monotonic() >= deadline:
-                        raise last.out_of_time(base, str(exc), self.deadline_s) from None
+                        raise last.out_of_time(base, str(exc), deadline_s) from None
                     self.router.mark_down(base)
                     last.unreachable(base, str(exc))
                     continue
@@ -534,7 +554,7 @@ class AsyncReplicaClient(_Timeouts):
                 pause = outcome.pause
                 break
             if time.monotonic() + pause > deadline:
-                raise last.timed_out(self.deadline_s)
+                raise last.timed_out(deadline_s)
             await asyncio.sleep(pause)
 
     async def scan(

@@ -19,6 +19,7 @@ from stream_replica.client import (
     AsyncReplicaClient,
     ReplicaClient,
     ReplicaClientError,
+    SequenceTimeout,
 )
 from stream_replica.fold import FoldCounts, GrainState
 from stream_replica.grain_waits import GrainWaits
@@ -460,6 +461,24 @@ async def read_with(kind: str, endpoints: list[str], options: dict[str, Any], **
         return await asyncio.to_thread(get)
     async with AsyncReplicaClient(endpoints, **options) as client:
         return await client.get("acct", "plain", **read)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_wait_longer_than_the_deadline_ends_in_a_sequence_timeout(
+    kind: str, serve: Started, tmp_path: Path
+) -> None:
+    """wait_ms past deadline_s (15 s by default; the API takes up to 60 s) was cut short at
+    the deadline and raised "no answer within 15 s (...: ReadTimeout)", status None, from a
+    healthy worker: the app took the cluster for down."""
+    base, store = await local_worker(serve, tmp_path)
+    started = time.monotonic()
+    try:
+        with pytest.raises(SequenceTimeout) as caught:
+            await read_with(kind, [base], {"deadline_s": 0.5}, min_sequence=9, wait_ms=1500)
+    finally:
+        store.close()
+    assert time.monotonic() - started >= 1.5
+    assert caught.value.status == 504 and caught.value.sequence == 5  # what the replica holds
 
 
 @pytest.mark.parametrize("kind", KINDS)
