@@ -148,6 +148,19 @@ class _Router:
                 return base
         return None
 
+    def learned(self, base: str, response: _Answer) -> bool:
+        """Learn the map from a 200 of ``/partitions``; one that holds no map (something
+        else answers at ``base``) teaches nothing, and ``base`` is tried last for a while."""
+        body = _body(response)
+        try:
+            if body is None:
+                raise ValueError("not a JSON object")
+            self.learn(body)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            self.mark_down(base)
+            return False
+        return True
+
     def mark_down(self, base: str) -> None:
         self.down[base] = time.monotonic() + DOWN_FOR_S
         self.stale_map = True
@@ -217,11 +230,20 @@ class _Answer(Protocol):
     def json(self) -> Any: ...
 
 
-def _error_line(response: _Answer) -> str:
+def _body(response: _Answer) -> dict[str, Any] | None:
+    """The answer's JSON object, or None when it is not one."""
     try:
-        return str(response.json().get("error", response.text[:200]))
+        found = response.json()
     except ValueError:
-        return response.text[:200]
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _error_line(response: _Answer) -> str:
+    body = _body(response)
+    if body is not None and "error" in body:
+        return str(body["error"])
+    return response.text[:200].strip() or f"HTTP {response.status_code}"
 
 
 def _retry_after(response: _Answer) -> float:
@@ -231,35 +253,56 @@ def _retry_after(response: _Answer) -> float:
         return 0.2
 
 
-class _Outcome:
-    """What one answer means: done (value), give up (error), or retry after a pause."""
+# An answer no worker gives: something else answers at that address (another service, a proxy
+# in front of a worker that is gone). Its 404 is not "absent", its 200 not a grain.
+_NOT_A_WORKER: Final = "not an answer of a stream-replica worker"
 
-    def __init__(self, done: bool, value: GrainRead | None = None, pause: float = 0.0) -> None:
+
+class _Outcome:
+    """What one answer means: done (value), give up (error), retry after a pause, or ask
+    the next worker now (``elsewhere``: why this one's answer is of no use)."""
+
+    def __init__(
+        self,
+        done: bool,
+        value: GrainRead | None = None,
+        pause: float = 0.0,
+        elsewhere: str | None = None,
+    ) -> None:
         self.done = done
         self.value = value
         self.pause = pause
+        self.elsewhere = elsewhere
 
 
 def _judge(router: _Router, grain: tuple[str, str], base: str, response: _Answer) -> _Outcome:
     status = response.status_code
+    body = _body(response)
     if status == 200:
-        read = GrainRead.from_json(response.json())
+        try:
+            read = GrainRead.from_json(body or {})
+        except (KeyError, TypeError, ValueError):
+            return _Outcome(False, elsewhere=f"200 with no grain in it ({_NOT_A_WORKER})")
         if _base(read.served_by, router.scheme) != router.owner(grain) and read.role == "active":
             router.stale_map = True  # it moved: learn the new owner before the next read
         return _Outcome(True, read)
     if status == 404:
-        return _Outcome(True, None)
+        # A worker's "not found" names the copy that answered: only that one means absent.
+        if body is not None and "served_by" in body:
+            return _Outcome(True, None)
+        return _Outcome(False, elsewhere=f"404 {_error_line(response)!r} ({_NOT_A_WORKER})")
     if status == 504:
-        try:
-            sequence = response.json().get("sequence")
-        except (ValueError, AttributeError):
-            sequence = None
-        raise SequenceTimeout(
-            _error_line(response), status, sequence if isinstance(sequence, int) else None
-        )
+        if body is not None and "sequence" in body:  # a worker's: the sequence it holds
+            sequence = body["sequence"]
+            raise SequenceTimeout(
+                _error_line(response), status, sequence if isinstance(sequence, int) else None
+            )
+        return _Outcome(False, elsewhere=f"504 {_error_line(response)!r} ({_NOT_A_WORKER})")
     if status == 503:
         router.stale_map = True
         return _Outcome(False, pause=_retry_after(response))
+    if status >= 500:  # this worker (or what stands in front of it) fails: another may not
+        return _Outcome(False, elsewhere=f"{status} {_error_line(response)!r}")
     raise ReplicaClientError(f"{base}: {_error_line(response)}", status)
 
 
@@ -273,6 +316,10 @@ class _Last:
 
     def refused(self, base: str, response: _Answer) -> None:
         self.line, self.status = f"{base}: {_error_line(response)}", response.status_code
+
+    def useless(self, base: str, status: int, why: str) -> None:
+        """An answer of no use (a failing worker, or not a worker): the next one is asked."""
+        self.line, self.status = f"{base}: answered {why}", status
 
     def unreachable(self, base: str, why: str) -> None:
         self.line, self.status = f"{base}: {why}", None
@@ -288,9 +335,32 @@ class _Last:
         return self.timed_out(deadline_s)
 
 
-def _any_answered(base: str, response: _Answer, last: _Last) -> bool:
-    """Whether a scan page's answer is the one (200); a 503 means try the next worker (the
-    same rules for both clients); any other refusal (400, 401, ...) ends the scan."""
+def _page_useless(response: _Answer) -> str | None:
+    """Why a scan page's answer is of no use so that the next worker is asked (a failing
+    worker, or no page in a 200: not a worker); None when it is a page or a refusal."""
+    status = response.status_code
+    if status == 200:
+        body = _body(response)
+        if body is None or not isinstance(body.get("items"), list) or "next_cursor" not in body:
+            return f"200 with no page in it ({_NOT_A_WORKER})"
+        return None
+    if status == 404:  # a worker's scan route answers any grain type (checked before)
+        return f"404 {_error_line(response)!r} ({_NOT_A_WORKER})"
+    if status >= 500 and status != 503:
+        return f"{status} {_error_line(response)!r}"
+    return None
+
+
+def _any_answered(base: str, response: _Answer, last: _Last, router: _Router) -> bool:
+    """Whether a scan page's answer is the one (200); a 503 means try the next worker, and
+    so does a failing worker or an answer that is not a worker's (that one is tried last
+    from then on); the same rules for both clients. Any other refusal (400, 401, ...) ends
+    the scan."""
+    useless = _page_useless(response)
+    if useless is not None:
+        router.mark_down(base)
+        last.useless(base, response.status_code, useless)
+        return False
     if response.status_code == 200:
         return True
     last.refused(base, response)
@@ -336,7 +406,9 @@ class ReplicaClient(_Timeouts):
     for HTTPS workers; ``token``: the workers' bearer token; ``timeout_s``: how long to wait
     for one worker (default: the workers' ``--read-forward-timeout-s`` + 2 s, see
     :class:`_Timeouts`), plus ``wait_ms``; ``deadline_s``: how long one read keeps retrying
-    other workers (on top of its ``wait_ms``)."""
+    other workers (on top of its ``wait_ms``). An answer that is not a worker's (a 404 or a
+    200 from another service at that address) or a worker failing (500, 502) sends the read
+    to the next worker, as one that is down does."""
 
     def __init__(
         self,
@@ -374,8 +446,7 @@ class ReplicaClient(_Timeouts):
             except httpx.TransportError:
                 self.router.mark_down(base)
                 continue
-            if response.status_code == 200:
-                self.router.learn(response.json())
+            if response.status_code == 200 and self.router.learned(base, response):
                 return
             if response.status_code == 401:
                 raise ReplicaClientError(f"{base}: {_error_line(response)}", 401)
@@ -389,9 +460,9 @@ class ReplicaClient(_Timeouts):
         min_sequence: int | None = None,
         wait_ms: int | None = None,
     ) -> GrainRead | None:
-        """The grain (None: not found). Raises SequenceTimeout (with the ``sequence`` held),
-        or ReplicaClientError when no worker answered within the deadline (status 400 for a
-        grain the contract refuses, before any request)."""
+        """The grain (None: a worker's "not found"). Raises SequenceTimeout (with the
+        ``sequence`` held), or ReplicaClientError when no worker answered within the deadline
+        (status 400 for a grain the contract refuses, before any request)."""
         grain = _checked(grain_type, grain_key)
         deadline_s = _read_deadline_s(self.deadline_s, wait_ms)
         deadline = time.monotonic() + deadline_s
@@ -419,6 +490,10 @@ class ReplicaClient(_Timeouts):
                 outcome = _judge(self.router, grain, base, response)
                 if outcome.done:
                     return outcome.value
+                if outcome.elsewhere is not None:
+                    self.router.mark_down(base)
+                    last.useless(base, response.status_code, outcome.elsewhere)
+                    continue
                 last.refused(base, response)
                 pause = outcome.pause
                 break
@@ -431,6 +506,7 @@ class ReplicaClient(_Timeouts):
         page; each page from any worker, retried (503, down) until the deadline. Yields the
         answer's JSON objects as they are (``payload`` base64; :meth:`GrainRead.from_json`
         makes one a :class:`GrainRead`)."""
+        _checked(grain_type, "-")  # an empty type, or one with a '/': the worker's 400
         cursor: str | None = None
         while True:
             path = f"/grains/{_segment(grain_type)}"
@@ -459,7 +535,7 @@ class ReplicaClient(_Timeouts):
                     self.router.mark_down(base)
                     last.unreachable(base, describe(exc))
                     continue
-                if _any_answered(base, response, last):
+                if _any_answered(base, response, last, self.router):
                     return response
             if time.monotonic() + ANY_PAUSE_S > deadline:
                 raise last.timed_out(self.deadline_s)
@@ -508,8 +584,7 @@ class AsyncReplicaClient(_Timeouts):
                 except TransportError:
                     self.router.mark_down(base)
                     continue
-                if response.status_code == 200:
-                    self.router.learn(response.json())
+                if response.status_code == 200 and self.router.learned(base, response):
                     return
                 if response.status_code == 401:
                     raise ReplicaClientError(f"{base}: {_error_line(response)}", 401)
@@ -550,6 +625,10 @@ class AsyncReplicaClient(_Timeouts):
                 outcome = _judge(self.router, grain, base, response)
                 if outcome.done:
                     return outcome.value
+                if outcome.elsewhere is not None:
+                    self.router.mark_down(base)
+                    last.useless(base, response.status_code, outcome.elsewhere)
+                    continue
                 last.refused(base, response)
                 pause = outcome.pause
                 break
@@ -561,6 +640,7 @@ class AsyncReplicaClient(_Timeouts):
         self, grain_type: str, prefix: str = "", limit: int = 100
     ) -> AsyncIterator[dict[str, Any]]:
         """As :meth:`ReplicaClient.scan`: the answer's JSON objects (``payload`` base64)."""
+        _checked(grain_type, "-")  # an empty type, or one with a '/': the worker's 400
         cursor: str | None = None
         while True:
             path = f"/grains/{_segment(grain_type)}"
@@ -589,7 +669,7 @@ class AsyncReplicaClient(_Timeouts):
                     self.router.mark_down(base)
                     last.unreachable(base, str(exc))
                     continue
-                if _any_answered(base, response, last):
+                if _any_answered(base, response, last, self.router):
                     return response
             if time.monotonic() + ANY_PAUSE_S > deadline:
                 raise last.timed_out(self.deadline_s)

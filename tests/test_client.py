@@ -277,7 +277,11 @@ def answering_only(grain_key: str) -> web.Application:
 
     async def answer(request: web.Request) -> web.Response:
         if request.match_info["grain_key"] != grain_key:
-            return web.json_response({"error": "not found"}, status=404)
+            return web.json_response(
+                {"error": "not found", "served_by": "w", "role": "active", "replica_lag": 0,
+                 "caught_up": True, "end_offset_age_s": 0.1},
+                status=404,
+            )  # fmt: skip
         return web.json_response(
             {
                 "grain_type": "weird", "grain_key": grain_key, "sequence": 5,
@@ -498,3 +502,56 @@ async def test_a_read_has_every_freshness_field_of_the_answer(
         "here:1", "active", 0, True
     )  # fmt: skip
     assert read.end_offset_age_s == 0.25
+
+
+def impostor(status: int, body: bytes, content_type: str) -> web.Application:
+    """Something that is not a worker at a worker's address (another service, a proxy in
+    front of a worker that is gone): every GET gets ``status`` with ``body``."""
+
+    async def answer(_: web.Request) -> web.Response:
+        return web.Response(status=status, body=body, content_type=content_type)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    return app
+
+
+IMPOSTORS = {
+    "404 page": (404, b"<html>Not Found</html>", "text/html"),
+    "404 json": (404, b'{"error": "no such route"}', "application/json"),
+    "200 page": (200, b"<html>welcome</html>", "text/html"),
+    "200 json": (200, b'{"status": "ok"}', "application/json"),
+    "500": (500, b"Internal Server Error", "text/plain"),
+    "502": (502, b"<html>Bad Gateway</html>", "text/html"),
+    "504 proxy": (504, b"<html>Gateway Timeout</html>", "text/html"),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", sorted(IMPOSTORS))
+async def test_an_answer_that_is_not_a_workers_is_not_taken_for_one(
+    kind: str, case: str, serve: Started, tmp_path: Path
+) -> None:
+    """A 404 from anything at a worker's address was "the grain does not exist" (None); a
+    200 without a grain raised KeyError or JSONDecodeError; a 500/502 ended the read at once
+    instead of asking the next worker; a proxy's 504 was a SequenceTimeout."""
+    status = IMPOSTORS[case][0]
+    other = await serve(impostor(*IMPOSTORS[case]))
+    odd = str(other.make_url("")).rstrip("/")
+    base, store = await local_worker(serve, tmp_path)
+    try:
+        with pytest.raises(ReplicaClientError) as caught:
+            await read_with(kind, [odd], {"deadline_s": 0.3})
+        assert type(caught.value) is ReplicaClientError
+        assert caught.value.status == status and odd in str(caught.value), caught.value
+        for endpoints in ([odd, base], [base, odd]):  # either first: the worker answers
+            read = await read_with(kind, endpoints, {"deadline_s": 2})
+            assert read is not None and read.sequence == 5
+        assert await read_with(kind, [odd, base], {"deadline_s": 2}, min_sequence=5) is not None
+        with pytest.raises(ReplicaClientError) as caught:
+            await scan_with(kind, [odd], deadline_s=0.3)
+        assert odd in str(caught.value), caught.value
+        items, _ = await scan_with(kind, [odd, base], deadline_s=2)
+        assert [i["grain_key"] for i in items] == ["plain"]
+    finally:
+        store.close()
