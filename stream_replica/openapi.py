@@ -215,6 +215,11 @@ def _health(
 
 def openapi() -> dict[str, Any]:
     bad = _error("a grain or parameter refused (the one line names it)")
+    upstream = _error(
+        "a worker this one asked refused it (a 401: the workers' --http-token-file differ) "
+        "or failed; the one line names it. Another worker may answer",
+        **_RETRY,
+    )
     unauthorized = _error("missing or wrong bearer token (--http-token-file)", **_BEARER)
     return {
         "openapi": "3.1.0",
@@ -270,6 +275,7 @@ def openapi() -> dict[str, Any]:
                             "retry (or pass ?stale=ok)",
                             **_RETRY,
                         ),
+                        "502": upstream,
                         "504": _error("min_sequence not reached within wait_ms", **_RETRY),
                     },
                 }
@@ -305,6 +311,7 @@ def openapi() -> dict[str, Any]:
                         "200": _json("a page", _ref("ScanPage")),
                         "400": bad,
                         "401": unauthorized,
+                        "502": upstream,
                         "503": _error(
                             "a partition could not be read (never a partial page); retry",
                             **_RETRY,

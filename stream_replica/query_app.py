@@ -335,6 +335,15 @@ def add_query_routes(
             if status == 503:
                 last = ReadError(503, _message(body), retry=True)
                 continue
+            if status == 401 or (status >= 500 and status != 504):
+                # Not the caller's fault: a peer refusing this worker's token (the workers'
+                # --http-token-file differ) told the caller its own token was wrong.
+                last = _upstream_error(
+                    f"the {replica.role} replica of partition {partition} at {replica.endpoint}",
+                    status,
+                    body,
+                )
+                continue
             keep = {
                 k: v
                 for k, v in headers.items()
@@ -450,8 +459,8 @@ def add_query_routes(
             unresponsive.answered(endpoint)
             if status == 503:
                 return _message(body)
-            if status != 200:
-                raise ReadError(status if status == 401 else 502, _message(body), retry=True)
+            if status != 200:  # 401: the peer refuses this worker's token, not the caller's
+                raise _upstream_error(f"{endpoint} (partitions {parts})", status, body)
             got = json.loads(body)
             found: list[dict[str, Any]] = got["items"]
             # a worker of an older version does not say whether more follow
@@ -642,6 +651,17 @@ def _age(row: PartitionRow) -> float | None:
 def _count_or_none(view: QueryView) -> int | None:
     identity = view.store.topic_identity()
     return None if identity is None else identity.partitions
+
+
+def _upstream_error(who: str, status: int, body: bytes) -> ReadError:
+    """A 502 for a peer's refusal or failure that is not the caller's doing: a 401 means the
+    workers' tokens differ (the caller's was accepted here), a 500 a failing peer."""
+    why = (
+        "refused this worker's token (the workers' --http-token-file differ)"
+        if status == 401
+        else f"answered {status}"
+    )
+    return ReadError(502, f"{who} {why}: {_message(body)}", retry=True)
 
 
 def _message(body: bytes) -> str:

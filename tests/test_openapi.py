@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 import referencing
 import referencing.jsonschema
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.structs import TopicPartition
 from openapi_spec_validator import validate
@@ -73,6 +74,7 @@ class App:
         self.rows = {p: PartitionRow("active", 10, 10, True) for p in range(PARTITIONS)}
         self.endpoint = ""
         self.down = ""
+        self.peer = ""  # when set: partition 0's active owner, not this worker
 
     def status(self) -> Any:
         return self.worker.status()
@@ -85,6 +87,8 @@ class App:
             Replica("me", self.endpoint), (Replica("s1", None), Replica("s2", self.down))
         )
         tps = {TopicPartition("t", p): owners for p in range(PARTITIONS)}
+        if self.peer:
+            tps[TopicPartition("t", 0)] = PartitionOwners(Replica("peer", self.peer), ())
         return GroupAssignment(7, frozenset(tps), frozenset(), tps)
 
 
@@ -167,7 +171,9 @@ class Checker:
         return found
 
 
-async def test_real_answers_match_the_document(app: tuple[App, TestClient[Any, Any]]) -> None:
+async def test_real_answers_match_the_document(
+    app: tuple[App, TestClient[Any, Any]], tmp_path: Path
+) -> None:
     view, client = app
     c = Checker()
     grain, scan = "/grains/{grain_type}/{grain_key}", "/grains/{grain_type}"
@@ -212,6 +218,21 @@ async def test_real_answers_match_the_document(app: tuple[App, TestClient[Any, A
     await c.check(client, grain, f"/grains/acct/{REBUILDING}", 503, headers=AUTH)
     await c.check(client, scan, "/grains/acct", 503, headers=AUTH)
     view.rows[2] = PartitionRow("active", 10, 10, True)
+
+    # Partition 0 on a peer whose token differs: the caller's token was right, so not a 401
+    # (which told the caller its own token was wrong) but a 502 naming the peer.
+    peer_store = ReplicaStore(tmp_path / "peer", "t")
+    peer_app = web.Application()
+    add_query_routes(peer_app, App(peer_store), QueryConfig(token="other", _partitions=PARTITIONS))
+    async with TestServer(peer_app) as peer:
+        view.peer = f"127.0.0.1:{peer.port}"
+        del view.rows[0]
+        for template, path in ((grain, f"/grains/acct/{PLAIN}"), (scan, "/grains/acct")):
+            refused = await c.check(client, template, path, 502, headers=AUTH)
+            assert view.peer in refused["error"] and "token" in refused["error"], refused
+        view.peer = ""
+        view.rows[0] = PartitionRow("active", 10, 10, True)
+    peer_store.close()
 
     found = await c.check(client, "/partitions", "/partitions", 200, headers=AUTH)
     replicas = found["partitions"]["0"]["replicas"]
