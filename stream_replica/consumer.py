@@ -1,4 +1,5 @@
-"""The active consumer: its configuration, and one fetch (getmany) that a stop interrupts.
+"""The active consumer: its configuration, one fetch (getmany) that a stop interrupts, and
+when a fetch answer confirms an end offset (for every consumer of the topic: the standby's too).
 
 The worker's loop fetches through ``StoppableFetch``; positions, commits and rebalances are
 the other modules' (positions.py, commits.py, rebalance.py).
@@ -7,6 +8,7 @@ the other modules' (positions.py, commits.py, rebalance.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Final
 
@@ -15,6 +17,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from stream_replica.memory import FETCH_MAX_BYTES
 from stream_replica.offsets import READ_COMMITTED
 from stream_replica.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
 
 # How long the group waits for a member to rejoin, so the longest revocation: the in-flight
 # poll (its dead-letter sends, DLQ_TIMEOUT_S, or its repairs', repair.LONGEST_WAIT_S), the
@@ -34,6 +38,57 @@ PARTITION_FETCH_BYTES: Final = 2 * 1024 * 1024
 # aiokafka's default (5 min) left unread and routed by the old count that long. One small
 # metadata request per 30 s.
 METADATA_MAX_AGE_MS: Final = 30_000
+
+
+def confirm_end_offsets_at_send(consumer: AIOKafkaConsumer) -> bool:
+    """Make the time a fetch answer confirms its partitions' end offsets (offsets.end_offset,
+    ``last_poll_timestamp``) the time the fetch was sent, not the time its answer was read.
+
+    aiokafka stamps the end offset (high watermark) of a fetch answer when it reads it. An
+    answer that waited in the socket while the process did not run (paused: SIGSTOP, a frozen
+    VM or container, swapped out; or a loop stalled that long) carries the end offset of
+    before the pause, and was stamped as confirmed just now: the worker answered reads of
+    the old state as caught up, with replica_lag 0 and end_offset_age_s 0.0, while the log
+    held newer ones. The broker read the end offset after the fetch was sent, so the send
+    time never makes it look newer than it is. Call once the consumer is started (its
+    fetcher exists); False when this aiokafka has no such fetcher (a warning says so, and
+    the stamps stay aiokafka's own)."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    process = getattr(fetcher, "_proc_fetch_request", None)
+    if process is None:
+        log.warning(
+            "this aiokafka's fetcher has no _proc_fetch_request: an end offset's age is "
+            "counted from when its fetch answer was read (after a pause, younger than it is)"
+        )
+        return False
+    if getattr(process, "confirms_at_send", False):
+        return True
+
+    async def at_send(assignment: Any, node_id: int, request: Any) -> Any:
+        sent_ms = int(time.time() * 1000)
+        try:
+            return await process(assignment, node_id, request)
+        finally:
+            # No await between aiokafka stamping the answer's partitions and this: nothing
+            # read the later stamp.
+            _stamp(assignment, request, sent_ms)
+
+    at_send.confirms_at_send = True  # type: ignore[attr-defined]
+    fetcher._proc_fetch_request = at_send  # type: ignore[union-attr]
+    return True
+
+
+def _stamp(assignment: Any, request: Any, sent_ms: int) -> None:
+    """The end offsets a fetch confirmed, stamped ``sent_ms`` (when stamped later)."""
+    try:
+        for topic, partitions in request.topics:
+            for partition_data in partitions:
+                state = assignment.state_value(TopicPartition(topic, partition_data[0]))
+                stamped = getattr(state, "timestamp", None)
+                if stamped is not None and stamped > sent_ms:
+                    state.timestamp = sent_ms
+    except (AttributeError, IndexError, TypeError, ValueError):
+        pass  # a request of another shape (another aiokafka): its stamps stay
 
 
 def reads_committed_only(settings: WorkerSettings) -> bool:

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from stream_replica.clients import start_client, stop_consumer
-from stream_replica.consumer import reads_committed_only
+from stream_replica.consumer import confirm_end_offsets_at_send, reads_committed_only
 from stream_replica.fold import FoldCounts
 from stream_replica.grain_waits import GrainWaits
 from stream_replica.memory import FETCH_MAX_BYTES
@@ -154,6 +154,7 @@ class StandbyFollower:
                 fetch_max_bytes=FETCH_MAX_BYTES,  # part of the memory budget's fixed share
             )
             await start_client(self.settings, consumer)
+            confirm_end_offsets_at_send(consumer)
             self._consumer = consumer
         return self._consumer
 

@@ -41,7 +41,12 @@ from stream_replica.clients import start_client, stop_consumer
 from stream_replica.commits import COMMIT_TIMEOUT_S as COMMIT_TIMEOUT_S
 from stream_replica.commits import OffsetCommits
 from stream_replica.consumer import REBALANCE_TIMEOUT_MS as REBALANCE_TIMEOUT_MS
-from stream_replica.consumer import StoppableFetch, active_consumer, reads_committed_only
+from stream_replica.consumer import (
+    StoppableFetch,
+    active_consumer,
+    confirm_end_offsets_at_send,
+    reads_committed_only,
+)
 from stream_replica.dead_letters import DLQ_TIMEOUT_S as DLQ_TIMEOUT_S
 from stream_replica.dead_letters import DeadLetters, log_rejection, refusals
 from stream_replica.durability import CatchUpDurability
@@ -206,6 +211,7 @@ class ReplicaWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.watchdog.start()
         try:
             await start_client(self.settings, self._consumer)
+            confirm_end_offsets_at_send(self._consumer)
             if self._dlq is not None:
                 await self._dlq.start()
             if self._repairer is not None:

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +172,80 @@ async def test_a_worker_says_when_kafka_goes_silent_and_when_it_answers_again(
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+PAUSE_S = 4.0
+
+
+async def send_get(port: int, path: str) -> Callable[[], Awaitable[tuple[int, Any]]]:
+    """Write one GET on a connection of its own; the answer's status and JSON body, awaited
+    later. Once the write is drained the request is in the worker's socket on loopback (the
+    kernel accepts the connection of a paused process too), so a paused worker finds it
+    waiting as it resumes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+
+    async def answer() -> tuple[int, Any]:
+        raw = await reader.read()
+        writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body)
+
+    return answer
+
+
+async def test_an_answer_right_after_a_pause_is_not_called_caught_up(
+    kafka_bootstrap: str, make_topic: Any, tmp_path: Path
+) -> None:
+    """A worker paused (SIGSTOP here; a frozen VM or container, a swapped-out process) while
+    the topic took a newer state answered, as it resumed, with the old state, caught_up true,
+    replica_lag 0 and end_offset_age_s 0.0: the fetch answer that had waited in its socket
+    through the pause carried the end offset of before the pause, and was stamped as
+    confirmed when it was read. It is as old as the fetch that asked for it."""
+    topic = await make_topic(partitions=1)
+    port = _free_ports(1)[0]
+    path = "/grains/acct/k"
+    async with Publisher(kafka_bootstrap, topic) as publisher:
+        await publisher.publish_snapshot("acct", "k", b"old", sequence=1)
+        await publisher.flush()
+        command = worker_command(kafka_bootstrap, topic, "g", tmp_path / "db", "--http",
+                                 f"127.0.0.1:{port}", "--end-offset-max-age-s", "2")  # fmt: skip
+        log_path = tmp_path / "worker.log"
+        with log_path.open("wb") as log_file:
+            worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file)
+        try:
+            async with aiohttp.ClientSession() as session:
+
+                async def fresh(sequence: int) -> bool:
+                    try:
+                        status, grain = await get_json(session, f"http://127.0.0.1:{port}{path}")
+                    except aiohttp.ClientConnectionError:
+                        return False  # not listening yet
+                    return status == 200 and grain["sequence"] == sequence and grain["caught_up"]
+
+                await wait_until(lambda: fresh(1), 60, 0.1, what="the worker to catch up")
+            worker.send_signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(PAUSE_S)  # the pause itself, not a wait for something
+                await publisher.publish_snapshot("acct", "k", b"new", sequence=2)
+                await publisher.flush()
+                answer = await send_get(port, path)  # waits in the paused worker's socket
+            finally:
+                worker.send_signal(signal.SIGCONT)
+            status, grain = await asyncio.wait_for(answer(), 30)
+            assert status == 200, grain
+            if grain["sequence"] == 1:  # the state of before the pause: not called fresh
+                assert grain["caught_up"] is False, grain
+                assert grain["end_offset_age_s"] >= PAUSE_S - 0.5, grain
+            async with aiohttp.ClientSession() as session:
+                await wait_until(lambda: fresh(2), 30, 0.1, what="the new state")
+        finally:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGCONT)
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.to_thread(worker.wait, 60)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait()
