@@ -117,6 +117,7 @@ async def run_node(settings: WorkerSettings, store: ReplicaStore, stop: asyncio.
             scheme="https" if server_ssl is not None else "http",
             client_ssl=client_ssl,
             forward_timeout_s=settings.read_forward_timeout_s,
+            end_offset_max_age_s=settings.end_offset_max_age_s,
         )
         app = build_app(worker, rules)
         add_query_routes(app, worker, query, worker.metrics)

@@ -269,7 +269,12 @@ def openapi() -> dict[str, Any]:
                         },
                         "400": bad,
                         "401": unauthorized,
-                        "404": _error("not found (the partition is served and caught up)"),
+                        "404": _error(
+                            "not found: the copy has read the partition up to its end offset "
+                            "of when the read came (a copy a few records behind is waited for, "
+                            "1 s at most), confirmed by the broker within "
+                            "--end-offset-max-age-s"
+                        ),
                         "503": _error(
                             "the partition is being rebuilt, or its owner is down or moving; "
                             "retry (or pass ?stale=ok)",

@@ -69,6 +69,11 @@ FORWARDED_HEADER: Final = "X-Stream-Replica-Forwarded-By"
 FRESH_HEADER: Final = "X-Stream-Replica-Fresh-Only"
 # With ?stale=ok a read keeps trying the replicas this long (a rebalance moves them).
 STALE_RETRY_S: Final = 5.0
+# A read of a grain the copy does not hold, while the copy is a few records behind its end
+# offset, waits this long at most for the copy to read up to the end offset of when the read
+# arrived (under a steady stream a partition is seldom caught up at the instant a read comes:
+# at 1,000 records/s, 16 % of reads of absent grains were 503s, a second each in the client).
+ABSENT_WAIT_S: Final = 1.0
 _NO_QUERY: Final[Mapping[str, str]] = {}
 OPEN_PATHS: Final = frozenset({"/healthz", "/readyz"})
 PROTECTED_PREFIXES: Final = ("/grains", "/partitions")
@@ -93,6 +98,8 @@ class QueryConfig:
     scheme: str = "http"
     client_ssl: ssl.SSLContext | None = None
     forward_timeout_s: float = FORWARD_TIMEOUT_S
+    # --end-offset-max-age-s: an end offset confirmed longer ago says nothing of the log now
+    end_offset_max_age_s: float = 15.0
     # Tests only: a fixed partition count (else the store's, asked on every read)
     _partitions: int | None = field(default=None, repr=False)
 
@@ -118,6 +125,12 @@ def state_json(grain: GrainId, state: Any) -> dict[str, Any]:
 def _query(request: web.Request) -> Mapping[str, str]:
     """The query parameters; a plain GET has none and skips building the MultiDict."""
     return request.query if request.query_string else _NO_QUERY
+
+
+class _Behind(ReadError):
+    """A grain the copy does not hold while it is behind an end offset the broker confirmed
+    lately: it may be reading it now, so the read waits a little for the copy (a 503 when
+    it does not catch up in time)."""
 
 
 def _rebuilding(row: PartitionRow) -> bool:
@@ -229,6 +242,10 @@ def add_query_routes(
         forwards.count(route, "unavailable" if response.status == 503 else "answered")
         return response.status, body, response.headers
 
+    def confirmed_lately(row: PartitionRow) -> bool:
+        age = row.end_offset_age_s
+        return age is not None and age <= config.end_offset_max_age_s
+
     def serve_local(
         request: web.Request,
         grain: GrainId,
@@ -236,8 +253,12 @@ def add_query_routes(
         row: PartitionRow,
         stale: bool,
         min_sequence: int,
+        arrived_end: int | None = None,
     ) -> web.Response | None:
-        """The answer from this store, or None when min_sequence is not reached yet."""
+        """The answer from this store, or None when min_sequence is not reached yet.
+        ``arrived_end``: the partition's end offset when the read arrived; a copy that has
+        read up to it (with an end offset confirmed lately) says a grain it lacks is absent,
+        caught up or not since (raises :class:`_Behind` while it has not)."""
         if _rebuilding(row) and not stale:
             left = f" ({row.rebuild_remaining} records left)" if row.rebuild_remaining else ""
             raise ReadError(
@@ -257,11 +278,19 @@ def add_query_routes(
             "end_offset_age_s": _age(row),
         }
         if state is None:
-            if not row.caught_up and not stale:
-                raise ReadError(
+            read_past = (
+                arrived_end is not None and row.checkpoint >= arrived_end and confirmed_lately(row)
+            )
+            if not row.caught_up and not stale and not read_past:
+                # Behind an end offset confirmed lately: it may catch up in a moment (the
+                # caller waits for it); else Kafka has not confirmed one for long.
+                refusal = _Behind if row.lag > 0 and confirmed_lately(row) else ReadError
+                raise refusal(
                     503,
                     f"grain {grain[0]}/{grain[1]} not found, but partition {partition} is "
-                    f"{row.lag} records behind on {config.endpoint}; retry, or pass ?stale=ok",
+                    f"{row.lag} records behind on {config.endpoint}"
+                    + ("" if row.lag else " (its end offset is not confirmed lately)")
+                    + "; retry, or pass ?stale=ok",
                     retry=True,
                 )
             raise ReadError(404, f"grain {grain[0]}/{grain[1]} not found", extra=fresh)
@@ -373,15 +402,31 @@ def add_query_routes(
         # Set by a worker forwarding a ?stale=ok read on its first pass: answer only from a
         # copy that is not being rebuilt (a rebuilding copy is the last resort).
         fresh_only = FRESH_HEADER in request.headers
+        absent_deadline = started + ABSENT_WAIT_S
+        arrived_end: int | None = None  # the local copy's end offset when the read arrived
         while True:
             row = view.partition_rows().get(partition)
             # A standby copy here answers only callers that accept staleness (or a forward
             # whose sender chose this standby); others go to the active owner.
             here = row is not None and (row.role == "active" or stale or forwarded)
             if row is not None and here and not (stale and not forwarded and _rebuilding(row)):
-                answer = serve_local(
-                    request, grain, partition, row, stale and not fresh_only, min_sequence
-                )
+                if arrived_end is None and confirmed_lately(row):
+                    arrived_end = row.end_offset
+                try:
+                    answer = serve_local(
+                        request,
+                        grain,
+                        partition,
+                        row,
+                        stale and not fresh_only,
+                        min_sequence,
+                        arrived_end,
+                    )
+                except _Behind:
+                    if time.monotonic() >= absent_deadline:
+                        raise
+                    await view.grain_waits.wait_any(absent_deadline - time.monotonic())
+                    continue
                 if answer is not None:
                     return answer
                 if time.monotonic() >= wait_deadline:
