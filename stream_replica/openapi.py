@@ -318,7 +318,10 @@ def openapi() -> dict[str, Any]:
                         "401": unauthorized,
                         "502": upstream,
                         "503": _error(
-                            "a partition could not be read (never a partial page); retry",
+                            "a partition could not be read: its replicas are down, being "
+                            "rebuilt, or behind the end offset of when the page was asked for "
+                            "(not reached within 1 s, or not confirmed lately: Kafka "
+                            "unreachable). Never a partial page; retry, or pass ?stale=ok",
                             **_RETRY,
                         ),
                     },

@@ -246,6 +246,22 @@ def add_query_routes(
         age = row.end_offset_age_s
         return age is not None and age <= config.end_offset_max_age_s
 
+    def read_past(row: PartitionRow, arrived_end: int | None) -> bool:
+        """Whether the copy has read up to ``arrived_end`` (the end offset when the request
+        came), with an end offset confirmed lately: what it lacks, the log lacked then."""
+        return arrived_end is not None and row.checkpoint >= arrived_end and confirmed_lately(row)
+
+    def worth_waiting(row: PartitionRow | None, arrived_end: int | None) -> bool:
+        """A copy a few records behind an end offset confirmed lately: it reads them now."""
+        return (
+            row is not None
+            and not _rebuilding(row)
+            and not row.caught_up
+            and not read_past(row, arrived_end)
+            and row.lag > 0
+            and confirmed_lately(row)
+        )
+
     def serve_local(
         request: web.Request,
         grain: GrainId,
@@ -278,10 +294,7 @@ def add_query_routes(
             "end_offset_age_s": _age(row),
         }
         if state is None:
-            read_past = (
-                arrived_end is not None and row.checkpoint >= arrived_end and confirmed_lately(row)
-            )
-            if not row.caught_up and not stale and not read_past:
+            if not row.caught_up and not stale and not read_past(row, arrived_end):
                 # Behind an end offset confirmed lately: it may catch up in a moment (the
                 # caller waits for it); else Kafka has not confirmed one for long.
                 refusal = _Behind if row.lag > 0 and confirmed_lately(row) else ReadError
@@ -475,11 +488,14 @@ def add_query_routes(
         except ValueError as exc:
             raise ReadError(400, str(exc)) from None
         stale = stale_param(request.query)
-        rows = view.partition_rows()
+        rows: Mapping[int, PartitionRow] = view.partition_rows()
         wanted = request.query.get("partitions")
         if wanted is not None:  # a fan-out's local step
             partitions = partitions_param(wanted, partition_count())
-            items, more = local_scan(grain_type, prefix, after, limit, partitions, rows, stale)
+            rows, arrived = await read_to_arrival(partitions, stale)
+            items, more = local_scan(
+                grain_type, prefix, after, limit, partitions, rows, stale, arrived
+            )
             # the page of these partitions alone, with its cursor like any page
             return web.json_response(
                 {"items": items, "more": more, "next_cursor": _cursor_after(items, more)}
@@ -525,11 +541,11 @@ def add_query_routes(
                     for r in unresponsive.last(owners.endpoints(p, allow_standby=stale))
                     if r.endpoint and r.endpoint != config.endpoint
                 ]
-        items, more = (
-            local_scan(grain_type, prefix, after, limit, local, rows, stale)
-            if local
-            else ([], False)
-        )
+        items = []
+        more = False
+        if local:
+            rows, arrived = await read_to_arrival(local, stale)
+            items, more = local_scan(grain_type, prefix, after, limit, local, rows, stale, arrived)
         failed: dict[int, str] = {}  # partition -> why no replica answered
         while pending:
             plan: dict[str, list[int]] = {}
@@ -568,6 +584,27 @@ def add_query_routes(
         more = more or len(items) > limit
         return web.json_response({"items": page, "next_cursor": _cursor_after(page, more)})
 
+    async def read_to_arrival(
+        partitions: set[int], stale: bool
+    ) -> tuple[Mapping[int, PartitionRow], dict[int, int | None]]:
+        """The rows once each copy here of ``partitions`` that is a few records behind has
+        read up to its end offset of now (ABSENT_WAIT_S at most), and those end offsets: a
+        page must not miss a grain the log held when it was asked for, as a 404 must not."""
+        rows = view.partition_rows()
+        arrived: dict[int, int | None] = {}
+        for p in partitions:
+            row = rows.get(p)
+            arrived[p] = row.end_offset if row is not None and confirmed_lately(row) else None
+        if stale:
+            return rows, arrived
+        deadline = time.monotonic() + ABSENT_WAIT_S
+        while time.monotonic() < deadline and any(
+            worth_waiting(rows.get(p), arrived[p]) for p in partitions
+        ):
+            await view.grain_waits.wait_any(deadline - time.monotonic())
+            rows = view.partition_rows()
+        return rows, arrived
+
     def local_scan(
         grain_type: str,
         prefix: str,
@@ -576,23 +613,27 @@ def add_query_routes(
         partitions: set[int],
         rows: Mapping[int, PartitionRow],
         stale: bool,
+        arrived: Mapping[int, int | None],
     ) -> tuple[list[dict[str, Any]], bool]:
         """Up to ``limit`` items of ``partitions`` after ``after``, and whether more follow
-        (one more is looked for, so a page that ends the scan says so)."""
+        (one more is looked for, so a page that ends the scan says so). Without ``stale``,
+        each copy must have read up to its end offset of when the scan came (``arrived``)."""
         for p in sorted(partitions):
             row = rows.get(p)
+            why = None
             if row is None:
-                raise ReadError(
-                    503, f"partition {p} is not served by {config.endpoint}", retry=True
+                why = f"partition {p} is not served by {config.endpoint}"
+            elif _rebuilding(row) and not stale:
+                why = f"partition {p} is being rebuilt on {config.endpoint}"
+            elif row.role != "active" and not stale:  # the sender's map is out of date
+                why = f"partition {p} has only a standby copy on {config.endpoint}"
+            elif not stale and not row.caught_up and not read_past(row, arrived.get(p)):
+                # a page from it could miss grains the log holds, as a 404 would be false
+                why = f"partition {p} is {row.lag} records behind on {config.endpoint}" + (
+                    "" if row.lag else " (its end offset is not confirmed lately)"
                 )
-            if _rebuilding(row) and not stale:
-                raise ReadError(
-                    503, f"partition {p} is being rebuilt on {config.endpoint}", retry=True
-                )
-            if row.role != "active" and not stale:  # the sender's map is out of date
-                raise ReadError(
-                    503, f"partition {p} has only a standby copy on {config.endpoint}", retry=True
-                )
+            if why is not None:
+                raise ReadError(503, why, retry=True, extra={"partitions": [p]})
         items: list[dict[str, Any]] = []
         for grain_key, state in view.store.grains_of_type(grain_type, prefix, after):
             if state.partition not in partitions:

@@ -107,6 +107,14 @@ async def test_a_worker_cut_off_from_kafka_stops_calling_itself_caught_up(
             # still answered from the replica, but not called caught up any more
             assert status == 200 and grain["caught_up"] is False, grain
             assert grain["end_offset_age_s"] > MAX_AGE_S
+            # A page is no 404's better: grains the log took since are not in it, and an
+            # empty page said nothing at all (200 with no freshness to judge it by).
+            status, page = await get_json(session, f"{base}/grains/acct?prefix=k7")
+            assert status == 503 and page["partitions"], page
+            assert "not confirmed lately" in page["error"], page
+            status, page = await get_json(session, f"{base}/grains/acct?prefix=k7&stale=ok")
+            assert status == 200 and [i["grain_key"] for i in page["items"]] == ["k7"], page
+            assert page["items"][0]["caught_up"] is False
             async with session.get(f"{base}/metrics") as response:
                 metrics = await response.text()
             ages = [
