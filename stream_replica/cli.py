@@ -399,9 +399,10 @@ async def _publish_line(publisher: Any, line: str) -> asyncio.Future[Any]:
         if obj.get("delete") is True:
             return await publisher.publish_tombstone(grain_type, grain_key)  # type: ignore[no-any-return]
         payload, sequence, entry_type = _snapshot_fields(obj)
-        return await publisher.publish_snapshot(  # type: ignore[no-any-return]
+        _, delivery = await publisher.send_snapshot(
             grain_type, grain_key, payload, sequence, entry_type
         )
+        return delivery  # type: ignore[no-any-return]
     except MessageSizeTooLargeError as exc:
         # The producer refuses a record over its max_request_size as it takes it (a payload
         # under the line cap can be): a rejected line naming the grain, not the end of the

@@ -108,10 +108,27 @@ class Publisher:
         sequence: int | None = None,
         entry_type: EntryType = EntryType.FULL_STATE,
         timestamp_millis: int | None = None,
-    ) -> asyncio.Future[Any]:
-        """Queue one snapshot; call :meth:`flush` to wait for acknowledgement (or await the
-        returned delivery future). Raises :class:`PublishError` for a Delta or a sequence below
-        the grain's last one."""
+    ) -> int:
+        """Queue one snapshot; call :meth:`flush` to wait for acknowledgement. Returns its
+        sequence (the one given, or the one chosen): a read of your write passes it as
+        ``min_sequence``. Raises :class:`PublishError` for a Delta or a sequence below the
+        grain's last one."""
+        sequence, _ = await self.send_snapshot(
+            grain_type, grain_key, payload, sequence, entry_type, timestamp_millis
+        )
+        return sequence
+
+    async def send_snapshot(
+        self,
+        grain_type: str,
+        grain_key: str,
+        payload: bytes,
+        sequence: int | None = None,
+        entry_type: EntryType = EntryType.FULL_STATE,
+        timestamp_millis: int | None = None,
+    ) -> tuple[int, asyncio.Future[Any]]:
+        """As :meth:`publish_snapshot`; also the record's delivery future (its RecordMetadata
+        once acknowledged, or the broker's refusal)."""
         grain = (grain_type, grain_key)
         if entry_type is not EntryType.FULL_STATE:
             raise PublishError(
@@ -138,7 +155,8 @@ class Publisher:
             entry_type,
             payload,
         )
-        return await self.publish_raw(encode_key(grain_type, grain_key), encode_value(entry))
+        delivery = await self.publish_raw(encode_key(grain_type, grain_key), encode_value(entry))
+        return sequence, delivery
 
     async def publish_tombstone(self, grain_type: str, grain_key: str) -> asyncio.Future[Any]:
         self._last_sequence.pop((grain_type, grain_key), None)

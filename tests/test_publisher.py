@@ -40,13 +40,19 @@ async def test_publish_round_trip_and_grain_partitioning(
     kafka_bootstrap: str, make_topic: TopicFactory
 ) -> None:
     topic = await make_topic(partitions=6)
+    returned: dict[str, list[int]] = defaultdict(list)
     async with Publisher(kafka_bootstrap, topic, source_cluster="eu-1") as publisher:
         for i in range(40):
             for _ in range(3):
-                await publisher.publish_snapshot("account", f"a/{i}", f"state-{i}".encode())
+                # the sequence it chose: what a read-your-writes read waits for (min_sequence)
+                sequence = await publisher.publish_snapshot(
+                    "account", f"a/{i}", f"state-{i}".encode()
+                )
+                returned[f"a/{i}"].append(sequence)
         with pytest.raises(PublishError, match=r"grain account/a/0: Delta entries are not"):
             await publisher.publish_snapshot("account", "a/0", b"d", entry_type=EntryType.DELTA)
-        await publisher.publish_snapshot("account", "a/0", b"v9", sequence=2**62)
+        assert await publisher.publish_snapshot("account", "a/0", b"v9", sequence=2**62) == 2**62
+        returned["a/0"].append(2**62)
         with pytest.raises(PublishError, match=r"sequence 5 is below 4611686018427387904"):
             await publisher.publish_snapshot("account", "a/0", b"old", sequence=5)
         await publisher.publish_tombstone("account", "a/1")
@@ -71,6 +77,7 @@ async def test_publish_round_trip_and_grain_partitioning(
     assert len({p for ps in partitions_by_grain.values() for p in ps}) > 1
     for seqs in sequences.values():
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), "auto sequence not increasing"
+    assert sequences == returned
 
 
 async def test_topic_created_compacted(kafka_bootstrap: str, unique: object) -> None:
@@ -328,7 +335,7 @@ class _NoPublisher:
     async def publish_tombstone(self, grain_type: str, grain_key: str) -> None:
         raise AssertionError("nothing should be published")
 
-    async def publish_snapshot(self, *args: object) -> None:
+    async def send_snapshot(self, *args: object) -> None:
         raise AssertionError("nothing should be published")
 
 
