@@ -419,9 +419,10 @@ def add_query_routes(
         arrived_end: int | None = None  # the local copy's end offset when the read arrived
         while True:
             row = view.partition_rows().get(partition)
-            # A standby copy here answers only callers that accept staleness (or a forward
-            # whose sender chose this standby); others go to the active owner.
-            here = row is not None and (row.role == "active" or stale or forwarded)
+            # A standby copy here answers only callers that accept staleness (a forward whose
+            # sender chose this standby carries the caller's ?stale=ok); others go to the
+            # active owner.
+            here = row is not None and (row.role == "active" or stale)
             if row is not None and here and not (stale and not forwarded and _rebuilding(row)):
                 if arrived_end is None and confirmed_lately(row):
                     arrived_end = row.end_offset
@@ -454,10 +455,11 @@ def add_query_routes(
                 await view.grain_waits.wait(grain, wait_deadline - time.monotonic())
                 continue
             if forwarded:  # never forward twice: the sender's map is out of date
+                served = "has only a standby copy on" if row is not None else "is not served by"
                 raise ReadError(
                     503,
-                    f"partition {partition} is not served by {config.endpoint} (ownership is "
-                    "changing); retry",
+                    f"partition {partition} {served} {config.endpoint} (ownership is changing); "
+                    "retry",
                     retry=True,
                 )
             try:

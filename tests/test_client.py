@@ -555,3 +555,42 @@ async def test_an_answer_that_is_not_a_workers_is_not_taken_for_one(
         assert [i["grain_key"] for i in items] == ["plain"]
     finally:
         store.close()
+
+
+class StandbyHereView(LocalView):
+    """A worker that holds every partition as a standby copy, caught up."""
+
+    def partition_rows(self) -> dict[int, PartitionRow]:
+        return {
+            p: PartitionRow("standby", 10, 10, True, end_offset_age_s=0.25)
+            for p in range(PARTITIONS)
+        }
+
+
+async def test_a_plain_read_forwarded_to_a_copy_that_became_a_standby_is_refused(
+    serve: Started, tmp_path: Path
+) -> None:
+    """The sender's map (of before a rebalance) names this worker the active owner; it now
+    holds only a standby copy. A read without ?stale=ok got the standby's answer (role
+    "standby"), which the API promises only to callers that accept one; now a 503 that sends
+    the caller back for the new owner. With ?stale=ok the standby answers, as before."""
+    store = ReplicaStore(tmp_path / "db", "t")
+    store.apply({("acct", "plain"): GrainState(5, 1, "eu", b"p", 0, 4)}, {}, FoldCounts())
+    app = web.Application()
+    add_query_routes(
+        app, StandbyHereView(store), QueryConfig(endpoint="here:1", _partitions=PARTITIONS)
+    )
+    moved = await serve(app)
+    front, front_store = await front_of(serve, tmp_path, moved)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{front}/grains/acct/plain") as answer:
+                body = await answer.json()
+                assert answer.status == 503, body
+                assert "standby" in body["error"] and answer.headers["Retry-After"]
+            async with session.get(f"{front}/grains/acct/plain?stale=ok") as answer:
+                body = await answer.json()
+                assert answer.status == 200 and body["role"] == "standby", body
+    finally:
+        store.close()
+        front_store.close()
