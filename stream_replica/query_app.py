@@ -193,8 +193,16 @@ def add_query_routes(
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
+            # its own headers but the body's (a 405's Allow: RFC 9110 requires it)
+            kept = {
+                k: v
+                for k, v in exc.headers.items()
+                if k.lower() not in ("content-type", "content-length")
+            }
             return web.json_response(
-                {"error": f"{exc.reason}: {request.method} {request.path}"}, status=exc.status
+                {"error": f"{exc.reason}: {request.method} {request.path}"},
+                status=exc.status,
+                headers=kept,
             )
 
     app.middlewares.append(guard)

@@ -184,3 +184,11 @@ async def test_a_shadowed_grain_says_so_in_every_answer_form(tmp_path: Path) -> 
             )
     finally:
         store.close()
+
+
+async def test_a_method_not_allowed_says_which_are(client: TestClient[Any, Any]) -> None:
+    """The JSON 405 dropped aiohttp's Allow header (RFC 9110: a 405 must name the methods)."""
+    response = await client.post("/grains/acct/plain", headers=AUTH)
+    body = await response.json()
+    assert response.status == 405 and "POST" in body["error"], body
+    assert "GET" in response.headers["Allow"]
