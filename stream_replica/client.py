@@ -503,9 +503,9 @@ class ReplicaClient(_Timeouts):
 
     def scan(self, grain_type: str, prefix: str = "", limit: int = 100) -> Iterator[dict[str, Any]]:
         """Every grain of a type (whose key starts with ``prefix``), in key order, page by
-        page; each page from any worker, retried (503, down) until the deadline. Yields the
-        answer's JSON objects as they are (``payload`` base64; :meth:`GrainRead.from_json`
-        makes one a :class:`GrainRead`)."""
+        page; each page from any worker, retried (503, down) until the deadline. Each item is
+        the API's Grain object as JSON (payload in base64, its copy's freshness fields):
+        ``GrainRead.from_json(item)`` types it."""
         _checked(grain_type, "-")  # an empty type, or one with a '/': the worker's 400
         cursor: str | None = None
         while True:
