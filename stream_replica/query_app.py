@@ -260,15 +260,26 @@ def add_query_routes(
         return arrived_end is not None and row.checkpoint >= arrived_end and confirmed_lately(row)
 
     def worth_waiting(row: PartitionRow | None, arrived_end: int | None) -> bool:
-        """A copy a few records behind an end offset confirmed lately: it reads them now."""
+        """A copy a few records behind an end offset confirmed lately (it reads them now), or
+        one whose end offset no fetch has confirmed yet (just assigned: one will at once).
+        Not one whose end offset was confirmed long ago (Kafka unreachable)."""
         return (
             row is not None
             and not _rebuilding(row)
             and not row.caught_up
             and not read_past(row, arrived_end)
-            and row.lag > 0
-            and confirmed_lately(row)
+            and ((row.lag > 0 and confirmed_lately(row)) or row.end_offset_age_s is None)
         )
+
+    def behind(row: PartitionRow) -> str:
+        """How far behind the copy is, for a 503."""
+        if row.end_offset_age_s is None:
+            why = " (no fetch has confirmed its end offset yet)"
+        elif not confirmed_lately(row):
+            why = f" (its end offset was confirmed {row.end_offset_age_s:.0f} s ago)"
+        else:
+            why = ""
+        return f"{row.lag} records behind on {config.endpoint}{why}"
 
     def serve_local(
         request: web.Request,
@@ -303,15 +314,13 @@ def add_query_routes(
         }
         if state is None:
             if not row.caught_up and not stale and not read_past(row, arrived_end):
-                # Behind an end offset confirmed lately: it may catch up in a moment (the
-                # caller waits for it); else Kafka has not confirmed one for long.
-                refusal = _Behind if row.lag > 0 and confirmed_lately(row) else ReadError
+                # It may catch up in a moment (the caller waits for it), unless Kafka has not
+                # confirmed an end offset for long.
+                refusal = _Behind if worth_waiting(row, arrived_end) else ReadError
                 raise refusal(
                     503,
                     f"grain {grain[0]}/{grain[1]} not found, but partition {partition} is "
-                    f"{row.lag} records behind on {config.endpoint}"
-                    + ("" if row.lag else " (its end offset is not confirmed lately)")
-                    + "; retry, or pass ?stale=ok",
+                    f"{behind(row)}; retry, or pass ?stale=ok",
                     retry=True,
                 )
             raise ReadError(404, f"grain {grain[0]}/{grain[1]} not found", extra=fresh)
@@ -639,9 +648,7 @@ def add_query_routes(
                 why = f"partition {p} has only a standby copy on {config.endpoint}"
             elif not stale and not row.caught_up and not read_past(row, arrived.get(p)):
                 # a page from it could miss grains the log holds, as a 404 would be false
-                why = f"partition {p} is {row.lag} records behind on {config.endpoint}" + (
-                    "" if row.lag else " (its end offset is not confirmed lately)"
-                )
+                why = f"partition {p} is {behind(row)}"
             if why is not None:
                 raise ReadError(503, why, retry=True, extra={"partitions": [p]})
         items: list[dict[str, Any]] = []

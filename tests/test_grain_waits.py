@@ -70,15 +70,16 @@ async def test_a_read_waiting_for_a_sequence_answers_once_it_is_written(tmp_path
 
 
 class _BehindView(_View):
-    """Every partition ``checkpoint`` of 10 records, its end offset confirmed ``age_s`` ago."""
+    """Every partition ``checkpoint`` of 10 records, its end offset confirmed ``age_s`` ago
+    (None: not yet, as right after an assignment)."""
 
-    def __init__(self, store: ReplicaStore, checkpoint: int, age_s: float) -> None:
+    def __init__(self, store: ReplicaStore, checkpoint: int, age_s: float | None) -> None:
         super().__init__(store)
         self.checkpoint = checkpoint
         self.age_s = age_s
 
     def partition_rows(self) -> dict[int, PartitionRow]:
-        caught_up = self.checkpoint >= 10 and self.age_s < 15
+        caught_up = self.checkpoint >= 10 and self.age_s is not None and self.age_s < 15
         return {
             p: PartitionRow("active", self.checkpoint, 10, caught_up, end_offset_age_s=self.age_s)
             for p in range(3)
@@ -124,6 +125,24 @@ async def test_a_grain_absent_from_a_copy_a_few_records_behind_is_a_404_once_it_
         store.close()
 
 
+async def test_a_copy_just_assigned_is_waited_for_until_a_fetch_confirms_its_end(
+    tmp_path: Path,
+) -> None:
+    """Right after an assignment no fetch has confirmed the end offset yet: a 503 at once
+    (and every scan page a 503), though the first fetch comes within moments."""
+    store = ReplicaStore(tmp_path / "db", "t")
+    view = _BehindView(store, 10, None)
+    try:
+
+        def fetched() -> None:
+            view.age_s = 0.05
+
+        status, body = await absent_read(view, fetched)
+        assert status == 404 and body["caught_up"] is True, body
+    finally:
+        store.close()
+
+
 async def test_a_copy_that_does_not_catch_up_or_is_cut_off_still_says_503(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -140,7 +159,7 @@ async def test_a_copy_that_does_not_catch_up_or_is_cut_off_still_says_503(
         # nothing to wait for
         started = time.monotonic()
         status, body = await absent_read(_BehindView(store, 10, 60.0))
-        assert status == 503 and "not confirmed lately" in body["error"], body
+        assert status == 503 and "end offset was confirmed 60 s ago" in body["error"], body
         assert time.monotonic() - started < 0.3
     finally:
         store.close()
