@@ -176,7 +176,7 @@ async def test_cli_publish_stops_at_a_line_longer_than_the_cap(
     """A line was read whole however long: ``publish < /dev/zero`` grew to 22 GB and was
     killed. What came before the long line is published, the summary printed, then one line
     (exit 2); nothing after it is read."""
-    from stream_replica.cli import publish_line_cap
+    from stream_replica.publish_lines import publish_line_cap
 
     topic = await make_topic()
     cap = publish_line_cap(1_048_576)  # aiokafka's default max_request_size
@@ -201,7 +201,7 @@ async def test_cli_publish_line_cap_follows_max_request_size(
 ) -> None:
     """A line of exactly the cap is read; the cap follows --kafka-option max_request_size
     (base64: in steps of 3 bytes)."""
-    from stream_replica.cli import publish_line_cap
+    from stream_replica.publish_lines import publish_line_cap
 
     topic = await make_topic()
     cap = publish_line_cap(3_000_000)
@@ -380,7 +380,7 @@ class _NoPublisher:
 async def test_a_bad_stdin_line_names_the_field_and_what_was_expected(
     line: str, message: str
 ) -> None:
-    from stream_replica.cli import _publish_line
+    from stream_replica.publish_lines import _publish_line
 
     with pytest.raises(ValueError) as err:
         await _publish_line(_NoPublisher(), line)
@@ -390,7 +390,7 @@ async def test_a_bad_stdin_line_names_the_field_and_what_was_expected(
 def test_a_stdin_line_that_is_not_utf8_is_refused_saying_so() -> None:
     """stdin is read as bytes: a line that is not UTF-8 is a rejected line (it was decoded
     with surrogate escapes, then refused as "'utf-8' codec can't encode character '\\udcff'")."""
-    from stream_replica.cli import _utf8
+    from stream_replica.publish_lines import _utf8
 
     assert _utf8('{"grain_key": "é"}'.encode()) == '{"grain_key": "é"}'
     with pytest.raises(ValueError, match=r"^not UTF-8 \(invalid start byte at byte 15\)$"):
