@@ -322,21 +322,21 @@ async def _until_led(cluster: Cluster, topic: str, partitions: int) -> None:
     first sends waited for leaders."""
     deadline = time.monotonic() + CREATED_READY_S
     pause = 0.05
-    while True:
-        async with admin_client(cluster) as client:
+    async with admin_client(cluster) as client:
+        while True:
             metadata = await client.describe_topics([topic])
-        if metadata and metadata[0]["error_code"] == 0:
-            led = [p for p in metadata[0]["partitions"] if p["leader"] >= 0]
-            if len(led) == partitions:
-                return
-        if time.monotonic() > deadline:
-            raise AdminError(
-                f"topic {topic!r} was created, but its {partitions} partitions did not all have "
-                f"a leader within {CREATED_READY_S:.0f} s: check the brokers "
-                "(`stream-replica topic describe`)"
-            )
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, 1.0)
+            if metadata and metadata[0]["error_code"] == 0:
+                led = [p for p in metadata[0]["partitions"] if p["leader"] >= 0]
+                if len(led) == partitions:
+                    return
+            if time.monotonic() > deadline:
+                raise AdminError(
+                    f"topic {topic!r} was created, but its {partitions} partitions did not all "
+                    f"have a leader within {CREATED_READY_S:.0f} s: check the brokers "
+                    "(`stream-replica topic describe`)"
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 async def default_replication_factor(cluster: Cluster) -> int:

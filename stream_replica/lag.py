@@ -70,12 +70,7 @@ class LagTracker:
         up" needs the broker's word, as /readyz does)."""
         now = now_ms()
         limit_ms = self._end_offset_max_age_s * 1000
-        confirmed = {p: end.confirmed_at_ms for p, (_, end) in self._standby.marks().items() if end}
-        if consumer is not None:
-            for partition in owned(consumer, self.topic):
-                end = self._end(consumer, partition)
-                if end is not None:
-                    confirmed[partition] = end.confirmed_at_ms
+        confirmed = self._confirmed_at(consumer)
 
         def for_reader(partition: int, lag: int) -> int:
             confirmed_at = confirmed.get(partition)
@@ -135,16 +130,14 @@ class LagTracker:
         it only aiokafka's rate-limited connection errors said so, and nothing said when
         they ended. Partitions paused for a catch-up are not fetched: not counted."""
         now = now_ms()
-        ends = [(p, end) for p, (_, end) in self._standby.marks().items()]
+        paused = set()
         if consumer is not None:
             paused = {tp.partition for tp in consumer.paused() if tp.topic == self.topic}
-            ends += [(p, self._end(consumer, p)) for p in owned(consumer, self.topic)]
-            ends = [(p, end) for p, end in ends if p not in paused]
         limit_ms = self._end_offset_max_age_s * 1000
         silent = {
-            p: (now - end.confirmed_at_ms) / 1000
-            for p, end in ends
-            if end is not None and now - end.confirmed_at_ms > limit_ms
+            p: (now - confirmed_at) / 1000
+            for p, confirmed_at in self._confirmed_at(consumer).items()
+            if p not in paused and now - confirmed_at > limit_ms
         }
         unconfirmed = sorted(silent)
         if unconfirmed and not self._unconfirmed:
@@ -158,6 +151,17 @@ class LagTracker:
         elif self._unconfirmed and not unconfirmed:
             log.info("Kafka confirms the end offsets of every served partition again")
         self._unconfirmed = unconfirmed
+
+    def _confirmed_at(self, consumer: AIOKafkaConsumer | None) -> dict[int, int]:
+        """When the broker last confirmed each served partition's end offset (those fetched
+        at least once), standby and active."""
+        confirmed = {p: end.confirmed_at_ms for p, (_, end) in self._standby.marks().items() if end}
+        if consumer is not None:
+            for partition in owned(consumer, self.topic):
+                end = self._end(consumer, partition)
+                if end is not None:
+                    confirmed[partition] = end.confirmed_at_ms
+        return confirmed
 
     def _end(self, consumer: AIOKafkaConsumer, partition: int) -> EndOffset | None:
         return end_offset(consumer, TopicPartition(self.topic, partition), self._committed_only)
